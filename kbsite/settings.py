@@ -1,0 +1,177 @@
+"""Settings for kbsite, read from the environment with embedded defaults (SQLite, local Qdrant)."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if value is None:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true or false.")
+
+
+def env_number(name: str, default: float, cast: type = int) -> float:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a {cast.__name__}.") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = env_str(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# Everything the embedded default writes (database, Qdrant store, uploads) lives here.
+VAR_DIR = Path(env_str("KBSITE_VAR_DIR", str(BASE_DIR / "var")))
+
+DEFAULT_SECRET_KEY = "django-insecure-kbsite-embedded-default-change-me"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEFAULT_SECRET_KEY)
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "search.apps.SearchConfig",
+    "knowledge.apps.KnowledgeConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "kbsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "kbsite.wsgi.application"
+ASGI_APPLICATION = "kbsite.asgi.application"
+
+# Database: DATABASE_URL (PostgreSQL in production), else a SQLite file in WAL mode.
+_SQLITE_OPTIONS = {
+    # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock up front so
+    # concurrent writers queue on busy_timeout instead of failing with "database is locked".
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;",
+    "transaction_mode": "IMMEDIATE",
+}
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        DATABASES["default"]["OPTIONS"] = dict(_SQLITE_OPTIONS)
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    # SQLite cannot create its file in a missing folder; this is the one folder the default needs.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "kbsite.sqlite3",
+            "OPTIONS": dict(_SQLITE_OPTIONS),
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Lets the admin's static files be served without collectstatic during development and tests.
+WHITENOISE_USE_FINDERS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "kbsite": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
+        "search": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
+        "knowledge": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
+    },
+}
+
+# Qdrant: QDRANT_URL set means a server (or cluster); unset means the embedded local store.
+QDRANT = {
+    "URL": env_str("QDRANT_URL"),
+    "PATH": env_str("QDRANT_PATH", str(VAR_DIR / "qdrant")),
+    "API_KEY": env_str("QDRANT_API_KEY"),
+    "GRPC_PORT": env_number("QDRANT_GRPC_PORT", 6334),
+    "PREFER_GRPC": env_bool("QDRANT_PREFER_GRPC", True),
+    "TIMEOUT": env_number("QDRANT_TIMEOUT", 10.0, float),
+}
+
+# The embedder turns text into vectors; the default runs offline from the PyPI package.
+EMBEDDING = {
+    "BACKEND": env_str("EMBEDDING_BACKEND", "search.embedding.minilm.MiniLMEmbedder"),
+    "THREADS": env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4)),
+    "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
+    "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
+}
+
+# Chunking defaults, in tokens of the embedder's tokenizer.
+CHUNKING = {
+    "SIZE": env_number("CHUNK_SIZE", 200),
+    "OVERLAP": env_number("CHUNK_OVERLAP", 40),
+}

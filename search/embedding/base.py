@@ -1,0 +1,31 @@
+"""The interface every embedder implements: texts in, unit-length vectors out, plus token offsets for chunking."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class Embedder(ABC):
+    """A text embedding model. `embed` blocks and may take seconds: call it from the embedding thread."""
+
+    #: Stored on each knowledge base, so a KB indexed by another model is caught before a search.
+    model_id: str
+    dimensions: int
+    #: Longest input, in tokens, including the model's special tokens.
+    max_tokens: int
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an array of shape (len(texts), dimensions) of L2-normalised float32 vectors."""
+
+    @abstractmethod
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets (start, end) of each token of `text`, special tokens left out."""
+
+    @property
+    def max_chunk_tokens(self) -> int:
+        """The most content tokens one chunk may hold and still be embedded whole."""
+        return self.max_tokens - 2

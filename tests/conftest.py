@@ -1,0 +1,106 @@
+"""Fixtures shared by the tests: users, knowledge bases indexed into the real embedded Qdrant, a per-test reset."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+from qdrant_client import models
+
+from knowledge.models import Document
+from knowledge.services.indexing import IndexingService
+from search.embedding import embedding_service
+from search.qdrant import qdrant_service
+from search.services.chunks import ChunkService
+from tests.factories import corpus, make_document, make_kb, make_user
+
+
+class MemoisingEmbeddings:
+    """The real embedding service, remembering document vectors so each corpus text is embedded once per run."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self._vectors: dict[str, list[float]] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    async def embed_documents(self, texts):
+        missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, await self._real.embed_documents(missing)))
+        return [self._vectors[text] for text in texts]
+
+
+async def _drop_all_collections() -> None:
+    client = qdrant_service.client
+    aliases = (await client.get_aliases()).aliases
+    if aliases:
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias.alias_name))
+                for alias in aliases
+            ]
+        )
+    for collection in (await client.get_collections()).collections:
+        await client.delete_collection(collection.name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_qdrant():
+    """Every test starts from an empty embedded store, whatever the test before it left behind."""
+    asyncio.run(_drop_all_collections())
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_async_orm_connections(django_db_setup, django_db_blocker):
+    """The async ORM's worker thread keeps its own connection; PostgreSQL cannot drop the test DB under it."""
+    yield
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture(scope="session")
+def indexing_service() -> IndexingService:
+    return IndexingService(embeddings=MemoisingEmbeddings(embedding_service))
+
+
+@pytest.fixture
+def test_user(db):
+    return make_user(username="alice")
+
+
+@pytest.fixture
+def other_user(db):
+    return make_user(username="bob")
+
+
+async def index_corpus(*, owner, indexing: IndexingService, chunk_size: int, chunk_overlap: int):
+    """A KB holding the whole test corpus, every document indexed through IndexingService."""
+    kb = await sync_to_async(make_kb)(
+        owner=owner, name="Test corpus", chunk_size=chunk_size, chunk_overlap=chunk_overlap
+    )
+    documents = []
+    for title, text in corpus():
+        document = await sync_to_async(make_document)(kb=kb, title=title, text=text)
+        documents.append(await indexing.index_document(document_id=document.id))
+    return kb, documents
+
+
+@pytest.fixture
+async def test_kb_with_documents(test_user, indexing_service):
+    """(kb, documents): the eight corpus documents, ready, in chunks of 64 tokens."""
+    kb, documents = await index_corpus(owner=test_user, indexing=indexing_service, chunk_size=64, chunk_overlap=12)
+    yield kb, documents
+    await ChunkService().delete_knowledge_base(kb_id=kb.id)
+
+
+@pytest.fixture
+async def test_kb_with_indexed_chunks(test_user, indexing_service):
+    """A KB of the eight corpus documents in chunks of 40 tokens: well over 200 chunks."""
+    kb, _ = await index_corpus(owner=test_user, indexing=indexing_service, chunk_size=40, chunk_overlap=8)
+    yield kb
+    await ChunkService().delete_knowledge_base(kb_id=kb.id)

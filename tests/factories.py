@@ -1,0 +1,51 @@
+"""Builders of test data that go through the same services production uses."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+
+from knowledge.models import Document, KnowledgeBase, Membership, Role
+from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+
+CORPUS_DIR = Path(__file__).resolve().parent / "data" / "corpus"
+_numbers = itertools.count(1)
+
+
+def corpus() -> list[tuple[str, str]]:
+    """(title, text) of each test corpus document, titles taken from their first heading."""
+    documents = []
+    for path in sorted(CORPUS_DIR.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        documents.append((text.splitlines()[0].lstrip("# ").strip(), text))
+    return documents
+
+
+def make_user(*, username: str | None = None, superuser: bool = False, **fields):
+    username = username or f"user{next(_numbers)}"
+    model = get_user_model()
+    if superuser:
+        return model.objects.create_superuser(username=username, password="pw-" + username, **fields)
+    return model.objects.create_user(username=username, password="pw-" + username, **fields)
+
+
+def make_kb(*, owner=None, name: str | None = None, **options) -> KnowledgeBase:
+    name = name or f"Knowledge base {next(_numbers)}"
+    return KnowledgeBaseService().create_knowledge_base(name=name, owner=owner, **options)
+
+
+def add_member(kb: KnowledgeBase, user, role: Role = Role.READER) -> Membership:
+    return Membership.objects.create(knowledge_base=kb, user=user, role=role)
+
+
+def make_document(*, kb: KnowledgeBase, title: str | None = None, text: str | None = None) -> Document:
+    number = next(_numbers)
+    return DocumentService().add_text_document(
+        kb=kb,
+        title=title or f"Document {number}",
+        text=text or f"Document number {number} talks about nothing in particular.",
+        source_name=f"document-{number}.txt",
+    )

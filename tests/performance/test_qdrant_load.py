@@ -1,0 +1,96 @@
+"""AC-7.7.4 (story tests 4.1-4.4): 100 and 150 concurrent searches with the real embedder, embedded Qdrant and database."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import pytest
+
+from knowledge.services.permissions import PermissionService
+from search.services.audit import SearchAuditService
+from search.services.chunks import ChunkService
+from search.services.search import SearchService
+
+pytestmark = [pytest.mark.performance, pytest.mark.django_db(transaction=True)]
+
+TOPICS = ["honeybee dances", "sourdough starters", "lava flows", "packet loss", "chlorophyll", "bebop solos",
+          "bicycle chains", "spring tides", "oven temperature", "tectonic plates"]
+
+
+@pytest.fixture
+async def search_service_for_load(test_kb_with_indexed_chunks, test_user, documents_count=5):
+    kb = test_kb_with_indexed_chunks
+    assert await ChunkService().count_chunks(kb_id=kb.id) >= 200
+    assert await kb.documents.acount() >= documents_count
+    service = SearchService(PermissionService(), SearchAuditService())
+    # Load the model and open the store before timing: a server does this on its first request.
+    await service.semantic_search(query="warm up", kb_ids=[kb.id], user_id=test_user.id)
+    return service, kb, test_user
+
+
+async def run_concurrently(service, kb, user, count: int, label: str):
+    """Launch `count` searches at once; each latency runs from the common launch to that search's end."""
+    finished: list[float] = []
+
+    async def one(i: int):
+        results = await service.semantic_search(
+            query=f"{label} {TOPICS[i % len(TOPICS)]} question {i}", kb_ids=[str(kb.id)], user_id=user.id, limit=10
+        )
+        finished.append(time.perf_counter())
+        return results
+
+    launched = time.perf_counter()
+    outcomes = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    latencies = sorted(end - launched for end in finished)
+    return outcomes, latencies
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
+
+
+def report(label: str, latencies: list[float]) -> None:
+    print(
+        f"\n{label}: n={len(latencies)} p50={percentile(latencies, 0.50) * 1000:.1f}ms "
+        f"p95={percentile(latencies, 0.95) * 1000:.1f}ms p99={percentile(latencies, 0.99) * 1000:.1f}ms "
+        f"max={latencies[-1] * 1000:.1f}ms mean={statistics.mean(latencies) * 1000:.1f}ms "
+        f"cv={statistics.stdev(latencies) / statistics.mean(latencies):.2f}"
+    )
+
+
+class TestAsyncQdrantLoadPerformance:
+    async def test_100_concurrent_requests_complete(self, search_service_for_load) -> None:
+        """4.1"""
+        outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="complete")
+        report("100 concurrent", latencies)
+
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        assert failures == []
+        assert all(len(results) == 10 for results in outcomes)
+
+    async def test_100_concurrent_requests_p99_under_500ms(self, search_service_for_load) -> None:
+        """4.2"""
+        outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="performance")
+        report("100 concurrent", latencies)
+
+        assert len(latencies) == 100
+        assert percentile(latencies, 0.99) < 0.5
+
+    async def test_consistent_latency_under_load(self, search_service_for_load) -> None:
+        """4.3"""
+        outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="consistency")
+        report("100 concurrent", latencies)
+
+        assert len(latencies) == 100
+        assert statistics.stdev(latencies) / statistics.mean(latencies) < 1.0
+
+    async def test_no_thread_pool_exhaustion(self, search_service_for_load) -> None:
+        """4.4"""
+        outcomes, latencies = await run_concurrently(*search_service_for_load, count=150, label="exhaustion")
+        report("150 concurrent", latencies)
+
+        failures = [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
+        assert failures == []
+        assert len(latencies) == 150

@@ -1,0 +1,231 @@
+"""AC-7.7.1 to 7.7.3 (story tests 1.1-1.3, 2.1-2.4, 3.1-3.3): the client is async and services await it natively."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import AsyncMock, MagicMock, patch
+from uuid import uuid4
+
+import pytest
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http import models as rest
+
+from search.qdrant import QdrantConfig, QdrantService, qdrant_service
+
+pytestmark = pytest.mark.unit
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = ("kbsite", "knowledge", "search")
+
+
+class TestAsyncQdrantClientInitialization:
+    """AC-7.7.1: AsyncQdrantClient replaces the sync QdrantClient."""
+
+    def test_qdrant_service_uses_async_client(self) -> None:
+        service = QdrantService()
+        try:
+            assert isinstance(service.client, AsyncQdrantClient)
+        finally:
+            service.close()
+
+    async def test_server_client_is_configured_with_grpc(self) -> None:
+        with patch("search.qdrant.AsyncQdrantClient") as client_class:
+            client_class.return_value.close = AsyncMock()
+            service = QdrantService(QdrantConfig(url="http://qdrant.internal:6333", grpc_port=6334, api_key="k"))
+            assert service.client is client_class.return_value
+
+        client_class.assert_called_once()
+        kwargs = client_class.call_args.kwargs
+        assert kwargs["prefer_grpc"] is True
+        assert kwargs["url"] == "http://qdrant.internal:6333"
+        assert kwargs["grpc_port"] == 6334
+        assert kwargs["api_key"] == "k"
+        # The compatibility check is a blocking HTTP call per client.
+        assert kwargs["check_compatibility"] is False
+
+    async def test_async_client_calls_are_awaitable(self) -> None:
+        result = qdrant_service.client.get_collections()
+
+        assert inspect.isawaitable(result)
+        assert isinstance(await result, models.CollectionsResponse)
+
+
+@pytest.fixture
+def mock_async_qdrant():
+    """The process's Qdrant client replaced by an AsyncMock, as the chunk service sees it."""
+    with patch("search.services.chunks.qdrant_service") as service:
+        client = AsyncMock()
+        service.client = client
+        service.config = QdrantConfig(url="http://qdrant.internal:6333")
+        yield client
+
+
+def _scored_point(kb_id: str, document_id: str, chunk_index: int, score: float) -> models.ScoredPoint:
+    return models.ScoredPoint(
+        id=str(uuid4()),
+        version=1,
+        score=score,
+        payload={
+            "kb_id": kb_id,
+            "document_id": document_id,
+            "chunk_index": chunk_index,
+            "content": f"chunk {chunk_index}",
+            "title": "A title",
+            "char_start": 0,
+            "char_end": 10,
+            "archived_at": None,
+        },
+    )
+
+
+class TestChunkServiceAsyncOperations:
+    """AC-7.7.2: ChunkService awaits scroll, query_points and count on the async client."""
+
+    async def test_get_chunks_uses_native_async_scroll(self, mock_async_qdrant: AsyncMock) -> None:
+        from search.services.chunks import ChunkService
+
+        mock_async_qdrant.scroll.return_value = ([], None)
+
+        chunks, next_offset = await ChunkService().get_chunks_by_document(kb_id=str(uuid4()), document_id=str(uuid4()))
+
+        mock_async_qdrant.scroll.assert_awaited_once()
+        assert (chunks, next_offset) == ([], None)
+
+    async def test_search_chunks_uses_native_async_query_points(self, mock_async_qdrant: AsyncMock) -> None:
+        from search.services.chunks import ChunkService
+
+        kb_id, document_id = str(uuid4()), str(uuid4())
+        mock_async_qdrant.query_points.return_value = rest.QueryResponse(
+            points=[_scored_point(kb_id, document_id, 3, 0.9)]
+        )
+
+        hits = await ChunkService().search_chunks(kb_id=kb_id, query_embedding=[0.1] * 384, limit=10)
+
+        mock_async_qdrant.query_points.assert_awaited_once()
+        assert mock_async_qdrant.query_points.call_args.kwargs["limit"] == 10
+        assert [(hit.chunk_index, hit.score) for hit in hits] == [(3, 0.9)]
+
+    async def test_count_chunks_uses_native_async_count(self, mock_async_qdrant: AsyncMock) -> None:
+        from search.services.chunks import ChunkService
+
+        mock_async_qdrant.count.return_value = models.CountResult(count=42)
+
+        result = await ChunkService().count_chunks(kb_id=str(uuid4()))
+
+        mock_async_qdrant.count.assert_awaited_once()
+        assert mock_async_qdrant.count.call_args.kwargs["exact"] is True
+        assert result == 42
+
+    def test_no_asyncio_to_thread_in_chunk_service(self) -> None:
+        from search.services import chunks
+
+        assert "to_thread" not in inspect.getsource(chunks)
+
+
+class _Embeddings:
+    """Stands in for the embedding service: these tests are about how Qdrant is called."""
+
+    model_id = "test-model"
+
+    def __init__(self) -> None:
+        self.embed_query = AsyncMock(return_value=[0.1] * 384)
+
+
+def _search_service(kb_ids):
+    from search.services.search import SearchService
+
+    permissions = SimpleNamespace(
+        readable_knowledge_bases=AsyncMock(
+            return_value=[SimpleNamespace(id=kb_id, name="kb", embedding_model="test-model") for kb_id in kb_ids]
+        )
+    )
+    audit = SimpleNamespace(record_search=AsyncMock())
+    return SearchService(permission_service=permissions, audit_service=audit, embeddings=_Embeddings()), audit
+
+
+class TestSearchServiceAsyncOperations:
+    """AC-7.7.3: semantic_search awaits query_points with a query_filter."""
+
+    async def test_semantic_search_uses_native_async_query(self, mock_async_qdrant: AsyncMock) -> None:
+        kb_ids = [uuid4(), uuid4()]
+        mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
+        service, audit = _search_service(kb_ids)
+
+        results = await service.semantic_search(query="test query", kb_ids=kb_ids, user_id=1, limit=10)
+
+        assert results == []
+        assert mock_async_qdrant.query_points.await_count == len(kb_ids)
+        searched = {call.kwargs["collection_name"] for call in mock_async_qdrant.query_points.call_args_list}
+        assert searched == {f"kb_{kb_id}" for kb_id in kb_ids}
+        audit.record_search.assert_awaited_once()
+
+    def test_search_service_has_no_to_thread_wrapper(self) -> None:
+        from search.services import search
+
+        assert "to_thread" not in inspect.getsource(search)
+
+    async def test_search_with_filters_uses_native_async(self, mock_async_qdrant: AsyncMock) -> None:
+        kb_id = uuid4()
+        mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
+        service, _ = _search_service([kb_id])
+
+        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, limit=10, include_archived=False)
+        default_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, limit=10, include_archived=True)
+        archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+
+        archived_condition = models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at"))
+        assert archived_condition in default_filter.must
+        assert archived_condition not in archived_too_filter.must
+        kb_condition = models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))
+        assert kb_condition in default_filter.must and kb_condition in archived_too_filter.must
+
+    async def test_the_embedded_store_is_spared_the_redundant_kb_condition(self, mock_async_qdrant) -> None:
+        """Local mode checks each condition on each point in Python; the KB has its own collection anyway."""
+        from search.services import chunks
+
+        kb_id = uuid4()
+        mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
+        chunks.qdrant_service.config = QdrantConfig()
+        service, _ = _search_service([kb_id])
+
+        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1)
+        default_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, include_archived=True)
+        archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+
+        assert default_filter.must == [models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at"))]
+        assert archived_too_filter.must == [
+            models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))
+        ]
+
+
+def _calls_in_project():
+    for package in PROJECT_PACKAGES:
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Call):
+                    yield path, node
+
+
+def test_nothing_in_the_project_runs_qdrant_on_a_thread_pool() -> None:
+    """AC-7.7.3: no asyncio.to_thread or run_in_executor anywhere, so no Qdrant call can hide behind one."""
+    offenders = [
+        f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}"
+        for path, node in _calls_in_project()
+        if isinstance(node.func, ast.Attribute) and node.func.attr in {"to_thread", "run_in_executor"}
+    ]
+    assert offenders == []
+
+
+def test_no_sync_qdrant_client_in_the_project() -> None:
+    """AC-7.7.1: the synchronous QdrantClient is never constructed."""
+    offenders = [
+        f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}"
+        for path, node in _calls_in_project()
+        if getattr(node.func, "id", getattr(node.func, "attr", None)) == "QdrantClient"
+    ]
+    assert offenders == []
