@@ -1,4 +1,4 @@
-"""ASGI entry point for uvicorn."""
+"""ASGI entry point for uvicorn: Django, its static files, and start-up and shut-down of the app services."""
 
 import os
 
@@ -6,4 +6,10 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kbsite.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402  (needs settings)
+
+from kbsite.lifespan import with_lifespan  # noqa: E402
+
+application = with_lifespan(ASGIStaticFilesHandler(django_application))

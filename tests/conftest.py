@@ -78,11 +78,11 @@ def other_user(db):
     return make_user(username="bob")
 
 
-async def index_corpus(*, owner, indexing: IndexingService, chunk_size: int, chunk_overlap: int):
+async def index_corpus(
+    *, owner, indexing: IndexingService, chunk_size: int, chunk_overlap: int, name: str = "Test corpus"
+):
     """A KB holding the whole test corpus, every document indexed through IndexingService."""
-    kb = await sync_to_async(make_kb)(
-        owner=owner, name="Test corpus", chunk_size=chunk_size, chunk_overlap=chunk_overlap
-    )
+    kb = await sync_to_async(make_kb)(owner=owner, name=name, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     documents = []
     for title, text in corpus():
         document = await sync_to_async(make_document)(kb=kb, title=title, text=text)

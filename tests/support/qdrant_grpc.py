@@ -7,6 +7,7 @@ import functools
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
@@ -250,9 +251,11 @@ class _Points(_LocalServicer, pb.PointsServicer):
                     grpc_field_type_to_payload_schema(field_type)
                 ),
             )
-        return _update_response(
-            self.local.create_payload_index(request.collection_name, request.field_name, field_schema=schema)
-        )
+        # Local mode keeps no payload indexes and warns so; a server would build one, so answer as it does.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            created = self.local.create_payload_index(request.collection_name, request.field_name, field_schema=schema)
+        return _update_response(created)
 
     @_rpc
     def DeleteFieldIndex(self, request: pb.DeleteFieldIndexCollection) -> pb.PointsOperationResponse:

@@ -1,0 +1,38 @@
+"""Prepare a fresh site: an administrator to log in with (run after migrate)."""
+
+import os
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from knowledge.services.site import SiteSetupService
+
+
+class Command(BaseCommand):
+    help = "Create the first superuser if there is none and say how to log in. Safe to run on every start."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--username", default="admin", help="Name of the superuser to create (default: admin).")
+        parser.add_argument(
+            "--password-env",
+            default="KBSITE_ADMIN_PASSWORD",
+            help="Environment variable holding the password; unset means generate one (default: %(default)s).",
+        )
+        parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="Where the admin will be served.")
+
+    def handle(self, *args, username: str, password_env: str, url: str, **options) -> None:
+        service = SiteSetupService()
+        account = service.ensure_admin(username=username, password=os.environ.get(password_env) or None)
+        if account.created and account.password:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Created the superuser {account.username!r} with password {account.password}\n"
+                    f"(also saved in {service.password_file()})."
+                )
+            )
+        elif account.created:
+            self.stdout.write(self.style.SUCCESS(f"Created the superuser {account.username!r} (password from ${password_env})."))
+        else:
+            where = service.password_file()
+            hint = f"its password is in {where}" if where.exists() else "use its password, or `manage.py changepassword`"
+            self.stdout.write(f"Superuser {account.username!r} exists; {hint}.")
+        self.stdout.write(f"Log in at {url}")

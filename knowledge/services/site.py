@@ -1,0 +1,41 @@
+"""First-start setup of a site: an administrator to log in with."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+
+@dataclass(frozen=True)
+class AdminAccount:
+    username: str
+    #: Only set when this call created the account with a generated password.
+    password: str | None
+    created: bool
+
+
+class SiteSetupService:
+    @staticmethod
+    def password_file() -> Path:
+        return Path(settings.VAR_DIR) / "admin-password.txt"
+
+    def ensure_admin(self, *, username: str, password: str | None = None) -> AdminAccount:
+        """Create a superuser if the site has none; a generated password is kept in a file only its owner reads."""
+        users = get_user_model().objects
+        existing = users.filter(is_superuser=True).order_by("pk").first()
+        if existing is not None:
+            return AdminAccount(username=existing.get_username(), password=None, created=False)
+        generated = password is None
+        password = password or secrets.token_urlsafe(12)
+        users.create_superuser(username=username, email="", password=password)
+        if generated:
+            path = self.password_file()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{username}\n{password}\n", encoding="utf-8")
+            os.chmod(path, 0o600)
+        return AdminAccount(username=username, password=password if generated else None, created=True)
