@@ -28,8 +28,9 @@ class ChunkingError(ValueError):
 class TokenChunker:
     """Cuts text into chunks of at most `size` tokens, each sharing about `overlap` tokens with the last.
 
-    A chunk ends at the best break in the last half of its window: a heading, then a paragraph,
-    then a line, then a sentence end; only text without any break is cut mid-sentence.
+    A chunk ends at the best break near the end of its window: a heading (in its last three
+    quarters), then a paragraph, a line or a sentence end (in its last half); only text without
+    any break is cut mid-sentence.
     """
 
     def __init__(self, *, token_spans: TokenSpans, size: int, overlap: int, max_size: int) -> None:
@@ -69,10 +70,15 @@ class TokenChunker:
         if limit >= total:
             return total
         best, best_quality = limit, _NO_BREAK
-        for position in range(limit, start + max(1, self.size // 2), -1):
-            if breaks[position] > best_quality:
-                best, best_quality = position, breaks[position]
+        for position in range(limit, start, -1):
+            quality = breaks[position]
+            if quality > best_quality and position - start > self._shortest_before(quality):
+                best, best_quality = position, quality
         return best
+
+    def _shortest_before(self, quality: int) -> int:
+        """How many tokens a chunk needs before a break of this quality may end it."""
+        return self.size // 4 if quality == _HEADING else self.size // 2
 
     def _next_start(self, breaks: list[int], start: int, end: int) -> int:
         """Step back `overlap` tokens, then forward to a sentence or line start if one is close."""

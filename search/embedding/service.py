@@ -124,7 +124,6 @@ class EmbeddingService:
         return vectors
 
     async def _submit(self, texts: list[str], queue: deque[_Job]) -> list[list[float]]:
-        self.embedder  # fail here, in the caller, if the backend setting is wrong
         loop = asyncio.get_running_loop()
         job = _Job(texts=texts, loop=loop, future=loop.create_future())
         with self._condition:

@@ -1,0 +1,57 @@
+"""System checks tell an operator what is misconfigured before a request fails."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+
+from search.checks import check_embedding_settings, check_qdrant_settings
+
+pytestmark = pytest.mark.unit
+
+
+def ids(problems) -> list[str]:
+    return [problem.id for problem in problems]
+
+
+def test_the_embedded_default_passes(settings) -> None:
+    assert check_qdrant_settings() == [] and check_embedding_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"URL": "ftp://qdrant:6333"}, "search.E001"),
+        ({"URL": "http://qdrant.example.com:6333", "API_KEY": "secret"}, "search.W001"),
+        ({"URL": "http://qdrant:6333", "GRPC_PORT": 70000}, "search.E002"),
+        ({"TIMEOUT": 0}, "search.E005"),
+    ],
+)
+def test_bad_qdrant_settings_are_reported(settings, overrides, expected) -> None:
+    settings.QDRANT = {**settings.QDRANT, **overrides}
+
+    assert expected in ids(check_qdrant_settings())
+
+
+def test_a_store_path_that_is_a_file_is_reported(settings, tmp_path) -> None:
+    file = tmp_path / "not-a-folder"
+    file.write_text("")
+    settings.QDRANT = {**settings.QDRANT, "URL": None, "PATH": str(file)}
+
+    assert ids(check_qdrant_settings()) == ["search.E003"]
+
+
+@pytest.mark.parametrize(
+    ("embedding", "chunking", "expected"),
+    [
+        ({"BACKEND": "search.embedding.nowhere.Model"}, {}, "search.E010"),
+        ({"THREADS": 0}, {}, "search.E012"),
+        ({}, {"SIZE": 300}, "search.E013"),
+        ({}, {"SIZE": 100, "OVERLAP": 100}, "search.E014"),
+    ],
+)
+def test_bad_embedding_and_chunk_settings_are_reported(settings, embedding, chunking, expected) -> None:
+    settings.EMBEDDING = {**settings.EMBEDDING, **embedding}
+    settings.CHUNKING = {**settings.CHUNKING, **chunking}
+
+    assert expected in ids(check_embedding_settings())
