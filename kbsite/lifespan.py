@@ -13,8 +13,8 @@ logger = logging.getLogger("kbsite")
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 # Each names an async callable taking no arguments.
-STARTUP_HOOKS: list[str] = []
-SHUTDOWN_HOOKS = ["search.lifecycle.close_connections"]
+STARTUP_HOOKS = ["knowledge.worker.start_in_process"]
+SHUTDOWN_HOOKS = ["knowledge.worker.stop_in_process", "search.lifecycle.close_connections"]
 
 
 async def _run(hooks: list[str]) -> None:

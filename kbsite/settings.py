@@ -169,3 +169,19 @@ CHUNKING = {
     "SIZE": env_number("CHUNK_SIZE", 200),
     "OVERLAP": env_number("CHUNK_OVERLAP", 40),
 }
+
+# Ingestion: what an upload may be, and how the worker retries and holds documents.
+INGESTION = {
+    "MAX_UPLOAD_BYTES": env_number("KBSITE_MAX_UPLOAD_MB", 20, float) * 1024 * 1024,
+    # An upload whose text grows past this (a PDF or DOCX "bomb") fails instead of filling the disk.
+    "MAX_EXTRACTED_CHARS": env_number("KBSITE_MAX_EXTRACTED_CHARS", 5_000_000),
+    "MAX_PDF_PAGES": env_number("KBSITE_MAX_PDF_PAGES", 2000),
+    "MAX_UNZIPPED_BYTES": env_number("KBSITE_MAX_UNZIPPED_MB", 200, float) * 1024 * 1024,
+    # Run the ingestion worker inside the web server: needed with the embedded store, which only
+    # one process may open. "auto" means: when QDRANT_URL is unset.
+    "IN_PROCESS_WORKER": env_str("KBSITE_IN_PROCESS_WORKER", "auto"),
+    "MAX_ATTEMPTS": env_number("KBSITE_INGEST_MAX_ATTEMPTS", 5),
+    "LEASE_SECONDS": env_number("KBSITE_INGEST_LEASE_SECONDS", 300),
+    "POLL_SECONDS": env_number("KBSITE_INGEST_POLL_SECONDS", 2.0, float),
+}
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(INGESTION["MAX_UPLOAD_BYTES"]) + 1024 * 1024

@@ -40,3 +40,11 @@ class DuplicateSlug(KnowledgeError):
 
 class DuplicateDocument(KnowledgeError):
     code = "duplicate_document"
+
+
+class UnsupportedFormat(KnowledgeError):
+    code = "unsupported_format"
+
+
+class UploadTooLarge(KnowledgeError):
+    code = "upload_too_large"

@@ -71,25 +71,42 @@ class DocumentStatus(models.TextChoices):
 
 
 class Document(models.Model):
+    """A document of a KB; the row is also its place in the ingestion queue (status, attempts, lease)."""
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
     title = models.CharField(max_length=500)
     source_name = models.CharField(max_length=500, blank=True, help_text="The file name it came from.")
-    content_hash = models.CharField(max_length=64, help_text="sha256 of the text, to recognise duplicates.")
-    text = models.TextField(blank=True, help_text="The extracted text: the source chunks are rebuilt from.")
-    status = models.CharField(
-        max_length=12, choices=DocumentStatus.choices, default=DocumentStatus.PENDING, db_index=True
+    source_format = models.CharField(max_length=10, blank=True, help_text="txt, md, html, pdf, docx or text.")
+    source_size = models.PositiveBigIntegerField(default=0, help_text="Bytes uploaded.")
+    content_hash = models.CharField(
+        max_length=64, help_text="sha256 of what was uploaded, to recognise the same content twice."
     )
+    text = models.TextField(blank=True, help_text="The extracted text: the source chunks are rebuilt from.")
+    status = models.CharField(max_length=12, choices=DocumentStatus.choices, default=DocumentStatus.PENDING)
     chunk_count = models.PositiveIntegerField(default=0)
+    chunks_done = models.PositiveIntegerField(default=0, help_text="Progress of the current indexing.")
+    chunks_total = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="Not to be tried again before this.")
+    claimed_by = models.CharField(max_length=100, blank=True, help_text="The worker processing it.")
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="A worker that has not renewed its claim by then is presumed dead."
+    )
     archived_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["knowledge_base", "content_hash"], name="one_copy_of_content_per_kb")
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="document_queue"),
+            models.Index(fields=["knowledge_base", "status"], name="document_kb_status"),
+            models.Index(fields=["knowledge_base", "source_name"], name="document_kb_source"),
         ]
 
     def __str__(self) -> str:
@@ -98,3 +115,19 @@ class Document(models.Model):
     @property
     def is_archived(self) -> bool:
         return self.archived_at is not None
+
+    @property
+    def progress(self) -> str:
+        if self.status == DocumentStatus.PROCESSING and self.chunks_total:
+            return f"{self.chunks_done}/{self.chunks_total} chunks"
+        return f"{self.chunk_count} chunks" if self.status == DocumentStatus.READY else ""
+
+
+class DocumentSource(models.Model):
+    """An uploaded file waiting to have its text extracted; deleted once the text is stored."""
+
+    document = models.OneToOneField(Document, on_delete=models.CASCADE, primary_key=True, related_name="source")
+    data = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"source of {self.document_id}"

@@ -165,7 +165,7 @@ class QdrantService:
                 ) from exc
         # AsyncQdrantClient offers no hook for this; its local backend is the `_client` attribute.
         client._client = _SerialisedLocalStore(client._client)
-        logger.info("Opened %s", config.describe())
+        logger.debug("Opened %s", config.describe())
         return client
 
     def _client_for_running_loop(self) -> AsyncQdrantClient:
@@ -212,6 +212,17 @@ class QdrantService:
                     del self._loop_clients[loop]
                 self._closers.pop(loop, None)
             await client.close()
+
+    async def check_available(self) -> None:
+        """Raise VectorStoreUnavailable, saying what to do, unless Qdrant answers a cheap call."""
+        try:
+            await self.client.get_collections()
+        except VectorStoreUnavailable:
+            raise
+        except Exception as exc:
+            raise as_unavailable(exc, self.config) or VectorStoreUnavailable(
+                f"{self.config.describe()} failed: {exc}"
+            ) from exc
 
     async def aclose(self) -> None:
         """Close the client of the running loop (server) or the process's store (embedded)."""

@@ -10,7 +10,8 @@ from django.db import connections
 from qdrant_client import models
 
 from knowledge.models import Document
-from knowledge.services.indexing import IndexingService
+from knowledge.models import DocumentStatus
+from knowledge.services.ingestion import IngestionService
 from search.embedding import embedding_service
 from search.qdrant import qdrant_service
 from search.services.chunks import ChunkService
@@ -64,8 +65,8 @@ def close_async_orm_connections(django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(scope="session")
-def indexing_service() -> IndexingService:
-    return IndexingService(embeddings=MemoisingEmbeddings(embedding_service))
+def ingestion_service() -> IngestionService:
+    return IngestionService(embeddings=MemoisingEmbeddings(embedding_service))
 
 
 @pytest.fixture
@@ -79,28 +80,30 @@ def other_user(db):
 
 
 async def index_corpus(
-    *, owner, indexing: IndexingService, chunk_size: int, chunk_overlap: int, name: str = "Test corpus"
+    *, owner, ingestion: IngestionService, chunk_size: int, chunk_overlap: int, name: str = "Test corpus"
 ):
-    """A KB holding the whole test corpus, every document indexed through IndexingService."""
+    """A KB holding the whole test corpus, every document taken through the ingestion pipeline."""
     kb = await sync_to_async(make_kb)(owner=owner, name=name, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     documents = []
     for title, text in corpus():
         document = await sync_to_async(make_document)(kb=kb, title=title, text=text)
-        documents.append(await indexing.index_document(document_id=document.id))
+        document = await ingestion.ingest_now(document_id=document.id, worker_id="tests")
+        assert document.status == DocumentStatus.READY, document.error
+        documents.append(document)
     return kb, documents
 
 
 @pytest.fixture
-async def test_kb_with_documents(test_user, indexing_service):
+async def test_kb_with_documents(test_user, ingestion_service):
     """(kb, documents): the eight corpus documents, ready, in chunks of 64 tokens."""
-    kb, documents = await index_corpus(owner=test_user, indexing=indexing_service, chunk_size=64, chunk_overlap=12)
+    kb, documents = await index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
     yield kb, documents
     await ChunkService().delete_knowledge_base(kb_id=kb.id)
 
 
 @pytest.fixture
-async def test_kb_with_indexed_chunks(test_user, indexing_service):
+async def test_kb_with_indexed_chunks(test_user, ingestion_service):
     """A KB of the eight corpus documents in chunks of 40 tokens: well over 200 chunks."""
-    kb, _ = await index_corpus(owner=test_user, indexing=indexing_service, chunk_size=40, chunk_overlap=8)
+    kb, _ = await index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=40, chunk_overlap=8)
     yield kb
     await ChunkService().delete_knowledge_base(kb_id=kb.id)

@@ -1,29 +1,172 @@
-"""Adding documents to a knowledge base."""
+"""Adding, archiving and deleting a knowledge base's documents."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePath
 
-from knowledge.errors import DuplicateDocument, InvalidInput
-from knowledge.models import Document, KnowledgeBase
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from knowledge.errors import DuplicateDocument, InvalidInput, UnsupportedFormat, UploadTooLarge
+from knowledge.extraction import SUPPORTED_FORMATS, format_for
+from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
+from knowledge.worker import notify_new_work
+from search.services.chunks import ChunkService
+
+TEXT_FORMAT = "text"
 
 
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class AddedDocument:
+    document: Document
+    #: False when the upload replaced an earlier version of the same file (same name, other content).
+    created: bool
 
 
 class DocumentService:
-    def add_text_document(self, *, kb: KnowledgeBase, title: str, text: str, source_name: str = "") -> Document:
-        """Record a document from plain text, pending indexing; the same text twice in one KB is refused."""
-        title = (title or "").strip() or source_name or "Untitled"
+    def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
+        self.chunk_service = chunk_service or ChunkService()
+
+    def add_upload(self, *, kb: KnowledgeBase, filename: str, data: bytes, title: str = "") -> AddedDocument:
+        """Queue an uploaded file for ingestion.
+
+        The same content twice in one KB is refused (DuplicateDocument); a file of the same name
+        with other content replaces that document's text, and only it is indexed again.
+        """
+        name = PurePath(filename or "").name
+        if not name:
+            raise InvalidInput("The upload has no file name.")
+        self.check_upload_size(name, len(data))
+        source_format = format_for(name)
+        if source_format is None:
+            readable = ", ".join(sorted(set(SUPPORTED_FORMATS)))
+            raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
+        if not data:
+            raise InvalidInput(f"{name} is empty.")
+        return self._add(
+            kb=kb,
+            source_name=name,
+            title=title.strip(),
+            digest=content_hash(data),
+            source_format=source_format,
+            size=len(data),
+            text="",
+            source=data,
+        )
+
+    def add_text_document(self, *, kb: KnowledgeBase, title: str, text: str, source_name: str = "") -> AddedDocument:
+        """Queue a document given as plain text; duplicates and new versions are handled as for files."""
+        title = (title or "").strip()
+        if not title:
+            raise InvalidInput("A text document needs a title.")
         if not text or not text.strip():
             raise InvalidInput(f"{title!r} has no text to index.")
-        digest = content_hash(text)
-        existing = Document.objects.filter(knowledge_base=kb, content_hash=digest).only("id", "title").first()
-        if existing is not None:
-            raise DuplicateDocument(
-                f"This text is already in {kb.name!r} as {existing.title!r}.", detail={"document_id": str(existing.id)}
+        encoded = text.encode("utf-8")
+        self.check_upload_size(title, len(encoded))
+        return self._add(
+            kb=kb,
+            source_name=PurePath(source_name).name,
+            title=title,
+            digest=content_hash(encoded),
+            source_format=TEXT_FORMAT,
+            size=len(encoded),
+            text=text,
+            source=None,
+        )
+
+    @staticmethod
+    def check_upload_size(name: str, size: int) -> None:
+        limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
+        if size > limit:
+            raise UploadTooLarge(
+                f"{name} is {size / 1024 / 1024:.1f} MB; the most is {limit / 1024 / 1024:.0f} MB "
+                "(KBSITE_MAX_UPLOAD_MB). Split it, or ask an operator to raise the limit."
             )
-        return Document.objects.create(
-            knowledge_base=kb, title=title[:500], source_name=source_name[:500], text=text, content_hash=digest
+
+    def _add(
+        self,
+        *,
+        kb: KnowledgeBase,
+        source_name: str,
+        title: str,
+        digest: str,
+        source_format: str,
+        size: int,
+        text: str,
+        source: bytes | None,
+    ) -> AddedDocument:
+        with transaction.atomic():
+            same = Document.objects.filter(knowledge_base=kb, content_hash=digest).only("id", "title").first()
+            if same is not None:
+                raise DuplicateDocument(
+                    f"{source_name or title} is already in {kb.name!r} as {same.title!r}; it was not added again.",
+                    detail={"document_id": str(same.id)},
+                )
+            earlier = (
+                Document.objects.select_for_update().filter(knowledge_base=kb, source_name=source_name).first()
+                if source_name
+                else None
+            )
+            document = earlier or Document(knowledge_base=kb, source_name=source_name)
+            document.title = (title or document.title or PurePath(source_name).stem or "Untitled")[:500]
+            document.source_format = source_format
+            document.source_size = size
+            document.content_hash = digest
+            document.text = text
+            document.status = DocumentStatus.PENDING
+            document.error = ""
+            document.attempts = 0
+            document.next_attempt_at = None
+            document.chunks_done = document.chunks_total = 0
+            try:
+                document.save()
+            except IntegrityError:
+                raise DuplicateDocument(f"{source_name or title} is already in {kb.name!r}.") from None
+            DocumentSource.objects.filter(document=document).delete()
+            if source is not None:
+                DocumentSource.objects.create(document=document, data=source)
+            transaction.on_commit(notify_new_work)
+        return AddedDocument(document=document, created=earlier is None)
+
+    async def set_archived(self, *, document: Document, archived: bool) -> Document:
+        """Archive or restore a document: its chunks' payload changes in Qdrant, nothing is re-embedded.
+
+        Qdrant changes first: should the database then fail, no archived text stays searchable.
+        """
+        archived_at = timezone.now() if archived else None
+        if (document.archived_at is None) == (archived_at is None):
+            return document
+        await self.chunk_service.set_archived(
+            kb_id=document.knowledge_base_id, document_id=document.id, archived_at=archived_at
+        )
+        document.archived_at = archived_at
+        await document.asave(update_fields=["archived_at", "updated_at"])
+        return document
+
+    async def delete_document(self, *, document: Document) -> None:
+        """Remove a document's points from Qdrant, then its row."""
+        await self.chunk_service.delete_document_chunks(kb_id=document.knowledge_base_id, document_id=document.id)
+        await document.adelete()
+
+    def queue_for_reindex(self, *, documents: Iterable[Document]) -> int:
+        """Send documents back to the workers to be chunked and embedded again; returns how many.
+
+        A worker busy with one of them loses its claim, so it cannot mark the old run ready.
+        """
+        return Document.objects.filter(pk__in=[d.pk for d in documents]).update(
+            status=DocumentStatus.PENDING,
+            attempts=0,
+            next_attempt_at=None,
+            error="",
+            claimed_by="",
+            lease_expires_at=None,
+            updated_at=timezone.now(),
         )

@@ -9,9 +9,13 @@ from django.utils.text import slugify
 from knowledge.errors import DuplicateSlug, InvalidInput
 from knowledge.models import KnowledgeBase, Membership, Role
 from search.embedding import embedding_service
+from search.services.chunks import ChunkService
 
 
 class KnowledgeBaseService:
+    def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
+        self.chunk_service = chunk_service or ChunkService()
+
     def create_knowledge_base(
         self,
         *,
@@ -62,3 +66,11 @@ class KnowledgeBaseService:
             raise InvalidInput(
                 f"Chunk overlap must be at least 0 and below the chunk size ({kb.chunk_size}), not {kb.chunk_overlap}."
             )
+
+    async def delete_knowledge_base(self, *, kb: KnowledgeBase) -> None:
+        """Drop the KB's collections in Qdrant, then its rows (documents and memberships go with it).
+
+        Qdrant goes first: should it fail, the KB is still there to delete again, not a hidden orphan.
+        """
+        await self.chunk_service.delete_knowledge_base(kb_id=kb.id)
+        await kb.adelete()

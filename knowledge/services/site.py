@@ -1,4 +1,4 @@
-"""First-start setup of a site: an administrator to log in with."""
+"""First-start setup of a site: an administrator to log in with and a demo knowledge base to search."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+
+from knowledge.models import KnowledgeBase
+from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+
+DEMO_SLUG = "kbsite-docs"
+DEMO_SOURCES = ("README.md",)
 
 
 @dataclass(frozen=True)
@@ -39,3 +46,19 @@ class SiteSetupService:
             path.write_text(f"{username}\n{password}\n", encoding="utf-8")
             os.chmod(path, 0o600)
         return AdminAccount(username=username, password=password if generated else None, created=True)
+
+    def load_demo(self, *, owner) -> KnowledgeBase | None:
+        """Queue the project's own documentation as a demo KB, unless a KB of that slug exists."""
+        if KnowledgeBase.objects.filter(slug=DEMO_SLUG).exists():
+            return None
+        kb = KnowledgeBaseService().create_knowledge_base(
+            name="kbsite documentation",
+            slug=DEMO_SLUG,
+            owner=owner,
+            description="kbsite's own README, loaded on first start so there is something to search.",
+        )
+        for name in DEMO_SOURCES:
+            path = Path(settings.BASE_DIR) / name
+            if path.is_file():
+                DocumentService().add_upload(kb=kb, filename=path.name, data=path.read_bytes())
+        return kb

@@ -192,13 +192,18 @@ class ChunkService:
         chunks: Sequence[TextChunk],
         vectors: Sequence[Sequence[float]],
         archived_at: datetime | None = None,
+        collection_name: str | None = None,
     ) -> int:
-        """Write chunks with their vectors; the KB's collection is created on first write."""
+        """Write chunks with their vectors; the KB's collection is created on first write.
+
+        `collection_name` writes into a given collection version instead (a rebuild in progress).
+        """
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         if not chunks:
             return 0
-        await self.ensure_collection(kb_id=kb_id, vector_size=len(vectors[0]))
+        if collection_name is None:
+            await self.ensure_collection(kb_id=kb_id, vector_size=len(vectors[0]))
         points = [
             models.PointStruct(
                 id=chunk_point_id(document_id, chunk.index),
@@ -219,19 +224,26 @@ class ChunkService:
         client = qdrant_service.client
         for start in range(0, len(points), UPSERT_BATCH_SIZE):
             await client.upsert(
-                collection_name=collection_alias(kb_id), points=points[start : start + UPSERT_BATCH_SIZE], wait=True
+                collection_name=collection_name or collection_alias(kb_id),
+                points=points[start : start + UPSERT_BATCH_SIZE],
+                wait=True,
             )
         return len(points)
 
     @_translate_unreachable
     async def delete_document_chunks(
-        self, *, kb_id: UUID | str, document_id: UUID | str, from_index: int = 0
+        self,
+        *,
+        kb_id: UUID | str,
+        document_id: UUID | str,
+        from_index: int = 0,
+        collection_name: str | None = None,
     ) -> None:
         """Delete a document's chunks, or only those from `from_index` on (left over from a longer version)."""
         extra = [models.FieldCondition(key="chunk_index", range=models.Range(gte=from_index))] if from_index else []
         try:
             await qdrant_service.client.delete(
-                collection_name=collection_alias(kb_id),
+                collection_name=collection_name or collection_alias(kb_id),
                 points_selector=models.FilterSelector(filter=_document_filter(document_id, *extra)),
                 wait=True,
             )
@@ -241,12 +253,17 @@ class ChunkService:
 
     @_translate_unreachable
     async def set_archived(
-        self, *, kb_id: UUID | str, document_id: UUID | str, archived_at: datetime | None
+        self,
+        *,
+        kb_id: UUID | str,
+        document_id: UUID | str,
+        archived_at: datetime | None,
+        collection_name: str | None = None,
     ) -> None:
         """Mark a document's chunks archived (or not): a payload update, nothing is re-embedded."""
         try:
             await qdrant_service.client.set_payload(
-                collection_name=collection_alias(kb_id),
+                collection_name=collection_name or collection_alias(kb_id),
                 payload={"archived_at": archived_at.isoformat() if archived_at else None},
                 points=models.FilterSelector(filter=_document_filter(document_id)),
                 wait=True,

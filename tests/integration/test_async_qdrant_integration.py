@@ -118,21 +118,21 @@ class TestChunkServiceAsyncIntegration:
         assert await service.search_chunks(kb_id=kb_id, query_embedding=[0.1] * 384) == []
 
     async def test_indexing_again_replaces_chunks_instead_of_adding(
-        self, test_kb_with_documents, indexing_service
+        self, test_kb_with_documents, ingestion_service
     ) -> None:
         kb, documents = test_kb_with_documents
         before = await ChunkService().count_chunks(kb_id=kb.id)
 
-        await indexing_service.index_document(document_id=documents[2].id)
+        await ingestion_service.ingest_now(document_id=documents[2].id, worker_id="tests")
 
         assert await ChunkService().count_chunks(kb_id=kb.id) == before
 
-    async def test_a_shorter_text_leaves_no_old_chunks_behind(self, test_kb_with_documents, indexing_service) -> None:
+    async def test_a_shorter_text_leaves_no_old_chunks_behind(self, test_kb_with_documents, ingestion_service) -> None:
         kb, documents = test_kb_with_documents
         document = documents[3]
         await Document.objects.filter(pk=document.pk).aupdate(text=document.text[:300])
 
-        shorter = await indexing_service.index_document(document_id=document.id)
+        shorter = await ingestion_service.ingest_now(document_id=document.id, worker_id="tests")
 
         assert 0 < shorter.chunk_count < document.chunk_count
         assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == shorter.chunk_count
@@ -277,10 +277,10 @@ class TestSearchServiceAsyncIntegration:
         )
         assert row.latency_ms > 0
 
-    async def test_results_from_several_kbs_are_merged_by_score(self, test_user, indexing_service) -> None:
+    async def test_results_from_several_kbs_are_merged_by_score(self, test_user, ingestion_service) -> None:
         from tests.conftest import index_corpus
 
-        first, _ = await index_corpus(owner=test_user, indexing=indexing_service, chunk_size=64, chunk_overlap=12)
+        first, _ = await index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
         second = await sync_to_async(KnowledgeBase.objects.create)(
             name="Copy", slug="copy", owner=test_user, embedding_model=first.embedding_model, vector_size=384,
             chunk_size=100, chunk_overlap=0,
@@ -289,7 +289,7 @@ class TestSearchServiceAsyncIntegration:
             copy = await Document.objects.acreate(
                 knowledge_base=second, title=document.title, text=document.text, content_hash=document.content_hash
             )
-            await indexing_service.index_document(document_id=copy.id)
+            await ingestion_service.ingest_now(document_id=copy.id, worker_id="tests")
 
         results = await search_service().semantic_search(
             query=VOLCANO_QUERY, kb_ids=[first.id, second.id], user_id=test_user.id, limit=12

@@ -36,9 +36,9 @@ def qdrant_server():
 
 
 @pytest.fixture
-def indexed_on_server(qdrant_server, test_user, indexing_service):
+def indexed_on_server(qdrant_server, test_user, ingestion_service):
     """The test corpus indexed into the server, through a loop of its own that ends before the test."""
-    kb, _ = asyncio.run(index_corpus(owner=test_user, indexing=indexing_service, chunk_size=64, chunk_overlap=12))
+    kb, _ = asyncio.run(index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12))
     return kb
 
 
@@ -112,11 +112,11 @@ def test_sync_code_reaches_the_server_through_async_to_sync(indexed_on_server) -
     assert count(kb_id=indexed_on_server.id) == count(kb_id=indexed_on_server.id) > 0
 
 
-def test_server_results_match_the_embedded_store(indexed_on_server, test_user, indexing_service) -> None:
+def test_server_results_match_the_embedded_store(indexed_on_server, test_user, ingestion_service) -> None:
     on_server = search(indexed_on_server, test_user)
     qdrant_service.configure(QdrantConfig.from_settings())
     kb, _ = asyncio.run(
-        index_corpus(owner=test_user, indexing=indexing_service, chunk_size=64, chunk_overlap=12, name="Embedded")
+        index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12, name="Embedded")
     )
 
     embedded = search(kb, test_user)

@@ -1,14 +1,18 @@
-"""Prepare a fresh site: an administrator to log in with (run after migrate)."""
+"""Prepare a fresh site: an administrator to log in with and a demo knowledge base (run after migrate)."""
 
 import os
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
 from knowledge.services.site import SiteSetupService
 
 
 class Command(BaseCommand):
-    help = "Create the first superuser if there is none and say how to log in. Safe to run on every start."
+    help = (
+        "Create the first superuser if there is none and say how to log in; on that first start, also queue "
+        "a demo knowledge base of kbsite's own documentation. Safe to run on every start."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin", help="Name of the superuser to create (default: admin).")
@@ -18,8 +22,9 @@ class Command(BaseCommand):
             help="Environment variable holding the password; unset means generate one (default: %(default)s).",
         )
         parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="Where the admin will be served.")
+        parser.add_argument("--no-demo", action="store_true", help="Do not load the demo knowledge base.")
 
-    def handle(self, *args, username: str, password_env: str, url: str, **options) -> None:
+    def handle(self, *args, username: str, password_env: str, url: str, no_demo: bool, **options) -> None:
         service = SiteSetupService()
         account = service.ensure_admin(username=username, password=os.environ.get(password_env) or None)
         if account.created and account.password:
@@ -35,4 +40,12 @@ class Command(BaseCommand):
             where = service.password_file()
             hint = f"its password is in {where}" if where.exists() else "use its password, or `manage.py changepassword`"
             self.stdout.write(f"Superuser {account.username!r} exists; {hint}.")
+        if account.created and not no_demo:
+            owner = get_user_model().objects.get(username=account.username)
+            demo = service.load_demo(owner=owner)
+            if demo is not None:
+                self.stdout.write(
+                    f"Queued the demo knowledge base {demo.name!r}: the server indexes it in a few seconds, "
+                    "then try a search on its page in the admin."
+                )
         self.stdout.write(f"Log in at {url}")

@@ -1,0 +1,366 @@
+"""The admin for knowledge bases, their members and documents: thin, every change goes through a service."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+
+from knowledge.errors import KnowledgeError
+from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
+from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
+from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.permissions import ROLE_RANK, PermissionService
+from search.errors import SearchError
+from search.services.audit import SearchAuditService
+from search.services.chunks import ChunkService
+from search.services.search import SearchService
+
+CHUNKS_PER_PAGE = 20
+
+
+def role_on(request: HttpRequest, kb: KnowledgeBase) -> Role | None:
+    """The user's role on a KB, asked once per request."""
+    cache = request.__dict__.setdefault("_kb_roles", {})
+    if kb.pk not in cache:
+        cache[kb.pk] = async_to_sync(PermissionService().role_for)(user=request.user, kb=kb)
+    return cache[kb.pk]
+
+
+def has_role(request: HttpRequest, kb: KnowledgeBase | None, least: Role) -> bool:
+    if kb is None:
+        return True
+    role = role_on(request, kb)
+    return role is not None and ROLE_RANK[role] >= ROLE_RANK[least]
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 1
+    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and has_role(request, obj, Role.OWNER)
+
+    has_add_permission = has_delete_permission = has_change_permission
+
+
+class KnowledgeBaseChangeList(ChangeList):
+    def get_results(self, request):
+        super().get_results(request)
+        # One concurrent round of Qdrant counts for the page, not one call per row.
+        counts = async_to_sync(chunk_counts)([kb.pk for kb in self.result_list])
+        for kb in self.result_list:
+            kb.chunks_in_qdrant = counts[kb.pk]
+
+
+@admin.register(KnowledgeBase)
+class KnowledgeBaseAdmin(admin.ModelAdmin):
+    form = KnowledgeBaseForm
+    list_display = ["name", "slug", "owner", "document_count", "chunk_count", "status", "embedding_model", "created_at"]
+    search_fields = ["name", "slug", "description"]
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [MembershipInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "description", "owner"]}),
+        ("Indexing", {"fields": ["chunk_size", "chunk_overlap", "embedding_model", "vector_size"]}),
+        ("Record", {"fields": ["id", "created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = ["id", "embedding_model", "vector_size", "created_at", "updated_at"]
+    autocomplete_fields = ["owner"]
+    change_form_template = "admin/knowledge/knowledgebase/change_form.html"
+
+    def get_queryset(self, request):
+        return knowledge_bases_with_counts(request.user)
+
+    def get_changelist(self, request, **kwargs):
+        return KnowledgeBaseChangeList
+
+    @admin.display(description="documents", ordering="document_count")
+    def document_count(self, kb: KnowledgeBase) -> int:
+        return kb.document_count
+
+    @admin.display(description="chunks (Qdrant)")
+    def chunk_count(self, kb: KnowledgeBase) -> int | str:
+        return getattr(kb, "chunks_in_qdrant", "")
+
+    @admin.display(description="status")
+    def status(self, kb: KnowledgeBase) -> str:
+        parts = [
+            f"{getattr(kb, f'{status}_count')} {label.lower()}"
+            for status, label in DocumentStatus.choices
+            if getattr(kb, f"{status}_count", 0)
+        ]
+        if getattr(kb, "archived_count", 0):
+            parts.append(f"{kb.archived_count} archived")
+        return ", ".join(parts) or "empty"
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and has_role(request, obj, Role.OWNER)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and has_role(request, obj, Role.OWNER)
+
+    def get_changeform_initial_data(self, request):
+        return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save()
+            if {"chunk_size", "chunk_overlap"} & set(form.changed_data):
+                messages.info(
+                    request,
+                    "The new chunk settings apply to documents indexed from now on. "
+                    "Select the documents and run “Chunk and embed again”, or `manage.py reindex --kb "
+                    f"{obj.slug}`, to apply them to the others.",
+                )
+            return
+        created = KnowledgeBaseService().create_knowledge_base(
+            name=obj.name,
+            slug=obj.slug,
+            owner=obj.owner,
+            description=obj.description,
+            chunk_size=obj.chunk_size,
+            chunk_overlap=obj.chunk_overlap,
+        )
+        obj.pk, obj.embedding_model, obj.vector_size = created.pk, created.embedding_model, created.vector_size
+        obj._state.adding = False
+
+    def save_formset(self, request, form, formset, change):
+        # The creator's own owner membership already exists: keep the inline from adding it twice.
+        for membership in formset.save(commit=False):
+            membership.knowledge_base = form.instance
+            Membership.objects.update_or_create(
+                knowledge_base=form.instance, user=membership.user, defaults={"role": membership.role}
+            )
+        for membership in formset.deleted_objects:
+            membership.delete()
+
+    def delete_model(self, request, obj):
+        async_to_sync(KnowledgeBaseService().delete_knowledge_base)(kb=obj)
+
+    def delete_queryset(self, request, queryset):
+        for kb in queryset:
+            self.delete_model(request, kb)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        kb = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if kb is not None:
+            extra_context.update(self._search_context(request, kb))
+            extra_context["documents_url"] = (
+                reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
+            )
+            extra_context["upload_url"] = reverse("admin:knowledge_document_upload") + f"?kb={kb.pk}"
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _search_context(self, request, kb: KnowledgeBase) -> dict:
+        form = SearchForm(request.GET or None)
+        context = {"search_form": form, "search_results": None}
+        if not form.is_bound or not form.is_valid():
+            return context
+        service = SearchService(PermissionService(), SearchAuditService())
+        try:
+            context["search_results"] = async_to_sync(service.semantic_search)(
+                query=form.cleaned_data["q"],
+                kb_ids=[kb.pk],
+                user_id=request.user.pk,
+                limit=form.cleaned_data["limit"],
+                include_archived=form.cleaned_data["include_archived"],
+            )
+        except SearchError as exc:
+            context["search_error"] = exc.message
+        return context
+
+
+class DocumentChangeList(ChangeList):
+    def get_results(self, request):
+        super().get_results(request)
+        # The page reloads itself while documents on it are still being indexed.
+        self.has_work_in_progress = any(
+            document.status in (DocumentStatus.PENDING, DocumentStatus.PROCESSING) for document in self.result_list
+        )
+
+
+class ArchivedFilter(admin.SimpleListFilter):
+    title = "archived"
+    parameter_name = "archived"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Active"), ("yes", "Archived")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(archived_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(archived_at__isnull=True)
+        return queryset
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ["title", "knowledge_base", "status_label", "progress", "problem", "archived", "source_format", "created_at"]
+    list_filter = ["status", ArchivedFilter, "knowledge_base", "source_format"]
+    list_select_related = ["knowledge_base"]
+    search_fields = ["title", "source_name"]
+    list_per_page = 50
+    actions = ["reindex", "archive", "unarchive"]
+    fields = [
+        "title", "knowledge_base", "status", "progress", "error", "archived_at", "source_name", "source_format",
+        "source_size", "chunk_count", "attempts", "content_hash", "id", "created_at", "updated_at",
+    ]
+    readonly_fields = [field for field in fields if field != "title"]
+    change_list_template = "admin/knowledge/document/change_list.html"
+    change_form_template = "admin/knowledge/document/change_form.html"
+
+    def get_queryset(self, request):
+        readable = PermissionService().knowledge_bases_for(request.user)
+        return super().get_queryset(request).filter(knowledge_base__in=readable).defer("text")
+
+    def get_changelist(self, request, **kwargs):
+        return DocumentChangeList
+
+    def get_urls(self):
+        upload = path("upload/", self.admin_site.admin_view(self.upload_view), name="knowledge_document_upload")
+        return [upload, *super().get_urls()]
+
+    @admin.display(description="status", ordering="status")
+    def status_label(self, document: Document) -> str:
+        colours = {"ready": "#2e7d32", "failed": "#c62828", "processing": "#1565c0", "pending": "#6d6d6d"}
+        return format_html('<b style="color:{}">{}</b>', colours[document.status], document.get_status_display())
+
+    @admin.display(description="problem")
+    def problem(self, document: Document) -> str:
+        return Truncator(document.error).chars(80)
+
+    @admin.display(description="archived", boolean=True, ordering="archived_at")
+    def archived(self, document: Document) -> bool:
+        return document.is_archived
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and PermissionService().knowledge_bases_for(
+            request.user, least=Role.EDITOR
+        ).exists()
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return HttpResponseRedirect(reverse("admin:knowledge_document_upload"))
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and has_role(
+            request, obj and obj.knowledge_base, Role.EDITOR
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and has_role(
+            request, obj and obj.knowledge_base, Role.EDITOR
+        )
+
+    def delete_model(self, request, obj):
+        async_to_sync(DocumentService().delete_document)(document=obj)
+
+    def delete_queryset(self, request, queryset):
+        for document in queryset.select_related("knowledge_base"):
+            self.delete_model(request, document)
+
+    def _editable(self, request, queryset):
+        """The selected documents in KBs where the user is at least an editor."""
+        writable = PermissionService().knowledge_bases_for(request.user, least=Role.EDITOR)
+        allowed = queryset.filter(knowledge_base__in=writable)
+        if allowed.count() < queryset.count():
+            messages.warning(request, "Some selected documents are in knowledge bases you may only read; they were left alone.")
+        return allowed
+
+    @admin.action(description="Chunk and embed again")
+    def reindex(self, request, queryset):
+        count = DocumentService().queue_for_reindex(documents=self._editable(request, queryset))
+        messages.success(request, f"Queued {count} documents; the worker indexes them again in the background.")
+
+    @admin.action(description="Archive (hide from searches)")
+    def archive(self, request, queryset):
+        self._set_archived(request, queryset, archived=True)
+
+    @admin.action(description="Unarchive")
+    def unarchive(self, request, queryset):
+        self._set_archived(request, queryset, archived=False)
+
+    def _set_archived(self, request, queryset, *, archived: bool) -> None:
+        service, changed = DocumentService(), 0
+        for document in self._editable(request, queryset):
+            try:
+                async_to_sync(service.set_archived)(document=document, archived=archived)
+                changed += 1
+            except SearchError as exc:
+                messages.error(request, f"{document.title}: {exc.message}")
+        verb = "Archived" if archived else "Unarchived"
+        messages.success(request, f"{verb} {changed} documents; nothing was embedded again.")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        document = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if document is not None:
+            extra_context.update(self._chunks_context(request, document))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _chunks_context(self, request, document: Document) -> dict:
+        try:
+            offset = max(int(request.GET.get("chunk_offset", 0)), 0)
+        except ValueError:
+            offset = 0
+        try:
+            chunks, next_offset = async_to_sync(ChunkService().get_chunks_by_document)(
+                kb_id=document.knowledge_base_id, document_id=document.pk, offset=offset, limit=CHUNKS_PER_PAGE
+            )
+        except SearchError as exc:
+            return {"chunks_error": exc.message}
+        return {
+            "chunks": chunks,
+            "chunk_offset": offset,
+            "next_chunk_offset": next_offset,
+            "previous_chunk_offset": max(offset - CHUNKS_PER_PAGE, 0) if offset else None,
+        }
+
+    def upload_view(self, request):
+        if not self.has_add_permission(request):
+            raise DjangoPermissionDenied
+        writable = PermissionService().knowledge_bases_for(request.user, least=Role.EDITOR)
+        form = UploadForm(request.POST or None, request.FILES or None, knowledge_bases=writable,
+                          initial={"knowledge_base": request.GET.get("kb")})
+        if request.method == "POST" and form.is_valid():
+            kb = form.cleaned_data["knowledge_base"]
+            added = self._add_uploads(request, kb, form.cleaned_data["files"])
+            if added:
+                messages.success(request, f"Queued {added} documents in {kb.name}; watch them become ready here.")
+            return HttpResponseRedirect(
+                reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "form": form,
+            "title": "Upload documents",
+            "max_upload_mb": form.max_upload_mb,
+        }
+        return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
+
+    def _add_uploads(self, request, kb: KnowledgeBase, files) -> int:
+        service, added = DocumentService(), 0
+        for upload in files:
+            try:
+                result = service.add_upload(kb=kb, filename=upload.name, data=upload.read())
+            except KnowledgeError as exc:
+                messages.warning(request, exc.message)
+                continue
+            added += 1
+            if not result.created:
+                messages.info(request, f"{upload.name} replaced the earlier version; only it is indexed again.")
+        return added

@@ -1,0 +1,399 @@
+"""Turns an uploaded file's bytes into normalised text with Markdown-style headings, or says why it cannot."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docx
+from bs4 import BeautifulSoup, NavigableString, Tag
+from bs4.element import PreformattedString
+from charset_normalizer import from_bytes
+from django.conf import settings
+from docx.table import Table
+from docx.text.paragraph import Paragraph
+from pypdf import PasswordType, PdfReader
+from pypdf.errors import DependencyError
+
+from knowledge.errors import KnowledgeError
+
+SUPPORTED_FORMATS: dict[str, str] = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "md",
+    ".markdown": "md",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+}
+
+# Checked in this order: a UTF-32 LE mark starts with the UTF-16 LE one.
+_BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Real text has next to no control characters; binary data decoded as text is full of them.
+_MAX_CONTROL_SHARE = 0.05
+
+_LINE_BREAK = re.compile(r"\r\n?|[\v\f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_WHITESPACE = re.compile(r"\s+")
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
+_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+_MARKDOWN_H1 = re.compile(r" {0,3}# +(.*?)(?: +#+)? *")
+_MARKDOWN_FENCE = re.compile(r" {0,3}(```|~~~)")
+
+# Never shown as page text; the <head> goes once its <title> has been read.
+_HTML_DROPPED = ("head", "script", "style", "noscript", "template", "svg", "nav", "footer")
+_HTML_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+# Elements a browser shows on lines of their own; text either side of them is never one paragraph.
+_HTML_BLOCKS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "body", "caption", "dd", "details", "dialog", "div",
+        "dl", "dt", "fieldset", "figcaption", "figure", "form", "header", "hr", "html", "li", "main",
+        "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul",
+    }
+)  # fmt: skip
+
+_DOCX_HEADING = re.compile(r"Heading ([1-9])")
+
+
+class ExtractionError(KnowledgeError):
+    code = "extraction_failed"
+
+
+@dataclass(frozen=True)
+class ExtractedText:
+    text: str
+    title: str | None
+    format: str
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_chars: int
+    max_pdf_pages: int
+    max_unzipped_bytes: int
+
+
+def format_for(filename: str) -> str | None:
+    return SUPPORTED_FORMATS.get(os.path.splitext(filename)[1].lower())
+
+
+def extract_text(*, data: bytes, filename: str) -> ExtractedText:
+    """The file's text and title; any file that cannot be read raises ExtractionError saying what to do."""
+    format_name = format_for(filename)
+    if format_name is None:
+        raise ExtractionError(_unsupported_message(filename))
+    try:
+        raw_text, title = _EXTRACTORS[format_name](data, filename)
+    except ExtractionError:
+        raise
+    except Exception as error:
+        # The parsers fail on damaged input with whatever exception their code happens to hit.
+        raise ExtractionError(
+            f"{filename} is not a valid {format_name.upper()} file (it may be damaged): "
+            "open it in the program that made it, save it again and upload the new copy."
+        ) from error
+    text = _normalise(raw_text)
+    if not text:
+        raise ExtractionError(f"{filename} contains no text.")
+    max_chars = _limits().max_chars
+    if len(text) > max_chars:
+        raise _too_much_text(filename, max_chars)
+    return ExtractedText(text=text, title=title, format=format_name)
+
+
+def _limits() -> _Limits:
+    ingestion = getattr(settings, "INGESTION", {})
+    return _Limits(
+        max_chars=int(ingestion.get("MAX_EXTRACTED_CHARS", 5_000_000)),
+        max_pdf_pages=int(ingestion.get("MAX_PDF_PAGES", 2000)),
+        max_unzipped_bytes=int(ingestion.get("MAX_UNZIPPED_BYTES", 200 * 1024 * 1024)),
+    )
+
+
+def _unsupported_message(filename: str) -> str:
+    extension = os.path.splitext(filename)[1].lower()
+    names = [f".{name}" for name in dict.fromkeys(SUPPORTED_FORMATS.values())]
+    readable = f"{', '.join(names[:-1])} and {names[-1]}"
+    if not extension:
+        return f"{filename} has no file extension; kbsite reads {readable}."
+    return f"{filename} is a {extension} file; kbsite reads {readable}."
+
+
+def _too_much_text(filename: str, max_chars: int) -> ExtractionError:
+    return ExtractionError(f"{filename} yields more than {max_chars:,} characters of text; split it.")
+
+
+def _normalise(text: str) -> str:
+    text = _CONTROL.sub("", _LINE_BREAK.sub("\n", text))
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _clean_title(title: str | None) -> str | None:
+    if not title:
+        return None
+    return " ".join(_CONTROL.sub("", title).split()) or None
+
+
+def _decode_text(data: bytes, filename: str) -> str:
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                break
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = _guess_decoding(data)
+    if text is None or len(_CONTROL.findall(text)) > len(text) * _MAX_CONTROL_SHARE:
+        extension = os.path.splitext(filename)[1].lower()
+        raise ExtractionError(
+            f"{filename} does not look like text (is it another kind of file renamed {extension}?): "
+            "save it as plain text, preferably UTF-8, and upload it again."
+        )
+    return text
+
+
+def _guess_decoding(data: bytes) -> str | None:
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        return None
+    # Short Western European text fits cp1250 and its neighbours exactly as well as cp1252, and
+    # charset-normalizer then picks the first by name ("crème" comes out "crčme"); the far more
+    # common cp1252 wins such ties.
+    for match in matches:
+        if (match.chaos, match.coherence) == (best.chaos, best.coherence) and (
+            "cp1252" in match.could_be_from_charset
+        ):
+            return str(match)
+    return str(best)
+
+
+def _extract_txt(data: bytes, filename: str) -> tuple[str, str | None]:
+    return _decode_text(data, filename), None
+
+
+def _extract_md(data: bytes, filename: str) -> tuple[str, str | None]:
+    text = _LINE_BREAK.sub("\n", _decode_text(data, filename))
+    front_matter = _FRONT_MATTER.match(text)
+    if front_matter is None:
+        return text, _markdown_h1(text)
+    body = text[front_matter.end() :]
+    declared = _FRONT_MATTER_TITLE.search(front_matter.group(1))
+    title = _clean_title(declared.group(1).strip("\"'")) if declared else None
+    return body, title or _markdown_h1(body)
+
+
+def _markdown_h1(text: str) -> str | None:
+    """The first level-one ATX heading outside fenced code, where "# " more often starts a comment."""
+    fence = None
+    for line in text.split("\n"):
+        opening = _MARKDOWN_FENCE.match(line)
+        if opening and fence is None:
+            fence = opening.group(1)
+        elif opening and opening.group(1) == fence:
+            fence = None
+        elif fence is None and (heading := _MARKDOWN_H1.fullmatch(line)):
+            if title := _clean_title(heading.group(1)):
+                return title
+    return None
+
+
+def _extract_html(data: bytes, filename: str) -> tuple[str, str | None]:
+    # Given bytes, BeautifulSoup decodes them by the BOM, the <meta> charset or its own detection.
+    soup = BeautifulSoup(data, "lxml")
+    title = _clean_title(soup.title.get_text()) if soup.title else None
+    for tag in soup.find_all(_HTML_DROPPED):
+        tag.decompose()
+    if title is None and (h1 := soup.find("h1")):
+        title = _clean_title(_html_inline_text(h1))
+    return "\n\n".join(_HtmlBlocks().collect(soup.body or soup)), title
+
+
+def _is_html_text(node: object) -> bool:
+    # Comments, CDATA, doctypes and processing instructions are strings too, but never shown.
+    return isinstance(node, NavigableString) and not isinstance(node, PreformattedString)
+
+
+def _html_inline_text(tag: Tag) -> str:
+    """A heading's or table cell's text on one line, spaced as a browser shows it."""
+    parts = []
+    for node in tag.descendants:
+        if isinstance(node, Tag) and (node.name == "br" or node.name in _HTML_BLOCKS):
+            parts.append(" ")
+        elif _is_html_text(node):
+            parts.append(str(node))
+    return " ".join("".join(parts).split())
+
+
+class _HtmlBlocks:
+    """Collects an HTML body as Markdown-style blocks: headings, paragraphs, list items and table rows."""
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+        self._inline: list[str] = []
+        self._prefix = ""
+
+    def collect(self, root: Tag) -> list[str]:
+        self._walk(root)
+        self._flush()
+        return self._blocks
+
+    def _walk(self, parent: Tag) -> None:
+        for node in parent.children:
+            if isinstance(node, Tag):
+                self._visit(node)
+            elif _is_html_text(node):
+                # Source line breaks are only spaces in HTML; <br> is the one that shows.
+                self._inline.append(_WHITESPACE.sub(" ", node))
+
+    def _visit(self, tag: Tag) -> None:
+        if tag.name in _HTML_HEADINGS:
+            self._flush()
+            if text := _html_inline_text(tag):
+                self._blocks.append("#" * int(tag.name[1]) + " " + text)
+        elif tag.name == "tr":
+            self._flush()
+            cells = [_html_inline_text(cell) for cell in tag.find_all(["td", "th"], recursive=False)]
+            if any(cells):
+                self._blocks.append(" | ".join(cells))
+        elif tag.name == "pre":
+            self._flush()
+            # Code keeps its layout: its spaces and line breaks are what it means.
+            if (text := tag.get_text().strip("\n")).strip():
+                self._blocks.append(text)
+        elif tag.name == "br":
+            self._inline.append("\n")
+        elif tag.name in _HTML_BLOCKS:
+            self._flush()
+            if tag.name == "li":
+                self._prefix = "- "
+            self._walk(tag)
+            self._flush()
+            self._prefix = ""
+        else:
+            self._walk(tag)
+
+    def _flush(self) -> None:
+        lines = (" ".join(line.split()) for line in "".join(self._inline).split("\n"))
+        text = "\n".join(lines).strip()
+        self._inline = []
+        # A list item's marker waits for its first text, which may sit in a <p> inside the <li>.
+        if text:
+            self._blocks.append(self._prefix + text)
+            self._prefix = ""
+
+
+def _extract_pdf(data: bytes, filename: str) -> tuple[str, str | None]:
+    limits = _limits()
+    encrypted = f"{filename} is encrypted: remove its password and upload it again."
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise ExtractionError(encrypted)
+        page_count = len(reader.pages)
+        if page_count > limits.max_pdf_pages:
+            raise ExtractionError(f"{filename} has {page_count} pages; the most is {limits.max_pdf_pages}.")
+        pages: list[str] = []
+        length = 0
+        for page in reader.pages:
+            pages.append(page.extract_text())
+            length += len(pages[-1]) + 2
+            # Stop at the limit rather than extracting the rest of a huge PDF only to refuse it.
+            if length > limits.max_chars:
+                raise _too_much_text(filename, limits.max_chars)
+        title = reader.metadata.title if reader.metadata is not None else None
+    except DependencyError as error:
+        # Only AES-encrypted PDFs need a library kbsite does not ship (cryptography).
+        raise ExtractionError(encrypted) from error
+    text = "\n\n".join(pages)
+    if not text.strip():
+        raise ExtractionError(f"{filename} has no text layer (is it a scanned image?): run OCR on it first.")
+    return text, _clean_title(str(title)) if isinstance(title, str) else None
+
+
+def _extract_docx(data: bytes, filename: str) -> tuple[str, str | None]:
+    max_unzipped = _limits().max_unzipped_bytes
+    # python-docx reads each member only up to its declared size (zipfile fails a CRC check on
+    # more), so the declared sizes bound what opening the file can unpack.
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        unzipped = sum(member.file_size for member in archive.infolist())
+    if unzipped > max_unzipped:
+        raise ExtractionError(
+            f"{filename} expands to more than {max_unzipped / 1024**2:g} MB when unpacked; "
+            "split it into smaller files."
+        )
+    document = docx.Document(io.BytesIO(data))
+    blocks: list[str] = []
+    # The first "Title" and "Heading 1" paragraphs, which stand in for a missing document title.
+    title_candidates: dict[str, str] = {}
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            blocks.extend(_docx_rows(item))
+            continue
+        style = _docx_style(item)
+        if block := _docx_paragraph(item, style):
+            blocks.append(block)
+            if style in ("Title", "Heading 1"):
+                title_candidates.setdefault(style, block.split(" ", 1)[1])
+    title = (
+        _clean_title(document.core_properties.title)
+        or title_candidates.get("Title")
+        or title_candidates.get("Heading 1")
+    )
+    return "\n\n".join(blocks), title
+
+
+def _docx_style(paragraph: Paragraph) -> str:
+    return paragraph.style.name if paragraph.style is not None else ""
+
+
+def _docx_paragraph(paragraph: Paragraph, style: str) -> str:
+    text = paragraph.text.strip()
+    if not text:
+        return ""
+    heading = _DOCX_HEADING.fullmatch(style)
+    if style == "Title" or heading:
+        # Markdown stops at six levels; Word goes to nine.
+        level = min(int(heading.group(1)), 6) if heading else 1
+        return "#" * level + " " + " ".join(text.split())
+    # python-docx has no public API for numbering; a list item is numbered directly or by its style.
+    properties = paragraph._p.pPr
+    if style.startswith("List") or (properties is not None and properties.numPr is not None):
+        return "- " + text
+    return text
+
+
+def _docx_rows(table: Table) -> list[str]:
+    rows = []
+    for row in table.rows:
+        # A cell spanning several grid columns comes back once per column, as the same object.
+        cells = [" ".join(cell.text.split()) for cell in dict.fromkeys(row.cells)]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return rows
+
+
+_EXTRACTORS: dict[str, Callable[[bytes, str], tuple[str, str | None]]] = {
+    "txt": _extract_txt,
+    "md": _extract_md,
+    "html": _extract_html,
+    "pdf": _extract_pdf,
+    "docx": _extract_docx,
+}

@@ -1,0 +1,71 @@
+"""Forms of the admin pages: a knowledge base, an upload of files, a trial search."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from knowledge.errors import InvalidInput
+from knowledge.models import KnowledgeBase
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+from search.services.search import MAX_LIMIT, MAX_QUERY_CHARS
+
+
+class KnowledgeBaseForm(forms.ModelForm):
+    class Meta:
+        model = KnowledgeBase
+        fields = ["name", "slug", "description", "owner", "chunk_size", "chunk_overlap"]
+
+    def clean(self):
+        cleaned = super().clean()
+        candidate = KnowledgeBase(
+            chunk_size=cleaned.get("chunk_size") or 0, chunk_overlap=cleaned.get("chunk_overlap") or 0
+        )
+        try:
+            KnowledgeBaseService.validate_chunking(candidate)
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return cleaned
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    widget = MultipleFileInput
+
+    def clean(self, data, initial=None):
+        single = super().clean
+        if isinstance(data, (list, tuple)):
+            return [single(item, initial) for item in data]
+        return [single(data, initial)]
+
+
+class UploadForm(forms.Form):
+    knowledge_base = forms.ModelChoiceField(queryset=KnowledgeBase.objects.none())
+    files = MultipleFileField(help_text=".txt, .md, .html, .pdf or .docx; several at once if you like.")
+
+    def __init__(self, *args, knowledge_bases, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["knowledge_base"].queryset = knowledge_bases
+        self.max_upload_mb = int(settings.INGESTION["MAX_UPLOAD_BYTES"]) // (1024 * 1024)
+
+    def clean_files(self):
+        files = self.cleaned_data["files"]
+        limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
+        too_large = [f"{f.name} ({f.size / 1024 / 1024:.1f} MB)" for f in files if f.size > limit]
+        if too_large:
+            raise forms.ValidationError(
+                f"Files may be at most {self.max_upload_mb} MB each; these are larger: {', '.join(too_large)}."
+            )
+        return files
+
+
+class SearchForm(forms.Form):
+    q = forms.CharField(label="Search", max_length=MAX_QUERY_CHARS, strip=True)
+    limit = forms.IntegerField(min_value=1, max_value=MAX_LIMIT, initial=10, required=False)
+    include_archived = forms.BooleanField(required=False, label="include archived")
+
+    def clean_limit(self) -> int:
+        return self.cleaned_data.get("limit") or 10

@@ -1,0 +1,71 @@
+"""Loading files and folders from disk into a knowledge base (the ingest command's work)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from knowledge.errors import InvalidInput, KnowledgeError
+from knowledge.extraction import format_for
+from knowledge.models import Document, KnowledgeBase
+from knowledge.services.documents import DocumentService
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    path: Path
+    #: "queued" (new), "updated" (new version of a document), "duplicate" or "rejected".
+    status: str
+    message: str = ""
+    document: Document | None = None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+class FileImportService:
+    def __init__(self, *, documents: DocumentService | None = None) -> None:
+        self.documents = documents or DocumentService()
+
+    def collect(self, paths: Sequence[str | Path], *, recursive: bool) -> tuple[list[Path], list[Path]]:
+        """The files to load, and those passed over in folders because kbsite cannot read them.
+
+        A file named explicitly is always taken, so that an unreadable one is reported, not ignored.
+        """
+        files: dict[Path, None] = {}
+        passed_over: list[Path] = []
+        for given in paths:
+            path = Path(given).expanduser()
+            if path.is_file():
+                files[path.resolve()] = None
+            elif path.is_dir():
+                found = path.rglob("*") if recursive else path.iterdir()
+                for candidate in sorted(found):
+                    if not candidate.is_file() or _hidden(candidate, path):
+                        continue
+                    if format_for(candidate.name) is None:
+                        passed_over.append(candidate)
+                    else:
+                        files[candidate.resolve()] = None
+            else:
+                raise InvalidInput(f"{given} does not exist.")
+        return list(files), passed_over
+
+    def add_files(self, *, kb: KnowledgeBase, files: Sequence[Path]) -> list[FileOutcome]:
+        """Record each file as a document waiting for ingestion, saying what became of each."""
+        outcomes = []
+        for path in files:
+            try:
+                self.documents.check_upload_size(path.name, path.stat().st_size)
+                added = self.documents.add_upload(kb=kb, filename=path.name, data=path.read_bytes())
+            except KnowledgeError as exc:
+                status = "duplicate" if exc.code == "duplicate_document" else "rejected"
+                outcomes.append(FileOutcome(path=path, status=status, message=exc.message))
+            except OSError as exc:
+                outcomes.append(FileOutcome(path=path, status="rejected", message=f"{path} cannot be read: {exc.strerror}."))
+            else:
+                status = "queued" if added.created else "updated"
+                outcomes.append(FileOutcome(path=path, status=status, document=added.document))
+        return outcomes

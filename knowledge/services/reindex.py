@@ -1,0 +1,106 @@
+"""Re-chunking and re-embedding from the stored text: in place, or into a new collection switched in at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+
+from knowledge.models import Document, DocumentStatus, KnowledgeBase
+from knowledge.services.documents import DocumentService
+from knowledge.services.ingestion import IngestionService, ProgressCallback
+
+
+@dataclass
+class ReindexReport:
+    indexed: int = 0
+    chunks: int = 0
+    failed: list[Document] = field(default_factory=list)
+    #: Documents another worker was processing, left to it.
+    busy: int = 0
+    #: Documents that changed while a rebuild ran, queued for the workers.
+    requeued: int = 0
+    collection: str | None = None
+    seconds: float = 0.0
+
+
+class ReindexService:
+    def __init__(self, *, ingestion: IngestionService | None = None, documents: DocumentService | None = None) -> None:
+        self.ingestion = ingestion or IngestionService()
+        self.documents = documents or DocumentService(chunk_service=self.ingestion.chunk_service)
+
+    async def reindex_in_place(
+        self, *, document_ids: Sequence[UUID], worker_id: str, on_progress: ProgressCallback | None = None
+    ) -> ReindexReport:
+        """Chunk and embed these documents again, one by one, into their KBs' current collections."""
+        report, started = ReindexReport(), time.monotonic()
+        for document_id in document_ids:
+            document = await self.ingestion.ingest_until_settled(
+                document_id=document_id, worker_id=worker_id, on_progress=on_progress
+            )
+            self._count(report, document)
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def rebuild(
+        self, *, kb: KnowledgeBase, worker_id: str, on_progress: ProgressCallback | None = None
+    ) -> ReindexReport:
+        """Index every document of the KB into a new collection, then switch the KB's alias to it.
+
+        Searches use the old collection until the switch, so they never see a half-built index;
+        the KB takes the site's current embedding model and chunk settings. What changed while
+        the rebuild ran is queued again afterwards.
+        """
+        report, started = ReindexReport(), time.monotonic()
+        chunks, embeddings = self.ingestion.chunk_service, self.ingestion.embeddings
+        target = await chunks.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
+        report.collection = target
+        indexed: dict[UUID, tuple[str, datetime | None]] = {}
+        try:
+            async for document_id in Document.objects.filter(knowledge_base=kb).order_by("pk").values_list(
+                "id", flat=True
+            ):
+                document = await self.ingestion.ingest_until_settled(
+                    document_id=document_id, worker_id=worker_id, on_progress=on_progress, collection_name=target
+                )
+                self._count(report, document)
+                if document is not None and document.status == DocumentStatus.READY:
+                    indexed[document.pk] = (document.content_hash, document.archived_at)
+        except BaseException:
+            await chunks.drop_collection_version(collection_name=target)
+            raise
+        previous = await chunks.activate_collection_version(kb_id=kb.id, collection_name=target)
+        await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(
+            embedding_model=embeddings.model_id, vector_size=embeddings.dimensions
+        )
+        if previous is not None:
+            await chunks.drop_collection_version(collection_name=previous)
+        report.requeued = await self._catch_up(kb, indexed, failed={d.pk for d in report.failed})
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _catch_up(self, kb: KnowledgeBase, indexed: dict, failed: set[UUID]) -> int:
+        stale, present = [], set()
+        async for document in Document.objects.filter(knowledge_base=kb).only("id", "content_hash", "archived_at"):
+            present.add(document.pk)
+            if document.pk in failed:
+                continue
+            if indexed.get(document.pk) != (document.content_hash, document.archived_at):
+                stale.append(document)
+        for gone in indexed.keys() - present:
+            await self.ingestion.chunk_service.delete_document_chunks(kb_id=kb.id, document_id=gone)
+        return await sync_to_async(self.documents.queue_for_reindex)(documents=stale) if stale else 0
+
+    @staticmethod
+    def _count(report: ReindexReport, document: Document | None) -> None:
+        if document is None:
+            report.busy += 1
+        elif document.status == DocumentStatus.READY:
+            report.indexed += 1
+            report.chunks += document.chunk_count
+        else:
+            report.failed.append(document)

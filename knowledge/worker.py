@@ -1,0 +1,126 @@
+"""The ingestion worker: takes due documents off the queue one at a time, in a process of its own or inside the web server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from knowledge.services.ingestion import IngestionService
+from search.qdrant import qdrant_service
+
+logger = logging.getLogger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class IngestionWorker:
+    def __init__(
+        self, *, service: IngestionService | None = None, worker_id: str | None = None, poll_seconds: float | None = None
+    ) -> None:
+        self.service = service or IngestionService()
+        self.worker_id = worker_id or new_worker_id()
+        self.poll_seconds = poll_seconds if poll_seconds is not None else float(settings.INGESTION["POLL_SECONDS"])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def run(self, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> int:
+        """Process due documents until `stop` is set, or (`until_idle`) none is due; returns how many."""
+        stop = stop or asyncio.Event()
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        processed = 0
+        logger.info("Ingestion worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                document = await self.service.aclaim_next(worker_id=self.worker_id)
+            except DatabaseError:
+                logger.exception("Could not read the ingestion queue; trying again in %.0fs", self.poll_seconds)
+                document = None
+            if document is None:
+                if until_idle:
+                    break
+                await self._idle(stop)
+                continue
+            document = await self.service.process(document, worker_id=self.worker_id)
+            logger.info("%s: %s %s", document.pk, document.status, document.error or document.progress)
+            processed += 1
+        logger.info("Ingestion worker %s stopped after %d documents", self.worker_id, processed)
+        return processed
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+        await asyncio.wait(waits, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        self._wake.clear()
+
+    def wake(self) -> None:
+        """Look at the queue now rather than at the next poll; callable from any thread."""
+        if self._loop is None or self._wake is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass  # The worker's loop has closed.
+
+
+@dataclass
+class _Running:
+    worker: IngestionWorker
+    task: asyncio.Task
+    stop: asyncio.Event
+
+
+_in_process: _Running | None = None
+_in_process_lock = threading.Lock()
+
+
+def in_process_worker_enabled() -> bool:
+    """Whether the web server runs the worker: by default exactly when the store is embedded."""
+    choice = str(settings.INGESTION.get("IN_PROCESS_WORKER", "auto")).lower()
+    if choice == "auto":
+        return qdrant_service.config.is_local
+    return choice in {"1", "true", "yes", "on"}
+
+
+async def start_in_process() -> None:
+    """Start the worker on the server's event loop (an ASGI lifespan start-up hook)."""
+    global _in_process
+    if not in_process_worker_enabled():
+        return
+    with _in_process_lock:
+        if _in_process is not None:
+            return
+        worker, stop = IngestionWorker(), asyncio.Event()
+        _in_process = _Running(worker=worker, task=asyncio.create_task(worker.run(stop=stop)), stop=stop)
+
+
+async def stop_in_process(grace_seconds: float = 10.0) -> None:
+    """Let the current document finish for a while, then give it back to the queue (a shut-down hook)."""
+    global _in_process
+    with _in_process_lock:
+        running, _in_process = _in_process, None
+    if running is None:
+        return
+    running.stop.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(running.task), timeout=grace_seconds)
+    except asyncio.TimeoutError:
+        running.task.cancel()
+        await asyncio.gather(running.task, return_exceptions=True)
+
+
+def notify_new_work() -> None:
+    """Tell this process's worker, if it runs one, that a document was queued."""
+    running = _in_process
+    if running is not None:
+        running.worker.wake()

@@ -1,0 +1,381 @@
+"""Text extraction from uploaded files, on small real files built by the tests."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+
+import docx
+import pytest
+from pypdf import PageObject
+
+from knowledge.errors import KnowledgeError
+from knowledge.extraction import SUPPORTED_FORMATS, ExtractedText, ExtractionError, extract_text, format_for
+from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
+
+pytestmark = pytest.mark.unit
+
+
+def extraction_error(data: bytes, filename: str) -> ExtractionError:
+    with pytest.raises(ExtractionError) as caught:
+        extract_text(data=data, filename=filename)
+    return caught.value
+
+
+def test_formats_are_known_by_extension_whatever_its_case() -> None:
+    assert format_for("Notes.TXT") == "txt"
+    assert format_for("guide.Markdown") == "md"
+    assert format_for("page.htm") == "html"
+    assert format_for("report.final.PDF") == "pdf"
+    assert format_for("letter.docx") == "docx"
+    assert format_for("letter.doc") is None
+    assert format_for("README") is None
+    assert set(SUPPORTED_FORMATS.values()) == {"txt", "md", "html", "pdf", "docx"}
+
+
+def test_extraction_errors_are_knowledge_errors_with_a_stable_code() -> None:
+    error = extraction_error(b"", "empty.txt")
+
+    assert isinstance(error, KnowledgeError)
+    assert error.code == "extraction_failed"
+    assert error.message == "empty.txt contains no text."
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "Crème brûlée — naïve café\n".encode(),
+        "Crème brûlée — naïve café\n".encode("utf-8-sig"),
+        "Crème brûlée — naïve café\n".encode("utf-16"),
+    ],
+    ids=["utf-8", "utf-8 with BOM", "utf-16 with BOM"],
+)
+def test_unicode_text_files_decode_by_their_byte_order_mark_or_as_utf8(data: bytes) -> None:
+    result = extract_text(data=data, filename="dessert.txt")
+
+    assert result == ExtractedText(text="Crème brûlée — naïve café", title=None, format="txt")
+
+
+def test_latin1_text_files_decode_by_a_guess() -> None:
+    data = "Un café crème, s'il vous plaît.\nÀ bientôt près de l'église.".encode("latin-1")
+
+    result = extract_text(data=data, filename="commande.txt")
+
+    assert result.text == "Un café crème, s'il vous plaît.\nÀ bientôt près de l'église."
+
+
+def test_a_short_latin1_text_is_not_read_as_central_european() -> None:
+    assert extract_text(data="café crème".encode("latin-1"), filename="menu.txt").text == "café crème"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [bytes(range(256)) * 50, random.Random(7).randbytes(4096), b"\x00" * 1000 + b"hello"],
+    ids=["every byte", "random bytes", "mostly NUL"],
+)
+def test_binary_data_named_txt_is_refused(data: bytes) -> None:
+    error = extraction_error(data, "photo.txt")
+
+    assert error.message.startswith("photo.txt does not look like text")
+
+
+def test_text_is_normalised() -> None:
+    data = (
+        b"\xef\xbb\xbf  First line   \r\nsecond\x00 line\x07\rthird\x0cfourth"
+        b"\r\n\r\n\r\n\r\n\tLast  \r\n\r\n"
+    )
+
+    result = extract_text(data=data, filename="messy.txt")
+
+    assert result.text == "First line\nsecond line\nthird\nfourth\n\n\tLast"
+
+
+def test_markdown_front_matter_gives_the_title_and_is_dropped() -> None:
+    data = b'---\r\ntitle: "Bee keeping"\r\ntags: [bees]\r\n---\r\n# Hives\r\n\r\nBees live in hives.\r\n'
+
+    result = extract_text(data=data, filename="bees.md")
+
+    assert result == ExtractedText(text="# Hives\n\nBees live in hives.", title="Bee keeping", format="md")
+
+
+def test_markdown_without_front_matter_takes_the_first_level_one_heading_as_title() -> None:
+    text = "Intro line.\n\n```python\n# not a heading\n```\n\n## Section\n\n# Bee keeping #\n\nText."
+
+    result = extract_text(data=text.encode(), filename="bees.markdown")
+
+    assert result.text == text
+    assert result.title == "Bee keeping"
+
+
+def test_markdown_without_any_heading_has_no_title() -> None:
+    assert extract_text(data=b"Just a line.", filename="note.md").title is None
+
+
+HTML_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>  Bees
+  and hives </title>
+<style>body { color: red }</style><script>var secret = "tracking";</script></head>
+<body>
+<nav><a href="/">Home</a> <a href="/about">About</a></nav>
+<h1>Keeping <em>bees</em></h1>
+<p>Bees make <b>honey</b>, and
+   wax.<br>They dance.</p>
+<!-- an editor's comment -->
+<div>A hive holds one queen.</div>
+<h2>Equipment</h2>
+<ul><li>Smoker</li><li><p>Veil</p></li></ul>
+<table><tr><th>Item</th><th>Price</th></tr><tr><td>Smoker</td><td>30 €</td></tr></table>
+<pre>def hive():
+    return "bees"</pre>
+<noscript>Enable JavaScript</noscript>
+<footer>© 2024 Bee Corp</footer>
+</body></html>"""
+
+
+def test_html_headings_become_markdown_headings_and_blocks_become_paragraphs() -> None:
+    result = extract_text(data=HTML_PAGE.encode(), filename="bees.html")
+
+    assert result.text == (
+        "# Keeping bees\n\n"
+        "Bees make honey, and wax.\nThey dance.\n\n"
+        "A hive holds one queen.\n\n"
+        "## Equipment\n\n"
+        "- Smoker\n\n"
+        "- Veil\n\n"
+        "Item | Price\n\n"
+        "Smoker | 30 €\n\n"
+        'def hive():\n    return "bees"'
+    )
+    assert result.title == "Bees and hives"
+    assert result.format == "html"
+
+
+def test_html_scripts_styles_navigation_and_comments_are_dropped() -> None:
+    text = extract_text(data=HTML_PAGE.encode(), filename="bees.htm").text
+
+    for gone in ("tracking", "color", "Home", "editor's comment", "JavaScript", "Bee Corp"):
+        assert gone not in text
+
+
+def test_html_without_title_takes_the_first_h1() -> None:
+    result = extract_text(data=b"<p>Intro</p><h1>Hives</h1><h1>Other</h1>", filename="page.html")
+
+    assert result.title == "Hives"
+    assert result.text == "Intro\n\n# Hives\n\n# Other"
+
+
+def test_html_text_outside_any_block_is_kept() -> None:
+    page = "<html><body><p>First</p>Loose <span>te</span><span>xt</span></body></html>"
+
+    assert extract_text(data=page.encode("utf-16"), filename="loose.html").text == "First\n\nLoose text"
+
+
+def test_html_is_decoded_by_its_declared_charset() -> None:
+    page = (
+        '<html><head><meta charset="windows-1252"><title>Café</title></head>'
+        "<body><p>Crème brûlée</p></body></html>"
+    )
+
+    result = extract_text(data=page.encode("cp1252"), filename="menu.html")
+
+    assert (result.title, result.text) == ("Café", "Crème brûlée")
+
+
+def test_pdf_text_comes_out_page_by_page() -> None:
+    pdf = make_pdf(["Bees make honey.\nThey live in hives.", "A hive holds one queen."])
+
+    result = extract_text(data=pdf, filename="bees.pdf")
+
+    assert result == ExtractedText(
+        text="Bees make honey.\nThey live in hives.\n\nA hive holds one queen.", title=None, format="pdf"
+    )
+
+
+def test_pdf_metadata_title_is_the_title() -> None:
+    result = extract_text(data=make_pdf(["Text."], title="  A Guide to (Bees) "), filename="guide.pdf")
+
+    assert result.title == "A Guide to (Bees)"
+
+
+def test_pdf_with_a_user_password_is_refused_as_encrypted() -> None:
+    pdf = encrypt_pdf(make_pdf(["Secret plans."]), user_password="secret", owner_password="owner")
+
+    error = extraction_error(pdf, "report.pdf")
+
+    assert error.message == "report.pdf is encrypted: remove its password and upload it again."
+
+
+def test_pdf_encrypted_with_an_empty_user_password_is_read() -> None:
+    pdf = encrypt_pdf(make_pdf(["Open to all."], title="Public"), user_password="", owner_password="owner")
+
+    result = extract_text(data=pdf, filename="public.pdf")
+
+    assert (result.text, result.title) == ("Open to all.", "Public")
+
+
+def test_pdf_without_a_text_layer_asks_for_ocr() -> None:
+    error = extraction_error(blank_pdf(2), "scan.pdf")
+
+    assert error.message == "scan.pdf has no text layer (is it a scanned image?): run OCR on it first."
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"this is not a pdf at all", make_pdf(["Cut short."])[:150], b"%PDF-1.4\n" + bytes(range(256)) * 4],
+    ids=["no header", "truncated", "junk after the header"],
+)
+def test_corrupt_pdf_raises_an_extraction_error_chaining_the_library_error(data: bytes) -> None:
+    error = extraction_error(data, "broken.pdf")
+
+    assert error.message.startswith("broken.pdf is not a valid PDF file (it may be damaged):")
+    assert error.__cause__ is not None and not isinstance(error.__cause__, ExtractionError)
+
+
+def test_pdf_with_more_pages_than_the_limit_is_refused(settings) -> None:
+    settings.INGESTION = {**settings.INGESTION, "MAX_PDF_PAGES": 2}
+
+    error = extraction_error(make_pdf(["One.", "Two.", "Three."]), "huge.pdf")
+
+    assert error.message == "huge.pdf has 3 pages; the most is 2."
+
+
+def test_pdf_extraction_stops_once_the_text_passes_the_limit(settings, monkeypatch) -> None:
+    settings.INGESTION = {**settings.INGESTION, "MAX_EXTRACTED_CHARS": 1000}
+    pdf = make_pdf(["x" * 600, "y" * 600, "z" * 600])
+    extract_page = PageObject.extract_text
+    extracted: list[str] = []
+
+    def counting_extract(page: PageObject, *args, **kwargs) -> str:
+        extracted.append(extract_page(page, *args, **kwargs))
+        return extracted[-1]
+
+    monkeypatch.setattr(PageObject, "extract_text", counting_extract)
+
+    error = extraction_error(pdf, "long.pdf")
+
+    assert error.message == "long.pdf yields more than 1,000 characters of text; split it."
+    assert len(extracted) == 2
+
+
+def build_report(document) -> None:
+    document.core_properties.title = "Annual report"
+    document.add_heading("Report 2024", level=0)
+    document.add_heading("Summary", level=1)
+    document.add_paragraph("Sales grew.")
+    document.add_heading("Details", level=2)
+    document.add_paragraph("Honey", style="List Bullet")
+    document.add_paragraph("Wax", style="List Number")
+    table = document.add_table(rows=2, cols=3)
+    for row, values in zip(table.rows, [("Product", "Q1", "Q2"), ("Honey", "10", "12")]):
+        for cell, value in zip(row.cells, values):
+            cell.text = value
+    document.add_paragraph("The end.")
+
+
+def test_docx_headings_become_markdown_headings_with_tables_and_lists() -> None:
+    result = extract_text(data=make_docx(build_report), filename="report.docx")
+
+    assert result == ExtractedText(
+        text=(
+            "# Report 2024\n\n# Summary\n\nSales grew.\n\n## Details\n\n- Honey\n\n- Wax\n\n"
+            "Product | Q1 | Q2\n\nHoney | 10 | 12\n\nThe end."
+        ),
+        title="Annual report",
+        format="docx",
+    )
+
+
+def test_docx_merged_cells_appear_once_per_row() -> None:
+    def build(document) -> None:
+        table = document.add_table(rows=1, cols=3)
+        merged = table.cell(0, 0).merge(table.cell(0, 1))
+        merged.text = "Spanning"
+        table.cell(0, 2).text = "Alone"
+
+    assert extract_text(data=make_docx(build), filename="merged.docx").text == "Spanning | Alone"
+
+
+def test_docx_without_a_core_title_takes_the_title_paragraph() -> None:
+    def build(document) -> None:
+        document.add_heading("Chapter one", level=1)
+        document.add_heading("The real title", level=0)
+
+    assert extract_text(data=make_docx(build), filename="book.docx").title == "The real title"
+
+
+def test_docx_without_core_or_title_paragraph_takes_the_first_heading_1() -> None:
+    def build(document) -> None:
+        document.add_paragraph("Preface.")
+        document.add_heading("Chapter one", level=1)
+
+    assert extract_text(data=make_docx(build), filename="book.docx").title == "Chapter one"
+
+
+def test_docx_expanding_past_the_limit_is_refused(settings) -> None:
+    settings.INGESTION = {**settings.INGESTION, "MAX_UNZIPPED_BYTES": 1024 * 1024}
+    data = io.BytesIO(make_docx(lambda document: document.add_paragraph("Small.")))
+    with zipfile.ZipFile(data, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("word/media/padding.bin", bytes(2 * 1024 * 1024))
+    assert len(data.getvalue()) < 100_000
+
+    error = extraction_error(data.getvalue(), "big.docx")
+
+    assert error.message == "big.docx expands to more than 1 MB when unpacked; split it into smaller files."
+
+
+@pytest.mark.parametrize(
+    "data",
+    [random.Random(3).randbytes(2048), b"PK\x03\x04 not really a zip"],
+    ids=["random bytes", "zip signature only"],
+)
+def test_corrupt_docx_raises_an_extraction_error(data: bytes) -> None:
+    error = extraction_error(data, "broken.docx")
+
+    assert error.message.startswith("broken.docx is not a valid DOCX file (it may be damaged):")
+    assert error.__cause__ is not None
+
+
+def test_a_zip_that_is_not_a_word_document_is_refused() -> None:
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.writestr("hello.txt", "hello")
+
+    error = extraction_error(data.getvalue(), "archive.docx")
+
+    assert error.message.startswith("archive.docx is not a valid DOCX file")
+
+
+def test_unsupported_extensions_are_refused_with_the_supported_ones() -> None:
+    error = extraction_error(b"{\\rtf1 Hello}", "notes.rtf")
+
+    assert error.message == "notes.rtf is a .rtf file; kbsite reads .txt, .md, .html, .pdf and .docx."
+
+
+def test_files_without_an_extension_are_refused() -> None:
+    error = extraction_error(b"Hello", "README")
+
+    assert error.message == "README has no file extension; kbsite reads .txt, .md, .html, .pdf and .docx."
+
+
+@pytest.mark.parametrize(
+    ("data", "filename"),
+    [
+        (b"", "empty.txt"),
+        (b" \r\n\t \n", "blank.txt"),
+        (b"---\ntitle: Only front matter\n---\n", "meta.md"),
+        (b"<html><head><title>Empty</title></head><body><script>x()</script></body></html>", "empty.html"),
+        (make_docx(lambda document: document.add_paragraph("   ")), "empty.docx"),
+    ],
+)
+def test_files_without_text_are_refused(data: bytes, filename: str) -> None:
+    assert extraction_error(data, filename).message == f"{filename} contains no text."
+
+
+def test_text_longer_than_the_limit_is_refused(settings) -> None:
+    settings.INGESTION = {**settings.INGESTION, "MAX_EXTRACTED_CHARS": 1000}
+
+    assert extract_text(data=b"a" * 1000, filename="fits.txt").text == "a" * 1000
+    error = extraction_error(b"a" * 1001, "long.txt")
+
+    assert error.message == "long.txt yields more than 1,000 characters of text; split it."
