@@ -210,7 +210,10 @@ class ArchivedFilter(admin.SimpleListFilter):
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ["title", "knowledge_base", "status_label", "progress", "problem", "archived", "source_format", "created_at"]
-    list_filter = ["status", ArchivedFilter, "knowledge_base", "source_format"]
+    # Only KBs the user reads documents of: the plain filter would list every KB's name to every user.
+    list_filter = [
+        "status", ArchivedFilter, ("knowledge_base", admin.RelatedOnlyFieldListFilter), "source_format"
+    ]
     list_select_related = ["knowledge_base"]
     search_fields = ["title", "source_name"]
     list_per_page = 50
@@ -264,6 +267,11 @@ class DocumentAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj) and has_role(
             request, obj and obj.knowledge_base, Role.EDITOR
         )
+
+    def save_model(self, request, obj, form, change):
+        # Only the title is editable here; search results show it from the chunks, so they change too.
+        if "title" in form.changed_data:
+            async_to_sync(DocumentService().rename)(document=obj, title=obj.title)
 
     def delete_model(self, request, obj):
         async_to_sync(DocumentService().delete_document)(document=obj)
@@ -348,7 +356,7 @@ class DocumentAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "form": form,
             "title": "Upload documents",
-            "max_upload_mb": form.max_upload_mb,
+            "max_upload_size": form.max_upload_size,
         }
         return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
 

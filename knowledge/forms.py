@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
@@ -49,15 +50,16 @@ class UploadForm(forms.Form):
     def __init__(self, *args, knowledge_bases, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["knowledge_base"].queryset = knowledge_bases
-        self.max_upload_mb = int(settings.INGESTION["MAX_UPLOAD_BYTES"]) // (1024 * 1024)
+        # In the unit that fits: a limit under 1 MB read "0 MB" when it was given in whole megabytes.
+        self.max_upload_size = filesizeformat(int(settings.INGESTION["MAX_UPLOAD_BYTES"]))
 
     def clean_files(self):
         files = self.cleaned_data["files"]
         limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
-        too_large = [f"{f.name} ({f.size / 1024 / 1024:.1f} MB)" for f in files if f.size > limit]
+        too_large = [f"{f.name} ({filesizeformat(f.size)})" for f in files if f.size > limit]
         if too_large:
             raise forms.ValidationError(
-                f"Files may be at most {self.max_upload_mb} MB each; these are larger: {', '.join(too_large)}."
+                f"Files may be at most {self.max_upload_size} each; these are larger: {', '.join(too_large)}."
             )
         return files
 

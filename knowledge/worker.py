@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError
 
+from knowledge.queue_events import listen_for_new_work, stop_listening
 from knowledge.services.ingestion import IngestionService
 from search.qdrant import qdrant_service
 
@@ -102,6 +103,7 @@ async def start_in_process() -> None:
             return
         worker, stop = IngestionWorker(), asyncio.Event()
         _in_process = _Running(worker=worker, task=asyncio.create_task(worker.run(stop=stop)), stop=stop)
+        listen_for_new_work(worker.wake)
 
 
 async def stop_in_process(grace_seconds: float = 10.0) -> None:
@@ -111,16 +113,10 @@ async def stop_in_process(grace_seconds: float = 10.0) -> None:
         running, _in_process = _in_process, None
     if running is None:
         return
+    stop_listening(running.worker.wake)
     running.stop.set()
     try:
         await asyncio.wait_for(asyncio.shield(running.task), timeout=grace_seconds)
     except asyncio.TimeoutError:
         running.task.cancel()
         await asyncio.gather(running.task, return_exceptions=True)
-
-
-def notify_new_work() -> None:
-    """Tell this process's worker, if it runs one, that a document was queued."""
-    running = _in_process
-    if running is not None:
-        running.worker.wake()

@@ -9,12 +9,13 @@ from pathlib import PurePath
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from knowledge.errors import DuplicateDocument, InvalidInput, UnsupportedFormat, UploadTooLarge
 from knowledge.extraction import SUPPORTED_FORMATS, format_for
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
-from knowledge.worker import notify_new_work
+from knowledge.queue_events import notify_new_work
 from search.services.chunks import ChunkService
 
 TEXT_FORMAT = "text"
@@ -35,11 +36,14 @@ class DocumentService:
     def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
         self.chunk_service = chunk_service or ChunkService()
 
-    def add_upload(self, *, kb: KnowledgeBase, filename: str, data: bytes, title: str = "") -> AddedDocument:
+    def add_upload(
+        self, *, kb: KnowledgeBase, filename: str, data: bytes, title: str = "", source_name: str = ""
+    ) -> AddedDocument:
         """Queue an uploaded file for ingestion.
 
-        The same content twice in one KB is refused (DuplicateDocument); a file of the same name
-        with other content replaces that document's text, and only it is indexed again.
+        The same content twice in one KB is refused (DuplicateDocument); a file of the same source
+        name (the file name, or its path within an imported folder) with other content replaces
+        that document's text, and only it is indexed again.
         """
         name = PurePath(filename or "").name
         if not name:
@@ -53,7 +57,7 @@ class DocumentService:
             raise InvalidInput(f"{name} is empty.")
         return self._add(
             kb=kb,
-            source_name=name,
+            source_name=source_name or name,
             title=title.strip(),
             digest=content_hash(data),
             source_format=source_format,
@@ -83,11 +87,16 @@ class DocumentService:
         )
 
     @staticmethod
+    def default_title(source_name: str) -> str:
+        """The title a document gets from its file name until its own title is found in the text."""
+        return PurePath(source_name).stem or "Untitled"
+
+    @staticmethod
     def check_upload_size(name: str, size: int) -> None:
         limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
         if size > limit:
             raise UploadTooLarge(
-                f"{name} is {size / 1024 / 1024:.1f} MB; the most is {limit / 1024 / 1024:.0f} MB "
+                f"{name} is {filesizeformat(size)}; the most is {filesizeformat(limit)} "
                 "(KBSITE_MAX_UPLOAD_MB). Split it, or ask an operator to raise the limit."
             )
 
@@ -116,7 +125,7 @@ class DocumentService:
                 else None
             )
             document = earlier or Document(knowledge_base=kb, source_name=source_name)
-            document.title = (title or document.title or PurePath(source_name).stem or "Untitled")[:500]
+            document.title = (title or document.title or self.default_title(source_name))[:500]
             document.source_format = source_format
             document.source_size = size
             document.content_hash = digest
@@ -149,6 +158,16 @@ class DocumentService:
         )
         document.archived_at = archived_at
         await document.asave(update_fields=["archived_at", "updated_at"])
+        return document
+
+    async def rename(self, *, document: Document, title: str) -> Document:
+        """Give a document a new title, in its row and in its chunks (which search results show)."""
+        title = (title or "").strip()[:500]
+        if not title:
+            raise InvalidInput("A document needs a title.")
+        await self.chunk_service.set_title(kb_id=document.knowledge_base_id, document_id=document.id, title=title)
+        document.title = title
+        await document.asave(update_fields=["title", "updated_at"])
         return document
 
     async def delete_document(self, *, document: Document) -> None:

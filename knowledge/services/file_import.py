@@ -13,6 +13,13 @@ from knowledge.services.documents import DocumentService
 
 
 @dataclass(frozen=True)
+class FoundFile:
+    path: Path
+    #: What the document is known by: its path within the folder given, or its name if given itself.
+    source_name: str
+
+
+@dataclass(frozen=True)
 class FileOutcome:
     path: Path
     #: "queued" (new), "updated" (new version of a document), "duplicate" or "rejected".
@@ -29,17 +36,18 @@ class FileImportService:
     def __init__(self, *, documents: DocumentService | None = None) -> None:
         self.documents = documents or DocumentService()
 
-    def collect(self, paths: Sequence[str | Path], *, recursive: bool) -> tuple[list[Path], list[Path]]:
+    def collect(self, paths: Sequence[str | Path], *, recursive: bool) -> tuple[list[FoundFile], list[Path]]:
         """The files to load, and those passed over in folders because kbsite cannot read them.
 
         A file named explicitly is always taken, so that an unreadable one is reported, not ignored.
+        Files from a folder are known by their path within it, so a/notes.txt and b/notes.txt stay two.
         """
-        files: dict[Path, None] = {}
+        files: dict[Path, FoundFile] = {}
         passed_over: list[Path] = []
         for given in paths:
             path = Path(given).expanduser()
             if path.is_file():
-                files[path.resolve()] = None
+                files.setdefault(path.resolve(), FoundFile(path=path.resolve(), source_name=path.name))
             elif path.is_dir():
                 found = path.rglob("*") if recursive else path.iterdir()
                 for candidate in sorted(found):
@@ -48,18 +56,22 @@ class FileImportService:
                     if format_for(candidate.name) is None:
                         passed_over.append(candidate)
                     else:
-                        files[candidate.resolve()] = None
+                        relative = candidate.relative_to(path).as_posix()
+                        files.setdefault(candidate.resolve(), FoundFile(path=candidate.resolve(), source_name=relative))
             else:
                 raise InvalidInput(f"{given} does not exist.")
-        return list(files), passed_over
+        return list(files.values()), passed_over
 
-    def add_files(self, *, kb: KnowledgeBase, files: Sequence[Path]) -> list[FileOutcome]:
+    def add_files(self, *, kb: KnowledgeBase, files: Sequence[FoundFile]) -> list[FileOutcome]:
         """Record each file as a document waiting for ingestion, saying what became of each."""
         outcomes = []
-        for path in files:
+        for found in files:
+            path = found.path
             try:
                 self.documents.check_upload_size(path.name, path.stat().st_size)
-                added = self.documents.add_upload(kb=kb, filename=path.name, data=path.read_bytes())
+                added = self.documents.add_upload(
+                    kb=kb, filename=path.name, data=path.read_bytes(), source_name=found.source_name
+                )
             except KnowledgeError as exc:
                 status = "duplicate" if exc.code == "duplicate_document" else "rejected"
                 outcomes.append(FileOutcome(path=path, status=status, message=exc.message))

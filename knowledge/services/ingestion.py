@@ -24,6 +24,7 @@ from django.utils import timezone
 from knowledge.errors import InvalidInput
 from knowledge.extraction import ExtractionError, extract_text
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
+from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[Document, int, int], None]
 
 # Retrying cannot help these: the file or the settings must change first.
-PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError, EmbeddingModelMismatch)
+PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError)
 
 
 class LostClaim(Exception):
@@ -190,6 +191,9 @@ class IngestionService:
         except asyncio.CancelledError:
             await asyncio.shield(self.arelease(document_id=document.pk, worker_id=worker_id))
             raise
+        except EmbeddingModelMismatch as exc:
+            # The document is fine; the KB needs rebuilding. Its chunks stay for that rebuild to replace.
+            await self._fail(document, worker_id, exc, collection_name, keep_chunks=True)
         except PERMANENT_ERRORS as exc:
             await self._fail(document, worker_id, exc, collection_name)
         except Exception as exc:
@@ -246,9 +250,9 @@ class IngestionService:
         if source is None:
             return
         extracted = await sync_to_async(extract_text, thread_sensitive=False)(
-            data=bytes(source.data), filename=document.source_name
+            data=bytes(source.data), filename=PurePath(document.source_name).name
         )
-        if extracted.title and document.title == PurePath(document.source_name).stem:
+        if extracted.title and document.title == DocumentService.default_title(document.source_name):
             document.title = extracted.title[:500]
         document.text = extracted.text
         await self._store_text(document, worker_id)
@@ -287,15 +291,13 @@ class IngestionService:
     async def _finish(
         self, document: Document, worker_id: str, chunk_count: int, collection_name: str | None
     ) -> None:
-        archived_at = await self._mark_ready(document, worker_id, chunk_count)
+        archived_at, title = await self._mark_ready(document, worker_id, chunk_count)
+        # Archived, restored or renamed while it was being indexed: later batches carry the old state.
+        where = {"kb_id": document.knowledge_base_id, "document_id": document.id, "collection_name": collection_name}
         if archived_at != document.archived_at:
-            # Archived or restored while it was being indexed: the later batches carry the old state.
-            await self.chunk_service.set_archived(
-                kb_id=document.knowledge_base_id,
-                document_id=document.id,
-                archived_at=archived_at,
-                collection_name=collection_name,
-            )
+            await self.chunk_service.set_archived(archived_at=archived_at, **where)
+        if title != document.title:
+            await self.chunk_service.set_title(title=title, **where)
 
     @sync_to_async
     def _mark_ready(self, document: Document, worker_id: str, chunk_count: int):
@@ -314,25 +316,32 @@ class IngestionService:
             )
             if not finished:
                 raise LostClaim(document.pk)
-            return Document.objects.filter(pk=document.pk).values_list("archived_at", flat=True).get()
+            return Document.objects.filter(pk=document.pk).values_list("archived_at", "title").get()
 
     async def _fail(
-        self, document: Document, worker_id: str, error: BaseException, collection_name: str | None
+        self,
+        document: Document,
+        worker_id: str,
+        error: BaseException,
+        collection_name: str | None,
+        *,
+        keep_chunks: bool = False,
     ) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         logger.warning("Ingestion of %s failed: %s", document.pk, message)
-        try:
-            # Nothing of a failed document stays searchable.
-            await self.chunk_service.delete_document_chunks(
-                kb_id=document.knowledge_base_id, document_id=document.id, collection_name=collection_name
-            )
-        except Exception:
-            logger.exception("Could not remove the chunks of failed document %s", document.pk)
-            message += " (Its earlier chunks could not be removed from Qdrant; reindex or delete it.)"
+        if not keep_chunks:
+            try:
+                # Nothing of a failed document stays searchable.
+                await self.chunk_service.delete_document_chunks(
+                    kb_id=document.knowledge_base_id, document_id=document.id, collection_name=collection_name
+                )
+            except Exception:
+                logger.exception("Could not remove the chunks of failed document %s", document.pk)
+                message += " (Its earlier chunks could not be removed from Qdrant; reindex or delete it.)"
         await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
+            **({} if keep_chunks else {"chunk_count": 0}),
             status=DocumentStatus.FAILED,
             error=message,
-            chunk_count=0,
             claimed_by="",
             lease_expires_at=None,
             next_attempt_at=None,

@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 from knowledge.services.ingestion import IngestionService, ProgressCallback
+from search.errors import EmbeddingModelMismatch
 
 
 @dataclass
@@ -36,7 +37,22 @@ class ReindexService:
     async def reindex_in_place(
         self, *, document_ids: Sequence[UUID], worker_id: str, on_progress: ProgressCallback | None = None
     ) -> ReindexReport:
-        """Chunk and embed these documents again, one by one, into their KBs' current collections."""
+        """Chunk and embed these documents again, one by one, into their KBs' current collections.
+
+        KBs indexed with another model than the site's are refused: only a rebuild can move them.
+        """
+        stale = [
+            slug
+            async for slug in KnowledgeBase.objects.filter(documents__in=list(document_ids))
+            .exclude(embedding_model=self.ingestion.embeddings.model_id)
+            .values_list("slug", flat=True)
+            .distinct()
+        ]
+        if stale:
+            raise EmbeddingModelMismatch(
+                f"{', '.join(stale)} hold vectors of another model than the site's "
+                f"({self.ingestion.embeddings.model_id}); rebuild them with `manage.py reindex --recreate`."
+            )
         report, started = ReindexReport(), time.monotonic()
         for document_id in document_ids:
             document = await self.ingestion.ingest_until_settled(

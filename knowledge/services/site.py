@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
+from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
@@ -37,14 +38,21 @@ class SiteSetupService:
         existing = users.filter(is_superuser=True).order_by("pk").first()
         if existing is not None:
             return AdminAccount(username=existing.get_username(), password=None, created=False)
+        if users.filter(username=username).exists():
+            raise InvalidInput(
+                f"There is no superuser, and the name {username!r} belongs to an ordinary user: choose another "
+                "name with --username, or make that user a superuser (manage.py shell, or the admin)."
+            )
         generated = password is None
         password = password or secrets.token_urlsafe(12)
         users.create_superuser(username=username, email="", password=password)
         if generated:
             path = self.password_file()
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{username}\n{password}\n", encoding="utf-8")
-            os.chmod(path, 0o600)
+            path.unlink(missing_ok=True)
+            # Created readable by its owner only from the first byte, not chmod-ed afterwards.
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as file:
+                file.write(f"{username}\n{password}\n")
         return AdminAccount(username=username, password=password if generated else None, created=True)
 
     def load_demo(self, *, owner) -> KnowledgeBase | None:

@@ -261,10 +261,24 @@ class ChunkService:
         collection_name: str | None = None,
     ) -> None:
         """Mark a document's chunks archived (or not): a payload update, nothing is re-embedded."""
+        await self._set_document_payload(
+            kb_id, document_id, {"archived_at": archived_at.isoformat() if archived_at else None}, collection_name
+        )
+
+    @_translate_unreachable
+    async def set_title(
+        self, *, kb_id: UUID | str, document_id: UUID | str, title: str, collection_name: str | None = None
+    ) -> None:
+        """Give a document's chunks its new title, which search results show."""
+        await self._set_document_payload(kb_id, document_id, {"title": title}, collection_name)
+
+    async def _set_document_payload(
+        self, kb_id: UUID | str, document_id: UUID | str, payload: dict[str, Any], collection_name: str | None
+    ) -> None:
         try:
             await qdrant_service.client.set_payload(
                 collection_name=collection_name or collection_alias(kb_id),
-                payload={"archived_at": archived_at.isoformat() if archived_at else None},
+                payload=payload,
                 points=models.FilterSelector(filter=_document_filter(document_id)),
                 wait=True,
             )
@@ -281,32 +295,50 @@ class ChunkService:
 
     @_translate_unreachable
     async def ensure_collection(self, *, kb_id: UUID | str, vector_size: int) -> str:
-        """The KB's current physical collection, created (with its alias) if there is none yet."""
+        """The KB's current physical collection, created (with its alias) if there is none yet.
+
+        Several writers may do this at once for a new KB: all of them create the same first
+        version and alias, each treating "already exists" as done, so they all land in it.
+        """
         current = await self.current_collection(kb_id=kb_id)
         if current is not None:
             return current
-        name = await self.create_collection_version(kb_id=kb_id, vector_size=vector_size)
+        first = f"{collection_alias(kb_id)}_v1"
+        client = qdrant_service.client
         try:
-            await self.activate_collection_version(kb_id=kb_id, collection_name=name)
+            await self._create_collection(first, vector_size)
         except Exception:
-            # Another process created the KB's collection at the same moment; use theirs.
+            if not await client.collection_exists(collection_name=first):
+                raise
+        try:
+            await client.update_collection_aliases(
+                change_aliases_operations=[
+                    models.CreateAliasOperation(
+                        create_alias=models.CreateAlias(collection_name=first, alias_name=collection_alias(kb_id))
+                    )
+                ]
+            )
+        except Exception:
             current = await self.current_collection(kb_id=kb_id)
             if current is None:
                 raise
-            await qdrant_service.client.delete_collection(collection_name=name)
             return current
-        return name
+        return first
 
     @_translate_unreachable
     async def create_collection_version(self, *, kb_id: UUID | str, vector_size: int) -> str:
-        """Create a new, empty physical collection for the KB (not yet searched) and return its name."""
-        client = qdrant_service.client
+        """Create the KB's next physical collection, empty and not yet searched, and return its name."""
         versions = [
             int(match.group(1))
-            for collection in (await client.get_collections()).collections
+            for collection in (await qdrant_service.client.get_collections()).collections
             if (match := re.fullmatch(rf"{re.escape(collection_alias(kb_id))}_v(\d+)", collection.name))
         ]
         name = f"{collection_alias(kb_id)}_v{max(versions, default=0) + 1}"
+        await self._create_collection(name, vector_size)
+        return name
+
+    async def _create_collection(self, name: str, vector_size: int) -> None:
+        client = qdrant_service.client
         await client.create_collection(
             collection_name=name,
             vectors_config=models.VectorParams(size=vector_size, distance=models.Distance.COSINE),
@@ -321,7 +353,6 @@ class ChunkService:
                 await client.create_payload_index(
                     collection_name=name, field_name=field, field_schema=schema, wait=True
                 )
-        return name
 
     @_translate_unreachable
     async def activate_collection_version(self, *, kb_id: UUID | str, collection_name: str) -> str | None:

@@ -3,8 +3,9 @@
 import os
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from knowledge.errors import KnowledgeError
 from knowledge.services.site import SiteSetupService
 
 
@@ -26,7 +27,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, password_env: str, url: str, no_demo: bool, **options) -> None:
         service = SiteSetupService()
-        account = service.ensure_admin(username=username, password=os.environ.get(password_env) or None)
+        try:
+            account = service.ensure_admin(username=username, password=os.environ.get(password_env) or None)
+        except KnowledgeError as exc:
+            raise CommandError(exc.message) from exc
         if account.created and account.password:
             self.stdout.write(
                 self.style.SUCCESS(

@@ -41,7 +41,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, paths: list[str], kb: str, recursive: bool, create: bool, name: str | None,
                owner: str | None, enqueue: bool, verbosity: int, **options) -> None:
-        knowledge_base = self._knowledge_base(kb, create=create, name=name, owner=owner)
         importer = FileImportService()
         try:
             files, passed_over = importer.collect(paths, recursive=recursive)
@@ -53,6 +52,8 @@ class Command(BaseCommand):
             raise CommandError("Found no files to load (.txt .md .html .pdf .docx); use --recursive for sub-folders.")
         if not enqueue:
             self._check_qdrant()
+        # Only now, with files to load and a Qdrant to load them into, may --create make the KB.
+        knowledge_base = self._knowledge_base(kb, create=create, name=name, owner=owner)
 
         outcomes = importer.add_files(kb=knowledge_base, files=files)
         queued = [o for o in outcomes if o.document is not None]
@@ -79,12 +80,14 @@ class Command(BaseCommand):
                 summary += f"; {duplicates} were already there"
             self.stdout.write(self.style.SUCCESS(summary + "."))
         if problems:
-            reasons = "\n".join(f"  {o.path.name}: {o.message}" for o in problems)
+            reasons = "\n".join(f"  {o.path}: {o.message}" for o in problems)
             raise CommandError(f"{len(problems)} of {len(files)} files failed:\n{reasons}")
 
     def _knowledge_base(self, slug: str, *, create: bool, name: str | None, owner: str | None) -> KnowledgeBase:
         existing = KnowledgeBase.objects.filter(slug=slug).first()
         if existing is not None:
+            if owner:
+                self.stdout.write(f"{slug!r} exists already: --owner applies only to a knowledge base --create makes.")
             return existing
         if not create:
             raise CommandError(f"There is no knowledge base {slug!r}; add --create to make it.")
@@ -116,7 +119,7 @@ class Command(BaseCommand):
 
         async def run() -> None:
             for outcome in outcomes:
-                name = outcome.path.name
+                name = outcome.document.source_name
                 document = await service.ingest_until_settled(
                     document_id=outcome.document.pk,
                     worker_id=worker_id,

@@ -1,0 +1,366 @@
+"""The ingestion pipeline end to end: formats, failures, versions, retries, crashes, workers, archive and delete."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from knowledge.errors import DuplicateDocument, UnsupportedFormat, UploadTooLarge
+from knowledge.models import Document, DocumentSource, DocumentStatus
+from knowledge.services.documents import DocumentService
+from knowledge.services.ingestion import IngestionService, IngestionSettings
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.permissions import PermissionService
+from knowledge.worker import IngestionWorker, start_in_process, stop_in_process
+from search.errors import VectorStoreUnavailable
+from search.services.audit import SearchAuditService
+from search.services.chunks import ChunkService
+from search.qdrant import qdrant_service
+from search.services.search import SearchService
+from tests.factories import corpus, make_kb
+from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+
+def _docx(document) -> None:
+    document.core_properties.title = "Tide tables"
+    document.add_heading("Reading a tide table", level=1)
+    document.add_paragraph("High water comes about fifty minutes later each day as the moon moves on its orbit.")
+
+
+FILES = {
+    "notes.txt": b"The starter is fed with flour and water every day until it bubbles.",
+    "guide.md": b"# Sourdough guide\n\nStretch and fold the dough every half hour while it rises.",
+    "page.html": (
+        b"<html><head><title>Volcano page</title><script>var x = 1;</script></head>"
+        b"<body><h1>Eruptions</h1><p>Magma rises through cracks in the crust.</p></body></html>"
+    ),
+    "chain.pdf": make_pdf(["Clean the bicycle chain, then oil every link."], title="Chain care"),
+    "tides.docx": make_docx(_docx),
+}
+EXPECTED_TITLES = {
+    "notes.txt": "notes",
+    "guide.md": "Sourdough guide",
+    "page.html": "Volcano page",
+    "chain.pdf": "Chain care",
+    "tides.docx": "Tide tables",
+}
+QUERIES = {
+    "notes.txt": "feeding a sourdough starter",
+    "guide.md": "folding dough while it rises",
+    "page.html": "magma and eruptions",
+    "chain.pdf": "oiling a bike chain",
+    "tides.docx": "why high tide is later every day",
+}
+
+
+@pytest.fixture
+def kb(test_user):
+    return make_kb(owner=test_user, name="Ingestion", chunk_size=32, chunk_overlap=4)
+
+
+def upload(kb, name: str, data: bytes) -> Document:
+    return DocumentService().add_upload(kb=kb, filename=name, data=data).document
+
+
+async def search(kb, user, query: str, **options):
+    service = SearchService(PermissionService(), SearchAuditService())
+    return await service.semantic_search(query=query, kb_ids=[kb.id], user_id=user.id, **options)
+
+
+class FlakyChunkService(ChunkService):
+    """The real chunk service, except that its first `failures` upserts find Qdrant unreachable."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.upserts = 0
+
+    async def upsert_chunks(self, **kwargs):
+        self.upserts += 1
+        if self.upserts <= self.failures:
+            raise VectorStoreUnavailable("Qdrant server at http://qdrant:6333 did not answer (test).")
+        return await super().upsert_chunks(**kwargs)
+
+
+class SimulatedCrash(BaseException):
+    """Stands for the process dying: nothing below it gets to clean up."""
+
+
+@pytest.mark.parametrize("name", list(FILES))
+async def test_each_format_becomes_searchable(kb, test_user, name) -> None:
+    document = await sync_to_async(upload)(kb, name, FILES[name])
+
+    ready = await IngestionService().ingest_now(document_id=document.id, worker_id="test")
+
+    assert ready.status == DocumentStatus.READY, ready.error
+    assert ready.title == EXPECTED_TITLES[name]
+    assert ready.chunk_count > 0
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == ready.chunk_count
+    assert not await DocumentSource.objects.filter(document_id=document.id).aexists()
+    results = await search(kb, test_user, QUERIES[name], limit=1)
+    assert results[0].document_id == document.id
+    assert "<script>" not in ready.text and "var x" not in ready.text
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("broken.pdf", b"%PDF-1.4 this is not really a PDF", "not a valid PDF"),
+        ("secret.pdf", encrypt_pdf(make_pdf(["hidden"]), user_password="pw", owner_password="pw"), "encrypted"),
+        ("scan.pdf", blank_pdf(2), "no text layer"),
+        ("broken.docx", b"PK\x03\x04 nothing else", "not a valid DOCX"),
+        ("binary.txt", bytes(range(256)) * 40, "does not look like text"),
+        ("empty.md", b"   \n\n  ", "contains no text"),
+    ],
+)
+async def test_a_file_that_cannot_be_read_fails_with_a_reason_and_leaves_no_points(kb, name, data, reason) -> None:
+    document = await sync_to_async(upload)(kb, name, data)
+
+    failed = await IngestionService().ingest_now(document_id=document.id, worker_id="test")
+
+    assert failed.status == DocumentStatus.FAILED
+    assert reason in failed.error and name in failed.error
+    assert failed.chunk_count == 0
+    assert await ChunkService().count_chunks(kb_id=kb.id) == 0
+
+
+async def test_a_broken_new_version_removes_the_old_versions_chunks(kb) -> None:
+    document = await sync_to_async(upload)(kb, "chain.pdf", FILES["chain.pdf"])
+    await IngestionService().ingest_now(document_id=document.id, worker_id="test")
+
+    replaced = await sync_to_async(upload)(kb, "chain.pdf", b"%PDF-1.4 damaged")
+    failed = await IngestionService().ingest_now(document_id=replaced.id, worker_id="test")
+
+    assert replaced.id == document.id and failed.status == DocumentStatus.FAILED
+    assert await ChunkService().count_chunks(kb_id=kb.id) == 0
+
+
+def test_unsupported_and_oversized_uploads_are_refused_before_anything_is_stored(kb, settings) -> None:
+    settings.INGESTION = {**settings.INGESTION, "MAX_UPLOAD_BYTES": 100}
+
+    with pytest.raises(UnsupportedFormat, match=r"notes\.rtf .*\.docx"):
+        upload(kb, "notes.rtf", b"{\\rtf1 hello}")
+    with pytest.raises(UploadTooLarge, match="KBSITE_MAX_UPLOAD_MB"):
+        upload(kb, "big.txt", b"x" * 101)
+
+    assert not Document.objects.exists()
+
+
+def test_the_same_content_twice_in_a_kb_is_recognised(kb, test_user) -> None:
+    first = upload(kb, "notes.txt", FILES["notes.txt"])
+
+    with pytest.raises(DuplicateDocument) as duplicate:
+        upload(kb, "copy-of-notes.txt", FILES["notes.txt"])
+
+    assert duplicate.value.detail == {"document_id": str(first.id)}
+    assert "notes" in duplicate.value.message
+    other_kb = make_kb(owner=test_user, name="Elsewhere")
+    assert upload(other_kb, "notes.txt", FILES["notes.txt"]).knowledge_base_id == other_kb.id
+
+
+async def test_a_changed_file_replaces_its_document_and_only_it_is_indexed_again(kb, test_user) -> None:
+    ingestion = IngestionService()
+    notes = await sync_to_async(upload)(kb, "notes.txt", FILES["notes.txt"])
+    guide = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+    for document in (notes, guide):
+        await ingestion.ingest_now(document_id=document.id, worker_id="test")
+    guide_before = await Document.objects.aget(pk=guide.pk)
+
+    added = await sync_to_async(DocumentService().add_upload)(
+        kb=kb, filename="notes.txt", data=b"Tyre pressure should be checked every week before riding."
+    )
+
+    assert not added.created and added.document.id == notes.id
+    assert added.document.status == DocumentStatus.PENDING
+    assert await Document.objects.filter(status=DocumentStatus.PENDING).acount() == 1
+    await ingestion.ingest_now(document_id=notes.id, worker_id="test")
+    results = await search(kb, test_user, "how often to check tyre pressure", limit=1)
+    assert results[0].document_id == notes.id and "Tyre" in results[0].content
+    assert "starter" not in " ".join(r.content for r in await search(kb, test_user, "starter", limit=10)
+                                     if r.document_id == notes.id)
+    assert (await Document.objects.aget(pk=guide.pk)).updated_at == guide_before.updated_at
+
+
+async def test_a_transient_qdrant_fault_is_retried_with_backoff(kb) -> None:
+    flaky = FlakyChunkService(failures=2)
+    ingestion = IngestionService(chunk_service=flaky, config=IngestionSettings(first_retry_seconds=0.01))
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+
+    first = await ingestion.ingest_now(document_id=document.id, worker_id="test")
+
+    assert first.status == DocumentStatus.PENDING
+    assert first.error.startswith("Attempt 1 of 5 failed:") and "did not answer" in first.error
+    assert first.next_attempt_at > timezone.now() - timedelta(seconds=1)
+    settled = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
+    assert settled.status == DocumentStatus.READY and settled.error == ""
+    assert flaky.upserts == 3
+    assert await ChunkService().count_chunks(kb_id=kb.id) == settled.chunk_count
+
+
+async def test_a_document_that_keeps_failing_ends_failed_after_the_last_attempt(kb) -> None:
+    ingestion = IngestionService(
+        chunk_service=FlakyChunkService(failures=99),
+        config=IngestionSettings(max_attempts=3, first_retry_seconds=0.01),
+    )
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+
+    settled = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
+
+    assert settled.status == DocumentStatus.FAILED
+    assert "did not answer" in settled.error and settled.attempts == 3
+
+
+async def test_a_crashed_worker_leaves_the_document_to_be_resumed_without_duplicates(test_user) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Crash", chunk_size=16, chunk_overlap=0)
+    title, text = corpus()[0]
+    document = await sync_to_async(upload)(kb, "long.md", text.encode())
+    ingestion = IngestionService(config=IngestionSettings(batch_size=8))
+
+    def crash_after_first_batch(_document, done, total):
+        raise SimulatedCrash(f"killed at {done}/{total}")
+
+    claimed = await ingestion.aclaim(document_id=document.id, worker_id="dead-worker")
+    with pytest.raises(SimulatedCrash):
+        await ingestion.process(claimed, worker_id="dead-worker", on_progress=crash_after_first_batch)
+
+    stranded = await Document.objects.aget(pk=document.pk)
+    assert stranded.status == DocumentStatus.PROCESSING and stranded.chunks_done == 8 < stranded.chunks_total
+    assert await ingestion.aclaim_next(worker_id="new-worker") is None  # the lease is still running
+    await Document.objects.filter(pk=document.pk).aupdate(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    resumed = await ingestion.aclaim_next(worker_id="new-worker")
+    finished = await ingestion.process(resumed, worker_id="new-worker")
+
+    assert finished.status == DocumentStatus.READY
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == finished.chunk_count
+    chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=document.id, limit=500)
+    assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
+
+
+async def test_a_worker_shut_down_mid_document_gives_it_back(kb) -> None:
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[2][1].encode())
+    ingestion = IngestionService(config=IngestionSettings(batch_size=4))
+    claimed = await ingestion.aclaim(document_id=document.id, worker_id="stopping")
+    started = asyncio.Event()
+
+    def hold(_document, done, total):
+        started.set()
+
+    task = asyncio.ensure_future(ingestion.process(claimed, worker_id="stopping", on_progress=hold))
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    returned = await Document.objects.aget(pk=document.pk)
+    assert (returned.status, returned.claimed_by) == (DocumentStatus.PENDING, "")
+
+
+async def test_concurrent_workers_never_process_the_same_document(test_user) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Queue")
+    documents = [
+        await sync_to_async(upload)(kb, f"note-{i}.txt", f"Note {i} about the tides and the moon.".encode())
+        for i in range(12)
+    ]
+    seen: list[tuple[str, object]] = []
+
+    class RecordingIngestion(IngestionService):
+        async def process(self, document, *, worker_id, **kwargs):
+            seen.append((worker_id, document.pk))
+            return await super().process(document, worker_id=worker_id, **kwargs)
+
+    workers = [IngestionWorker(service=RecordingIngestion(), worker_id=f"w{i}", poll_seconds=0.05) for i in range(3)]
+    counts = await asyncio.gather(*(worker.run(until_idle=True) for worker in workers))
+
+    assert sum(counts) == len(documents)
+    assert sorted(str(pk) for _, pk in seen) == sorted(str(d.pk) for d in documents)
+    assert await Document.objects.filter(status=DocumentStatus.READY).acount() == len(documents)
+
+
+async def test_archiving_is_a_payload_update_without_embedding_again(kb, test_user) -> None:
+    from tests.conftest import MemoisingEmbeddings
+    from search.embedding import embedding_service
+
+    class CountingEmbeddings(MemoisingEmbeddings):
+        calls = 0
+
+        async def embed_documents(self, texts):
+            CountingEmbeddings.calls += 1
+            return await super().embed_documents(texts)
+
+    embeddings = CountingEmbeddings(embedding_service)
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+    await IngestionService(embeddings=embeddings).ingest_now(document_id=document.id, worker_id="test")
+    document = await Document.objects.aget(pk=document.pk)
+    calls = CountingEmbeddings.calls
+
+    await DocumentService().set_archived(document=document, archived=True)
+    hidden = await search(kb, test_user, QUERIES["guide.md"])
+    shown = await search(kb, test_user, QUERIES["guide.md"], include_archived=True)
+    await DocumentService().set_archived(document=document, archived=False)
+    restored = await search(kb, test_user, QUERIES["guide.md"])
+
+    assert hidden == [] and shown and restored
+    assert CountingEmbeddings.calls == calls
+    assert await ChunkService().count_chunks(kb_id=kb.id) == document.chunk_count
+
+
+async def test_archiving_while_indexing_still_hides_every_chunk(test_user) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Race", chunk_size=16, chunk_overlap=0)
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[1][1].encode())
+    ingestion = IngestionService(config=IngestionSettings(batch_size=8))
+    archived = False
+
+    async def archive_once():
+        fresh = await Document.objects.aget(pk=document.pk)
+        await DocumentService().set_archived(document=fresh, archived=True)
+
+    pending: list[asyncio.Task] = []
+
+    def archive_after_first_batch(_document, done, total):
+        nonlocal archived
+        if not archived:
+            archived = True
+            pending.append(asyncio.ensure_future(archive_once()))
+
+    await ingestion.ingest_now(document_id=document.id, worker_id="test", on_progress=archive_after_first_batch)
+    await asyncio.gather(*pending)
+
+    assert await search(kb, test_user, corpus()[1][0], limit=100) == []
+    assert await search(kb, test_user, corpus()[1][0], limit=5, include_archived=True)
+
+
+async def test_deleting_a_document_or_a_kb_removes_its_points(kb) -> None:
+    notes = await sync_to_async(upload)(kb, "notes.txt", FILES["notes.txt"])
+    guide = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+    for document in (notes, guide):
+        await IngestionService().ingest_now(document_id=document.id, worker_id="test")
+    chunks, notes_id = ChunkService(), notes.id
+
+    await DocumentService().delete_document(document=notes)
+
+    assert await chunks.count_chunks(kb_id=kb.id, document_id=notes_id) == 0
+    assert await chunks.count_chunks(kb_id=kb.id, document_id=guide.id) > 0
+    kb_id = kb.id
+    await KnowledgeBaseService().delete_knowledge_base(kb=kb)
+    assert await chunks.current_collection(kb_id=kb_id) is None
+    assert (await qdrant_service.client.get_collections()).collections == []
+    assert not await Document.objects.filter(pk=guide.pk).aexists()
+
+
+async def test_the_in_process_worker_indexes_what_is_uploaded(kb, settings) -> None:
+    settings.INGESTION = {**settings.INGESTION, "IN_PROCESS_WORKER": "true", "POLL_SECONDS": 30}
+    await start_in_process()
+    try:
+        document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+        # The upload wakes the worker; its 30 s poll would be far too late for this wait.
+        async with asyncio.timeout(20):
+            while (await Document.objects.aget(pk=document.pk)).status != DocumentStatus.READY:
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_in_process()
