@@ -23,28 +23,22 @@ async def _run(hooks: list[str]) -> None:
 
 
 def with_lifespan(app: ASGIApp) -> ASGIApp:
+    phases = {"lifespan.startup": ("startup", STARTUP_HOOKS), "lifespan.shutdown": ("shutdown", SHUTDOWN_HOOKS)}
+
     async def application(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return
         while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await _run(STARTUP_HOOKS)
-                except Exception as exc:
-                    logger.exception("Start-up failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                try:
-                    await _run(SHUTDOWN_HOOKS)
-                except Exception as exc:
-                    logger.exception("Shut-down failed")
-                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
+            phase, hooks = phases[(await receive())["type"]]
+            try:
+                await _run(hooks)
+            except Exception as exc:
+                logger.exception("The server's %s failed", phase)
+                await send({"type": f"lifespan.{phase}.failed", "message": str(exc)})
+                return
+            await send({"type": f"lifespan.{phase}.complete"})
+            if phase == "shutdown":
                 return
 
     return application

@@ -117,6 +117,6 @@ async def stop_in_process(grace_seconds: float = 10.0) -> None:
     running.stop.set()
     try:
         await asyncio.wait_for(asyncio.shield(running.task), timeout=grace_seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         running.task.cancel()
         await asyncio.gather(running.task, return_exceptions=True)

@@ -9,7 +9,8 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any
+from collections.abc import Coroutine
 from uuid import UUID
 
 import grpc

@@ -9,13 +9,13 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from qdrant_client import models
 
-from knowledge.models import Document
 from knowledge.models import DocumentStatus
 from knowledge.services.ingestion import IngestionService
 from search.embedding import embedding_service
-from search.qdrant import qdrant_service
+from search.qdrant import QdrantConfig, qdrant_service
 from search.services.chunks import ChunkService
 from tests.factories import corpus, make_document, make_kb, make_user
+from tests.support.qdrant_grpc import LoopbackQdrantServer
 
 
 class MemoisingEmbeddings:
@@ -62,6 +62,17 @@ def close_async_orm_connections(django_db_setup, django_db_blocker):
     yield
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture
+def qdrant_server():
+    """The process's qdrant_service pointed at a loopback Qdrant gRPC server for one test."""
+    with LoopbackQdrantServer() as server:
+        qdrant_service.configure(QdrantConfig(url=server.url, grpc_port=server.grpc_port, timeout=5))
+        try:
+            yield server
+        finally:
+            qdrant_service.configure(QdrantConfig.from_settings())
 
 
 @pytest.fixture(scope="session")

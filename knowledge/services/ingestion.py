@@ -100,19 +100,10 @@ class IngestionService:
             document, worker_id=worker_id, on_progress=on_progress, collection_name=collection_name
         )
 
-    async def ingest_until_settled(
-        self,
-        *,
-        document_id: UUID,
-        worker_id: str,
-        on_progress: ProgressCallback | None = None,
-        collection_name: str | None = None,
-    ) -> Document | None:
+    async def ingest_until_settled(self, **ingest_now_arguments) -> Document | None:
         """Like ingest_now, but wait out and retry transient failures until the document is ready or failed."""
         while True:
-            document = await self.ingest_now(
-                document_id=document_id, worker_id=worker_id, on_progress=on_progress, collection_name=collection_name
-            )
+            document = await self.ingest_now(**ingest_now_arguments)
             if document is None or document.status != DocumentStatus.PENDING or document.next_attempt_at is None:
                 return document
             await asyncio.sleep(max((document.next_attempt_at - timezone.now()).total_seconds(), 0))

@@ -6,9 +6,9 @@ import functools
 from collections.abc import Sequence
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models import Q, QuerySet
 

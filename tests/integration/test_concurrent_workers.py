@@ -14,7 +14,6 @@ from django.conf import settings
 from django.db import connection
 
 from knowledge.models import Document, DocumentStatus
-from search.qdrant import QdrantConfig, qdrant_service
 from search.chunking import TextChunk
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
@@ -36,17 +35,6 @@ def worker_database_url() -> str:
         credentials += ":" + quote(database["PASSWORD"], safe="")
     host, port = database.get("HOST") or "localhost", database.get("PORT") or 5432
     return f"postgres://{credentials}@{host}:{port}/{quote(database['NAME'], safe='')}"
-
-
-@pytest.fixture
-def qdrant_server():
-    """The process's qdrant_service pointed at a loopback gRPC server the worker processes share."""
-    with LoopbackQdrantServer() as server:
-        qdrant_service.configure(QdrantConfig(url=server.url, grpc_port=server.grpc_port, timeout=5))
-        try:
-            yield server
-        finally:
-            qdrant_service.configure(QdrantConfig.from_settings())
 
 
 def start_worker(server: LoopbackQdrantServer) -> subprocess.Popen:

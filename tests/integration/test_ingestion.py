@@ -17,9 +17,9 @@ from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import PermissionService
 from knowledge.worker import IngestionWorker, start_in_process, stop_in_process
 from search.errors import VectorStoreUnavailable
+from search.qdrant import qdrant_service
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
-from search.qdrant import qdrant_service
 from search.services.search import SearchService
 from tests.factories import corpus, make_kb
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
@@ -283,8 +283,8 @@ async def test_concurrent_workers_never_process_the_same_document(test_user) -> 
 
 
 async def test_archiving_is_a_payload_update_without_embedding_again(kb, test_user) -> None:
-    from tests.conftest import MemoisingEmbeddings
     from search.embedding import embedding_service
+    from tests.conftest import MemoisingEmbeddings
 
     class CountingEmbeddings(MemoisingEmbeddings):
         calls = 0

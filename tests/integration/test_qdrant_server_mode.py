@@ -17,22 +17,10 @@ from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
 from search.services.search import SearchService
 from tests.conftest import index_corpus
-from tests.support.qdrant_grpc import LoopbackQdrantServer
 
 pytestmark = [pytest.mark.server, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 QUERY = "why does the sea rise and fall twice a day"
-
-
-@pytest.fixture
-def qdrant_server():
-    """The process's qdrant_service pointed at a loopback gRPC server for one test."""
-    with LoopbackQdrantServer() as server:
-        qdrant_service.configure(QdrantConfig(url=server.url, grpc_port=server.grpc_port, timeout=5))
-        try:
-            yield server
-        finally:
-            qdrant_service.configure(QdrantConfig.from_settings())
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.conf import settings
 
 from search.checks import check_embedding_settings, check_qdrant_settings
 

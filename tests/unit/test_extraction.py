@@ -6,7 +6,6 @@ import io
 import random
 import zipfile
 
-import docx
 import pytest
 from pypdf import PageObject
 

@@ -25,7 +25,7 @@ async def test_a_store_folder_held_elsewhere_is_refused_with_what_to_do(tmp_path
     await holder.client.get_collections()
 
     with pytest.raises(VectorStoreUnavailable) as held:
-        QdrantService(QdrantConfig(path=str(tmp_path))).client
+        _ = QdrantService(QdrantConfig(path=str(tmp_path))).client
 
     assert str(tmp_path) in held.value.message and "QDRANT_URL" in held.value.message
     await holder.aclose()
@@ -50,7 +50,7 @@ def test_a_server_client_needs_a_running_loop() -> None:
     service = QdrantService(QdrantConfig(url="http://qdrant.internal:6333"))
 
     with pytest.raises(RuntimeError, match="async_to_sync"):
-        service.client
+        _ = service.client
 
 
 @pytest.mark.parametrize(

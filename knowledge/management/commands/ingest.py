@@ -123,7 +123,9 @@ class Command(BaseCommand):
                 document = await service.ingest_until_settled(
                     document_id=outcome.document.pk,
                     worker_id=worker_id,
-                    on_progress=lambda _, done, total: progress.advance(0, detail=f"{name} {done}/{total} chunks"),
+                    on_progress=lambda _, done, total, name=name: progress.advance(
+                        0, detail=f"{name} {done}/{total} chunks"
+                    ),
                 )
                 if document is None:
                     progress.line(f"{name}: taken by another worker, which will finish it")
