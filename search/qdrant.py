@@ -7,10 +7,10 @@ import atexit
 import inspect
 import logging
 import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Coroutine
 from uuid import UUID
 
 import grpc
