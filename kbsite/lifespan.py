@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,8 +14,18 @@ logger = logging.getLogger("kbsite")
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 # Each names an async callable taking no arguments.
-STARTUP_HOOKS = ["knowledge.worker.start_in_process"]
+STARTUP_HOOKS = ["knowledge.worker.start_in_process", "kbsite.lifespan.freeze_startup_heap"]
 SHUTDOWN_HOOKS = ["knowledge.worker.stop_in_process", "search.lifecycle.close_connections"]
+
+
+async def freeze_startup_heap() -> None:
+    """Move what is alive after start-up (Django, the apps, the model's vocabulary) out of the collector's sight.
+
+    It lives as long as the process; without this, each full collection rescans it all, a pause of
+    about 0.1 s measured under load.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _run(hooks: list[str]) -> None:
