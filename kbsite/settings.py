@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",
     "search.apps.SearchConfig",
     "knowledge.apps.KnowledgeConfig",
 ]
@@ -185,3 +186,10 @@ INGESTION = {
     "POLL_SECONDS": env_number("KBSITE_INGEST_POLL_SECONDS", 2.0, float),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(INGESTION["MAX_UPLOAD_BYTES"]) + 1024 * 1024
+
+# Search: who may read which knowledge base (a class of the knowledge app), and how often a token may search.
+_search_rate = env_str("KBSITE_SEARCH_RATE_LIMIT", "600/min")
+SEARCH = {
+    "PERMISSION_SERVICE": "knowledge.services.permissions.PermissionService",
+    "RATE_LIMIT": None if _search_rate.lower() in {"off", "none", "0"} else _search_rate,
+}

@@ -1,10 +1,13 @@
-"""kbsite's URLs: the admin."""
+"""kbsite's URLs: the admin and the API."""
 
 from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
+from kbsite.api import api
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from asgiref.sync import async_to_sync
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -14,11 +15,12 @@ from django.utils.text import Truncator
 
 from knowledge.errors import KnowledgeError
 from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
-from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import ROLE_RANK, PermissionService
+from knowledge.services.tokens import ApiTokenService
 from search.errors import SearchError
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
@@ -372,3 +374,61 @@ class DocumentAdmin(admin.ModelAdmin):
             if not result.created:
                 messages.info(request, f"{upload.name} replaced the earlier version; only it is indexed again.")
         return added
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    form = ApiTokenForm
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "active"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user"]
+    search_fields = ["name", "prefix", "user__username"]
+    actions = ["revoke"]
+
+    def get_autocomplete_fields(self, request):
+        return ["user"] if request.user.is_superuser else []
+
+    @admin.display(boolean=True, description="active")
+    def active(self, token: ApiToken) -> bool:
+        return token.is_active
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_changeform_initial_data(self, request):
+        return {"user": request.user.pk}
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            # Staff make tokens for themselves only.
+            kwargs["queryset"] = type(request.user).objects.filter(pk=request.user.pk)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["name"])
+            return
+        issued = ApiTokenService().create_token(user=obj.user, name=obj.name)
+        obj.pk = issued.token.pk
+        messages.warning(
+            request,
+            f"The token is {issued.secret} — copy it now: it is not shown again and only its hash is kept.",
+        )
+
+    @admin.action(description="Revoke (the token stops working at once)")
+    def revoke(self, request, queryset):
+        count = ApiTokenService().revoke(tokens=queryset)
+        messages.success(request, f"Revoked {count} tokens.")

@@ -48,3 +48,7 @@ class UnsupportedFormat(KnowledgeError):
 
 class UploadTooLarge(KnowledgeError):
     code = "upload_too_large"
+
+
+class MemberNotFound(KnowledgeError):
+    code = "member_not_found"

@@ -131,3 +131,26 @@ class DocumentSource(models.Model):
 
     def __str__(self) -> str:
         return f"source of {self.document_id}"
+
+
+class ApiToken(models.Model):
+    """A personal API token: shown once when made, kept only as a hash."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. the application using it.")
+    prefix = models.CharField(max_length=16, unique=True, editable=False, help_text="Its first characters, to find it.")
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

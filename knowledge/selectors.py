@@ -9,7 +9,7 @@ from uuid import UUID
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 
-from knowledge.models import DocumentStatus, KnowledgeBase, Role
+from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.permissions import PermissionService
 from search.services.chunks import ChunkService
 
@@ -33,3 +33,13 @@ async def chunk_counts(kb_ids: Iterable[UUID]) -> dict[UUID, int]:
     service = ChunkService()
     counts = await asyncio.gather(*(service.count_chunks(kb_id=kb_id) for kb_id in ids))
     return dict(zip(ids, counts))
+
+
+async def knowledge_base_stats(kb: KnowledgeBase) -> dict:
+    """Documents by status, archived documents, and the chunks Qdrant holds for the KB."""
+    by_status = dict.fromkeys(DocumentStatus.values, 0)
+    rows = Document.objects.filter(knowledge_base=kb).values("status").annotate(count=Count("pk")).order_by()
+    async for row in rows:
+        by_status[row["status"]] = row["count"]
+    archived = await Document.objects.filter(knowledge_base=kb, archived_at__isnull=False).acount()
+    return {"documents": by_status, "archived": archived, "chunks": await ChunkService().count_chunks(kb_id=kb.pk)}

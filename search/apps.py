@@ -8,9 +8,17 @@ class SearchConfig(AppConfig):
 
     def ready(self) -> None:
         # Builds the process's services from settings; neither opens a connection nor loads a model.
+        from django.conf import settings
+        from django.utils.module_loading import import_string
+
         from search import checks  # noqa: F401  (registers the system checks)
         from search.embedding import EmbeddingConfig, embedding_service
         from search.qdrant import QdrantConfig, qdrant_service
+        from search.services.audit import SearchAuditService
+        from search.services.search import SearchService, configure_search_service
 
         qdrant_service.configure(QdrantConfig.from_settings())
         embedding_service.configure(EmbeddingConfig.from_settings())
+        # The search app asks another app who may read what, named by a setting so imports stay one-way.
+        permissions = import_string(settings.SEARCH["PERMISSION_SERVICE"])()
+        configure_search_service(SearchService(permissions, SearchAuditService()))

@@ -57,6 +57,21 @@ class KnowledgeBaseService:
             raise
         return kb
 
+    def update_knowledge_base(self, *, kb: KnowledgeBase, **changes) -> KnowledgeBase:
+        """Change a KB's name, description or chunk settings (these apply to documents indexed from now on)."""
+        allowed = {"name", "description", "chunk_size", "chunk_overlap"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise InvalidInput(f"These cannot be changed: {', '.join(sorted(unknown))}.")
+        for field, value in changes.items():
+            if value is not None:
+                setattr(kb, field, value.strip() if isinstance(value, str) else value)
+        if not kb.name:
+            raise InvalidInput("A knowledge base needs a name.")
+        self.validate_chunking(kb)
+        kb.save()
+        return kb
+
     @staticmethod
     def validate_chunking(kb: KnowledgeBase) -> None:
         most = embedding_service.embedder.max_chunk_tokens

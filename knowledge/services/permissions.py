@@ -82,6 +82,14 @@ class PermissionService:
             if row[0] is not None
         ]
 
+    async def get_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID, least: Role) -> KnowledgeBase:
+        """The KB if the user holds at least `least` on it; one they may not read does not exist for them."""
+        kb = await KnowledgeBase.objects.select_related("owner").filter(pk=kb_id).afirst()
+        if kb is None:
+            raise KnowledgeBaseNotFound(f"There is no knowledge base {kb_id} you may read.")
+        await self.require(user=user, kb=kb, least=least)
+        return kb
+
     async def role_for(self, *, user: AbstractBaseUser, kb: KnowledgeBase) -> Role | None:
         """The user's effective role on the KB: owner for superusers and the KB's owner, else the membership's."""
         if not user.is_active:

@@ -190,3 +190,18 @@ class SearchService:
         if len(query) > MAX_QUERY_CHARS:
             raise QueryTooLong(f"The query has {len(query)} characters; the most is {MAX_QUERY_CHARS}.")
         return query
+
+
+_process_search_service: SearchService | None = None
+
+
+def configure_search_service(service: SearchService) -> None:
+    global _process_search_service
+    _process_search_service = service
+
+
+def get_search_service() -> SearchService:
+    """The process's SearchService, built by SearchConfig.ready() with the permission service settings name."""
+    if _process_search_service is None:
+        raise RuntimeError("The search app is not ready: get_search_service() needs django.setup() first.")
+    return _process_search_service

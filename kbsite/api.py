@@ -1,0 +1,117 @@
+"""The project's one NinjaAPI at /api/v1/: the apps' routers, who may call them, and one JSON error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
+
+from knowledge import errors as knowledge_errors
+from knowledge.api import health as health_router
+from knowledge.api import router as knowledge_router
+from knowledge.auth import SessionAuth, TokenAuth
+from knowledge.extraction import ExtractionError
+from search import errors as search_errors
+from search.api import router as search_router
+
+logger = logging.getLogger("kbsite")
+
+api = NinjaAPI(
+    title="kbsite API",
+    version="1",
+    description=(
+        "Knowledge bases of documents, searchable by meaning. Authenticate with a personal token "
+        "(`Authorization: Bearer kbs_…`, made in the admin or with `manage.py create_api_token`) or "
+        "the admin's session. Errors answer `{code, message, detail}`; a knowledge base you may not "
+        "read answers 404, like one that does not exist."
+    ),
+    urls_namespace="api-v1",
+    auth=[TokenAuth(), SessionAuth()],
+)
+api.add_router("/", health_router)
+api.add_router("/", knowledge_router)
+api.add_router("/", search_router)
+
+# Each domain error's HTTP status, looked up along its class hierarchy.
+STATUS = {
+    knowledge_errors.KnowledgeBaseNotFound: 404,
+    knowledge_errors.DocumentNotFound: 404,
+    knowledge_errors.MemberNotFound: 404,
+    knowledge_errors.PermissionDenied: 403,
+    knowledge_errors.DuplicateSlug: 409,
+    knowledge_errors.DuplicateDocument: 409,
+    knowledge_errors.UploadTooLarge: 413,
+    knowledge_errors.UnsupportedFormat: 415,
+    ExtractionError: 422,
+    knowledge_errors.InvalidInput: 422,
+    knowledge_errors.KnowledgeError: 400,
+    search_errors.KnowledgeBaseNotFound: 404,
+    search_errors.UnknownUser: 401,
+    search_errors.EmbeddingModelMismatch: 409,
+    search_errors.InvalidSearchRequest: 422,
+    search_errors.VectorStoreUnavailable: 503,
+    search_errors.EmbedderUnavailable: 503,
+    search_errors.SearchError: 400,
+}
+
+
+def error_response(request: HttpRequest, status: int, code: str, message: str, detail=None) -> HttpResponse:
+    return api.create_response(request, {"code": code, "message": message, "detail": detail}, status=status)
+
+
+@api.exception_handler(knowledge_errors.KnowledgeError)
+@api.exception_handler(search_errors.SearchError)
+def domain_error(request: HttpRequest, exc: knowledge_errors.KnowledgeError | search_errors.SearchError):
+    status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+    return error_response(request, status, exc.code, exc.message, exc.detail)
+
+
+@api.exception_handler(ValidationError)
+def invalid_request(request: HttpRequest, exc: ValidationError):
+    return error_response(request, 422, "validation_error", "The request does not match the API's schema.", exc.errors)
+
+
+@api.exception_handler(AuthenticationError)
+def unauthenticated(request: HttpRequest, exc: AuthenticationError):
+    response = error_response(
+        request,
+        401,
+        "unauthenticated",
+        "Send a valid API token as 'Authorization: Bearer …' (or log in to the admin for browser use).",
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="kbsite"'
+    return response
+
+
+@api.exception_handler(Throttled)
+def throttled(request: HttpRequest, exc: Throttled):
+    wait = f" Try again in {exc.wait:.0f} s." if exc.wait else ""
+    return error_response(request, 429, "rate_limited", f"Too many searches with this token.{wait}")
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_big(request: HttpRequest, exc: RequestDataTooBig):
+    return error_response(request, 413, "upload_too_large", "The request body is larger than this site accepts.")
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404):
+    return error_response(request, 404, "not_found", str(exc) or "Not found.")
+
+
+HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError):
+    # Ninja's own refusals: an unparsable body (400), a failed CSRF check (403), and the like.
+    return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc))
+
+
+@api.exception_handler(Exception)
+def unexpected(request: HttpRequest, exc: Exception):
+    logger.exception("Unexpected error in %s %s", request.method, request.path)
+    return error_response(request, 500, "internal_error", "Something went wrong on our side; it has been logged.")

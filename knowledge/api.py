@@ -1,0 +1,291 @@
+"""The knowledge API: knowledge bases, their members, documents, chunks and stats, and the health check."""
+
+import base64
+import binascii
+import json
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from ninja import Query, Router
+from ninja.pagination import LimitOffsetPagination, paginate
+from pydantic import ValidationError as PydanticValidationError
+
+from knowledge.errors import DocumentNotFound, InvalidInput, UnsupportedFormat, UploadTooLarge
+from knowledge.models import Document, Membership, Role
+from knowledge.schemas import (
+    ChunkPage,
+    ChunkQuery,
+    DocumentFilters,
+    DocumentOut,
+    DocumentTextIn,
+    HealthOut,
+    KnowledgeBaseIn,
+    KnowledgeBaseOut,
+    KnowledgeBasePatch,
+    MemberIn,
+    MemberOut,
+    StatsOut,
+)
+from knowledge.selectors import knowledge_base_stats
+from knowledge.services.documents import DocumentService
+from knowledge.services.health import HealthService
+from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.members import MembershipService
+from knowledge.services.permissions import PermissionService
+from search.schemas import ErrorOut
+from search.services.chunks import ChunkService
+
+router = Router()
+kbs = Router(tags=["knowledge bases"])
+members = Router(tags=["members"])
+documents = Router(tags=["documents"])
+health = Router(tags=["health"], auth=None)
+for child in (kbs, members, documents):
+    router.add_router("/", child)
+
+READ = {401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
+WRITE = {**READ, 403: ErrorOut, 409: ErrorOut}
+permissions = PermissionService()
+
+
+def _errors(*codes: int) -> dict[int, type[ErrorOut]]:
+    return {code: ErrorOut for code in codes}
+
+
+async def _document(kb_id: UUID, document_id: UUID, request: HttpRequest, least: Role) -> Document:
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=least)
+    document = await Document.objects.filter(knowledge_base=kb, pk=document_id).select_related("knowledge_base").afirst()
+    if document is None:
+        raise DocumentNotFound(f"{kb.name!r} has no document {document_id}.")
+    return document
+
+
+# Knowledge bases
+
+
+@kbs.get("/kbs", response={200: list[KnowledgeBaseOut], 401: ErrorOut, 422: ErrorOut})
+@paginate(LimitOffsetPagination)
+async def list_knowledge_bases(request: HttpRequest):
+    """The knowledge bases the caller may read."""
+    return permissions.knowledge_bases_for(request.auth).select_related("owner").order_by("name", "pk")
+
+
+@kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(401, 409, 422)})
+async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
+    """A new knowledge base owned by the caller, for the site's current embedding model."""
+    kb = await sync_to_async(KnowledgeBaseService().create_knowledge_base)(owner=request.auth, **payload.dict())
+    return 201, kb
+
+
+@kbs.get("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **READ})
+async def get_knowledge_base(request: HttpRequest, kb_id: UUID):
+    return await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+
+
+@kbs.patch("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **WRITE})
+async def update_knowledge_base(request: HttpRequest, kb_id: UUID, payload: KnowledgeBasePatch):
+    """Change the name, description or chunk settings (owners; new settings apply to documents indexed from now on)."""
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    return await sync_to_async(KnowledgeBaseService().update_knowledge_base)(kb=kb, **payload.dict(exclude_unset=True))
+
+
+@kbs.delete("/kbs/{kb_id}", response={204: None, **WRITE, 503: ErrorOut})
+async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
+    """Delete the knowledge base, its documents and its Qdrant collections (owners)."""
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    await KnowledgeBaseService().delete_knowledge_base(kb=kb)
+    return 204, None
+
+
+@kbs.get("/kbs/{kb_id}/stats", response={200: StatsOut, **READ, 503: ErrorOut})
+async def get_stats(request: HttpRequest, kb_id: UUID):
+    """Documents by status, archived documents, and chunks in Qdrant."""
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+    return await knowledge_base_stats(kb)
+
+
+# Members
+
+
+@members.get("/kbs/{kb_id}/members", response={200: list[MemberOut], **WRITE})
+async def list_members(request: HttpRequest, kb_id: UUID):
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    return [m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("pk")]
+
+
+@members.post("/kbs/{kb_id}/members", response={200: MemberOut, 201: MemberOut, **WRITE})
+async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
+    """Add a member, or change a member's role (owners). 201 when added, 200 when changed."""
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    membership, created = await sync_to_async(MembershipService().set_member)(
+        kb=kb, username=payload.username, role=payload.role
+    )
+    membership = await Membership.objects.select_related("user").aget(pk=membership.pk)
+    return (201 if created else 200), membership
+
+
+@members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
+async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int):
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    await sync_to_async(MembershipService().remove_member)(kb=kb, user_id=user_id)
+    return 204, None
+
+
+# Documents
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": ".txt .md .html .pdf .docx"},
+                        "title": {"type": "string", "maxLength": 500},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/DocumentTextIn"},
+                "example": {"title": "Tide tables", "text": "High water comes about fifty minutes later each day."},
+            },
+        },
+    }
+}
+
+
+@documents.post(
+    "/kbs/{kb_id}/documents",
+    response={202: DocumentOut, **WRITE, 413: ErrorOut, 415: ErrorOut},
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpResponse):
+    """Queue a document: a file as multipart (`file`, optional `title`), or JSON with `title` and `text`.
+
+    Answers 202 with the document; poll its `url` until `status` is `ready` or `failed`. The same
+    content twice in a knowledge base is refused (409); a file of the same name replaces that document.
+    """
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
+    if int(request.headers.get("Content-Length") or 0) > limit + 64 * 1024:
+        raise UploadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MB.")
+    service = DocumentService()
+    if request.content_type == "multipart/form-data":
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidInput("Send the file in the multipart field `file`.")
+        added = await sync_to_async(service.add_upload)(
+            kb=kb, filename=upload.name, data=upload.read(), title=request.POST.get("title", "")
+        )
+    elif request.content_type == "application/json":
+        payload = _text_document(request.body)
+        added = await sync_to_async(service.add_text_document)(
+            kb=kb, title=payload.title, text=payload.text, source_name=payload.source_name
+        )
+    else:
+        raise UnsupportedFormat("Send multipart/form-data with a `file`, or application/json with `title` and `text`.")
+    document = await Document.objects.select_related("knowledge_base").aget(pk=added.document.pk)
+    response["Location"] = DocumentOut.resolve_url(document)
+    return 202, document
+
+
+def _text_document(body: bytes) -> DocumentTextIn:
+    try:
+        return DocumentTextIn.model_validate_json(body)
+    except PydanticValidationError as exc:
+        raise InvalidInput(
+            "The JSON body must hold `title` and `text`.",
+            detail=json.loads(exc.json(include_url=False, include_input=False)),
+        ) from None
+
+
+@documents.get("/kbs/{kb_id}/documents", response={200: list[DocumentOut], **READ})
+@paginate(LimitOffsetPagination)
+async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[DocumentFilters]):
+    """Newest first; filter by `status` and `archived`."""
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+    rows = Document.objects.filter(knowledge_base=kb).select_related("knowledge_base").defer("text")
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.archived is not None:
+        rows = rows.filter(archived_at__isnull=not filters.archived)
+    return rows.order_by("-created_at", "pk")
+
+
+@documents.get("/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **READ}, url_name="document")
+async def get_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+    """The document's status, progress (chunks done of total) and error, if any."""
+    return await _document(kb_id, document_id, request, Role.READER)
+
+
+@documents.post("/kbs/{kb_id}/documents/{document_id}/archive", response={200: DocumentOut, **WRITE, 503: ErrorOut})
+async def archive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+    """Hide the document from default searches: a payload change in Qdrant, nothing is embedded again."""
+    document = await _document(kb_id, document_id, request, Role.EDITOR)
+    return await DocumentService().set_archived(document=document, archived=True)
+
+
+@documents.post("/kbs/{kb_id}/documents/{document_id}/unarchive", response={200: DocumentOut, **WRITE, 503: ErrorOut})
+async def unarchive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+    document = await _document(kb_id, document_id, request, Role.EDITOR)
+    return await DocumentService().set_archived(document=document, archived=False)
+
+
+@documents.post("/kbs/{kb_id}/documents/{document_id}/reindex", response={202: DocumentOut, **WRITE})
+async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+    """Queue the document to be chunked and embedded again from its stored text."""
+    document = await _document(kb_id, document_id, request, Role.EDITOR)
+    await sync_to_async(DocumentService().queue_for_reindex)(documents=[document])
+    return 202, await Document.objects.select_related("knowledge_base").aget(pk=document.pk)
+
+
+@documents.delete("/kbs/{kb_id}/documents/{document_id}", response={204: None, **WRITE, 503: ErrorOut})
+async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+    """Delete the document and its points in Qdrant."""
+    document = await _document(kb_id, document_id, request, Role.EDITOR)
+    await DocumentService().delete_document(document=document)
+    return 204, None
+
+
+@documents.get("/kbs/{kb_id}/documents/{document_id}/chunks", response={200: ChunkPage, **READ, 503: ErrorOut})
+async def list_chunks(request: HttpRequest, kb_id: UUID, document_id: UUID, page: Query[ChunkQuery]):
+    """The document's chunks in order, as Qdrant holds them; pass `next_cursor` back as `cursor`."""
+    document = await _document(kb_id, document_id, request, Role.READER)
+    chunks, next_offset = await ChunkService().get_chunks_by_document(
+        kb_id=kb_id, document_id=document.pk, offset=_offset_of(page.cursor), limit=page.limit
+    )
+    return {"items": chunks, "next_cursor": _cursor_for(next_offset)}
+
+
+def _cursor_for(offset: int | None) -> str | None:
+    return None if offset is None else base64.urlsafe_b64encode(f"c:{offset}".encode()).decode().rstrip("=")
+
+
+def _offset_of(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        offset = int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        offset = -1
+    if kind != "c" or offset < 0:
+        raise InvalidInput("The cursor is not one this API gave out: start again without one.")
+    return offset
+
+
+# Health
+
+
+@health.get("/health", response={200: HealthOut, 503: ErrorOut})
+async def health_check(request: HttpRequest):
+    """200 when the database and Qdrant both answer; 503 says which did not."""
+    checks = await HealthService().check()
+    if all(state == "ok" for state in checks.values()):
+        return {"status": "ok", **checks}
+    failed = [name for name, state in checks.items() if state != "ok"]
+    return 503, {"code": "unavailable", "message": f"{' and '.join(failed)} did not answer.", "detail": checks}

@@ -1,0 +1,170 @@
+"""The knowledge API's request and response shapes: knowledge bases, members, documents, chunks, stats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from django.urls import reverse
+from ninja import Field, Schema
+from pydantic import ConfigDict
+
+from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+
+RoleName = Literal["reader", "editor", "owner"]
+StatusName = Literal["pending", "processing", "ready", "failed"]
+
+
+class KnowledgeBaseIn(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Field notes", "slug": "field-notes", "description": "Notes."}]}
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    slug: str | None = Field(None, max_length=100, pattern=r"^[-a-zA-Z0-9_]+$", description="Default: from the name.")
+    description: str = Field("", max_length=10_000)
+    chunk_size: int | None = Field(None, ge=1, le=254, description="Tokens per chunk (default from settings).")
+    chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the previous chunk.")
+
+
+class KnowledgeBasePatch(Schema):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"description": "Notes from the 2026 season."}]})
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    chunk_size: int | None = Field(None, ge=1, le=254)
+    chunk_overlap: int | None = Field(None, ge=0, le=253)
+
+
+class KnowledgeBaseOut(Schema):
+    id: UUID
+    name: str
+    slug: str
+    description: str
+    owner: str | None = Field(description="The owner's username.")
+    embedding_model: str
+    vector_size: int
+    chunk_size: int
+    chunk_overlap: int
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_owner(kb: KnowledgeBase) -> str | None:
+        return kb.owner.get_username() if kb.owner_id else None
+
+
+class MemberIn(Schema):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "bob", "role": "reader"}]})
+
+    username: str = Field(min_length=1, max_length=150)
+    role: RoleName = Role.READER.value
+
+
+class MemberOut(Schema):
+    user_id: int
+    username: str
+    role: RoleName
+    created_at: datetime
+
+    @staticmethod
+    def resolve_username(membership: Membership) -> str:
+        return membership.user.get_username()
+
+
+class DocumentTextIn(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"title": "Tide tables", "text": "High water comes about fifty minutes later each day."}]
+        }
+    )
+
+    title: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1)
+    source_name: str = Field("", max_length=500, description="A file name to recognise new versions by.")
+
+
+class ProgressOut(Schema):
+    chunks_done: int
+    chunks_total: int
+
+
+class DocumentOut(Schema):
+    id: UUID
+    kb_id: UUID
+    title: str
+    source_name: str
+    source_format: str
+    source_size: int
+    status: StatusName
+    progress: ProgressOut
+    chunk_count: int
+    error: str
+    archived: bool
+    archived_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    url: str = Field(description="Where to poll the document's status.")
+
+    @staticmethod
+    def resolve_kb_id(document: Document) -> UUID:
+        return document.knowledge_base_id
+
+    @staticmethod
+    def resolve_progress(document: Document) -> dict:
+        return {"chunks_done": document.chunks_done, "chunks_total": document.chunks_total}
+
+    @staticmethod
+    def resolve_archived(document: Document) -> bool:
+        return document.is_archived
+
+    @staticmethod
+    def resolve_url(document: Document) -> str:
+        return reverse("api-v1:document", kwargs={"kb_id": document.knowledge_base_id, "document_id": document.pk})
+
+
+class DocumentFilters(Schema):
+    status: StatusName | None = None
+    archived: bool | None = None
+
+
+class ChunkOut(Schema):
+    chunk_index: int
+    text: str
+    char_start: int | None
+    char_end: int | None
+    archived: bool
+
+    @staticmethod
+    def resolve_text(chunk) -> str:
+        return chunk.content
+
+    @staticmethod
+    def resolve_archived(chunk) -> bool:
+        return chunk.archived_at is not None
+
+
+class ChunkPage(Schema):
+    items: list[ChunkOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ChunkQuery(Schema):
+    cursor: str | None = Field(None, max_length=100)
+    limit: int = Field(50, ge=1, le=500)
+
+
+class StatsOut(Schema):
+    documents: dict[StatusName, int]
+    archived: int
+    chunks: int = Field(description="Chunks in Qdrant.")
+
+
+class HealthOut(Schema):
+    status: Literal["ok"]
+    database: str
+    qdrant: str
+
+
+STATUS_NAMES = DocumentStatus.values

@@ -1,0 +1,46 @@
+"""The search endpoints: semantic search across knowledge bases, and the caller's own search history."""
+
+import time
+
+from django.http import HttpRequest
+from ninja import Field as NinjaField
+from ninja import Query, Router, Schema
+
+from search.schemas import ErrorOut, SearchHistoryOut, SearchIn, SearchOut
+from search.services.audit import SearchAuditService
+from search.services.search import get_search_service
+from search.throttling import SearchRateThrottle
+
+router = Router(tags=["search"])
+
+SEARCH_ERRORS = {code: ErrorOut for code in (401, 404, 409, 422, 429, 503)}
+
+
+class HistoryQuery(Schema):
+    limit: int = NinjaField(50, ge=1, le=200)
+    before: int | None = NinjaField(None, ge=1, description="Only searches older than this history id.")
+
+
+@router.post("/search", response={200: SearchOut, **SEARCH_ERRORS}, throttle=[SearchRateThrottle()])
+async def search(request: HttpRequest, payload: SearchIn):
+    """The best chunks for a query across the knowledge bases given, best first.
+
+    Every knowledge base must be readable by the caller, or nothing is searched (404).
+    """
+    started = time.perf_counter()
+    results = await get_search_service().semantic_search(
+        query=payload.query,
+        kb_ids=payload.kb_ids,
+        user_id=request.auth.pk,
+        limit=payload.limit,
+        include_archived=payload.include_archived,
+        score_threshold=payload.score_threshold,
+        document_ids=payload.document_ids,
+    )
+    return {"results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+@router.get("/search/history", response={200: list[SearchHistoryOut], 401: ErrorOut, 422: ErrorOut})
+async def search_history(request: HttpRequest, filters: Query[HistoryQuery]):
+    """The caller's own searches, newest first; page with `before` = the last id seen."""
+    return await SearchAuditService().history(user_id=request.auth.pk, limit=filters.limit, before_id=filters.before)

@@ -1,0 +1,70 @@
+"""The search API's request and response shapes, and the one error shape every endpoint answers with."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ninja import Field, Schema
+from pydantic import ConfigDict
+
+from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS
+
+
+class ErrorOut(Schema):
+    """Every error: a stable code to branch on, a message for people, details where they help."""
+
+    code: str = Field(examples=["kb_not_found"])
+    message: str = Field(examples=["No knowledge base you may read has the id 0f6c…."])
+    detail: Any = None
+
+
+class SearchIn(Schema):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": "how do bees tell each other where flowers are",
+                    "kb_ids": ["3f1c2b9e-6f1d-4b8e-9a47-2f0d5c6b7a81"],
+                    "limit": 5,
+                }
+            ]
+        }
+    )
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words.")
+    kb_ids: list[UUID] = Field(min_length=1, max_length=MAX_KNOWLEDGE_BASES, description="Knowledge bases to search.")
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many chunks to return.")
+    include_archived: bool = Field(False, description="Also search archived documents.")
+    score_threshold: float | None = Field(None, ge=-1, le=1, description="Leave out chunks scoring lower (cosine).")
+    document_ids: list[UUID] | None = Field(None, max_length=100, description="Search only these documents.")
+
+
+class SearchResultOut(Schema):
+    score: float
+    text: str = Field(description="The chunk's text.")
+    kb_id: UUID
+    document_id: UUID
+    title: str
+    chunk_index: int
+    char_start: int | None = Field(description="Where the chunk starts in the document's text.")
+    char_end: int | None
+
+    @staticmethod
+    def resolve_text(result) -> str:
+        return result.content
+
+
+class SearchOut(Schema):
+    results: list[SearchResultOut]
+    took_ms: float
+
+
+class SearchHistoryOut(Schema):
+    id: int
+    query: str
+    kb_ids: list[UUID]
+    result_count: int
+    latency_ms: float
+    created_at: datetime
