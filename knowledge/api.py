@@ -175,12 +175,7 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
         raise UploadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MB.")
     service = DocumentService()
     if request.content_type == "multipart/form-data":
-        upload = request.FILES.get("file")
-        if upload is None:
-            raise InvalidInput("Send the file in the multipart field `file`.")
-        added = await sync_to_async(service.add_upload)(
-            kb=kb, filename=upload.name, data=upload.read(), title=request.POST.get("title", "")
-        )
+        added = await sync_to_async(_add_multipart_upload)(request, kb, service)
     elif request.content_type == "application/json":
         payload = _text_document(request.body)
         added = await sync_to_async(service.add_text_document)(
@@ -191,6 +186,14 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
     document = await Document.objects.select_related("knowledge_base").aget(pk=added.document.pk)
     response["Location"] = DocumentOut.resolve_url(document)
     return 202, document
+
+
+def _add_multipart_upload(request: HttpRequest, kb, service: DocumentService):
+    # Parsing the form and reading the file touch the disk for large uploads: off the event loop.
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise InvalidInput("Send the file in the multipart field `file`.")
+    return service.add_upload(kb=kb, filename=upload.name, data=upload.read(), title=request.POST.get("title", ""))
 
 
 def _text_document(body: bytes) -> DocumentTextIn:

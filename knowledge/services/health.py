@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from asgiref.sync import sync_to_async
 from django.db import connection
@@ -11,6 +12,7 @@ from search.errors import SearchError
 from search.qdrant import qdrant_service
 
 TIMEOUT_SECONDS = 3.0
+logger = logging.getLogger(__name__)
 
 
 @sync_to_async
@@ -21,7 +23,10 @@ def _ping_database() -> None:
 
 class HealthService:
     async def check(self) -> dict[str, str]:
-        """'ok' or what went wrong, for the database and for Qdrant, asked at once."""
+        """'ok' or 'unavailable' for the database and for Qdrant, asked at once.
+
+        The reasons go to the log, not to the (unauthenticated) caller: they name internal hosts.
+        """
         database, qdrant = await asyncio.gather(
             self._answer(_ping_database(), "the database"),
             self._answer(qdrant_service.check_available(), "Qdrant"),
@@ -33,9 +38,11 @@ class HealthService:
         try:
             await asyncio.wait_for(check, TIMEOUT_SECONDS)
         except TimeoutError:
-            return f"{what} did not answer within {TIMEOUT_SECONDS:.0f}s"
+            logger.error("Health check: %s did not answer within %.0fs", what, TIMEOUT_SECONDS)
         except SearchError as exc:
-            return exc.message
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return "ok"
+            logger.error("Health check: %s", exc.message)
+        except Exception:
+            logger.exception("Health check: %s failed", what)
+        else:
+            return "ok"
+        return "unavailable"
