@@ -52,7 +52,7 @@ class IngestionWorker:
                 await self._idle(stop)
                 continue
             document = await self.service.process(document, worker_id=self.worker_id)
-            logger.info("%s: %s %s", document.pk, document.status, document.error or document.progress)
+            logger.info("%s (%s): %s %s", document.title, document.pk, document.status, document.error or document.progress)
             processed += 1
         logger.info("Ingestion worker %s stopped after %d documents", self.worker_id, processed)
         return processed
