@@ -8,7 +8,8 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from ninja import Query, Router
+from ninja import Query, Router, Status
+from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ValidationError as PydanticValidationError
 
@@ -76,7 +77,7 @@ async def list_knowledge_bases(request: HttpRequest):
 async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
     """A new knowledge base owned by the caller, for the site's current embedding model."""
     kb = await sync_to_async(KnowledgeBaseService().create_knowledge_base)(owner=request.auth, **payload.dict())
-    return 201, kb
+    return Status(201, kb)
 
 
 @kbs.get("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **READ})
@@ -96,7 +97,7 @@ async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
     """Delete the knowledge base, its documents and its Qdrant collections (owners)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await KnowledgeBaseService().delete_knowledge_base(kb=kb)
-    return 204, None
+    return Status(204, None)
 
 
 @kbs.get("/kbs/{kb_id}/stats", response={200: StatsOut, **READ, 503: ErrorOut})
@@ -123,14 +124,14 @@ async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
         kb=kb, username=payload.username, role=payload.role
     )
     membership = await Membership.objects.select_related("user").aget(pk=membership.pk)
-    return (201 if created else 200), membership
+    return Status(201 if created else 200, membership)
 
 
 @members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
 async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await sync_to_async(MembershipService().remove_member)(kb=kb, user_id=user_id)
-    return 204, None
+    return Status(204, None)
 
 
 # Documents
@@ -185,7 +186,7 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
         raise UnsupportedFormat("Send multipart/form-data with a `file`, or application/json with `title` and `text`.")
     document = await Document.objects.select_related("knowledge_base").aget(pk=added.document.pk)
     response["Location"] = DocumentOut.resolve_url(document)
-    return 202, document
+    return Status(202, document)
 
 
 def _add_multipart_upload(request: HttpRequest, kb, service: DocumentService):
@@ -198,7 +199,12 @@ def _add_multipart_upload(request: HttpRequest, kb, service: DocumentService):
 
 def _text_document(body: bytes) -> DocumentTextIn:
     try:
-        return DocumentTextIn.model_validate_json(body)
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        # As ninja answers an unparsable body on every other endpoint.
+        raise HttpError(400, "Cannot parse request body") from None
+    try:
+        return DocumentTextIn.model_validate(data)
     except PydanticValidationError as exc:
         raise InvalidInput(
             "The JSON body must hold `title` and `text`.",
@@ -243,7 +249,7 @@ async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID)
     """Queue the document to be chunked and embedded again from its stored text."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     await sync_to_async(DocumentService().queue_for_reindex)(documents=[document])
-    return 202, await Document.objects.select_related("knowledge_base").aget(pk=document.pk)
+    return Status(202, await Document.objects.select_related("knowledge_base").aget(pk=document.pk))
 
 
 @documents.delete("/kbs/{kb_id}/documents/{document_id}", response={204: None, **WRITE, 503: ErrorOut})
@@ -251,7 +257,7 @@ async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """Delete the document and its points in Qdrant."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     await DocumentService().delete_document(document=document)
-    return 204, None
+    return Status(204, None)
 
 
 @documents.get("/kbs/{kb_id}/documents/{document_id}/chunks", response={200: ChunkPage, **READ, 503: ErrorOut})
@@ -273,10 +279,10 @@ def _offset_of(cursor: str | None) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        offset = int(value)
+        offset = int(value) if kind == "c" else -1
     except (ValueError, binascii.Error, UnicodeDecodeError):
         offset = -1
-    if kind != "c" or offset < 0:
+    if offset < 0:
         raise InvalidInput("The cursor is not one this API gave out: start again without one.")
     return offset
 
@@ -291,4 +297,4 @@ async def health_check(request: HttpRequest):
     if all(state == "ok" for state in checks.values()):
         return {"status": "ok", **checks}
     failed = [name for name, state in checks.items() if state != "ok"]
-    return 503, {"code": "unavailable", "message": f"{' and '.join(failed)} did not answer.", "detail": checks}
+    return Status(503, {"code": "unavailable", "message": f"{' and '.join(failed)} did not answer.", "detail": checks})

@@ -16,18 +16,28 @@ class MembershipService:
             raise InvalidInput(f"There is no active user {username!r}.", detail={"username": username})
         if role not in Role.values:
             raise InvalidInput(f"The role must be one of {', '.join(Role.values)}, not {role!r}.")
+        existing = Membership.objects.filter(knowledge_base=kb, user=user).first()
+        if existing is not None and role != Role.OWNER:
+            self._keep_an_owner(kb, existing)
         membership, created = Membership.objects.update_or_create(
             knowledge_base=kb, user=user, defaults={"role": role}
         )
         return membership, created
 
     def remove_member(self, *, kb: KnowledgeBase, user_id: int) -> None:
-        membership = Membership.objects.filter(knowledge_base=kb, user_id=user_id).first()
+        membership = Membership.objects.filter(knowledge_base=kb, user_id=user_id).select_related("user").first()
         if membership is None:
             raise MemberNotFound(f"User {user_id} is not a member of {kb.name!r}.")
-        other_owners = Membership.objects.filter(knowledge_base=kb, role=Role.OWNER).exclude(pk=membership.pk)
-        # The KB's creator (its `owner`) keeps owner rights whatever the memberships say.
-        still_owned = (kb.owner_id is not None and kb.owner_id != user_id) or other_owners.exists()
-        if membership.role == Role.OWNER and not still_owned:
-            raise InvalidInput(f"{membership.user.get_username()} is the last owner of {kb.name!r}: add another first.")
+        self._keep_an_owner(kb, membership)
         membership.delete()
+
+    @staticmethod
+    def _keep_an_owner(kb: KnowledgeBase, leaving: Membership) -> None:
+        """Refuse to take away the last owner's role: someone must be left to manage the KB."""
+        if leaving.role != Role.OWNER:
+            return
+        other_owners = Membership.objects.filter(knowledge_base=kb, role=Role.OWNER).exclude(pk=leaving.pk)
+        # The KB's creator (its `owner`) keeps owner rights whatever the memberships say.
+        if (kb.owner_id is not None and kb.owner_id != leaving.user_id) or other_owners.exists():
+            return
+        raise InvalidInput(f"{leaving.user.get_username()} is the last owner of {kb.name!r}: add another owner first.")
