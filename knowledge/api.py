@@ -8,7 +8,7 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from ninja import Query, Router, Status
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ValidationError as PydanticValidationError
@@ -46,13 +46,22 @@ health = Router(tags=["health"], auth=None)
 for child in (kbs, members, documents):
     router.add_router("/", child)
 
-READ = {401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
+# 400 is an unparsable body; 422 one that parses but is not what the operation takes.
+READ = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 WRITE = {**READ, 403: ErrorOut, 409: ErrorOut}
 permissions = PermissionService()
 
 
 def _errors(*codes: int) -> dict[int, type[ErrorOut]]:
     return {code: ErrorOut for code in codes}
+
+
+class BoundedPagination(LimitOffsetPagination):
+    """limit and offset within what a database can take, so absurd values answer 422, not 500."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=500)
+        offset: int = Field(0, ge=0, le=2**31 - 1)
 
 
 async def _document(kb_id: UUID, document_id: UUID, request: HttpRequest, least: Role) -> Document:
@@ -67,13 +76,13 @@ async def _document(kb_id: UUID, document_id: UUID, request: HttpRequest, least:
 
 
 @kbs.get("/kbs", response={200: list[KnowledgeBaseOut], 401: ErrorOut, 422: ErrorOut})
-@paginate(LimitOffsetPagination)
+@paginate(BoundedPagination)
 async def list_knowledge_bases(request: HttpRequest):
     """The knowledge bases the caller may read."""
     return permissions.knowledge_bases_for(request.auth).select_related("owner").order_by("name", "pk")
 
 
-@kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(401, 409, 422)})
+@kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(400, 401, 409, 422)})
 async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
     """A new knowledge base owned by the caller, for the site's current embedding model."""
     kb = await sync_to_async(KnowledgeBaseService().create_knowledge_base)(owner=request.auth, **payload.dict())
@@ -151,7 +160,8 @@ UPLOAD_BODY = {
                 }
             },
             "application/json": {
-                "schema": {"$ref": "#/components/schemas/DocumentTextIn"},
+                # Inline: no operation takes DocumentTextIn as a parameter, so it is not a component.
+                "schema": DocumentTextIn.model_json_schema(),
                 "example": {"title": "Tide tables", "text": "High water comes about fifty minutes later each day."},
             },
         },
@@ -213,7 +223,7 @@ def _text_document(body: bytes) -> DocumentTextIn:
 
 
 @documents.get("/kbs/{kb_id}/documents", response={200: list[DocumentOut], **READ})
-@paginate(LimitOffsetPagination)
+@paginate(BoundedPagination)
 async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[DocumentFilters]):
     """Newest first; filter by `status` and `archived`."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)

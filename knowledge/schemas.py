@@ -11,12 +11,13 @@ from ninja import Field, Schema
 from pydantic import ConfigDict
 
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+from search.schemas import InputSchema
 
 RoleName = Literal["reader", "editor", "owner"]
 StatusName = Literal["pending", "processing", "ready", "failed"]
 
 
-class KnowledgeBaseIn(Schema):
+class KnowledgeBaseIn(InputSchema):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"name": "Field notes", "slug": "field-notes", "description": "Notes."}]}
     )
@@ -28,7 +29,7 @@ class KnowledgeBaseIn(Schema):
     chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the previous chunk.")
 
 
-class KnowledgeBasePatch(Schema):
+class KnowledgeBasePatch(InputSchema):
     model_config = ConfigDict(json_schema_extra={"examples": [{"description": "Notes from the 2026 season."}]})
 
     name: str | None = Field(None, min_length=1, max_length=200)
@@ -55,7 +56,7 @@ class KnowledgeBaseOut(Schema):
         return kb.owner.get_username() if kb.owner_id else None
 
 
-class MemberIn(Schema):
+class MemberIn(InputSchema):
     model_config = ConfigDict(json_schema_extra={"examples": [{"username": "bob", "role": "reader"}]})
 
     username: str = Field(min_length=1, max_length=150)
@@ -73,7 +74,7 @@ class MemberOut(Schema):
         return membership.user.get_username()
 
 
-class DocumentTextIn(Schema):
+class DocumentTextIn(InputSchema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"title": "Tide tables", "text": "High water comes about fifty minutes later each day."}]

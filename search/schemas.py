@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 
 from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS
 
@@ -20,7 +20,19 @@ class ErrorOut(Schema):
     detail: Any = None
 
 
-class SearchIn(Schema):
+class InputSchema(Schema):
+    """A request body: a JSON object, nothing else (Ninja would read any value's attributes as fields)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_an_object(cls, data: Any) -> Any:
+        # Ninja hands the value over wrapped in a DjangoGetter; look at what it wraps.
+        if not isinstance(getattr(data, "_obj", data), dict):
+            raise ValueError("The body must be a JSON object.")
+        return data
+
+
+class SearchIn(InputSchema):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [

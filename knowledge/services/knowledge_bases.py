@@ -43,6 +43,8 @@ class KnowledgeBaseService:
         )
         if chunk_size is not None:
             kb.chunk_size = chunk_size
+            # A small chunk with the site's default overlap would overlap itself: share a fifth.
+            kb.chunk_overlap = min(kb.chunk_overlap, chunk_size // 5)
         if chunk_overlap is not None:
             kb.chunk_overlap = chunk_overlap
         self.validate_chunking(kb)
