@@ -10,6 +10,7 @@ django_application = get_asgi_application()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402  (needs settings)
 
+from kbsite.handlers import SharedThreadForAPIHandler  # noqa: E402
 from kbsite.lifespan import with_lifespan  # noqa: E402
 
-application = with_lifespan(ASGIStaticFilesHandler(django_application))
+application = with_lifespan(ASGIStaticFilesHandler(SharedThreadForAPIHandler(django_application)))

@@ -101,11 +101,11 @@ _SQLITE_OPTIONS = {
     "transaction_mode": "IMMEDIATE",
 }
 DATABASE_URL = env_str("DATABASE_URL")
+# Persistent connections: the API's database work runs on one long-lived thread (kbsite/handlers.py).
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         DATABASES["default"]["OPTIONS"] = dict(_SQLITE_OPTIONS)
-        DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     # SQLite cannot create its file in a missing folder; this is the one folder the default needs.
     VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,8 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "kbsite.sqlite3",
             "OPTIONS": dict(_SQLITE_OPTIONS),
+            "CONN_MAX_AGE": 600,
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 

@@ -7,6 +7,7 @@ import threading
 
 import grpc
 import pytest
+import uvloop
 from asgiref.sync import async_to_sync
 from qdrant_client import AsyncQdrantClient
 
@@ -70,6 +71,21 @@ def test_two_asyncio_runs_in_a_row_search_with_the_same_service(indexed_on_serve
 
     assert len(first) == 5 and "tide" in first[0].title.lower()
     assert [(r.document_id, r.chunk_index) for r in first] == [(r.document_id, r.chunk_index) for r in second]
+
+
+def test_uvicorns_uvloop_serves_the_grpc_client_too(indexed_on_server, test_user) -> None:
+    """uvicorn runs on uvloop when it is installed, as it is with kbsite: gRPC channels must bind to it."""
+    service = SearchService(PermissionService(), SearchAuditService())
+
+    async def search_and_keep_client():
+        results = await service.semantic_search(query=QUERY, kb_ids=[indexed_on_server.id], user_id=test_user.id)
+        return results, qdrant_service.client
+
+    first, first_client = uvloop.run(search_and_keep_client())
+    second, _ = uvloop.run(search_and_keep_client())
+
+    assert first and [r.chunk_index for r in first] == [r.chunk_index for r in second]
+    assert first_client._client.closed
 
 
 def test_two_threads_with_their_own_loops_search_at_once(indexed_on_server, test_user) -> None:
