@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.factories import CORPUS_DIR
-from tests.support.live_server import live_server, manage, site_env
+from tests.support.live_server import live_server, manage, site_environment
 
 pytestmark = pytest.mark.api_fuzz
 
@@ -85,7 +85,11 @@ def _ready_documents(api: httpx.Client, kb_id: str) -> list[str]:
 def site(tmp_path_factory) -> Iterator[Site]:
     """A migrated site with an admin, a token, a KB `seed` of three ready documents and a KB `scratch` of one."""
     root = tmp_path_factory.mktemp("api-fuzz")
-    env = site_env(root / "var", KBSITE_ADMIN_PASSWORD="api-fuzz-password")
+    with site_environment(root / "var", KBSITE_ADMIN_PASSWORD="api-fuzz-password") as env:
+        yield from _seeded_site(root, env)
+
+
+def _seeded_site(root, env) -> Iterator[Site]:
     manage("migrate", "--no-input", env=env)
     manage("bootstrap", "--no-demo", "--username", ADMIN, env=env)
     token = manage("create_api_token", ADMIN, "--name", "schemathesis", env=env).strip()

@@ -1,20 +1,14 @@
-"""A kbsite server of its own (uvicorn, SQLite, embedded Qdrant in a temporary folder) and a Chromium."""
+"""A kbsite server of its own (uvicorn, embedded Qdrant in a temporary folder) and a Chromium."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
+
+from tests.support.live_server import live_server, manage, site_environment
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without them Chromium reaches out to Google's services, which the closed network refuses noisily.
@@ -30,9 +24,6 @@ CHROMIUM_ARGS = [
 ]
 ADMIN_USERNAME = "admin"
 ADMIN_PASSWORD = "browser-test-password"
-SERVER_START_SECONDS = 60
-# Settings that would send the server to another database or Qdrant than its own temporary ones.
-FOREIGN_SETTINGS = ("DATABASE_URL", "QDRANT_URL", "QDRANT_PATH", "QDRANT_API_KEY", "KBSITE_IN_PROCESS_WORKER")
 
 
 @dataclass(frozen=True)
@@ -52,93 +43,15 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _server_env(var_dir: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if name not in FOREIGN_SETTINGS}
-    env.update(
-        DJANGO_SETTINGS_MODULE="kbsite.settings",
-        KBSITE_VAR_DIR=str(var_dir),
-        KBSITE_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _manage(*args: str, env: dict[str, str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.fail(f"manage.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}", pytrace=False)
-
-
-def _wait_until_serving(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        try:
-            # The pause between two polls, which also notices a server that died.
-            process.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"The server exited with {process.returncode}:\n{log.read_text()}", pytrace=False)
-    pytest.fail(
-        f"The server did not answer {url} within {SERVER_START_SECONDS}s:\n{log.read_text()}", pytrace=False
-    )
-
-
 @pytest.fixture
 def kbsite_server(request, tmp_path) -> Iterator[Server]:
     """uvicorn serving kbsite.asgi, with its ingestion worker, on a free port of the loopback."""
-    env = _server_env(tmp_path / "var")
-    _manage("migrate", "--no-input", env=env)
-    _manage("bootstrap", "--no-demo", "--username", ADMIN_USERNAME, env=env)
-    port = _free_port()
-    log = tmp_path / "server.log"
-    request.node.kbsite_server_log = log
-    with log.open("w", encoding="utf-8") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "kbsite.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=settings.BASE_DIR,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_serving(process, f"{url}/admin/login/", log)
-        yield Server(url=url, username=ADMIN_USERNAME, password=ADMIN_PASSWORD)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with site_environment(tmp_path / "var", KBSITE_ADMIN_PASSWORD=ADMIN_PASSWORD) as env:
+        manage("migrate", "--no-input", env=env)
+        manage("bootstrap", "--no-demo", "--username", ADMIN_USERNAME, env=env)
+        request.node.kbsite_server_log = tmp_path / "server.log"
+        with live_server(env, request.node.kbsite_server_log) as server:
+            yield Server(url=server.url, username=ADMIN_USERNAME, password=ADMIN_PASSWORD)
 
 
 @pytest.fixture

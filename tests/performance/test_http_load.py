@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.factories import CORPUS_DIR
-from tests.support.live_server import BASE_DIR, live_server, manage, site_env
+from tests.support.live_server import BASE_DIR, live_server, manage, site_environment
 
 pytestmark = pytest.mark.performance
 
@@ -32,7 +32,11 @@ LOAD_SCRIPT = BASE_DIR / "tests" / "benchmarks" / "http_load.py"
 @pytest.fixture
 def corpus_site(tmp_path):
     """(url, token, kb_id): a server whose KB `corpus` holds the test corpus, ready, in default chunks."""
-    env = site_env(tmp_path / "var", KBSITE_ADMIN_PASSWORD="http-load-password")
+    with site_environment(tmp_path / "var", KBSITE_ADMIN_PASSWORD="http-load-password") as env:
+        yield from _seeded_site(tmp_path, env)
+
+
+def _seeded_site(tmp_path, env):
     manage("migrate", "--no-input", env=env)
     manage("bootstrap", "--no-demo", "--username", ADMIN, env=env)
     token = manage("create_api_token", ADMIN, "--name", "http load", env=env).strip()

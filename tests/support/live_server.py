@@ -1,8 +1,9 @@
 """A kbsite of its own in subprocesses: manage.py to seed it, then uvicorn on a free loopback port.
 
-Each site keeps SQLite and the embedded Qdrant store under its own KBSITE_VAR_DIR. The embedded store
-may be opened by one process at a time, so everything that touches it (`ingest` without `--enqueue`)
-runs before the server starts.
+Each site keeps the embedded Qdrant store under its own KBSITE_VAR_DIR, and its database there too
+(SQLite), or, when the tests run on PostgreSQL, in a PostgreSQL database made for it and dropped
+after. The embedded store may be opened by one process at a time, so everything that touches it
+(`ingest` without `--enqueue`) runs before the server starts.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
+from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 SERVER_START_SECONDS = 60
@@ -34,7 +39,8 @@ class LiveServer:
     log: Path
 
 
-def site_env(var_dir: Path, **extra: str) -> dict[str, str]:
+@contextmanager
+def site_environment(var_dir: Path, **extra: str) -> Iterator[dict[str, str]]:
     """The environment of a site kept in `var_dir`: production settings, embedded defaults, no rate limit."""
     env = {name: value for name, value in os.environ.items() if name not in FOREIGN_SETTINGS}
     env.update(
@@ -44,7 +50,36 @@ def site_env(var_dir: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
-    return env
+    with _site_database() as database_url:
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        yield env
+
+
+@contextmanager
+def _site_database() -> Iterator[str | None]:
+    """A fresh PostgreSQL database when the tests run on PostgreSQL (else None: SQLite in var_dir)."""
+    database = settings.DATABASES["default"]
+    if "postgresql" not in database["ENGINE"]:
+        yield None
+        return
+    server = {
+        "host": database.get("HOST") or "localhost",
+        "port": database.get("PORT") or 5432,
+        "user": database.get("USER") or None,
+        "password": database.get("PASSWORD") or None,
+    }
+    name = f"kbsite_live_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    credentials = quote(server["user"] or "", safe="") + (
+        ":" + quote(server["password"], safe="") if server["password"] else ""
+    )
+    try:
+        yield f"postgres://{credentials}@{server['host']}:{server['port']}/{name}"
+    finally:
+        with psycopg.connect(dbname="postgres", autocommit=True, **server) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def manage(*args: str, env: dict[str, str]) -> str:
