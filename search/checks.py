@@ -12,6 +12,7 @@ from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
 from search.qdrant import MEMORY_LOCATION
+from search.throttling import SearchRateThrottle
 
 
 @register("search")
@@ -107,3 +108,21 @@ def check_embedding_settings(app_configs=None, **kwargs) -> list:
     elif not isinstance(overlap, int) or not 0 <= overlap < size:
         problems.append(Error(f"CHUNK_OVERLAP={overlap!r} must be at least 0 and below CHUNK_SIZE.", id="search.E014"))
     return problems
+
+
+@register("search")
+def check_search_settings(app_configs=None, **kwargs) -> list:
+    rate = settings.SEARCH.get("RATE_LIMIT")
+    if not rate:
+        return []
+    try:
+        SearchRateThrottle().parse_rate(rate)
+    except ValueError:
+        return [
+            Error(
+                f"KBSITE_SEARCH_RATE_LIMIT={rate!r} is not a rate.",
+                hint="Write searches/period, e.g. 600/min, 20/s or 10000/day; or off.",
+                id="search.E020",
+            )
+        ]
+    return []

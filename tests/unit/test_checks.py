@@ -54,3 +54,24 @@ def test_bad_embedding_and_chunk_settings_are_reported(settings, embedding, chun
     settings.CHUNKING = {**settings.CHUNKING, **chunking}
 
     assert expected in ids(check_embedding_settings())
+
+
+def test_an_unreadable_rate_limit_is_reported(settings) -> None:
+    from search.checks import check_search_settings
+
+    settings.SEARCH = {**settings.SEARCH, "RATE_LIMIT": "lots"}
+
+    assert ids(check_search_settings()) == ["search.E020"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({"MAX_ATTEMPTS": 0}, "knowledge.E001"), ({"IN_PROCESS_WORKER": "sometimes"}, "knowledge.E002")],
+)
+def test_bad_ingestion_settings_are_reported(settings, overrides, expected) -> None:
+    from knowledge.checks import check_ingestion_settings
+
+    assert check_ingestion_settings() == []
+    settings.INGESTION = {**settings.INGESTION, **overrides}
+
+    assert ids(check_ingestion_settings()) == [expected]

@@ -1,0 +1,32 @@
+"""System checks for the ingestion settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+POSITIVE = {
+    "MAX_UPLOAD_BYTES": "KBSITE_MAX_UPLOAD_MB",
+    "MAX_EXTRACTED_CHARS": "KBSITE_MAX_EXTRACTED_CHARS",
+    "MAX_PDF_PAGES": "KBSITE_MAX_PDF_PAGES",
+    "MAX_UNZIPPED_BYTES": "KBSITE_MAX_UNZIPPED_MB",
+    "MAX_ATTEMPTS": "KBSITE_INGEST_MAX_ATTEMPTS",
+    "LEASE_SECONDS": "KBSITE_INGEST_LEASE_SECONDS",
+    "POLL_SECONDS": "KBSITE_INGEST_POLL_SECONDS",
+}
+
+
+@register("knowledge")
+def check_ingestion_settings(app_configs=None, **kwargs) -> list:
+    conf = settings.INGESTION
+    problems = [
+        Error(f"{variable}={conf.get(key)!r} must be a number above 0.", id="knowledge.E001")
+        for key, variable in POSITIVE.items()
+        if not isinstance(conf.get(key), (int, float)) or conf.get(key) <= 0
+    ]
+    choice = str(conf.get("IN_PROCESS_WORKER", "auto")).lower()
+    if choice not in {"auto", "1", "true", "yes", "on", "0", "false", "no", "off"}:
+        problems.append(
+            Error(f"KBSITE_IN_PROCESS_WORKER={choice!r} must be auto, true or false.", id="knowledge.E002")
+        )
+    return problems
