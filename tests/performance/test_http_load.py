@@ -58,7 +58,7 @@ def _figure(output: str, label: str) -> int:
     return int(found.group(1))
 
 
-def test_100_clients_searching_for_30_seconds_all_get_answers(corpus_site):
+def test_100_clients_searching_for_30_seconds_all_get_answers(corpus_site, show):
     server, token, kb_id = corpus_site
     done = subprocess.run(
         [
@@ -81,7 +81,7 @@ def test_100_clients_searching_for_30_seconds_all_get_answers(corpus_site):
         timeout=SCRIPT_TIMEOUT,
         check=False,
     )
-    print(f"\nHTTP load, {CLIENTS} clients for {SECONDS} s:\n{done.stdout}{done.stderr}")
+    show(f"\nHTTP load, {CLIENTS} clients for {SECONDS} s:\n{done.stdout}{done.stderr}")
     logged = [line for line in server.log.read_text(errors="replace").splitlines() if " ERROR " in line]
     assert done.returncode == 0, "The load script failed. The server logged:\n" + "\n".join(logged[:20])
     assert _figure(done.stdout, "errors") == 0

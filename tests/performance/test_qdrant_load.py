@@ -65,8 +65,8 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
 
 
-def report(label: str, latencies: list[float]) -> None:
-    print(
+def report(show, label: str, latencies: list[float]) -> None:
+    show(
         f"\n{label}: n={len(latencies)} p50={percentile(latencies, 0.50) * 1000:.1f}ms "
         f"p95={percentile(latencies, 0.95) * 1000:.1f}ms p99={percentile(latencies, 0.99) * 1000:.1f}ms "
         f"max={latencies[-1] * 1000:.1f}ms mean={statistics.mean(latencies) * 1000:.1f}ms "
@@ -75,35 +75,35 @@ def report(label: str, latencies: list[float]) -> None:
 
 
 class TestAsyncQdrantLoadPerformance:
-    async def test_100_concurrent_requests_complete(self, search_service_for_load) -> None:
+    async def test_100_concurrent_requests_complete(self, search_service_for_load, show) -> None:
         """4.1"""
         outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="complete")
-        report("100 concurrent", latencies)
+        report(show, "100 concurrent", latencies)
 
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         assert failures == []
         assert all(len(results) == 10 for results in outcomes)
 
-    async def test_100_concurrent_requests_p99_under_500ms(self, search_service_for_load) -> None:
+    async def test_100_concurrent_requests_p99_under_500ms(self, search_service_for_load, show) -> None:
         """4.2"""
         outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="performance")
-        report("100 concurrent", latencies)
+        report(show, "100 concurrent", latencies)
 
         assert len(latencies) == 100
         assert percentile(latencies, 0.99) < 0.5
 
-    async def test_consistent_latency_under_load(self, search_service_for_load) -> None:
+    async def test_consistent_latency_under_load(self, search_service_for_load, show) -> None:
         """4.3"""
         outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="consistency")
-        report("100 concurrent", latencies)
+        report(show, "100 concurrent", latencies)
 
         assert len(latencies) == 100
         assert statistics.stdev(latencies) / statistics.mean(latencies) < 1.0
 
-    async def test_no_thread_pool_exhaustion(self, search_service_for_load) -> None:
+    async def test_no_thread_pool_exhaustion(self, search_service_for_load, show) -> None:
         """4.4"""
         outcomes, latencies = await run_concurrently(*search_service_for_load, count=150, label="exhaustion")
-        report("150 concurrent", latencies)
+        report(show, "150 concurrent", latencies)
 
         failures = [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
         assert failures == []
