@@ -54,7 +54,13 @@ class Command(BaseCommand):
         try:
             async_to_sync(qdrant_service.check_available)()
         except SearchError as exc:
-            raise CommandError(exc.message) from exc
+            hint = (
+                "\nWhile the server holds the embedded store, queue documents for its worker with the admin's "
+                "“Chunk and embed again” action (or POST …/reindex in the API); --recreate needs the server stopped."
+                if qdrant_service.config.is_local
+                else ""
+            )
+            raise CommandError(exc.message + hint) from exc
 
         service = ReindexService(ingestion=IngestionService(config=IngestionSettings.from_settings(batch_size=batch_size)))
         progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
