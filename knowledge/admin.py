@@ -18,13 +18,13 @@ from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
-from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.knowledge_bases import EDITABLE_KB_FIELDS, KnowledgeBaseService
+from knowledge.services.members import MembershipService
 from knowledge.services.permissions import ROLE_RANK, PermissionService
 from knowledge.services.tokens import ApiTokenService
 from search.errors import SearchError
-from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
-from search.services.search import SearchService
+from search.services.search import get_search_service
 
 CHUNKS_PER_PAGE = 20
 
@@ -118,7 +118,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save()
+            changes = {field: form.cleaned_data[field] for field in form.changed_data if field in EDITABLE_KB_FIELDS}
+            KnowledgeBaseService().update_knowledge_base(kb=obj, **changes)
             if {"chunk_size", "chunk_overlap"} & set(form.changed_data):
                 messages.info(
                     request,
@@ -139,14 +140,25 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
     def save_formset(self, request, form, formset, change):
-        # The creator's own owner membership already exists: keep the inline from adding it twice.
-        for membership in formset.save(commit=False):
-            membership.knowledge_base = form.instance
-            Membership.objects.update_or_create(
-                knowledge_base=form.instance, user=membership.user, defaults={"role": membership.role}
-            )
+        # Members change through the service, which keeps a KB from losing its last owner.
+        service, kb = MembershipService(), form.instance
+        changed = formset.save(commit=False)
         for membership in formset.deleted_objects:
-            membership.delete()
+            self._apply(request, service.remove_member, kb=kb, user_id=membership.user_id)
+        for membership in changed:
+            if membership.pk is not None:
+                before = Membership.objects.get(pk=membership.pk)
+                if before.user_id != membership.user_id:
+                    self._apply(request, service.remove_member, kb=kb, user_id=before.user_id)
+            username = membership.user.get_username()
+            self._apply(request, service.set_member, kb=kb, username=username, role=membership.role)
+
+    @staticmethod
+    def _apply(request, change, **arguments) -> None:
+        try:
+            change(**arguments)
+        except KnowledgeError as exc:
+            messages.error(request, exc.message)
 
     def delete_model(self, request, obj):
         async_to_sync(KnowledgeBaseService().delete_knowledge_base)(kb=obj)
@@ -171,9 +183,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         context = {"search_form": form, "search_results": None}
         if not form.is_bound or not form.is_valid():
             return context
-        service = SearchService(PermissionService(), SearchAuditService())
         try:
-            context["search_results"] = async_to_sync(service.semantic_search)(
+            context["search_results"] = async_to_sync(get_search_service().semantic_search)(
                 query=form.cleaned_data["q"],
                 kb_ids=[kb.pk],
                 user_id=request.user.pk,

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema, Status
+from ninja import Path as PathParam
 from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import ValidationError as PydanticValidationError
@@ -137,7 +138,7 @@ async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
 
 
 @members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
-async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int):
+async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int = PathParam(..., ge=1, le=2**63 - 1)):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await sync_to_async(MembershipService().remove_member)(kb=kb, user_id=user_id)
     return Status(204, None)
@@ -186,7 +187,9 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
         raise UploadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MB.")
     service = DocumentService()
     if request.content_type == "multipart/form-data":
-        added = await sync_to_async(_add_multipart_upload)(request, kb, service)
+        # Parsing and reading run off the shared database thread, which other API calls need.
+        filename, data, title = await sync_to_async(_read_multipart, thread_sensitive=False)(request, service)
+        added = await sync_to_async(service.add_upload)(kb=kb, filename=filename, data=data, title=title)
     elif request.content_type == "application/json":
         payload = _text_document(request.body)
         added = await sync_to_async(service.add_text_document)(
@@ -199,12 +202,13 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
     return Status(202, document)
 
 
-def _add_multipart_upload(request: HttpRequest, kb, service: DocumentService):
-    # Parsing the form and reading the file touch the disk for large uploads: off the event loop.
+def _read_multipart(request: HttpRequest, service: DocumentService) -> tuple[str, bytes, str]:
     upload = request.FILES.get("file")
     if upload is None:
         raise InvalidInput("Send the file in the multipart field `file`.")
-    return service.add_upload(kb=kb, filename=upload.name, data=upload.read(), title=request.POST.get("title", ""))
+    # Before reading: a chunked request carries no Content-Length for the check above.
+    service.check_upload_size(upload.name, upload.size)
+    return upload.name, upload.read(), request.POST.get("title", "")
 
 
 def _text_document(body: bytes) -> DocumentTextIn:

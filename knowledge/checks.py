@@ -1,9 +1,9 @@
-"""System checks for the ingestion settings."""
+"""System checks for the ingestion settings and the secret key."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 POSITIVE = {
     "MAX_UPLOAD_BYTES": "KBSITE_MAX_UPLOAD_MB",
@@ -30,3 +30,18 @@ def check_ingestion_settings(app_configs=None, **kwargs) -> list:
             Error(f"KBSITE_IN_PROCESS_WORKER={choice!r} must be auto, true or false.", id="knowledge.E002")
         )
     return problems
+
+
+@register("knowledge")
+def check_secret_key(app_configs=None, **kwargs) -> list:
+    """A deployment on a real database or Qdrant server with the key everyone can read in the repository."""
+    deployed = bool(settings.DATABASE_URL or settings.QDRANT.get("URL"))
+    if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and deployed and not settings.DEBUG:
+        return [
+            Warning(
+                "DJANGO_SECRET_KEY is unset: sessions and password resets are signed with a key that is public.",
+                hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; print(secrets.token_urlsafe(50))"`.',
+                id="knowledge.W001",
+            )
+        ]
+    return []

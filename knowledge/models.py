@@ -22,7 +22,12 @@ class KnowledgeBase(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="owned_knowledge_bases"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="owned_knowledge_bases",
+        help_text="Always has owner rights. Empty: only owner members and superusers manage it.",
     )
     embedding_model = models.CharField(
         max_length=100, editable=False, help_text="The model the KB's vectors were made with."

@@ -10,7 +10,7 @@ from django.urls import reverse
 from ninja import Field, Schema
 from pydantic import ConfigDict
 
-from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+from knowledge.models import Document, KnowledgeBase, Membership, Role
 from search.schemas import InputSchema
 
 RoleName = Literal["reader", "editor", "owner"]
@@ -167,5 +167,3 @@ class HealthOut(Schema):
     database: str
     qdrant: str
 
-
-STATUS_NAMES = DocumentStatus.values

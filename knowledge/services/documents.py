@@ -20,6 +20,19 @@ from search.services.chunks import ChunkService
 
 TEXT_FORMAT = "text"
 
+# A document sent (back) to the queue: any worker holding it loses its claim, so an older run
+# cannot mark the new content ready.
+REQUEUED = {
+    "status": DocumentStatus.PENDING,
+    "error": "",
+    "attempts": 0,
+    "next_attempt_at": None,
+    "claimed_by": "",
+    "lease_expires_at": None,
+    "chunks_done": 0,
+    "chunks_total": 0,
+}
+
 
 def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -130,11 +143,8 @@ class DocumentService:
             document.source_size = size
             document.content_hash = digest
             document.text = text
-            document.status = DocumentStatus.PENDING
-            document.error = ""
-            document.attempts = 0
-            document.next_attempt_at = None
-            document.chunks_done = document.chunks_total = 0
+            for field, value in REQUEUED.items():
+                setattr(document, field, value)
             try:
                 document.save()
             except IntegrityError:
@@ -181,11 +191,5 @@ class DocumentService:
         A worker busy with one of them loses its claim, so it cannot mark the old run ready.
         """
         return Document.objects.filter(pk__in=[d.pk for d in documents]).update(
-            status=DocumentStatus.PENDING,
-            attempts=0,
-            next_attempt_at=None,
-            error="",
-            claimed_by="",
-            lease_expires_at=None,
-            updated_at=timezone.now(),
+            **REQUEUED, updated_at=timezone.now()
         )

@@ -179,6 +179,8 @@ class IngestionService:
             await self._finish(document, worker_id, chunk_count, collection_name)
         except LostClaim:
             logger.info("Gave up %s: it is no longer claimed by %s", document.pk, worker_id)
+            # Deleted while this run wrote its chunks: whatever it wrote after the delete must go.
+            await self._drop_points_if_deleted(document, collection_name)
         except asyncio.CancelledError:
             await asyncio.shield(self.arelease(document_id=document.pk, worker_id=worker_id))
             raise
@@ -265,7 +267,6 @@ class IngestionService:
             lease_expires_at=timezone.now() + timedelta(seconds=self.config.lease_seconds),
         )
         if not updated:
-            await self._drop_points_if_deleted(document)
             raise LostClaim(document.pk)
 
     async def _keep_lease(self, document: Document, worker_id: str) -> None:
@@ -355,8 +356,8 @@ class IngestionService:
         except DatabaseError:
             logger.exception("Could not record the failed attempt on %s; its lease will lapse", document.pk)
 
-    async def _drop_points_if_deleted(self, document: Document) -> None:
+    async def _drop_points_if_deleted(self, document: Document, collection_name: str | None) -> None:
         if not await Document.objects.filter(pk=document.pk).aexists():
             await self.chunk_service.delete_document_chunks(
-                kb_id=document.knowledge_base_id, document_id=document.id
+                kb_id=document.knowledge_base_id, document_id=document.id, collection_name=collection_name
             )

@@ -11,6 +11,8 @@ from knowledge.models import KnowledgeBase, Membership, Role
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
 
+EDITABLE_KB_FIELDS = ("name", "description", "owner", "chunk_size", "chunk_overlap")
+
 
 class KnowledgeBaseService:
     def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
@@ -60,13 +62,13 @@ class KnowledgeBaseService:
         return kb
 
     def update_knowledge_base(self, *, kb: KnowledgeBase, **changes) -> KnowledgeBase:
-        """Change a KB's name, description or chunk settings (these apply to documents indexed from now on)."""
-        allowed = {"name", "description", "chunk_size", "chunk_overlap"}
-        unknown = set(changes) - allowed
+        """Change a KB's name, description, owner or chunk settings (these apply to documents indexed from now on)."""
+        unknown = set(changes) - set(EDITABLE_KB_FIELDS)
         if unknown:
             raise InvalidInput(f"These cannot be changed: {', '.join(sorted(unknown))}.")
         for field, value in changes.items():
-            if value is not None:
+            # None leaves a field as it is, except the owner, whom it removes.
+            if value is not None or field == "owner":
                 setattr(kb, field, value.strip() if isinstance(value, str) else value)
         if not kb.name:
             raise InvalidInput("A knowledge base needs a name.")

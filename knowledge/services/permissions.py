@@ -44,7 +44,11 @@ def _access_filter(user_id: int, least: Role) -> Q:
 
 
 class PermissionService:
-    """Answers access questions from the database; every method is async and ORM-backed."""
+    """Answers access questions from the database: the rule is owner, member role, or superuser.
+
+    The same rule is written three ways for three callers (a queryset for lists, one SQL statement
+    for the search path, a role for one KB); tests/integration/test_permission_rule.py holds them to it.
+    """
 
     def knowledge_bases_for(self, user: AbstractBaseUser, *, least: Role = Role.READER) -> QuerySet[KnowledgeBase]:
         """The KBs `user` holds at least the role `least` on (all of them for a superuser)."""
@@ -113,12 +117,3 @@ class PermissionService:
                 "Ask the KB's owner to change your role."
             )
         return role
-
-    @staticmethod
-    async def _active_user(user_id: object) -> AbstractBaseUser:
-        if isinstance(user_id, bool) or not isinstance(user_id, int):
-            raise UnknownUser(f"user_id must be a user's numeric id, not {user_id!r}.")
-        user = await get_user_model().objects.filter(pk=user_id, is_active=True).only("id", "is_superuser", "is_active").afirst()
-        if user is None:
-            raise UnknownUser(f"There is no active user with id {user_id}.")
-        return user

@@ -75,7 +75,7 @@ class ReindexService:
         chunks, embeddings = self.ingestion.chunk_service, self.ingestion.embeddings
         target = await chunks.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
         report.collection = target
-        indexed: dict[UUID, tuple[str, datetime | None]] = {}
+        indexed: dict[UUID, tuple[str, datetime | None, str]] = {}
         try:
             async for document_id in Document.objects.filter(knowledge_base=kb).order_by("pk").values_list(
                 "id", flat=True
@@ -85,7 +85,7 @@ class ReindexService:
                 )
                 self._count(report, document)
                 if document is not None and document.status == DocumentStatus.READY:
-                    indexed[document.pk] = (document.content_hash, document.archived_at)
+                    indexed[document.pk] = (document.content_hash, document.archived_at, document.title)
         except BaseException:
             await chunks.drop_collection_version(collection_name=target)
             raise
@@ -101,11 +101,13 @@ class ReindexService:
 
     async def _catch_up(self, kb: KnowledgeBase, indexed: dict, failed: set[UUID]) -> int:
         stale, present = [], set()
-        async for document in Document.objects.filter(knowledge_base=kb).only("id", "content_hash", "archived_at"):
+        async for document in Document.objects.filter(knowledge_base=kb).only(
+            "id", "content_hash", "archived_at", "title"
+        ):
             present.add(document.pk)
             if document.pk in failed:
                 continue
-            if indexed.get(document.pk) != (document.content_hash, document.archived_at):
+            if indexed.get(document.pk) != (document.content_hash, document.archived_at, document.title):
                 stale.append(document)
         for gone in indexed.keys() - present:
             await self.ingestion.chunk_service.delete_document_chunks(kb_id=kb.id, document_id=gone)

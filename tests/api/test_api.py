@@ -576,6 +576,14 @@ async def test_removing_someone_who_is_not_a_member_answers_404(kb, other_user, 
         assert response.json()["code"] == "member_not_found"
 
 
+@pytest.mark.parametrize("user_id", ["0", "-3", str(2**63), "99999999999999999999999"])
+async def test_a_member_id_no_database_can_hold_answers_422(kb, owner_headers, user_id) -> None:
+    response = await client.delete(f"/kbs/{kb.id}/members/{user_id}", headers=owner_headers)
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+
+
 async def test_removing_the_last_owner_is_refused(kb, owner, owner_headers) -> None:
     response = await client.delete(f"/kbs/{kb.id}/members/{owner.pk}", headers=owner_headers)
 

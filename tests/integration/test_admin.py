@@ -281,6 +281,80 @@ class TestKnowledgeBaseForm:
         assert any("apply to documents indexed from now on" in message for message in messages_of(accepted))
 
 
+    def test_giving_a_members_row_to_another_user_takes_it_from_the_first(self, admin_client, admin_user):
+        kb = make_kb(owner=admin_user, name="Field notes", slug="field-notes")
+        alice, bob = make_user(username="alice"), make_user(username="bob")
+        owner_row = Membership.objects.get(knowledge_base=kb, user=admin_user)
+        alices = add_member(kb, alice, Role.READER)
+
+        response = admin_client.post(
+            kb_page(kb),
+            kb_form_data(
+                owner=admin_user.pk,
+                chunk_size=kb.chunk_size,
+                chunk_overlap=kb.chunk_overlap,
+                **{
+                    "memberships-TOTAL_FORMS": 2,
+                    "memberships-INITIAL_FORMS": 2,
+                    "memberships-0-id": owner_row.pk,
+                    "memberships-0-knowledge_base": kb.pk,
+                    "memberships-0-user": admin_user.pk,
+                    "memberships-0-role": Role.OWNER,
+                    "memberships-1-id": alices.pk,
+                    "memberships-1-knowledge_base": kb.pk,
+                    "memberships-1-user": bob.pk,
+                    "memberships-1-role": Role.READER,
+                },
+            ),
+        )
+
+        assert response.status_code == 302
+        members = dict(Membership.objects.filter(knowledge_base=kb).values_list("user__username", "role"))
+        assert members == {admin_user.username: Role.OWNER, "bob": Role.READER}
+
+    def test_the_last_owner_cannot_be_removed_in_the_members_inline(self, admin_client):
+        kb = KnowledgeBase.objects.create(
+            name="Ownerless",
+            slug="ownerless",
+            owner=None,
+            embedding_model=embedding_service.model_id,
+            vector_size=embedding_service.dimensions,
+        )
+        only_owner = add_member(kb, make_user(username="olga"), Role.OWNER)
+
+        response = admin_client.post(
+            kb_page(kb),
+            kb_form_data(
+                name="Ownerless",
+                slug="ownerless",
+                chunk_size=kb.chunk_size,
+                chunk_overlap=kb.chunk_overlap,
+                **{
+                    "memberships-TOTAL_FORMS": 1,
+                    "memberships-INITIAL_FORMS": 1,
+                    "memberships-0-id": only_owner.pk,
+                    "memberships-0-knowledge_base": kb.pk,
+                    "memberships-0-user": only_owner.user_id,
+                    "memberships-0-role": Role.OWNER,
+                    "memberships-0-DELETE": "on",
+                },
+            ),
+            follow=True,
+        )
+
+        assert response.redirect_chain, response.context["adminform"].form.errors
+        assert Membership.objects.filter(pk=only_owner.pk, role=Role.OWNER).exists()
+        assert any("last owner" in message for message in messages_of(response))
+
+    def test_only_superusers_see_the_search_audit(self, staff_client, admin_client):
+        audit = reverse("admin:search_searchaudit_changelist")
+        staff = make_staff("auditor")
+        staff.user_permissions.add(*Permission.objects.filter(content_type__app_label="search"))
+
+        assert admin_client.get(audit).status_code == 200
+        assert staff_client(staff).get(audit).status_code == 403
+
+
 class TestUpload:
     def test_uploading_a_markdown_and_a_text_file_queues_two_pending_documents(
         self, admin_client, admin_user

@@ -364,3 +364,86 @@ async def test_the_in_process_worker_indexes_what_is_uploaded(kb, settings) -> N
                 await asyncio.sleep(0.05)
     finally:
         await stop_in_process()
+
+
+async def test_a_new_version_uploaded_while_the_old_one_is_indexed_is_indexed_next(kb, test_user) -> None:
+    ingestion = IngestionService()
+    old = await sync_to_async(upload)(kb, "notes.txt", FILES["notes.txt"])
+    claimed = await ingestion.aclaim(document_id=old.id, worker_id="busy")
+
+    newer = await sync_to_async(upload)(kb, "notes.txt", b"Tyre pressure should be checked every week.")
+    stale_run = await ingestion.process(claimed, worker_id="busy")
+
+    assert newer.id == old.id and stale_run.status == DocumentStatus.PENDING
+    assert await DocumentSource.objects.filter(document_id=old.id).aexists()
+    fresh = await ingestion.ingest_now(document_id=old.id, worker_id="next")
+    assert fresh.status == DocumentStatus.READY and "Tyre" in fresh.text
+    results = await search(kb, test_user, "checking tyre pressure", limit=1)
+    assert "Tyre" in results[0].content
+
+
+async def test_a_document_deleted_while_it_is_indexed_leaves_no_points(test_user) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Vanishing", chunk_size=16, chunk_overlap=0)
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[4][1].encode())
+    ingestion = IngestionService(config=IngestionSettings(batch_size=4))
+    deleted: list[asyncio.Task] = []
+
+    def delete_after_first_batch(_document, done, total):
+        if not deleted:
+            deleted.append(asyncio.ensure_future(DocumentService().delete_document(document=_document)))
+
+    document_id = document.id
+    await ingestion.ingest_now(document_id=document_id, worker_id="test", on_progress=delete_after_first_batch)
+    await asyncio.gather(*deleted)
+
+    assert not await Document.objects.filter(pk=document_id).aexists()
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document_id) == 0
+
+
+async def test_a_rename_during_a_rebuild_reaches_the_new_collection(test_user) -> None:
+    from knowledge.services.reindex import ReindexService
+
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Renamed", chunk_size=32, chunk_overlap=0)
+    first = await sync_to_async(upload)(kb, "tides.md", corpus()[7][1].encode())
+    await sync_to_async(upload)(kb, "jazz.md", corpus()[3][1].encode())
+    ingestion = IngestionService()
+    await IngestionWorker(service=ingestion, poll_seconds=0.05).run(until_idle=True)
+    renamed: list[asyncio.Task] = []
+
+    def rename_the_first_once_indexed(document, done, total):
+        if document.pk != first.pk and not renamed:
+            target = Document.objects.aget(pk=first.pk)
+            renamed.append(
+                asyncio.ensure_future(_rename(target, "Tide tables for sailors"))
+            )
+
+    await ReindexService(ingestion=ingestion).rebuild(kb=kb, worker_id="test", on_progress=rename_the_first_once_indexed)
+    await asyncio.gather(*renamed)
+    await IngestionWorker(service=ingestion, poll_seconds=0.05).run(until_idle=True)
+
+    results = await search(kb, test_user, "spring and neap tides", limit=1)
+    assert results[0].document_id == first.pk and results[0].title == "Tide tables for sailors"
+
+
+async def _rename(document_coroutine, title: str) -> None:
+    await DocumentService().rename(document=await document_coroutine, title=title)
+
+
+async def test_a_row_deleted_just_before_the_end_takes_its_points_with_it(test_user, qdrant_server) -> None:
+    """On a server the tail delete yields to the loop, so a delete lands between the last batch and the end."""
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Late delete", chunk_size=32, chunk_overlap=0)
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[5][1].encode())
+    deleting: list[asyncio.Task] = []
+
+    def delete_the_row_after_the_last_batch(_document, done, total):
+        if done == total:
+            deleting.append(asyncio.ensure_future(Document.objects.filter(pk=_document.pk).adelete()))
+
+    document_id = document.id
+    await IngestionService().ingest_now(
+        document_id=document_id, worker_id="test", on_progress=delete_the_row_after_the_last_batch
+    )
+    await asyncio.gather(*deleting)
+
+    assert not await Document.objects.filter(pk=document_id).aexists()
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document_id) == 0
