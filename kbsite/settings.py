@@ -149,7 +149,7 @@ LOGGING = {
     },
 }
 
-# Qdrant: QDRANT_URL set means a server (or cluster); unset means the embedded local store.
+# Qdrant: QDRANT_URL set means a server (or cluster); unset means the embedded store (Qdrant Edge).
 QDRANT = {
     "URL": env_str("QDRANT_URL"),
     "PATH": env_str("QDRANT_PATH", str(VAR_DIR / "qdrant")),
@@ -157,6 +157,8 @@ QDRANT = {
     "GRPC_PORT": env_number("QDRANT_GRPC_PORT", 6334),
     "PREFER_GRPC": env_bool("QDRANT_PREFER_GRPC", True),
     "TIMEOUT": env_number("QDRANT_TIMEOUT", 10.0, float),
+    # The embedded engine: Qdrant Edge, or qdrant-client's pure-Python local mode (for comparisons only).
+    "EMBEDDED_ENGINE": env_str("QDRANT_EMBEDDED_ENGINE", "edge"),
 }
 
 # The embedder turns text into vectors; the default runs offline from the PyPI package.

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.utils.module_loading import import_string
 
-from search.qdrant import MEMORY_LOCATION
+from search.qdrant import EDGE_ENGINE, EMBEDDED_ENGINES, MEMORY_LOCATION, is_local_mode_store
 from search.throttling import SearchRateThrottle
 
 
@@ -43,6 +43,25 @@ def check_qdrant_settings(app_configs=None, **kwargs) -> list:
             problems.append(Error(f"QDRANT_GRPC_PORT={port!r} is not a TCP port.", id="search.E002"))
     else:
         path = conf.get("PATH") or MEMORY_LOCATION
+        engine = conf.get("EMBEDDED_ENGINE") or EDGE_ENGINE
+        if engine not in EMBEDDED_ENGINES:
+            problems.append(
+                Error(
+                    f"QDRANT_EMBEDDED_ENGINE={engine!r} is not an embedded engine.",
+                    hint=f"Use one of {', '.join(EMBEDDED_ENGINES)} (default {EDGE_ENGINE}), or leave it unset.",
+                    id="search.E006",
+                )
+            )
+        if path != MEMORY_LOCATION and engine == EDGE_ENGINE and is_local_mode_store(path):
+            problems.append(
+                Error(
+                    f"The embedded store at {path} was written by qdrant-client's local mode, which kbsite no "
+                    "longer uses.",
+                    hint="Run `manage.py upgrade_store` once: it keeps that folder aside and rebuilds every "
+                    "knowledge base from the stored text into Qdrant Edge.",
+                    id="search.E007",
+                )
+            )
         if path != MEMORY_LOCATION:
             folder = Path(path)
             existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

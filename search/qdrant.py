@@ -1,16 +1,21 @@
-"""Access to Qdrant through AsyncQdrantClient: one client per event loop on a server, one per process embedded."""
+"""Access to Qdrant through AsyncQdrantClient: one client per event loop on a server, one per process embedded.
+
+Embedded, the client's backend is Qdrant Edge (Qdrant's Rust engine in process, `search.edge.EdgeStore`);
+qdrant-client's pure-Python local mode stays selectable (`QDRANT_EMBEDDED_ENGINE=local`) for comparisons.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import inspect
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 import grpc
@@ -18,11 +23,17 @@ from django.conf import settings
 from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from search.errors import VectorStoreUnavailable
+from search.errors import SearchError, VectorStoreUnavailable
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 MEMORY_LOCATION = ":memory:"
+EDGE_ENGINE = "edge"
+LOCAL_MODE_ENGINE = "local"
+EMBEDDED_ENGINES = (EDGE_ENGINE, LOCAL_MODE_ENGINE)
 
 
 def collection_alias(kb_id: UUID | str) -> str:
@@ -40,6 +51,7 @@ class QdrantConfig:
     grpc_port: int = 6334
     prefer_grpc: bool = True
     timeout: float = 10.0
+    engine: str = EDGE_ENGINE
 
     @classmethod
     def from_settings(cls) -> QdrantConfig:
@@ -51,6 +63,7 @@ class QdrantConfig:
             grpc_port=int(conf.get("GRPC_PORT", 6334)),
             prefer_grpc=bool(conf.get("PREFER_GRPC", True)),
             timeout=float(conf.get("TIMEOUT", 10.0)),
+            engine=str(conf.get("EMBEDDED_ENGINE") or EDGE_ENGINE),
         )
 
     @property
@@ -60,7 +73,8 @@ class QdrantConfig:
     def describe(self) -> str:
         if self.is_local:
             where = "in memory" if self.path == MEMORY_LOCATION else f"at {self.path}"
-            return f"embedded Qdrant {where}"
+            engine = "Qdrant Edge" if self.engine == EDGE_ENGINE else "qdrant-client local mode"
+            return f"embedded Qdrant ({engine}) {where}"
         return f"Qdrant server at {self.url}"
 
 
@@ -134,8 +148,19 @@ class QdrantService:
 
     @property
     def client(self) -> AsyncQdrantClient:
+        """The client for the current context.
+
+        Embedded: the process's one client. Server, from async code: the running loop's client,
+        closed when the loop shuts down. Server, from sync code with no running loop: a new client
+        that is not cached; the caller owns it and closes it (`await client.close()`) in the loop
+        that used it, since its gRPC channel binds to that loop.
+        """
         if self.config.is_local:
             return self._local_store_client()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._build_server_client()
         return self._client_for_running_loop()
 
     def _local_store_client(self) -> AsyncQdrantClient:
@@ -150,33 +175,57 @@ class QdrantService:
 
     def _open_local_store(self) -> AsyncQdrantClient:
         config = self.config
+        if config.path != MEMORY_LOCATION:
+            Path(config.path).mkdir(parents=True, exist_ok=True)
+        if config.engine == LOCAL_MODE_ENGINE:
+            client = self._open_local_mode(config)
+        else:
+            client = self._open_edge(config)
+        logger.debug("Opened %s", config.describe())
+        return client
+
+    def _open_edge(self, config: QdrantConfig) -> AsyncQdrantClient:
+        from search.edge import EdgeStore, StoreLocked
+
+        if config.path != MEMORY_LOCATION and is_local_mode_store(config.path):
+            raise VectorStoreUnavailable(
+                f"The embedded store at {config.path} was written by an earlier kbsite (qdrant-client's local "
+                "mode). Run `manage.py upgrade_store` once: it moves that folder aside and rebuilds every "
+                "knowledge base from the documents' stored text into Qdrant Edge."
+            )
+        try:
+            store = EdgeStore(config.path)
+        except StoreLocked as exc:
+            raise self._held_elsewhere(config) from exc
+        # AsyncQdrantClient has no public way to plug in a backend: its backend is the `_client`
+        # attribute, which tests/unit/test_edge_hook.py checks on every qdrant-client upgrade.
+        client = AsyncQdrantClient(location=MEMORY_LOCATION)
+        client._client = store
+        return client
+
+    def _open_local_mode(self, config: QdrantConfig) -> AsyncQdrantClient:
         if config.path == MEMORY_LOCATION:
             client = AsyncQdrantClient(location=MEMORY_LOCATION, force_disable_check_same_thread=True)
         else:
-            Path(config.path).mkdir(parents=True, exist_ok=True)
             try:
                 client = AsyncQdrantClient(path=config.path, force_disable_check_same_thread=True)
             except RuntimeError as exc:
                 if "already accessed" not in str(exc):
                     raise
-                raise VectorStoreUnavailable(
-                    f"The embedded Qdrant store at {config.path} is held by another process "
-                    "(most likely the running kbsite server). Stop that process, or queue the work "
-                    "for it (ingest --enqueue), or run a Qdrant server and set QDRANT_URL."
-                ) from exc
-        # AsyncQdrantClient offers no hook for this; its local backend is the `_client` attribute.
+                raise self._held_elsewhere(config) from exc
         client._client = _SerialisedLocalStore(client._client)
-        logger.debug("Opened %s", config.describe())
         return client
 
+    @staticmethod
+    def _held_elsewhere(config: QdrantConfig) -> VectorStoreUnavailable:
+        return VectorStoreUnavailable(
+            f"The embedded Qdrant store at {config.path} is held by another process "
+            "(most likely the running kbsite server). Stop that process, or queue the work "
+            "for it (ingest --enqueue), or run a Qdrant server and set QDRANT_URL."
+        )
+
     def _client_for_running_loop(self) -> AsyncQdrantClient:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "A Qdrant server client is bound to an event loop: use qdrant_service.client from "
-                "async code (from sync code, go through asgiref's async_to_sync)."
-            ) from None
+        loop = asyncio.get_running_loop()
         client = self._loop_clients.get(loop)
         if client is not None:
             return client
@@ -244,10 +293,20 @@ class QdrantService:
                 self._loop_clients.pop(loop, None)
                 self._closers.pop(loop, None)
         if local is not None:
-            local._client.close_now()
+            backend = local._client
+            if isinstance(backend, _SerialisedLocalStore):
+                backend.close_now()
+            else:
+                _run_without_suspending(backend.close())
 
 
 qdrant_service = QdrantService()
+
+
+def is_local_mode_store(path: str | Path) -> bool:
+    """Whether `path` holds a store written by qdrant-client's local mode (kbsite before Qdrant Edge)."""
+    folder = Path(path)
+    return (folder / "meta.json").is_file() and (folder / "collection").is_dir()
 
 
 def is_missing_collection(exc: BaseException) -> bool:
@@ -273,3 +332,21 @@ def as_unavailable(exc: BaseException, config: QdrantConfig) -> VectorStoreUnava
         "and that QDRANT_URL, QDRANT_GRPC_PORT and QDRANT_API_KEY point at it; raise QDRANT_TIMEOUT "
         "if it is only slow."
     )
+
+
+def translate_unreachable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Decorate a service method so "Qdrant did not answer" surfaces as VectorStoreUnavailable."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except SearchError:
+            raise
+        except Exception as exc:
+            unavailable = as_unavailable(exc, qdrant_service.config)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    return wrapper

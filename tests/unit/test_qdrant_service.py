@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
+from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search.errors import VectorStoreUnavailable
@@ -46,11 +49,18 @@ async def test_the_embedded_store_keeps_what_was_written_across_reopening(tmp_pa
     second.close()
 
 
-def test_a_server_client_needs_a_running_loop() -> None:
+def test_sync_code_gets_a_new_server_client_each_time_and_async_code_one_per_loop() -> None:
+    """A sync caller owns the client it gets (nothing caches it); each running loop keeps its own."""
     service = QdrantService(QdrantConfig(url="http://qdrant.internal:6333"))
 
-    with pytest.raises(RuntimeError, match="async_to_sync"):
-        _ = service.client
+    first, second = service.client, service.client
+    assert isinstance(first, AsyncQdrantClient) and first is not second
+
+    async def twice():
+        return service.client, service.client
+
+    in_loop = asyncio.run(twice())
+    assert in_loop[0] is in_loop[1] and in_loop[0] not in (first, second)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,720 @@
+"""EdgeStore behind a real AsyncQdrantClient: collections, aliases, points, queries, and parity with local mode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import qdrant_edge as edge
+from qdrant_client import AsyncQdrantClient, models
+
+from search.edge import EdgeStore, StoreLocked, convert
+
+pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Payload indexes have no effect")]
+
+DIM = 8
+DOCUMENTS = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc-{i}")) for i in range(5)]
+WORDS = "qdrant edge vector search shard payload filter index alias fusion sparse dense django".split()
+
+
+def edge_client(path) -> AsyncQdrantClient:
+    """Wired the way search.qdrant wires it: a cheap local client whose backend is replaced."""
+    client = AsyncQdrantClient(location=":memory:")
+    client._client = EdgeStore(path)
+    return client
+
+
+@pytest.fixture
+async def client(tmp_path) -> AsyncIterator[AsyncQdrantClient]:
+    client = edge_client(tmp_path / "store")
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def local() -> AsyncIterator[AsyncQdrantClient]:
+    client = AsyncQdrantClient(location=":memory:")
+    yield client
+    await client.close()
+
+
+def chunk_points(count: int = 120) -> list[models.PointStruct]:
+    rng = np.random.default_rng(7)
+    bm25 = edge.Bm25(edge.Bm25Config(language="english"))
+    points = []
+    for i in range(count):
+        # A distinct length per text keeps BM25 scores, and so the ranks fusion works on, free of ties.
+        text = " ".join(rng.choice(WORDS, size=4 + i))
+        sparse = bm25.embed_document(text)
+        points.append(
+            models.PointStruct(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"chunk-{i}")),
+                vector={
+                    "dense": rng.normal(size=DIM).tolist(),
+                    "bm25": models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+                },
+                payload={
+                    "kb_id": "kb-1" if i % 3 else "kb-2",
+                    "document_id": DOCUMENTS[i % len(DOCUMENTS)],
+                    "chunk_index": i // len(DOCUMENTS),
+                    "archived": i % 4 == 0,
+                    "archived_at": "2024-01-01T00:00:00Z" if i % 7 == 0 else None,
+                    "text": text,
+                },
+            )
+        )
+    return points
+
+
+async def fill(
+    client: AsyncQdrantClient, name: str = "chunks", points: list[models.PointStruct] | None = None
+) -> None:
+    await client.create_collection(
+        name,
+        vectors_config={"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)},
+        sparse_vectors_config={"bm25": models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    for field, schema in [
+        ("kb_id", models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
+        ("document_id", models.PayloadSchemaType.KEYWORD),
+        ("chunk_index", models.PayloadSchemaType.INTEGER),
+        ("archived", models.PayloadSchemaType.BOOL),
+    ]:
+        await client.create_payload_index(name, field, field_schema=schema)
+    await client.upsert(name, points if points is not None else chunk_points())
+
+
+def query_vector(seed: int = 1) -> list[float]:
+    return np.random.default_rng(seed).normal(size=DIM).tolist()
+
+
+def sparse_query(text: str) -> models.SparseVector:
+    sparse = edge.Bm25(edge.Bm25Config(language="english")).embed_query(text)
+    return models.SparseVector(indices=list(sparse.indices), values=list(sparse.values))
+
+
+def assert_same_ranking(ours: list[models.ScoredPoint], theirs: list[models.ScoredPoint]) -> None:
+    """Same scores in the same order and the same ids, where points with equal scores may come in any order.
+
+    The last group of equal scores may have been cut by the limit, so only its size is compared.
+    """
+    assert [p.score for p in ours] == pytest.approx([p.score for p in theirs], abs=1e-4)
+    groups: list[list[int]] = []
+    for i, point in enumerate(theirs):
+        if groups and abs(theirs[groups[-1][0]].score - point.score) <= 1e-4:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for group in groups[:-1]:
+        assert {ours[i].id for i in group} == {theirs[i].id for i in group}
+    their_payloads = {p.id: p.payload for p in theirs}
+    for point in ours:
+        if point.id in their_payloads:
+            assert point.payload == their_payloads[point.id]
+
+
+class TestCollectionsAndAliases:
+    async def test_created_collection_reports_its_vectors_and_payload_indexes(self, client) -> None:
+        await fill(client)
+
+        info = await client.get_collection("chunks")
+
+        assert info.status == models.CollectionStatus.GREEN
+        assert info.points_count == 120
+        assert info.config.params.vectors == {
+            "dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+        }
+        assert info.config.params.sparse_vectors["bm25"].modifier == models.Modifier.IDF
+        assert info.payload_schema["chunk_index"].data_type == models.PayloadSchemaType.INTEGER
+        assert info.payload_schema["archived"].data_type == models.PayloadSchemaType.BOOL
+        assert info.payload_schema["kb_id"].params.is_tenant is True
+        assert info.payload_schema["document_id"].points == 120
+
+    async def test_creating_an_existing_collection_fails(self, client) -> None:
+        await client.create_collection(
+            "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+
+        with pytest.raises(ValueError, match="Collection c already exists"):
+            await client.create_collection(
+                "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+            )
+
+    async def test_alias_reaches_its_collection_and_swaps_atomically(self, client) -> None:
+        params = models.VectorParams(size=2, distance=models.Distance.EUCLID)
+        await client.create_collection("v1", vectors_config=params)
+        await client.create_collection("v2", vectors_config=params)
+        await client.upsert("v1", [models.PointStruct(id=1, vector=[0.0, 1.0])])
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name="v1", alias_name="kb")
+                )
+            ]
+        )
+        assert (await client.count("kb")).count == 1
+        assert (await client.get_collection("kb")).points_count == 1
+
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="kb")),
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name="v2", alias_name="kb")
+                ),
+            ]
+        )
+
+        assert (await client.get_aliases()).aliases == [
+            models.AliasDescription(alias_name="kb", collection_name="v2")
+        ]
+        assert (await client.get_collection_aliases("v1")).aliases == []
+        assert (await client.count("kb")).count == 0
+        assert await client.collection_exists("kb")
+
+    async def test_a_failing_alias_operation_applies_none_of_the_batch(self, client) -> None:
+        await client.create_collection(
+            "v1", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+
+        with pytest.raises(ValueError, match="Collection missing not found"):
+            await client.update_collection_aliases(
+                change_aliases_operations=[
+                    models.CreateAliasOperation(
+                        create_alias=models.CreateAlias(collection_name="v1", alias_name="a")
+                    ),
+                    models.CreateAliasOperation(
+                        create_alias=models.CreateAlias(collection_name="missing", alias_name="b")
+                    ),
+                ]
+            )
+
+        assert (await client.get_aliases()).aliases == []
+
+    async def test_renamed_alias_keeps_its_collection(self, client) -> None:
+        await client.create_collection(
+            "v1", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name="v1", alias_name="old")
+                )
+            ]
+        )
+
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.RenameAliasOperation(
+                    rename_alias=models.RenameAlias(old_alias_name="old", new_alias_name="new")
+                )
+            ]
+        )
+
+        assert (await client.get_collection_aliases("v1")).aliases == [
+            models.AliasDescription(alias_name="new", collection_name="v1")
+        ]
+
+    async def test_deleting_a_collection_drops_its_aliases(self, client) -> None:
+        await client.create_collection(
+            "v1", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name="v1", alias_name="kb")
+                )
+            ]
+        )
+
+        assert await client.delete_collection("v1") is True
+
+        assert await client.delete_collection("v1") is False
+        assert (await client.get_collections()).collections == []
+        assert (await client.get_aliases()).aliases == []
+        assert not await client.collection_exists("kb")
+
+    async def test_a_deleted_collection_can_be_created_again(self, client) -> None:
+        params = models.VectorParams(size=2, distance=models.Distance.DOT)
+        await client.create_collection("v1", vectors_config=params)
+        await client.upsert("v1", [models.PointStruct(id=1, vector=[1.0, 0.0])])
+        await client.delete_collection("v1")
+
+        await client.create_collection("v1", vectors_config=params)
+
+        assert (await client.count("v1")).count == 0
+
+    @pytest.mark.parametrize(
+        "call",
+        [
+            lambda c: c.get_collection("nope"),
+            lambda c: c.count("nope"),
+            lambda c: c.query_points("nope", query=[1.0, 0.0]),
+            lambda c: c.scroll("nope"),
+            lambda c: c.upsert("nope", [models.PointStruct(id=1, vector=[1.0, 0.0])]),
+            lambda c: c.delete("nope", points_selector=[1]),
+            lambda c: c.create_payload_index("nope", "f", models.PayloadSchemaType.KEYWORD),
+        ],
+        ids=["get_collection", "count", "query_points", "scroll", "upsert", "delete", "create_payload_index"],
+    )
+    async def test_a_missing_collection_raises_not_found(self, client, call) -> None:
+        with pytest.raises(ValueError) as raised:
+            await call(client)
+
+        message = str(raised.value)
+        assert message.startswith("Collection ") and "not found" in message
+        assert not await client.collection_exists("nope")
+
+
+class TestPersistenceAndLocking:
+    async def test_reopened_store_keeps_collections_aliases_points_and_indexes(self, tmp_path) -> None:
+        first = edge_client(tmp_path)
+        await fill(first, "chunks_v1")
+        await first.update_collection_aliases(
+            change_aliases_operations=[
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name="chunks_v1", alias_name="kb")
+                )
+            ]
+        )
+        before = await first.query_points("kb", query=query_vector(), using="dense", limit=5)
+        await first.close()
+
+        second = edge_client(tmp_path)
+        try:
+            info = await second.get_collection("kb")
+            after = await second.query_points("kb", query=query_vector(), using="dense", limit=5)
+            aliases = (await second.get_aliases()).aliases
+        finally:
+            await second.close()
+
+        assert info.points_count == 120
+        assert set(info.payload_schema) == {"kb_id", "document_id", "chunk_index", "archived"}
+        assert info.config.params.sparse_vectors["bm25"].modifier == models.Modifier.IDF
+        assert aliases == [models.AliasDescription(alias_name="kb", collection_name="chunks_v1")]
+        assert_same_ranking(after.points, before.points)
+
+    async def test_a_second_store_on_a_held_folder_is_refused(self, tmp_path) -> None:
+        first = EdgeStore(tmp_path)
+        try:
+            with pytest.raises(StoreLocked, match=str(tmp_path)):
+                EdgeStore(tmp_path)
+        finally:
+            await first.close()
+
+        EdgeStore(tmp_path).close_now()
+
+    async def test_closing_twice_is_harmless_and_memory_folder_is_removed(self) -> None:
+        store = EdgeStore(":memory:")
+        folder = store.path
+        await store.create_collection(
+            "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+
+        await store.close()
+        await store.close()
+
+        assert not folder.exists()
+        with pytest.raises(RuntimeError, match="closed"):
+            await store.get_collections()
+
+
+class TestPoints:
+    async def test_upserting_the_same_id_replaces_the_point(self, client) -> None:
+        await client.create_collection(
+            "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+        point_id = str(uuid.uuid4())
+
+        await client.upsert("c", [models.PointStruct(id=point_id, vector=[1.0, 0.0], payload={"v": 1})])
+        await client.upsert("c", [models.PointStruct(id=point_id, vector=[0.0, 1.0], payload={"v": 2})])
+
+        records = await client.retrieve("c", [point_id], with_vectors=True)
+        assert (await client.count("c")).count == 1
+        assert records == [models.Record(id=point_id, payload={"v": 2}, vector=[0.0, 1.0])]
+
+    async def test_uuid_ids_come_back_as_strings_and_none_payload_values_survive(self, client, local) -> None:
+        points = [
+            models.PointStruct(
+                id=str(uuid.uuid4()), vector=[1.0, 0.5], payload={"archived_at": None, "n": 1}
+            ),
+            models.PointStruct(id=42, vector=[0.5, 1.0], payload={"archived_at": None, "n": 2}),
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.COSINE)
+            )
+            await c.upsert("c", points)
+
+        ours = await client.query_points("c", query=[1.0, 0.0], with_vectors=True)
+        theirs = await local.query_points("c", query=[1.0, 0.0], with_vectors=True)
+
+        assert_same_ranking(ours.points, theirs.points)
+        assert [type(p.id) for p in ours.points] == [str, int]
+        assert ours.points[0].payload == {"archived_at": None, "n": 1}
+        assert ours.points[0].vector == pytest.approx(theirs.points[0].vector)
+
+    async def test_batch_upsert_stores_every_point(self, client) -> None:
+        await client.create_collection(
+            "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+
+        await client.upsert(
+            "c", models.Batch(ids=[1, 2], vectors=[[1.0, 0.0], [0.0, 1.0]], payloads=[{"a": 1}, {"a": 2}])
+        )
+
+        records, _ = await client.scroll("c", with_vectors=True)
+        assert [(r.id, r.payload, r.vector) for r in records] == [
+            (1, {"a": 1}, [1.0, 0.0]),
+            (2, {"a": 2}, [0.0, 1.0]),
+        ]
+
+    async def test_set_payload_and_delete_by_filter_touch_only_matching_points(self, client) -> None:
+        await fill(client)
+        document = models.Filter(
+            must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=DOCUMENTS[0]))]
+        )
+
+        await client.set_payload("chunks", {"archived": True}, points=models.FilterSelector(filter=document))
+        archived = models.Filter(
+            must=[models.FieldCondition(key="archived", match=models.MatchValue(value=True))]
+        )
+        assert (await client.count("chunks", count_filter=document)).count == 24
+        assert (await client.count("chunks", count_filter=archived)).count == 24 + 24
+        await client.delete("chunks", points_selector=models.FilterSelector(filter=document))
+
+        assert (await client.count("chunks")).count == 96
+        assert (await client.count("chunks", count_filter=document)).count == 0
+
+    async def test_payload_can_be_set_on_ids_and_keys_deleted(self, client) -> None:
+        await client.create_collection(
+            "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
+        )
+        await client.upsert(
+            "c", [models.PointStruct(id=i, vector=[1.0, float(i)], payload={"a": i}) for i in (1, 2)]
+        )
+
+        await client.set_payload("c", {"b": "x"}, points=[1])
+        await client.delete_payload("c", keys=["a"], points=models.PointIdsList(points=[1, 2]))
+        await client.delete("c", points_selector=models.PointIdsList(points=[2]))
+
+        assert await client.retrieve("c", [1, 2]) == [models.Record(id=1, payload={"b": "x"})]
+
+    async def test_dropping_a_payload_index_removes_it_from_the_schema(self, client) -> None:
+        await fill(client)
+
+        await client.delete_payload_index("chunks", "archived")
+
+        assert "archived" not in (await client.get_collection("chunks")).payload_schema
+
+    async def test_exact_count_with_a_filter_matches_local_mode(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+        kb_filter = models.Filter(
+            must=[models.FieldCondition(key="kb_id", match=models.MatchValue(value="kb-1"))],
+            must_not=[models.FieldCondition(key="archived", match=models.MatchValue(value=True))],
+        )
+
+        ours = await client.count("chunks", count_filter=kb_filter, exact=True)
+
+        assert ours == await local.count("chunks", count_filter=kb_filter, exact=True)
+        assert ours.count > 0
+
+
+FILTERS = {
+    "match_value": models.Filter(
+        must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=DOCUMENTS[1]))]
+    ),
+    "match_any": models.Filter(
+        must=[models.FieldCondition(key="document_id", match=models.MatchAny(any=DOCUMENTS[2:4]))]
+    ),
+    "match_except": models.Filter(
+        must=[models.FieldCondition(key="document_id", match=models.MatchExcept(**{"except": DOCUMENTS[:4]}))]
+    ),
+    "must_not_archived": models.Filter(
+        must_not=[models.FieldCondition(key="archived", match=models.MatchValue(value=True))]
+    ),
+    "must_archived_false": models.Filter(
+        must=[models.FieldCondition(key="archived", match=models.MatchValue(value=False))]
+    ),
+    "is_empty": models.Filter(
+        must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at"))]
+    ),
+    "is_null": models.Filter(must=[models.IsNullCondition(is_null=models.PayloadField(key="archived_at"))]),
+    "range": models.Filter(must=[models.FieldCondition(key="chunk_index", range=models.Range(gte=5, lt=12))]),
+    "should_and_nested": models.Filter(
+        should=[
+            models.Filter(must=[models.FieldCondition(key="kb_id", match=models.MatchValue(value="kb-2"))]),
+            models.FieldCondition(key="chunk_index", range=models.Range(lte=2)),
+        ]
+    ),
+    "min_should": models.Filter(
+        min_should=models.MinShould(
+            conditions=[
+                models.FieldCondition(key="kb_id", match=models.MatchValue(value="kb-1")),
+                models.FieldCondition(key="archived", match=models.MatchValue(value=True)),
+                models.FieldCondition(key="chunk_index", range=models.Range(gt=10)),
+            ],
+            min_count=2,
+        )
+    ),
+    "has_id": models.Filter(
+        must=[
+            models.HasIdCondition(
+                has_id=[str(uuid.uuid5(uuid.NAMESPACE_URL, f"chunk-{i}")) for i in range(9)]
+            )
+        ]
+    ),
+    "has_vector": models.Filter(must=[models.HasVectorCondition(has_vector="dense")]),
+}
+
+
+class TestQueries:
+    @pytest.mark.parametrize("name", FILTERS)
+    async def test_nearest_with_a_filter_ranks_like_local_mode(self, client, local, name) -> None:
+        for c in (client, local):
+            await fill(c)
+
+        ours = await client.query_points(
+            "chunks", query=query_vector(), using="dense", query_filter=FILTERS[name], limit=10
+        )
+        theirs = await local.query_points(
+            "chunks", query=query_vector(), using="dense", query_filter=FILTERS[name], limit=10
+        )
+
+        assert ours.points
+        assert_same_ranking(ours.points, theirs.points)
+
+    async def test_score_threshold_and_offset_cut_like_local_mode(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+        kwargs = dict(query=query_vector(3), using="dense", limit=50, offset=2, score_threshold=0.2)
+
+        ours = await client.query_points("chunks", **kwargs)
+        theirs = await local.query_points("chunks", **kwargs)
+
+        assert ours.points and all(p.score >= 0.2 for p in ours.points)
+        assert_same_ranking(ours.points, theirs.points)
+
+    async def test_unnamed_vector_query_with_each_distance_matches_local_mode(self, client, local) -> None:
+        points = [models.PointStruct(id=i, vector=query_vector(i + 10), payload={"i": i}) for i in range(30)]
+        for distance in models.Distance:
+            for c in (client, local):
+                await c.create_collection(
+                    distance.value, vectors_config=models.VectorParams(size=DIM, distance=distance)
+                )
+                await c.upsert(distance.value, points)
+
+            ours = await client.query_points(distance.value, query=query_vector(), limit=5)
+            theirs = await local.query_points(distance.value, query=query_vector(), limit=5)
+
+            assert_same_ranking(ours.points, theirs.points)
+
+    async def test_sparse_vector_with_idf_ranks_like_local_mode(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+
+        ours = await client.query_points(
+            "chunks", query=sparse_query("sparse fusion alias"), using="bm25", limit=10
+        )
+        theirs = await local.query_points(
+            "chunks", query=sparse_query("sparse fusion alias"), using="bm25", limit=10
+        )
+
+        assert ours.points
+        assert_same_ranking(ours.points, theirs.points)
+
+    @pytest.mark.parametrize(
+        "fusion",
+        [
+            models.FusionQuery(fusion=models.Fusion.RRF),
+            models.RrfQuery(rrf=models.Rrf(k=60)),
+            models.RrfQuery(rrf=models.Rrf(k=10, weights=[3.0, 1.0])),
+            models.FusionQuery(fusion=models.Fusion.DBSF),
+        ],
+        ids=["rrf_default", "rrf_k60", "rrf_weighted", "dbsf"],
+    )
+    async def test_dense_and_sparse_prefetches_fuse_like_local_mode(self, client, local, fusion) -> None:
+        for c in (client, local):
+            await fill(c)
+        live = models.Filter(
+            must_not=[models.FieldCondition(key="archived", match=models.MatchValue(value=True))]
+        )
+        prefetch = [
+            models.Prefetch(query=query_vector(5), using="dense", limit=20),
+            models.Prefetch(
+                query=models.NearestQuery(nearest=sparse_query("qdrant shard index")), using="bm25", limit=20
+            ),
+        ]
+
+        ours = await client.query_points(
+            "chunks", prefetch=prefetch, query=fusion, query_filter=live, limit=8
+        )
+        theirs = await local.query_points(
+            "chunks", prefetch=prefetch, query=fusion, query_filter=live, limit=8
+        )
+
+        assert ours.points
+        assert_same_ranking(ours.points, theirs.points)
+
+    async def test_batch_of_queries_answers_like_single_queries(self, client) -> None:
+        await fill(client)
+        requests = [
+            models.QueryRequest(query=query_vector(seed), using="dense", limit=4, with_payload=True)
+            for seed in (1, 2)
+        ]
+
+        batch = await client.query_batch_points("chunks", requests=requests)
+
+        singles = [
+            await client.query_points("chunks", query=query_vector(s), using="dense", limit=4) for s in (1, 2)
+        ]
+        assert [r.points for r in batch] == [r.points for r in singles]
+
+    async def test_scroll_by_chunk_index_starts_from_the_given_value(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+        document = models.Filter(
+            must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=DOCUMENTS[2]))]
+        )
+        order = models.OrderBy(key="chunk_index", start_from=10)
+
+        records, next_offset = await client.scroll("chunks", scroll_filter=document, limit=5, order_by=order)
+        theirs, their_next = await local.scroll("chunks", scroll_filter=document, limit=5, order_by=order)
+
+        assert [r.payload["chunk_index"] for r in records] == [10, 11, 12, 13, 14]
+        assert [r.id for r in records] == [r.id for r in theirs]
+        assert next_offset is None and their_next is None
+
+    async def test_scroll_by_id_pages_with_next_offset_like_local_mode(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+
+        ours, ours_next = await client.scroll("chunks", limit=7, with_payload=False)
+        theirs, theirs_next = await local.scroll("chunks", limit=7, with_payload=False)
+        page_two, _ = await client.scroll("chunks", limit=7, offset=ours_next, with_payload=False)
+
+        assert [r.id for r in ours] == [r.id for r in theirs]
+        assert ours_next == theirs_next and isinstance(ours_next, str)
+        assert page_two[0].id == ours_next
+
+    async def test_descending_scroll_by_chunk_index(self, client) -> None:
+        await fill(client)
+
+        records, _ = await client.scroll(
+            "chunks", limit=3, order_by=models.OrderBy(key="chunk_index", direction=models.Direction.DESC)
+        )
+
+        assert [r.payload["chunk_index"] for r in records] == [23, 23, 23]
+
+
+class TestEngine:
+    async def test_upserts_past_the_indexing_threshold_build_hnsw_segments(self, client) -> None:
+        dim = 384
+        rng = np.random.default_rng(3)
+        vectors = rng.normal(size=(2_500, dim)).astype(np.float32)
+        await client.create_collection(
+            "big", vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE)
+        )
+        for start in range(0, len(vectors), 500):
+            await client.upsert(
+                "big",
+                [models.PointStruct(id=i, vector=vectors[i].tolist()) for i in range(start, start + 500)],
+            )
+
+        info = await client.get_collection("big")
+        hits = await client.query_points("big", query=vectors[1234].tolist(), limit=1)
+
+        assert info.points_count == 2_500
+        assert info.indexed_vectors_count > 0
+        assert hits.points[0].id == 1234
+
+    async def test_threads_with_their_own_event_loops_share_the_store(self, client) -> None:
+        await fill(client)
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            async def queries() -> None:
+                for seed in range(20):
+                    await client.query_points("chunks", query=query_vector(seed), using="dense", limit=3)
+                    await client.count("chunks")
+
+            try:
+                asyncio.run(queries())
+            except Exception as exc:  # the assertion below reports it
+                errors.append(exc)
+
+        def write() -> None:
+            try:
+                asyncio.run(client.upsert("chunks", chunk_points(40)))
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(3)] + [threading.Thread(target=write)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        assert errors == []
+        assert (await client.count("chunks")).count == 120
+
+
+class TestConversions:
+    def test_bool_match_reaches_edge_as_a_boolean_not_an_integer(self) -> None:
+        converted = convert.match_to_edge(models.MatchValue(value=True))
+
+        assert converted.value is True or converted.value == np.bool_(True)
+        assert type(converted.value) is not int
+
+    def test_uuid_ids_are_normalised_and_integers_kept(self) -> None:
+        point_id = uuid.uuid4()
+
+        assert convert.point_id_to_edge(str(point_id).upper()) == str(point_id)
+        assert convert.point_id_to_edge(7) == 7
+        assert convert.point_id_from_edge(point_id) == str(point_id)
+
+    def test_sparse_vectors_convert_both_ways(self) -> None:
+        sparse = models.SparseVector(indices=[1, 4], values=[0.5, 2.0])
+
+        converted = convert.vector_to_edge({"bm25": sparse, "dense": np.array([1.0, 2.0])})
+
+        assert converted["dense"] == [1.0, 2.0]
+        assert convert.vector_from_edge(converted) == {"bm25": sparse, "dense": [1.0, 2.0]}
+
+    def test_datetime_range_is_sent_as_iso_text(self) -> None:
+        converted = convert.range_to_edge(models.DatetimeRange(gte=datetime(2024, 1, 2, tzinfo=UTC)))
+
+        assert converted.gte.startswith("2024-01-02")
+
+    def test_rrf_without_k_uses_the_client_default(self) -> None:
+        fused = convert.query_to_edge(models.RrfQuery(rrf=models.Rrf()), None)
+
+        assert fused.k == convert.DEFAULT_RRF_K
+
+    def test_an_unsupported_condition_names_itself(self) -> None:
+        class GeoDistanceCondition:
+            pass
+
+        with pytest.raises(NotImplementedError, match="GeoDistanceCondition"):
+            convert.condition_to_edge(GeoDistanceCondition())
+
+    def test_an_unsupported_query_names_itself(self) -> None:
+        with pytest.raises(NotImplementedError, match="SampleQuery"):
+            convert.query_to_edge(models.SampleQuery(sample=models.Sample.RANDOM), None)
+
+    def test_an_unsupported_distance_or_modifier_is_refused(self) -> None:
+        with pytest.raises(NotImplementedError, match="Multivectors"):
+            convert.vector_params_to_edge(
+                models.VectorParams(
+                    size=2,
+                    distance=models.Distance.COSINE,
+                    multivector_config=models.MultiVectorConfig(
+                        comparator=models.MultiVectorComparator.MAX_SIM
+                    ),
+                )
+            )
