@@ -29,6 +29,19 @@ from search.services.search import get_search_service
 CHUNKS_PER_PAGE = 20
 
 
+def highlighted_parts(content: str, spans) -> list[tuple[str, bool]]:
+    """`content` cut into (text, matched) pieces at the highlight spans, for the template to mark."""
+    parts, at = [], 0
+    for start, end in spans:
+        if start > at:
+            parts.append((content[at:start], False))
+        parts.append((content[start:end], True))
+        at = end
+    if at < len(content):
+        parts.append((content[at:], False))
+    return parts
+
+
 def role_on(request: HttpRequest, kb: KnowledgeBase) -> Role | None:
     """The user's role on a KB, asked once per request."""
     cache = request.__dict__.setdefault("_kb_roles", {})
@@ -184,13 +197,21 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         if not form.is_bound or not form.is_valid():
             return context
         try:
-            context["search_results"] = async_to_sync(get_search_service().semantic_search)(
+            response = async_to_sync(get_search_service().search)(
                 query=form.cleaned_data["q"],
                 kb_ids=[kb.pk],
                 user_id=request.user.pk,
+                mode=form.cleaned_data["mode"] or "hybrid",
                 limit=form.cleaned_data["limit"],
                 include_archived=form.cleaned_data["include_archived"],
             )
+            context["search_results"] = response.results
+            context["search_rows"] = [
+                {"result": result, "parts": highlighted_parts(result.content, result.highlights)}
+                for result in response.results
+            ]
+            context["search_mode"] = response.mode
+            context["search_notices"] = response.notices
         except SearchError as exc:
             context["search_error"] = exc.message
         return context

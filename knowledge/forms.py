@@ -67,6 +67,11 @@ class UploadForm(forms.Form):
 class SearchForm(forms.Form):
     q = forms.CharField(label="Search", max_length=MAX_QUERY_CHARS, strip=True)
     limit = forms.IntegerField(min_value=1, max_value=MAX_LIMIT, initial=10, required=False)
+    mode = forms.ChoiceField(
+        choices=[("hybrid", "hybrid: meaning and keywords"), ("semantic", "semantic: meaning"), ("keyword", "keyword: words")],
+        initial="hybrid",
+        required=False,
+    )
     include_archived = forms.BooleanField(required=False, label="include archived")
 
     def clean_limit(self) -> int:

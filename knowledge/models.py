@@ -16,6 +16,12 @@ def default_chunk_overlap() -> int:
     return settings.CHUNKING["OVERLAP"]
 
 
+def default_keyword_settings() -> dict:
+    from search.keywords import KeywordSettings
+
+    return KeywordSettings().as_dict()
+
+
 class KnowledgeBase(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -33,6 +39,14 @@ class KnowledgeBase(models.Model):
         max_length=100, editable=False, help_text="The model the KB's vectors were made with."
     )
     vector_size = models.PositiveIntegerField(editable=False)
+    keyword_settings = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        default=default_keyword_settings,
+        help_text="How text becomes BM25 keywords (language, stemming, stopwords, k, b, avg_len). Empty: the "
+        "KB's collection predates keyword search, and `reindex --recreate` enables it.",
+    )
     chunk_size = models.PositiveIntegerField(default=default_chunk_size, help_text="Tokens per chunk.")
     chunk_overlap = models.PositiveIntegerField(
         default=default_chunk_overlap, help_text="Tokens each chunk shares with the one before it."

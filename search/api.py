@@ -1,4 +1,4 @@
-"""The search endpoints: semantic search across knowledge bases, and the caller's own search history."""
+"""The search endpoints: hybrid, semantic or keyword search across knowledge bases, and the caller's own history."""
 
 import time
 
@@ -25,19 +25,27 @@ class HistoryQuery(Schema):
 async def search(request: HttpRequest, payload: SearchIn):
     """The best chunks for a query across the knowledge bases given, best first.
 
-    Every knowledge base must be readable by the caller, or nothing is searched (404).
+    Every knowledge base must be readable by the caller, or nothing is searched (404). `mode` is
+    `hybrid` (default: meaning and keywords fused by rank), `semantic` or `keyword`; the answer
+    says which mode ran and, in `notices`, which knowledge bases need a rebuild for keywords.
     """
     started = time.perf_counter()
-    results = await get_search_service().semantic_search(
+    response = await get_search_service().search(
         query=payload.query,
         kb_ids=payload.kb_ids,
         user_id=request.auth.pk,
+        mode=payload.mode,
         limit=payload.limit,
         include_archived=payload.include_archived,
         score_threshold=payload.score_threshold,
         document_ids=payload.document_ids,
     )
-    return {"results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {
+        "results": response.results,
+        "mode": response.mode,
+        "notices": response.notices,
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
 
 
 @router.get("/search/history", response={200: list[SearchHistoryOut], 401: ErrorOut, 422: ErrorOut})

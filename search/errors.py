@@ -38,6 +38,10 @@ class InvalidKnowledgeBaseIds(InvalidSearchRequest):
     code = "invalid_kb_ids"
 
 
+class InvalidSearchMode(InvalidSearchRequest):
+    code = "invalid_search_mode"
+
+
 class InvalidFilter(InvalidSearchRequest):
     code = "invalid_filter"
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from ninja import Field, Schema
 from pydantic import ConfigDict, model_validator
 
-from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS
+from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS, SearchMode
 
 
 class ErrorOut(Schema):
@@ -40,6 +40,7 @@ class SearchIn(InputSchema):
                     "query": "how do bees tell each other where flowers are",
                     "kb_ids": ["3f1c2b9e-6f1d-4b8e-9a47-2f0d5c6b7a81"],
                     "limit": 5,
+                    "mode": "hybrid",
                 }
             ]
         }
@@ -48,13 +49,29 @@ class SearchIn(InputSchema):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words.")
     kb_ids: list[UUID] = Field(min_length=1, max_length=MAX_KNOWLEDGE_BASES, description="Knowledge bases to search.")
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many chunks to return.")
+    mode: SearchMode = Field(
+        SearchMode.HYBRID,
+        description="hybrid: meaning and keywords, fused by rank (default); semantic: meaning only, "
+        "scores are cosine similarities; keyword: BM25 over the words, scores are BM25.",
+    )
     include_archived: bool = Field(False, description="Also search archived documents.")
-    score_threshold: float | None = Field(None, ge=-1, le=1, description="Leave out chunks scoring lower (cosine).")
+    score_threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Leave out chunks less similar than this (cosine): in hybrid mode, semantic candidates; "
+        "not allowed in keyword mode.",
+    )
     document_ids: list[UUID] | None = Field(None, max_length=100, description="Search only these documents.")
 
 
+class HighlightOut(Schema):
+    start: int = Field(description="Where a matched word starts in `text`.")
+    end: int
+
+
 class SearchResultOut(Schema):
-    score: float
+    score: float = Field(description="Cosine similarity (semantic), BM25 (keyword) or the fused rank score (hybrid).")
     text: str = Field(description="The chunk's text.")
     kb_id: UUID
     document_id: UUID
@@ -62,14 +79,23 @@ class SearchResultOut(Schema):
     chunk_index: int
     char_start: int | None = Field(description="Where the chunk starts in the document's text.")
     char_end: int | None
+    highlights: list[HighlightOut] = Field(
+        description="The words of `text` that match query words as BM25 sees them (stemmed, no stopwords)."
+    )
 
     @staticmethod
     def resolve_text(result) -> str:
         return result.content
 
+    @staticmethod
+    def resolve_highlights(result) -> list[dict[str, int]]:
+        return [{"start": start, "end": end} for start, end in result.highlights]
+
 
 class SearchOut(Schema):
     results: list[SearchResultOut]
+    mode: SearchMode = Field(description="The mode that ran: semantic where no KB searched has keyword vectors yet.")
+    notices: list[str] = Field(description="What to know about this search, e.g. a KB that needs `reindex --recreate`.")
     took_ms: float
 
 

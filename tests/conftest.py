@@ -13,7 +13,7 @@ from knowledge.models import DocumentStatus
 from knowledge.services.ingestion import IngestionService
 from search.embedding import embedding_service
 from search.qdrant import QdrantConfig, qdrant_service
-from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from tests.factories import corpus, make_document, make_kb, make_user
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
@@ -109,7 +109,7 @@ async def test_kb_with_documents(test_user, ingestion_service):
     """(kb, documents): the eight corpus documents, ready, in chunks of 64 tokens."""
     kb, documents = await index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
     yield kb, documents
-    await ChunkService().delete_knowledge_base(kb_id=kb.id)
+    await CollectionService().delete_knowledge_base(kb_id=kb.id)
 
 
 @pytest.fixture
@@ -117,4 +117,4 @@ async def test_kb_with_indexed_chunks(test_user, ingestion_service):
     """A KB of the eight corpus documents in chunks of 40 tokens: well over 200 chunks."""
     kb, _ = await index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=40, chunk_overlap=8)
     yield kb
-    await ChunkService().delete_knowledge_base(kb_id=kb.id)
+    await CollectionService().delete_knowledge_base(kb_id=kb.id)

@@ -28,6 +28,7 @@ from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch
+from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService
 
 logger = logging.getLogger(__name__)
@@ -215,16 +216,19 @@ class IngestionService:
         if not chunks:
             raise ExtractionError(f"{document.source_name or document.title} contains no text.")
         await self._record_progress(document, worker_id, 0, len(chunks))
+        keywords = await self._keyword_encoder(kb, collection_name)
         done = 0
         for start in range(0, len(chunks), self.config.batch_size):
             batch = chunks[start : start + self.config.batch_size]
-            vectors = await embeddings.embed_documents([chunk.content for chunk in batch])
+            texts = [chunk.content for chunk in batch]
+            vectors = await embeddings.embed_documents(texts)
             await self.chunk_service.upsert_chunks(
                 kb_id=kb.id,
                 document_id=document.id,
                 title=document.title,
                 chunks=batch,
                 vectors=vectors,
+                keyword_vectors=keywords.encode_documents(texts) if keywords is not None else None,
                 archived_at=document.archived_at,
                 collection_name=collection_name,
             )
@@ -237,6 +241,23 @@ class IngestionService:
             kb_id=kb.id, document_id=document.id, from_index=len(chunks), collection_name=collection_name
         )
         return len(chunks)
+
+    async def _keyword_encoder(self, kb: KnowledgeBase, collection_name: str | None) -> KeywordEncoder | None:
+        """The BM25 encoder of the collection written to, or None for one made before hybrid search.
+
+        A rebuild's new collection always has the keyword vector. A KB whose setting is empty
+        (created before hybrid search) takes the defaults when it has no collection yet.
+        """
+        if kb.keyword_settings is None:
+            if collection_name is None:
+                if await self.chunk_service.collections.current_collection(kb_id=kb.id) is not None:
+                    return None
+                kb.keyword_settings = KeywordSettings().as_dict()
+                await KnowledgeBase.objects.filter(pk=kb.pk, keyword_settings__isnull=True).aupdate(
+                    keyword_settings=kb.keyword_settings
+                )
+            return keyword_encoder(KeywordSettings())
+        return keyword_encoder(KeywordSettings.from_dict(kb.keyword_settings))
 
     async def _extract_if_needed(self, document: Document, worker_id: str) -> None:
         source = await DocumentSource.objects.filter(document_id=document.pk).afirst()

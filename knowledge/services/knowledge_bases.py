@@ -91,5 +91,5 @@ class KnowledgeBaseService:
 
         Qdrant goes first: should it fail, the KB is still there to delete again, not a hidden orphan.
         """
-        await self.chunk_service.delete_knowledge_base(kb_id=kb.id)
+        await self.chunk_service.collections.delete_knowledge_base(kb_id=kb.id)
         await kb.adelete()

@@ -16,7 +16,7 @@ from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
 from knowledge.models import KnowledgeBase, Membership, Role
 from search.errors import UnknownUser
 
-SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size"]
+SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size", "keyword_settings"]
 ROLE_RANK = {Role.READER: 1, Role.EDITOR: 2, Role.OWNER: 3}
 
 
@@ -72,7 +72,7 @@ class PermissionService:
         # Every search asks this, so it is one plain SQL statement: the ORM's version with
         # correlated subqueries spent ten times longer compiling than the database spent answering.
         # The LEFT JOIN yields one row with NULL columns for a user who may read none of them.
-        pk = KnowledgeBase._meta.pk
+        pk, keywords = KnowledgeBase._meta.pk, KnowledgeBase._meta.get_field("keyword_settings")
         with connection.cursor() as cursor:
             cursor.execute(
                 _readable_sql(len(kb_ids)), [pk.get_db_prep_value(kb_id, connection) for kb_id in kb_ids] + [user_id]
@@ -81,7 +81,11 @@ class PermissionService:
         if not rows:
             raise UnknownUser(f"There is no active user with id {user_id}.")
         return [
-            KnowledgeBase.from_db(connection.alias, SEARCH_FIELDS, (pk.to_python(row[0]), *row[1:]))
+            KnowledgeBase.from_db(
+                connection.alias,
+                SEARCH_FIELDS,
+                (pk.to_python(row[0]), *row[1:-1], keywords.from_db_value(row[-1], None, connection)),
+            )
             for row in rows
             if row[0] is not None
         ]

@@ -14,6 +14,7 @@ from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 from knowledge.services.ingestion import IngestionService, ProgressCallback
 from search.errors import EmbeddingModelMismatch
+from search.keywords import KeywordSettings
 
 
 @dataclass
@@ -68,12 +69,14 @@ class ReindexService:
         """Index every document of the KB into a new collection, then switch the KB's alias to it.
 
         Searches use the old collection until the switch, so they never see a half-built index;
-        the KB takes the site's current embedding model and chunk settings. What changed while
+        the KB takes the site's current embedding model and chunk settings, and keyword vectors
+        (hybrid search) if its collection had none. What changed while
         the rebuild ran is queued again afterwards.
         """
         report, started = ReindexReport(), time.monotonic()
         chunks, embeddings = self.ingestion.chunk_service, self.ingestion.embeddings
-        target = await chunks.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
+        collections = chunks.collections
+        target = await collections.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
         report.collection = target
         indexed: dict[UUID, tuple[str, datetime | None, str]] = {}
         try:
@@ -87,14 +90,18 @@ class ReindexService:
                 if document is not None and document.status == DocumentStatus.READY:
                     indexed[document.pk] = (document.content_hash, document.archived_at, document.title)
         except BaseException:
-            await chunks.drop_collection_version(collection_name=target)
+            await collections.drop_collection_version(collection_name=target)
             raise
-        previous = await chunks.activate_collection_version(kb_id=kb.id, collection_name=target)
+        previous = await collections.activate_collection_version(kb_id=kb.id, collection_name=target)
+        # The new collection holds keyword vectors made with the KB's settings, or the defaults for a
+        # KB from before hybrid search: from now on its searches are hybrid.
         await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(
-            embedding_model=embeddings.model_id, vector_size=embeddings.dimensions
+            embedding_model=embeddings.model_id,
+            vector_size=embeddings.dimensions,
+            keyword_settings=kb.keyword_settings or KeywordSettings().as_dict(),
         )
         if previous is not None:
-            await chunks.drop_collection_version(collection_name=previous)
+            await collections.drop_collection_version(collection_name=previous)
         report.requeued = await self._catch_up(kb, indexed, failed={d.pk for d in report.failed})
         report.seconds = time.monotonic() - started
         return report

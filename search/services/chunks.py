@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 from uuid import UUID, uuid5
 
 from qdrant_client import models
 
 from search.chunking import TextChunk
-from search.errors import SearchError
-from search.qdrant import as_unavailable, collection_alias, is_missing_collection, qdrant_service
+from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
+from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
 
 # Point ids are derived from (document, chunk index), so writing a chunk again replaces it.
 POINT_NAMESPACE = UUID("8f9c1d52-6a3e-4c1b-9a57-2f4e7b0c9d11")
@@ -22,30 +20,15 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 UPSERT_BATCH_SIZE = 128
 
-P = ParamSpec("P")
-R = TypeVar("R")
+# Reciprocal rank fusion of the semantic and keyword candidates: score = sum of 1 / (k + rank).
+# k was chosen on SciFact's train split with `manage.py eval_retrieval` (see README, "Search modes").
+RRF_K = 2
+# Candidates each side brings to the fusion, at least; a larger `limit` brings more.
+FUSION_CANDIDATES = 50
 
 
 def chunk_point_id(document_id: UUID | str, chunk_index: int) -> str:
     return str(uuid5(POINT_NAMESPACE, f"{document_id}/{chunk_index}"))
-
-
-def _translate_unreachable(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Turn "Qdrant did not answer" into VectorStoreUnavailable, which says what to check."""
-
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await method(*args, **kwargs)
-        except SearchError:
-            raise
-        except Exception as exc:
-            unavailable = as_unavailable(exc, qdrant_service.config)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
-
-    return wrapper
 
 
 @dataclass(frozen=True)
@@ -79,6 +62,11 @@ class StoredChunk:
         )
 
 
+def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
+    """`archived` is what searches filter on (indexed); `archived_at` is what people are shown."""
+    return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
+
+
 def _match(key: str, value: Any) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
@@ -90,7 +78,10 @@ def _document_filter(document_id: UUID | str, *extra: models.Condition) -> model
 class ChunkService:
     """Every read and write of chunks; each KB has one collection, reached through the alias `kb_{id}`."""
 
-    @_translate_unreachable
+    def __init__(self, *, collections: CollectionService | None = None) -> None:
+        self.collections = collections or CollectionService()
+
+    @translate_unreachable
     async def get_chunks_by_document(
         self,
         *,
@@ -119,27 +110,62 @@ class ChunkService:
             return chunks[:limit], chunks[limit].chunk_index
         return chunks, None
 
-    @_translate_unreachable
+    @translate_unreachable
     async def search_chunks(
         self,
         *,
         kb_id: UUID | str,
-        query_embedding: Sequence[float],
+        query_embedding: Sequence[float] | None = None,
+        query_keywords: models.SparseVector | None = None,
         limit: int = 10,
         include_archived: bool = False,
         score_threshold: float | None = None,
         document_ids: Sequence[UUID | str] | None = None,
+        named_vectors: bool = True,
     ) -> list[StoredChunk]:
-        """The KB's chunks nearest to the query vector, best first."""
+        """The KB's best chunks for the query, best first, in one Qdrant query.
+
+        With an embedding only: nearest by cosine (`score_threshold` is a cosine similarity).
+        With keywords only: BM25 with Qdrant's IDF. With both: the two candidate lists fused by
+        reciprocal rank (the threshold then applies to the semantic candidates). Every stage
+        applies the same filter. `named_vectors=False` searches a collection made before hybrid
+        search, which holds one unnamed dense vector and no keyword vector.
+        """
+        if query_embedding is None and query_keywords is None:
+            raise ValueError("search_chunks needs a query embedding, query keywords or both")
+        if query_keywords is not None and not named_vectors:
+            raise ValueError("a collection made before hybrid search has no keyword vector")
+        query_filter = self._search_filter(kb_id, include_archived, document_ids)
+        dense = DENSE_VECTOR if named_vectors else None
+        request: dict[str, Any]
+        if query_embedding is not None and query_keywords is not None:
+            candidates = max(limit, FUSION_CANDIDATES)
+            request = {
+                "prefetch": [
+                    models.Prefetch(
+                        query=list(query_embedding),
+                        using=dense,
+                        filter=query_filter,
+                        limit=candidates,
+                        score_threshold=score_threshold,
+                    ),
+                    models.Prefetch(query=query_keywords, using=KEYWORD_VECTOR, filter=query_filter, limit=candidates),
+                ],
+                "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                "query_filter": query_filter,
+            }
+        elif query_embedding is not None:
+            request = {
+                "query": list(query_embedding),
+                "using": dense,
+                "query_filter": query_filter,
+                "score_threshold": score_threshold,
+            }
+        else:
+            request = {"query": query_keywords, "using": KEYWORD_VECTOR, "query_filter": query_filter}
         try:
             response = await qdrant_service.client.query_points(
-                collection_name=collection_alias(kb_id),
-                query=list(query_embedding),
-                query_filter=self._search_filter(kb_id, include_archived, document_ids),
-                limit=limit,
-                score_threshold=score_threshold,
-                with_payload=True,
-                with_vectors=False,
+                collection_name=collection_alias(kb_id), limit=limit, with_payload=True, with_vectors=False, **request
             )
         except Exception as exc:
             if is_missing_collection(exc):
@@ -151,23 +177,20 @@ class ChunkService:
     def _search_filter(
         kb_id: UUID | str, include_archived: bool, document_ids: Sequence[UUID | str] | None
     ) -> models.Filter:
-        must: list[models.Condition] = []
-        if not include_archived:
-            must.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at")))
+        # The tenant guard stands should an alias ever point at a wrong collection.
+        must: list[models.Condition] = [_match("kb_id", str(kb_id))]
         if document_ids:
             must.append(
                 models.FieldCondition(
                     key="document_id", match=models.MatchAny(any=[str(d) for d in document_ids])
                 )
             )
-        if not must or not qdrant_service.config.is_local:
-            # Guards tenancy should an alias ever point at a wrong collection. The embedded store
-            # checks every condition on every point in Python, so there it is added only when
-            # the filter would otherwise be empty.
-            must.append(_match("kb_id", str(kb_id)))
-        return models.Filter(must=must)
+        # must_not on the indexed flag, not must archived == false: the engine answers it from the
+        # bool index's small "true" set instead of checking every other point (10x at 100k points).
+        must_not = [] if include_archived else [_match("archived", True)]
+        return models.Filter(must=must, must_not=must_not or None)
 
-    @_translate_unreachable
+    @translate_unreachable
     async def count_chunks(self, *, kb_id: UUID | str, document_id: UUID | str | None = None) -> int:
         """How many chunks the KB (or one of its documents) has in Qdrant, counted exactly."""
         try:
@@ -182,7 +205,7 @@ class ChunkService:
             raise
         return int(result.count)
 
-    @_translate_unreachable
+    @translate_unreachable
     async def upsert_chunks(
         self,
         *,
@@ -191,23 +214,31 @@ class ChunkService:
         title: str,
         chunks: Sequence[TextChunk],
         vectors: Sequence[Sequence[float]],
+        keyword_vectors: Sequence[models.SparseVector] | None = None,
         archived_at: datetime | None = None,
         collection_name: str | None = None,
     ) -> int:
         """Write chunks with their vectors; the KB's collection is created on first write.
 
-        `collection_name` writes into a given collection version instead (a rebuild in progress).
+        `keyword_vectors` (BM25, one per chunk) go with the dense ones into a collection of named
+        vectors; without them the chunks go to a collection made before hybrid search, as one
+        unnamed vector. `collection_name` writes into a given collection version instead (a
+        rebuild in progress).
         """
-        if len(chunks) != len(vectors):
+        if len(chunks) != len(vectors) or (keyword_vectors is not None and len(keyword_vectors) != len(chunks)):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         if not chunks:
             return 0
         if collection_name is None:
-            await self.ensure_collection(kb_id=kb_id, vector_size=len(vectors[0]))
+            await self.collections.ensure_collection(kb_id=kb_id, vector_size=len(vectors[0]))
         points = [
             models.PointStruct(
                 id=chunk_point_id(document_id, chunk.index),
-                vector=list(vector),
+                vector=(
+                    {DENSE_VECTOR: list(vector), KEYWORD_VECTOR: keyword_vectors[position]}
+                    if keyword_vectors is not None
+                    else list(vector)
+                ),
                 payload={
                     "kb_id": str(kb_id),
                     "document_id": str(document_id),
@@ -216,10 +247,10 @@ class ChunkService:
                     "title": title,
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
-                    "archived_at": archived_at.isoformat() if archived_at else None,
+                    **_archive_payload(archived_at),
                 },
             )
-            for chunk, vector in zip(chunks, vectors)
+            for position, (chunk, vector) in enumerate(zip(chunks, vectors))
         ]
         client = qdrant_service.client
         for start in range(0, len(points), UPSERT_BATCH_SIZE):
@@ -230,7 +261,7 @@ class ChunkService:
             )
         return len(points)
 
-    @_translate_unreachable
+    @translate_unreachable
     async def delete_document_chunks(
         self,
         *,
@@ -251,7 +282,7 @@ class ChunkService:
             if not is_missing_collection(exc):
                 raise
 
-    @_translate_unreachable
+    @translate_unreachable
     async def set_archived(
         self,
         *,
@@ -261,11 +292,9 @@ class ChunkService:
         collection_name: str | None = None,
     ) -> None:
         """Mark a document's chunks archived (or not): a payload update, nothing is re-embedded."""
-        await self._set_document_payload(
-            kb_id, document_id, {"archived_at": archived_at.isoformat() if archived_at else None}, collection_name
-        )
+        await self._set_document_payload(kb_id, document_id, _archive_payload(archived_at), collection_name)
 
-    @_translate_unreachable
+    @translate_unreachable
     async def set_title(
         self, *, kb_id: UUID | str, document_id: UUID | str, title: str, collection_name: str | None = None
     ) -> None:
@@ -285,104 +314,3 @@ class ChunkService:
         except Exception as exc:
             if not is_missing_collection(exc):
                 raise
-
-    @_translate_unreachable
-    async def current_collection(self, *, kb_id: UUID | str) -> str | None:
-        """The physical collection the KB's alias points at, or None before the first write."""
-        alias = collection_alias(kb_id)
-        response = await qdrant_service.client.get_aliases()
-        return next((a.collection_name for a in response.aliases if a.alias_name == alias), None)
-
-    @_translate_unreachable
-    async def ensure_collection(self, *, kb_id: UUID | str, vector_size: int) -> str:
-        """The KB's current physical collection, created (with its alias) if there is none yet.
-
-        Several writers may do this at once for a new KB: all of them create the same first
-        version and alias, each treating "already exists" as done, so they all land in it.
-        """
-        current = await self.current_collection(kb_id=kb_id)
-        if current is not None:
-            return current
-        first = f"{collection_alias(kb_id)}_v1"
-        client = qdrant_service.client
-        try:
-            await self._create_collection(first, vector_size)
-        except Exception:
-            if not await client.collection_exists(collection_name=first):
-                raise
-        try:
-            await client.update_collection_aliases(
-                change_aliases_operations=[
-                    models.CreateAliasOperation(
-                        create_alias=models.CreateAlias(collection_name=first, alias_name=collection_alias(kb_id))
-                    )
-                ]
-            )
-        except Exception:
-            current = await self.current_collection(kb_id=kb_id)
-            if current is None:
-                raise
-            return current
-        return first
-
-    @_translate_unreachable
-    async def create_collection_version(self, *, kb_id: UUID | str, vector_size: int) -> str:
-        """Create the KB's next physical collection, empty and not yet searched, and return its name."""
-        versions = [
-            int(match.group(1))
-            for collection in (await qdrant_service.client.get_collections()).collections
-            if (match := re.fullmatch(rf"{re.escape(collection_alias(kb_id))}_v(\d+)", collection.name))
-        ]
-        name = f"{collection_alias(kb_id)}_v{max(versions, default=0) + 1}"
-        await self._create_collection(name, vector_size)
-        return name
-
-    async def _create_collection(self, name: str, vector_size: int) -> None:
-        client = qdrant_service.client
-        await client.create_collection(
-            collection_name=name,
-            vectors_config=models.VectorParams(size=vector_size, distance=models.Distance.COSINE),
-        )
-        if not qdrant_service.config.is_local:
-            # The embedded store ignores payload indexes (and warns); a server needs them to filter fast.
-            for field, schema in (
-                ("kb_id", models.PayloadSchemaType.KEYWORD),
-                ("document_id", models.PayloadSchemaType.KEYWORD),
-                ("chunk_index", models.PayloadSchemaType.INTEGER),
-            ):
-                await client.create_payload_index(
-                    collection_name=name, field_name=field, field_schema=schema, wait=True
-                )
-
-    @_translate_unreachable
-    async def activate_collection_version(self, *, kb_id: UUID | str, collection_name: str) -> str | None:
-        """Point the KB's alias at `collection_name` in one atomic step; return the collection it left."""
-        alias = collection_alias(kb_id)
-        previous = await self.current_collection(kb_id=kb_id)
-        operations: list[Any] = []
-        if previous is not None:
-            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
-        operations.append(
-            models.CreateAliasOperation(
-                create_alias=models.CreateAlias(collection_name=collection_name, alias_name=alias)
-            )
-        )
-        await qdrant_service.client.update_collection_aliases(change_aliases_operations=operations)
-        return previous
-
-    @_translate_unreachable
-    async def drop_collection_version(self, *, collection_name: str) -> None:
-        await qdrant_service.client.delete_collection(collection_name=collection_name)
-
-    @_translate_unreachable
-    async def delete_knowledge_base(self, *, kb_id: UUID | str) -> None:
-        """Remove the KB's alias and every collection version it ever had."""
-        client = qdrant_service.client
-        alias = collection_alias(kb_id)
-        if await self.current_collection(kb_id=kb_id) is not None:
-            await client.update_collection_aliases(
-                change_aliases_operations=[models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))]
-            )
-        for collection in (await client.get_collections()).collections:
-            if re.fullmatch(rf"{re.escape(alias)}_v\d+", collection.name):
-                await client.delete_collection(collection_name=collection.name)

@@ -1,13 +1,20 @@
-"""Semantic search across the knowledge bases a user may read: validate, authorise, embed once, query, merge, audit."""
+"""Search across the knowledge bases a user may read: validate, authorise, embed once, query, merge, audit.
+
+Three modes: `hybrid` (the default: semantic and BM25 keyword candidates fused by reciprocal rank
+inside one Qdrant query), `semantic` (cosine similarity of the embeddings) and `keyword` (BM25).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
 from uuid import UUID
+
+from qdrant_client import models
 
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import (
@@ -16,9 +23,11 @@ from search.errors import (
     InvalidFilter,
     InvalidKnowledgeBaseIds,
     InvalidLimit,
+    InvalidSearchMode,
     KnowledgeBaseNotFound,
     QueryTooLong,
 )
+from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService, StoredChunk
 
 MAX_LIMIT = 100
@@ -27,10 +36,18 @@ MAX_KNOWLEDGE_BASES = 50
 MAX_DOCUMENT_FILTER = 100
 
 
+class SearchMode(StrEnum):
+    HYBRID = "hybrid"
+    SEMANTIC = "semantic"
+    KEYWORD = "keyword"
+
+
 class SearchableKnowledgeBase(Protocol):
     id: UUID
     name: str
     embedding_model: str
+    #: BM25 settings; None for a KB whose collection predates hybrid search (dense vectors only).
+    keyword_settings: dict[str, Any] | None
 
 
 class KnowledgeBaseAccess(Protocol):
@@ -57,10 +74,13 @@ class SearchResult:
     score: float
     char_start: int | None
     char_end: int | None
+    #: (start, end) in `content` of each word that matches a query word as BM25 sees it.
+    highlights: tuple[tuple[int, int], ...] = ()
 
     @classmethod
-    def from_chunk(cls, chunk: StoredChunk) -> SearchResult:
+    def from_chunk(cls, chunk: StoredChunk, highlights: Sequence[tuple[int, int]] = ()) -> SearchResult:
         return cls(
+            highlights=tuple(highlights),
             kb_id=chunk.kb_id,
             document_id=chunk.document_id,
             title=chunk.title,
@@ -70,6 +90,23 @@ class SearchResult:
             char_start=chunk.char_start,
             char_end=chunk.char_end,
         )
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    results: list[SearchResult]
+    #: The mode that ran: the one asked for, or semantic where no KB searched has keyword vectors.
+    mode: SearchMode
+    #: What the caller should know about how the search ran, e.g. a KB that needs a rebuild for hybrid.
+    notices: list[str] = field(default_factory=list)
+
+
+def _parse_mode(mode: object) -> SearchMode:
+    try:
+        return SearchMode(mode)
+    except ValueError:
+        allowed = ", ".join(m.value for m in SearchMode)
+        raise InvalidSearchMode(f"mode must be one of {allowed}, not {mode!r}.", detail={"mode": str(mode)}) from None
 
 
 def _parse_uuids(values: object, *, what: str, error: type[Exception], most: int) -> list[UUID]:
@@ -112,12 +149,44 @@ class SearchService:
         score_threshold: float | None = None,
         document_ids: Sequence[UUID | str] | None = None,
     ) -> list[SearchResult]:
-        """The best `limit` chunks for `query` across `kb_ids`, best first; the search is audited.
+        """The best `limit` chunks for `query` by meaning across `kb_ids`, best first; the search is audited.
 
         Every KB must be readable by the user, or nothing is searched.
         """
+        response = await self.search(
+            query=query,
+            kb_ids=kb_ids,
+            user_id=user_id,
+            mode=SearchMode.SEMANTIC,
+            limit=limit,
+            include_archived=include_archived,
+            score_threshold=score_threshold,
+            document_ids=document_ids,
+        )
+        return response.results
+
+    async def search(
+        self,
+        *,
+        query: str,
+        kb_ids: Sequence[UUID | str],
+        user_id: int,
+        mode: SearchMode | str = SearchMode.HYBRID,
+        limit: int = 10,
+        include_archived: bool = False,
+        score_threshold: float | None = None,
+        document_ids: Sequence[UUID | str] | None = None,
+    ) -> SearchResponse:
+        """The best `limit` chunks for `query` across `kb_ids` in `mode`, best first; the search is audited.
+
+        Every KB must be readable by the user, or nothing is searched. A KB whose collection
+        predates hybrid search is searched semantically, and a notice says how to upgrade it.
+        `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
+        candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
+        """
         started = time.perf_counter()
         query = self._clean_query(query)
+        mode = _parse_mode(mode)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidLimit(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}.")
         wanted = _parse_uuids(kb_ids, what="kb_ids", error=InvalidKnowledgeBaseIds, most=MAX_KNOWLEDGE_BASES)
@@ -126,34 +195,47 @@ class SearchService:
         documents = None
         if document_ids is not None:
             documents = _parse_uuids(document_ids, what="document_ids", error=InvalidFilter, most=MAX_DOCUMENT_FILTER)
-        if score_threshold is not None and not -1.0 <= score_threshold <= 1.0:
-            raise InvalidFilter(f"score_threshold is a cosine similarity from -1 to 1, not {score_threshold}.")
+        if score_threshold is not None:
+            if mode == SearchMode.KEYWORD:
+                raise InvalidFilter(
+                    "score_threshold is a cosine similarity and keyword scores are BM25: leave it out in keyword mode."
+                )
+            if not -1.0 <= score_threshold <= 1.0:
+                raise InvalidFilter(f"score_threshold is a cosine similarity from -1 to 1, not {score_threshold}.")
 
         # Authorise while the query is embedded; a refusal cancels the embedding and searches nothing.
-        embedding = asyncio.ensure_future(self.embeddings.embed_query(query))
+        embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
         try:
             readable = await self.permission_service.readable_knowledge_bases(user_id=user_id, kb_ids=wanted)
-            self._check_readable(readable, wanted)
+            found = self._check_readable(readable, wanted)
         except BaseException:
-            embedding.cancel()
+            if embedding is not None:
+                embedding.cancel()
             raise
-        vector = await embedding
+        legacy = [found[kb_id] for kb_id in wanted if found[kb_id].keyword_settings is None]
+        if embedding is None and legacy:
+            embedding = asyncio.ensure_future(self.embeddings.embed_query(query))
+        vector = await embedding if embedding is not None else None
 
         hits_per_kb = await asyncio.gather(
             *(
                 self.chunk_service.search_chunks(
                     kb_id=kb_id,
-                    query_embedding=vector,
+                    named_vectors=found[kb_id].keyword_settings is not None,
                     limit=limit,
                     include_archived=include_archived,
                     score_threshold=score_threshold,
                     document_ids=documents,
+                    **self._query_vectors(mode, found[kb_id], query, vector),
                 )
                 for kb_id in wanted
             )
         )
         hits = sorted((hit for hits in hits_per_kb for hit in hits), key=lambda hit: hit.score or 0.0, reverse=True)
-        results = [SearchResult.from_chunk(hit) for hit in hits[:limit]]
+        results = [
+            SearchResult.from_chunk(hit, self._encoder_for(found[hit.kb_id]).highlights(query, hit.content))
+            for hit in hits[:limit]
+        ]
         await self.audit_service.record_search(
             user_id=user_id,
             query=query,
@@ -161,9 +243,41 @@ class SearchService:
             result_count=len(results),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
-        return results
+        ran = SearchMode.SEMANTIC if mode != SearchMode.SEMANTIC and len(legacy) == len(wanted) else mode
+        return SearchResponse(results=results, mode=ran, notices=self._notices(mode, legacy))
 
-    def _check_readable(self, readable: Sequence[SearchableKnowledgeBase], wanted: list[UUID]) -> None:
+    @staticmethod
+    def _encoder_for(kb: SearchableKnowledgeBase) -> KeywordEncoder:
+        settings = kb.keyword_settings
+        return keyword_encoder(KeywordSettings.from_dict(settings) if settings is not None else KeywordSettings())
+
+    def _query_vectors(
+        self, mode: SearchMode, kb: SearchableKnowledgeBase, query: str, vector: Sequence[float] | None
+    ) -> dict[str, Sequence[float] | models.SparseVector | None]:
+        if mode == SearchMode.SEMANTIC or kb.keyword_settings is None:
+            return {"query_embedding": vector}
+        keywords = self._encoder_for(kb).encode_query(query)
+        if not keywords.indices:
+            # Only stopwords: nothing for BM25 to match, so a hybrid search is a semantic one.
+            return {"query_embedding": vector} if mode == SearchMode.HYBRID else {"query_keywords": keywords}
+        if mode == SearchMode.KEYWORD:
+            return {"query_keywords": keywords}
+        return {"query_embedding": vector, "query_keywords": keywords}
+
+    @staticmethod
+    def _notices(mode: SearchMode, legacy: list[SearchableKnowledgeBase]) -> list[str]:
+        if mode == SearchMode.SEMANTIC or not legacy:
+            return []
+        names = ", ".join(repr(kb.name) for kb in legacy)
+        return [
+            f"{names} {'was' if len(legacy) == 1 else 'were'} searched by meaning only: "
+            f"{'its' if len(legacy) == 1 else 'their'} index predates keyword search. "
+            "`manage.py reindex --recreate` rebuilds it with keyword vectors, without downtime."
+        ]
+
+    def _check_readable(
+        self, readable: Sequence[SearchableKnowledgeBase], wanted: list[UUID]
+    ) -> dict[UUID, SearchableKnowledgeBase]:
         found = {kb.id: kb for kb in readable}
         missing = [kb_id for kb_id in wanted if kb_id not in found]
         if missing:
@@ -181,6 +295,7 @@ class SearchService:
                 f"are embedded with {model_id}. Run `manage.py reindex --kb <slug> --recreate` for it.",
                 detail={"kb_ids": [str(kb.id) for kb in stale]},
             )
+        return found
 
     @staticmethod
     def _clean_query(query: object) -> str:

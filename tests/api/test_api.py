@@ -21,6 +21,7 @@ from knowledge.worker import IngestionWorker
 from search.models import SearchAudit
 from search.qdrant import QdrantConfig, collection_alias, qdrant_service
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from tests.factories import add_member, corpus, make_document, make_kb, make_user
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
@@ -462,12 +463,12 @@ async def test_stats_of_an_empty_knowledge_base_are_zero(kb, reader_headers) -> 
 async def test_deleting_a_knowledge_base_removes_its_documents_and_collection(
     kb, ready_document, owner_headers
 ) -> None:
-    assert await ChunkService().current_collection(kb_id=kb.id) is not None
+    assert await CollectionService().current_collection(kb_id=kb.id) is not None
 
     response = await client.delete(f"/kbs/{kb.id}", headers=owner_headers)
 
     assert response.status_code == 204
-    assert await ChunkService().current_collection(kb_id=kb.id) is None
+    assert await CollectionService().current_collection(kb_id=kb.id) is None
     collections = (await qdrant_service.client.get_collections()).collections
     assert not [c.name for c in collections if c.name.startswith(collection_alias(kb.id))]
     assert not await Document.objects.filter(pk=ready_document.pk).aexists()
@@ -1233,9 +1234,12 @@ async def test_search_results_carry_the_chunk_and_where_it_comes_from(two_kbs, r
         "chunk_index",
         "char_start",
         "char_end",
+        "highlights",
     }
     assert (best["kb_id"], best["document_id"], best["title"]) == (str(kb.id), str(bees.id), BEES[0])
     assert 0 < best["score"] <= 1
+    marked = {best["text"][h["start"] : h["end"]].lower() for h in best["highlights"]}
+    assert marked and marked <= {"bee", "bees", "tell", "tells", "flower", "flowers"}
     assert 0 <= best["chunk_index"] < bees.chunk_count
     assert best["text"] and best["text"] == bees.text[best["char_start"] : best["char_end"]]
 
@@ -1262,12 +1266,15 @@ async def test_a_score_threshold_leaves_out_weaker_chunks(two_kbs, owner_headers
     kb, other, _ = two_kbs
     query = "wild yeast in a sourdough starter"
     scores = [
-        r["score"] for r in (await search_body(owner_headers, query, [kb.id, other.id], limit=100))["results"]
+        r["score"]
+        for r in (await search_body(owner_headers, query, [kb.id, other.id], limit=100, mode="semantic"))["results"]
     ]
     threshold = (scores[4] + scores[5]) / 2
 
     results = (
-        await search_body(owner_headers, query, [kb.id, other.id], limit=100, score_threshold=threshold)
+        await search_body(
+            owner_headers, query, [kb.id, other.id], limit=100, score_threshold=threshold, mode="semantic"
+        )
     )["results"]
 
     assert [r["score"] for r in results] == scores[:5]

@@ -24,6 +24,7 @@ from knowledge.worker import IngestionWorker
 from search.embedding import embedding_service
 from search.qdrant import collection_alias, qdrant_service
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from tests.factories import add_member, corpus, make_document, make_kb, make_user
 from tests.files import blank_pdf
 
@@ -740,7 +741,7 @@ class TestDeletion:
         assert not KnowledgeBase.objects.filter(pk=kb.pk).exists()
         assert not Document.objects.filter(knowledge_base_id=kb.pk).exists()
         assert kb_collections(kb) == []
-        assert async_to_sync(ChunkService().current_collection)(kb_id=kb.pk) is None
+        assert async_to_sync(CollectionService().current_collection)(kb_id=kb.pk) is None
         assert async_to_sync(ChunkService().count_chunks)(kb_id=kept.pk) > 0
 
 

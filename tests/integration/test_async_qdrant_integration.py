@@ -25,6 +25,7 @@ from search.errors import (
 from search.models import SearchAudit
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from search.services.search import SearchService
 from tests.factories import add_member, make_user
 
@@ -299,7 +300,7 @@ class TestSearchServiceAsyncIntegration:
         assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
         assert all("volcano" in r.title.lower() for r in results[:4])
         for kb in (first, second):
-            await ChunkService().delete_knowledge_base(kb_id=kb.id)
+            await CollectionService().delete_knowledge_base(kb_id=kb.id)
 
     async def test_document_and_score_filters_narrow_the_results(self, test_kb_with_documents, test_user) -> None:
         kb, documents = test_kb_with_documents

@@ -22,6 +22,7 @@ from search.errors import EmbeddingModelMismatch
 from search.qdrant import QdrantConfig, QdrantService, qdrant_service
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from search.services.search import SearchService
 from tests.conftest import index_corpus
 from tests.factories import make_kb, make_user
@@ -82,7 +83,7 @@ def qdrant_count(kb_id, document_id=None) -> int:
 
 
 def current_collection(kb_id) -> str | None:
-    return asyncio.run(ChunkService().current_collection(kb_id=kb_id))
+    return asyncio.run(CollectionService().current_collection(kb_id=kb_id))
 
 
 def collection_names() -> set[str]:
@@ -503,7 +504,7 @@ class TestReindex:
             owner=test_user, ingestion=ingestion_service, chunk_size=32, chunk_overlap=0
         )
         chunks = ChunkService()
-        old_collection = await chunks.current_collection(kb_id=kb.id)
+        old_collection = await chunks.collections.current_collection(kb_id=kb.id)
         searcher = SearchService(PermissionService(), SearchAuditService())
 
         async def search_tides() -> list:
@@ -521,7 +522,7 @@ class TestReindex:
         assert len(answers) >= 3, "the rebuild finished before several searches could overlap it"
         assert all(answers) and all("tide" in answer[0].title.lower() for answer in answers)
         assert report.indexed == len(documents) and not report.failed
-        assert await chunks.current_collection(kb_id=kb.id) == report.collection == f"kb_{kb.id}_v2"
+        assert await chunks.collections.current_collection(kb_id=kb.id) == report.collection == f"kb_{kb.id}_v2"
         assert not await qdrant_service.client.collection_exists(old_collection)
         assert await chunks.count_chunks(kb_id=kb.id) == report.chunks
         assert report.chunks == sum(d.chunk_count for d in documents)

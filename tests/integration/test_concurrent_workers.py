@@ -12,11 +12,13 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.db import connection
+from qdrant_client import models
 
 from knowledge.models import Document, DocumentStatus
 from search.chunking import TextChunk
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from tests.factories import make_document, make_kb
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
@@ -78,7 +80,7 @@ def wait_for(workers: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
 def test_several_worker_processes_never_process_the_same_document_twice(qdrant_server):
     kb = make_kb(name="Shared queue")
     # Made up front so this test is about the queue alone; the first writes into a new KB have their own test.
-    asyncio.run(ChunkService().ensure_collection(kb_id=kb.id, vector_size=embedding_service.dimensions))
+    asyncio.run(CollectionService().ensure_collection(kb_id=kb.id, vector_size=embedding_service.dimensions))
     documents = [
         make_document(kb=kb, title=f"Note {n}", text=f"Note {n}: worker processes share one queue.")
         for n in range(DOCUMENTS)
@@ -115,10 +117,11 @@ async def test_the_first_writes_of_several_workers_into_a_new_kb_all_land(qdrant
             title=f"Note {n}",
             chunks=[chunk],
             vectors=[vector],
+            keyword_vectors=[models.SparseVector(indices=[n], values=[1.0])],
         )
 
     outcomes = await asyncio.gather(*(first_write(n) for n in range(WORKERS)), return_exceptions=True)
 
     assert outcomes == [1] * WORKERS
     assert await chunks.count_chunks(kb_id=kb_id) == WORKERS
-    assert await chunks.current_collection(kb_id=kb_id) == f"kb_{kb_id}_v1"
+    assert await chunks.collections.current_collection(kb_id=kb_id) == f"kb_{kb_id}_v1"

@@ -78,6 +78,7 @@ class FlakyChunkService(ChunkService):
     """The real chunk service, except that its first `failures` upserts find Qdrant unreachable."""
 
     def __init__(self, failures: int) -> None:
+        super().__init__()
         self.failures = failures
         self.upserts = 0
 
@@ -348,7 +349,7 @@ async def test_deleting_a_document_or_a_kb_removes_its_points(kb) -> None:
     assert await chunks.count_chunks(kb_id=kb.id, document_id=guide.id) > 0
     kb_id = kb.id
     await KnowledgeBaseService().delete_knowledge_base(kb=kb)
-    assert await chunks.current_collection(kb_id=kb_id) is None
+    assert await chunks.collections.current_collection(kb_id=kb_id) is None
     assert (await qdrant_service.client.get_collections()).collections == []
     assert not await Document.objects.filter(pk=guide.pk).aexists()
 

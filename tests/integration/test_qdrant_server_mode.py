@@ -132,7 +132,8 @@ def test_server_results_match_the_embedded_store(indexed_on_server, test_user, i
 
 
 def test_collections_on_a_server_get_payload_indexes(indexed_on_server, qdrant_server) -> None:
-    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 3
+    # kb_id, document_id, chunk_index and the archive flag
+    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 4
     assert qdrant_server.request_counts["Collections.Create"] == 1
 
 

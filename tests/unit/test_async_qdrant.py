@@ -13,6 +13,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http import models as rest
 
+from search.keywords import KeywordSettings
 from search.qdrant import QdrantConfig, QdrantService, qdrant_service
 
 pytestmark = pytest.mark.unit
@@ -31,9 +32,8 @@ class TestAsyncQdrantClientInitialization:
         finally:
             service.close()
 
-    async def test_server_client_is_configured_with_grpc(self) -> None:
+    def test_server_client_is_configured_with_grpc(self) -> None:
         with patch("search.qdrant.AsyncQdrantClient") as client_class:
-            client_class.return_value.close = AsyncMock()
             service = QdrantService(QdrantConfig(url="http://qdrant.internal:6333", grpc_port=6334, api_key="k"))
             assert service.client is client_class.return_value
 
@@ -139,7 +139,12 @@ def _search_service(kb_ids):
 
     permissions = SimpleNamespace(
         readable_knowledge_bases=AsyncMock(
-            return_value=[SimpleNamespace(id=kb_id, name="kb", embedding_model="test-model") for kb_id in kb_ids]
+            return_value=[
+                SimpleNamespace(
+                    id=kb_id, name="kb", embedding_model="test-model", keyword_settings=KeywordSettings().as_dict()
+                )
+                for kb_id in kb_ids
+            ]
         )
     )
     audit = SimpleNamespace(record_search=AsyncMock())
@@ -177,30 +182,25 @@ class TestSearchServiceAsyncOperations:
         await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, limit=10, include_archived=True)
         archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
 
-        archived_condition = models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at"))
-        assert archived_condition in default_filter.must
-        assert archived_condition not in archived_too_filter.must
+        archived = models.FieldCondition(key="archived", match=models.MatchValue(value=True))
+        assert default_filter.must_not == [archived]
+        assert not archived_too_filter.must_not
         kb_condition = models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))
         assert kb_condition in default_filter.must and kb_condition in archived_too_filter.must
 
-    async def test_the_embedded_store_is_spared_the_redundant_kb_condition(self, mock_async_qdrant) -> None:
-        """Local mode checks each condition on each point in Python; the KB has its own collection anyway."""
+    async def test_the_kb_condition_guards_every_backend(self, mock_async_qdrant) -> None:
+        """Should an alias ever point at another KB's collection, its chunks still stay out."""
         from search.services import chunks
 
         kb_id = uuid4()
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
-        chunks.qdrant_service.config = QdrantConfig()
+        chunks.qdrant_service.config = QdrantConfig()  # embedded
         service, _ = _search_service([kb_id])
 
-        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1)
-        default_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
         await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, include_archived=True)
-        archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
 
-        assert default_filter.must == [models.IsEmptyCondition(is_empty=models.PayloadField(key="archived_at"))]
-        assert archived_too_filter.must == [
-            models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))
-        ]
+        query_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+        assert query_filter.must == [models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))]
 
 
 def _calls_in_project():
