@@ -1429,3 +1429,28 @@ async def test_health_answers_503_naming_qdrant_when_it_is_unreachable(db) -> No
     assert body["message"] == "qdrant did not answer."
     # The caller needs no token, so the reason (naming internal hosts) goes to the log only.
     assert "127.0.0.1" not in response.content.decode()
+
+
+async def test_a_search_says_which_mode_ran_and_keyword_mode_scores_by_bm25(two_kbs, owner_headers) -> None:
+    kb, other, _ = two_kbs
+
+    hybrid = await search_body(owner_headers, "sourdough starter", [kb.id, other.id])
+    keyword = await search_body(owner_headers, "sourdough starter", [kb.id, other.id], mode="keyword")
+
+    assert (hybrid["mode"], hybrid["notices"]) == ("hybrid", [])
+    assert keyword["mode"] == "keyword" and keyword["results"]
+    assert all(r["highlights"] for r in keyword["results"])
+    assert keyword["results"][0]["score"] > 1  # BM25, not a cosine similarity
+
+
+@pytest.mark.parametrize(
+    ("options", "status"),
+    [({"mode": "fuzzy"}, 422), ({"mode": "keyword", "score_threshold": 0.3}, 422)],
+)
+async def test_a_bad_search_mode_answers_422(two_kbs, owner_headers, options, status) -> None:
+    kb, _, _ = two_kbs
+    response = await client.post(
+        "/search", json={"query": "bees", "kb_ids": [str(kb.id)], **options}, headers=owner_headers
+    )
+    assert response.status_code == status
+    assert set(response.json()) == {"code", "message", "detail"}

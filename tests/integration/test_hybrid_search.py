@@ -1,0 +1,171 @@
+"""Search modes on the real embedder and embedded Qdrant: hybrid by default, semantic, keyword; old KBs fall back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import call_command
+from qdrant_client import models
+
+from knowledge.models import DocumentStatus, KnowledgeBase
+from knowledge.services.permissions import PermissionService
+from search.errors import InvalidFilter, InvalidSearchMode
+from search.qdrant import collection_alias, qdrant_service
+from search.services.audit import SearchAuditService
+from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR
+from search.services.search import SearchMode, SearchService
+from tests.factories import make_document, make_kb
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+# A part number means nothing to the embedder; only the words match it.
+NOTES = {
+    "Pump manual": "Replace the impeller of pump model QX-4471 every two thousand hours of running. "
+    "Use the gasket kit shipped with the pump.",
+    "Garden pond": "A small pump keeps the water of a garden pond moving, so algae do not take over "
+    "and the fish get oxygen.",
+    "Tides": "Tides are the rise and fall of the sea caused by the pull of the Moon and the Sun.",
+    "Bees": "A forager returning to the hive dances to tell her sisters where the flowers are.",
+}
+
+
+async def kb_with_notes(owner, ingestion_service, *, legacy: bool = False) -> KnowledgeBase:
+    kb = await sync_to_async(make_kb)(owner=owner, name="Workshop" + (" (old)" if legacy else ""))
+    if legacy:
+        # What kbsite made before hybrid search: one unnamed dense vector and no keyword settings.
+        await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(keyword_settings=None)
+        client = qdrant_service.client
+        await client.create_collection(
+            collection_name=f"{collection_alias(kb.id)}_v1",
+            vectors_config=models.VectorParams(size=kb.vector_size, distance=models.Distance.COSINE),
+        )
+        await client.update_collection_aliases(
+            change_aliases_operations=[
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(
+                        collection_name=f"{collection_alias(kb.id)}_v1", alias_name=collection_alias(kb.id)
+                    )
+                )
+            ]
+        )
+    for title, text in NOTES.items():
+        document = await sync_to_async(make_document)(kb=kb, title=title, text=text)
+        document = await ingestion_service.ingest_now(document_id=document.id, worker_id="tests")
+        assert document.status == DocumentStatus.READY, document.error
+    return await KnowledgeBase.objects.aget(pk=kb.pk)
+
+
+@pytest.fixture
+def service() -> SearchService:
+    return SearchService(PermissionService(), SearchAuditService())
+
+
+async def test_hybrid_is_the_default_and_finds_a_part_number_by_its_words(
+    service, test_user, ingestion_service
+) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service)
+
+    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, limit=3)
+
+    assert response.mode == SearchMode.HYBRID and response.notices == []
+    best = response.results[0]
+    assert best.title == "Pump manual"
+    assert {best.content[start:end] for start, end in best.highlights} >= {"QX", "4471", "impeller"}
+
+
+async def test_keyword_mode_ranks_by_bm25_and_only_chunks_holding_a_query_word(
+    service, test_user, ingestion_service
+) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service)
+
+    response = await service.search(query="pump gasket", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
+
+    assert response.mode == SearchMode.KEYWORD
+    assert [r.title for r in response.results] == ["Pump manual", "Garden pond"]
+    assert all(r.highlights for r in response.results)
+    assert response.results[0].score > response.results[1].score > 0
+
+
+async def test_semantic_mode_finds_meaning_without_shared_words(service, test_user, ingestion_service) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service)
+
+    semantic = await service.search(
+        query="why does the ocean go up and down", kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=1
+    )
+    keyword = await service.search(
+        query="why does the ocean go up and down", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", limit=1
+    )
+
+    assert semantic.mode == SearchMode.SEMANTIC and semantic.results[0].title == "Tides"
+    assert -1 <= semantic.results[0].score <= 1
+    assert [r.title for r in keyword.results] != ["Tides"]
+
+
+async def test_every_mode_leaves_archived_documents_out(service, test_user, ingestion_service) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service)
+    pump = await kb.documents.aget(title="Pump manual")
+    await ingestion_service.chunk_service.set_archived(
+        kb_id=kb.id, document_id=pump.id, archived_at=pump.created_at
+    )
+
+    for mode in SearchMode:
+        response = await service.search(query="QX-4471 pump", kb_ids=[kb.id], user_id=test_user.id, mode=mode)
+        assert "Pump manual" not in [r.title for r in response.results], mode
+        archived_too = await service.search(
+            query="QX-4471 pump", kb_ids=[kb.id], user_id=test_user.id, mode=mode, include_archived=True
+        )
+        assert "Pump manual" in [r.title for r in archived_too.results], mode
+
+
+async def test_a_bad_mode_and_a_threshold_in_keyword_mode_are_refused(service, test_user, ingestion_service) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service)
+
+    with pytest.raises(InvalidSearchMode, match="hybrid, semantic, keyword"):
+        await service.search(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="fuzzy")
+    with pytest.raises(InvalidFilter, match="keyword mode"):
+        await service.search(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", score_threshold=0.2)
+
+
+async def test_a_kb_from_before_hybrid_search_is_searched_by_meaning_and_says_how_to_upgrade(
+    service, test_user, ingestion_service
+) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service, legacy=True)
+
+    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id)
+
+    assert response.mode == SearchMode.SEMANTIC
+    assert response.results and response.results[0].title == "Pump manual"
+    assert len(response.notices) == 1 and "reindex --recreate" in response.notices[0]
+    collection = await qdrant_service.client.get_collection(collection_alias(kb.id))
+    assert not collection.config.params.sparse_vectors
+
+
+async def test_reindex_recreate_upgrades_an_old_kb_to_hybrid(service, test_user, ingestion_service) -> None:
+    kb = await kb_with_notes(test_user, ingestion_service, legacy=True)
+
+    await sync_to_async(call_command)("reindex", kb=[kb.slug], recreate=True, interactive=False, verbosity=0)
+
+    await kb.arefresh_from_db()
+    assert kb.keyword_settings is not None
+    collection = await qdrant_service.client.get_collection(collection_alias(kb.id))
+    assert set(collection.config.params.vectors) == {DENSE_VECTOR}
+    assert set(collection.config.params.sparse_vectors) == {KEYWORD_VECTOR}
+    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id)
+    assert response.mode == SearchMode.HYBRID and response.notices == []
+    assert response.results[0].title == "Pump manual"
+
+
+async def test_hybrid_across_an_old_and_a_new_kb_names_the_old_one(service, test_user, ingestion_service) -> None:
+    old = await kb_with_notes(test_user, ingestion_service, legacy=True)
+    new = await kb_with_notes(test_user, ingestion_service)
+
+    responses = await asyncio.gather(
+        *(service.search(query="pump gasket", kb_ids=[old.id, new.id], user_id=test_user.id) for _ in range(3))
+    )
+
+    for response in responses:
+        assert response.mode == SearchMode.HYBRID
+        assert len(response.notices) == 1 and repr(old.name) in response.notices[0]
+        assert {r.kb_id for r in response.results} == {old.id, new.id}
