@@ -1,0 +1,532 @@
+"""One store contract, run against every Qdrant backend kbsite can use: Qdrant Edge, qdrant-client's
+local mode, and the server path (gRPC, against the loopback server).
+
+Each test writes fixed synthetic chunks (8-dim seeded vectors, BM25 keyword vectors from the project's
+encoder) through ChunkService/CollectionService and checks the answers against the same truth: exact
+cosine computed here with numpy for dense searches, and the local mode's answer, computed in the same test
+on a separate in-memory store, for keyword and hybrid (RRF) searches. No database is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import numpy as np
+import pytest
+
+from search.chunking import TextChunk
+from search.keywords import KeywordSettings, keyword_encoder
+from search.qdrant import QdrantConfig, collection_alias, qdrant_service
+from search.services.chunks import ChunkService, StoredChunk, chunk_point_id
+from search.services.collections import CollectionService
+from tests.support.qdrant_grpc import LoopbackQdrantServer
+
+pytestmark = [pytest.mark.integration]
+
+T = TypeVar("T")
+
+DIM = 8
+SCORE_TOLERANCE = 1e-4
+KB = UUID("4a1f6a52-0c3e-4d8b-9b1e-7f0c2d3e4a51")
+OTHER_KB = UUID("9d2e7b13-5f4a-4c6d-8e2f-1a3b5c7d9e02")
+DOC_A = UUID("11111111-1111-4111-8111-111111111111")
+DOC_B = UUID("22222222-2222-4222-8222-222222222222")
+DOC_C = UUID("33333333-3333-4333-8333-333333333333")
+DOCUMENTS = {DOC_A: 7, DOC_B: 5, DOC_C: 6}  # document -> number of chunks
+TITLES = {DOC_A: "Tides and the moon", DOC_B: "Harbour storms", DOC_C: "Sand and rock"}
+ARCHIVED_AT = datetime(2024, 5, 17, 9, 30, tzinfo=UTC)
+
+VOCABULARY = (
+    "tide moon sea river salt wind rock sand wave storm harbour ship current gravity shore cliff "
+    "lighthouse fog anchor reef"
+).split()
+KEYWORD_QUERY = "moon tide storm gravity"
+
+chunks_service = ChunkService()
+collections_service = CollectionService()
+encoder = keyword_encoder(KeywordSettings())
+
+
+# --- synthetic data -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Doc:
+    document_id: UUID
+    title: str
+    chunks: list[TextChunk]
+    vectors: np.ndarray  # (n, DIM)
+
+
+def build_corpus(seed: int = 7) -> dict[UUID, Doc]:
+    rng = np.random.default_rng(seed)
+    corpus: dict[UUID, Doc] = {}
+    for document_id, count in DOCUMENTS.items():
+        chunks, position = [], 0
+        for index in range(count):
+            words = rng.choice(VOCABULARY, size=int(rng.integers(4, 16)))
+            content = " ".join(words)
+            chunks.append(
+                TextChunk(
+                    index=index,
+                    content=content,
+                    char_start=position,
+                    char_end=position + len(content),
+                    token_count=len(words),
+                )
+            )
+            position += len(content) + 1
+        corpus[document_id] = Doc(document_id, TITLES[document_id], chunks, rng.normal(size=(count, DIM)))
+    return corpus
+
+
+CORPUS = build_corpus()
+QUERY_VECTOR = np.random.default_rng(99).normal(size=DIM)
+
+
+async def write_corpus(
+    corpus: dict[UUID, Doc] = CORPUS, *, kb_id: UUID = KB, collection_name: str | None = None
+) -> None:
+    for doc in corpus.values():
+        await chunks_service.upsert_chunks(
+            kb_id=kb_id,
+            document_id=doc.document_id,
+            title=doc.title,
+            chunks=doc.chunks,
+            vectors=doc.vectors.tolist(),
+            keyword_vectors=encoder.encode_documents([c.content for c in doc.chunks]),
+            collection_name=collection_name,
+        )
+
+
+def exact_cosine(
+    corpus: dict[UUID, Doc],
+    query: np.ndarray,
+    *,
+    excluded: set[UUID] = frozenset(),
+    only: set[UUID] | None = None,
+) -> list[tuple[UUID, int, float]]:
+    """Every allowed chunk as (document, chunk index, cosine), best first."""
+    q = query / np.linalg.norm(query)
+    hits = []
+    for doc in corpus.values():
+        if doc.document_id in excluded or (only is not None and doc.document_id not in only):
+            continue
+        normed = doc.vectors / np.linalg.norm(doc.vectors, axis=1, keepdims=True)
+        hits.extend((doc.document_id, i, float(score)) for i, score in enumerate(normed @ q))
+    return sorted(hits, key=lambda hit: -hit[2])
+
+
+def answer(results: list[StoredChunk]) -> list[tuple[UUID, int]]:
+    return [(r.document_id, r.chunk_index) for r in results]
+
+
+def assert_same_hits(got: list[StoredChunk], expected: list[tuple[UUID, int, float]]) -> None:
+    assert answer(got) == [(d, i) for d, i, _ in expected]
+    for result, (_, _, score) in zip(got, expected):
+        assert result.score == pytest.approx(score, abs=SCORE_TOLERANCE)
+
+
+def tie_groups(results: list[StoredChunk]) -> list[frozenset[tuple[UUID, int]]]:
+    """Results grouped by equal score (within the tolerance): the order within a tie is not part of the contract."""
+    groups: list[tuple[float, set[tuple[UUID, int]]]] = []
+    for r in results:
+        if groups and abs(groups[-1][0] - r.score) <= SCORE_TOLERANCE:
+            groups[-1][1].add((r.document_id, r.chunk_index))
+        else:
+            groups.append((r.score, {(r.document_id, r.chunk_index)}))
+    return [frozenset(ids) for _, ids in groups]
+
+
+# --- backends -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    name: str
+    config: QdrantConfig
+    server: LoopbackQdrantServer | None = None
+
+
+REFERENCE = QdrantConfig(path=":memory:", engine="local")
+
+
+async def on_reference(work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` on a fresh in-memory local-mode store, then point the service back where it was.
+
+    Call it before writing to the backend under test: switching away closes an in-memory embedded store.
+    """
+    saved = qdrant_service.config
+    qdrant_service.configure(REFERENCE)
+    try:
+        return await work()
+    finally:
+        qdrant_service.configure(saved)
+
+
+@pytest.fixture(params=["edge", "local", "grpc"])
+def store(request) -> Iterator[Store]:
+    """The process's qdrant_service pointed at one backend for the test, restored from settings after."""
+    try:
+        if request.param == "grpc":
+            with LoopbackQdrantServer() as server:
+                config = QdrantConfig(url=server.url, grpc_port=server.grpc_port, timeout=5)
+                qdrant_service.configure(config)
+                yield Store("grpc", config, server)
+        else:
+            config = QdrantConfig(path=":memory:", engine=request.param)
+            qdrant_service.configure(config)
+            yield Store(request.param, config)
+    finally:
+        qdrant_service.configure(QdrantConfig.from_settings())
+
+
+# --- collection and alias life cycle --------------------------------------------------------------
+
+
+async def collection_names() -> set[str]:
+    return {c.name for c in (await qdrant_service.client.get_collections()).collections}
+
+
+async def test_ensure_collection_creates_the_first_version_and_its_alias(store) -> None:
+    assert await collections_service.current_collection(kb_id=KB) is None
+
+    first = await collections_service.ensure_collection(kb_id=KB, vector_size=DIM)
+    again = await collections_service.ensure_collection(kb_id=KB, vector_size=DIM)
+
+    assert first == again == f"kb_{KB}_v1"
+    assert await collections_service.current_collection(kb_id=KB) == first
+    assert await collection_names() == {first}
+    aliases = {(a.alias_name, a.collection_name) for a in (await qdrant_service.client.get_aliases()).aliases}
+    assert aliases == {(collection_alias(KB), first)}
+
+
+async def test_activating_a_version_swaps_atomically_under_concurrent_reads(store) -> None:
+    # v1 and v2 hold different vectors for the same chunks, so each gives its own top five.
+    new_corpus = build_corpus(seed=8)
+    old_answer = [(d, i) for d, i, _ in exact_cosine(CORPUS, QUERY_VECTOR)[:5]]
+    new_answer = [(d, i) for d, i, _ in exact_cosine(new_corpus, QUERY_VECTOR)[:5]]
+    assert old_answer != new_answer
+    await write_corpus()
+    v1 = await collections_service.current_collection(kb_id=KB)
+    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+    await write_corpus(new_corpus, collection_name=v2)
+    assert v2 == f"kb_{KB}_v2"
+    assert await collections_service.current_collection(kb_id=KB) == v1  # v2 not searched yet
+
+    seen: list[Any] = []
+    first_read, stop = threading.Event(), threading.Event()
+
+    async def read_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(
+                    answer(
+                        await chunks_service.search_chunks(
+                            kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=5
+                        )
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - every failure is a broken contract, recorded
+                seen.append(exc)
+            first_read.set()
+
+    reader = threading.Thread(target=asyncio.run, args=(read_until_stopped(),))
+    reader.start()
+    try:
+        assert first_read.wait(10)
+        reads_before = len(seen)
+        for target, left in [(v2, v1), (v1, v2)] * 10 + [(v2, v1)]:
+            assert (
+                await collections_service.activate_collection_version(kb_id=KB, collection_name=target)
+                == left
+            )
+            await asyncio.sleep(0.001)
+        reads_during = len(seen) - reads_before
+        after_last_swap = len(seen)
+        for _ in range(1000):  # let the reader see the final state too
+            if len(seen) > after_last_swap + 1:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        reader.join(10)
+
+    assert not reader.is_alive()
+    assert reads_during > 0
+    assert old_answer in seen and new_answer in seen
+    wrong = [a for a in seen if a not in (old_answer, new_answer)]
+    assert wrong == [], f"{len(wrong)} of {len(seen)} reads saw neither collection's full answer: {wrong[:3]}"
+    assert await collections_service.current_collection(kb_id=KB) == v2
+    assert (
+        answer(await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=5))
+        == new_answer
+    )
+
+
+async def test_dropping_a_version_leaves_the_active_one(store) -> None:
+    await write_corpus()
+    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+    await write_corpus(collection_name=v2)
+    v1 = await collections_service.activate_collection_version(kb_id=KB, collection_name=v2)
+
+    await collections_service.drop_collection_version(collection_name=v1)
+
+    assert await collection_names() == {v2}
+    assert await collections_service.current_collection(kb_id=KB) == v2
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())
+    # The next version number follows the highest one left.
+    assert await collections_service.create_collection_version(kb_id=KB, vector_size=DIM) == f"kb_{KB}_v3"
+
+
+async def test_deleting_a_knowledge_base_removes_its_alias_and_every_version(store) -> None:
+    await write_corpus()
+    await write_corpus(kb_id=OTHER_KB)
+    await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+    v3 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+    await collections_service.activate_collection_version(kb_id=KB, collection_name=v3)
+
+    await collections_service.delete_knowledge_base(kb_id=KB)
+
+    assert await collection_names() == {f"kb_{OTHER_KB}_v1"}
+    assert await collections_service.current_collection(kb_id=KB) is None
+    aliases = {a.alias_name for a in (await qdrant_service.client.get_aliases()).aliases}
+    assert aliases == {collection_alias(OTHER_KB)}
+    assert await chunks_service.count_chunks(kb_id=KB) == 0
+    assert await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist()) == []
+    assert await chunks_service.count_chunks(kb_id=OTHER_KB) == sum(DOCUMENTS.values())
+
+
+# --- writes ---------------------------------------------------------------------------------------
+
+
+async def test_upserting_the_same_chunks_twice_keeps_the_count(store) -> None:
+    await write_corpus()
+    await write_corpus()
+
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())
+    for document_id, count in DOCUMENTS.items():
+        assert await chunks_service.count_chunks(kb_id=KB, document_id=document_id) == count
+    # Same ids: the point for (document, chunk) is the one written last.
+    points = await qdrant_service.client.retrieve(
+        collection_name=collection_alias(KB), ids=[chunk_point_id(DOC_A, 0)], with_payload=True
+    )
+    assert [p.payload["content"] for p in points] == [CORPUS[DOC_A].chunks[0].content]
+
+
+# --- dense search ---------------------------------------------------------------------------------
+
+THRESHOLD_CASE = "score_threshold"
+
+
+@pytest.mark.parametrize("case", ["default", "include_archived", "document_ids", THRESHOLD_CASE])
+async def test_dense_search_matches_exact_cosine(store, case) -> None:
+    await write_corpus()
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    kwargs: dict[str, Any] = {}
+    if case == "default":
+        expected = exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_C})[:10]
+    elif case == "include_archived":
+        kwargs["include_archived"] = True
+        expected = exact_cosine(CORPUS, QUERY_VECTOR)[:10]
+    elif case == "document_ids":
+        kwargs["document_ids"] = [DOC_B, DOC_C]
+        kwargs["include_archived"] = True
+        expected = exact_cosine(CORPUS, QUERY_VECTOR, only={DOC_B, DOC_C})[:10]
+    else:
+        allowed = exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_C})
+        # Halfway between the 4th and 5th scores: well clear of either, whatever the float rounding.
+        kwargs["score_threshold"] = (allowed[3][2] + allowed[4][2]) / 2
+        expected = allowed[:4]
+
+    got = await chunks_service.search_chunks(
+        kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=10, **kwargs
+    )
+
+    assert_same_hits(got, expected)
+    if case != "default":
+        assert {r.archived_at for r in got if r.document_id == DOC_C} <= {ARCHIVED_AT}
+
+
+# --- keyword and hybrid search, against the local mode's answer -----------------------------------
+
+
+async def keyword_and_hybrid_answers() -> dict[str, list[StoredChunk]]:
+    await write_corpus()
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    query = encoder.encode_query(KEYWORD_QUERY)
+    dense = QUERY_VECTOR.tolist()
+    return {
+        "keyword": await chunks_service.search_chunks(kb_id=KB, query_keywords=query, limit=8),
+        "keyword/document_ids": await chunks_service.search_chunks(
+            kb_id=KB, query_keywords=query, limit=8, document_ids=[DOC_A, DOC_C], include_archived=True
+        ),
+        "hybrid": await chunks_service.search_chunks(
+            kb_id=KB, query_embedding=dense, query_keywords=query, limit=8
+        ),
+        "hybrid/include_archived": await chunks_service.search_chunks(
+            kb_id=KB, query_embedding=dense, query_keywords=query, limit=8, include_archived=True
+        ),
+    }
+
+
+@pytest.mark.parametrize("mode", ["keyword", "keyword/document_ids", "hybrid", "hybrid/include_archived"])
+async def test_keyword_and_hybrid_search_match_the_local_mode(store, mode) -> None:
+    reference = (await on_reference(keyword_and_hybrid_answers))[mode]
+    got = (await keyword_and_hybrid_answers())[mode]
+
+    assert len(reference) > 3  # the query matches enough chunks for the order to mean something
+    # The synthetic data gives no two chunks the same score, so the order is fully determined.
+    assert all(len(group) == 1 for group in tie_groups(reference))
+    assert answer(got) == answer(reference)
+    for result, ref in zip(got, reference):
+        assert result.score == pytest.approx(ref.score, abs=SCORE_TOLERANCE)
+
+
+# --- listing, counting, payload updates, deletes --------------------------------------------------
+
+
+async def test_pages_of_a_document_come_in_chunk_order(store) -> None:
+    doc = CORPUS[DOC_A]
+    order = [4, 0, 6, 2, 5, 1, 3]  # written out of order: pages follow chunk_index, not insertion
+    for i in order:
+        await chunks_service.upsert_chunks(
+            kb_id=KB,
+            document_id=DOC_A,
+            title=doc.title,
+            chunks=[doc.chunks[i]],
+            vectors=[doc.vectors[i].tolist()],
+            keyword_vectors=encoder.encode_documents([doc.chunks[i].content]),
+        )
+    await write_corpus({DOC_B: CORPUS[DOC_B]})
+
+    pages, offset = [], None
+    while True:
+        page, offset = await chunks_service.get_chunks_by_document(
+            kb_id=KB, document_id=DOC_A, offset=offset, limit=3
+        )
+        pages.append(([c.chunk_index for c in page], offset))
+        if offset is None:
+            break
+
+    assert pages == [([0, 1, 2], 3), ([3, 4, 5], 6), ([6], None)]
+    first, _ = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_A, limit=1)
+    chunk = doc.chunks[0]
+    assert (first[0].content, first[0].title, first[0].char_start, first[0].char_end) == (
+        chunk.content, doc.title, chunk.char_start, chunk.char_end,
+    )  # fmt: skip
+    whole, end = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_B)
+    assert ([c.chunk_index for c in whole], end) == (list(range(DOCUMENTS[DOC_B])), None)
+    assert await chunks_service.get_chunks_by_document(kb_id=OTHER_KB, document_id=DOC_A) == ([], None)
+
+
+async def test_counts_are_exact_per_document_and_per_knowledge_base(store) -> None:
+    assert await chunks_service.count_chunks(kb_id=KB) == 0
+    await write_corpus()
+    await write_corpus({DOC_B: CORPUS[DOC_B]}, kb_id=OTHER_KB)
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())  # archived chunks count
+    assert {d: await chunks_service.count_chunks(kb_id=KB, document_id=d) for d in DOCUMENTS} == DOCUMENTS
+    assert await chunks_service.count_chunks(kb_id=KB, document_id=UUID(int=5)) == 0
+    assert await chunks_service.count_chunks(kb_id=OTHER_KB) == DOCUMENTS[DOC_B]
+
+
+async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -> None:
+    await write_corpus()
+    dense = QUERY_VECTOR.tolist()
+
+    await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
+    hits = await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50)
+    assert {r.document_id: r.title for r in hits} == {
+        DOC_A: "Renamed",
+        DOC_B: TITLES[DOC_B],
+        DOC_C: TITLES[DOC_C],
+    }
+
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
+    assert_same_hits(
+        await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50),
+        exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_B}),
+    )
+    everything = await chunks_service.search_chunks(
+        kb_id=KB, query_embedding=dense, limit=50, include_archived=True
+    )
+    assert {r.document_id: r.archived_at for r in everything} == {
+        DOC_A: None,
+        DOC_B: ARCHIVED_AT,
+        DOC_C: None,
+    }
+    assert {r.document_id: r.title for r in everything}[DOC_A] == "Renamed"  # one update left the other alone
+
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=None)
+    assert_same_hits(
+        await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50),
+        exact_cosine(CORPUS, QUERY_VECTOR),
+    )
+
+
+async def test_deleting_a_documents_chunks_all_or_from_an_index(store) -> None:
+    await write_corpus()
+
+    await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_A, from_index=3)
+    await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_B)
+    await chunks_service.delete_document_chunks(kb_id=OTHER_KB, document_id=DOC_A)  # no collection: no error
+
+    assert await chunks_service.count_chunks(kb_id=KB, document_id=DOC_A) == 3
+    assert await chunks_service.count_chunks(kb_id=KB, document_id=DOC_B) == 0
+    assert await chunks_service.count_chunks(kb_id=KB, document_id=DOC_C) == DOCUMENTS[DOC_C]
+    page, _ = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_A)
+    assert [c.chunk_index for c in page] == [0, 1, 2]
+    expected = [
+        hit for hit in exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_B}) if hit[0] != DOC_A or hit[1] < 3
+    ]
+    assert_same_hits(
+        await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50),
+        expected,
+    )
+
+
+# --- persistence ----------------------------------------------------------------------------------
+
+
+async def test_closing_and_reopening_keeps_everything(store, tmp_path) -> None:
+    if store.name == "grpc":
+        pytest.skip("the server keeps its data across client connections; there is no store folder to reopen")
+    config = QdrantConfig(path=str(tmp_path / "qdrant"), engine=store.config.engine)
+    qdrant_service.configure(config)
+    await write_corpus()
+    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+    await write_corpus(collection_name=v2)
+    await collections_service.activate_collection_version(kb_id=KB, collection_name=v2)
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
+    await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_B, from_index=2)
+    keyword_before = await chunks_service.search_chunks(
+        kb_id=KB, query_keywords=encoder.encode_query(KEYWORD_QUERY), limit=8
+    )
+
+    qdrant_service.close()
+    qdrant_service.configure(config)
+
+    assert await collection_names() == {f"kb_{KB}_v1", v2}
+    assert await collections_service.current_collection(kb_id=KB) == v2
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values()) - (DOCUMENTS[DOC_B] - 2)
+    expected = [
+        hit for hit in exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_C}) if hit[0] != DOC_B or hit[1] < 2
+    ]
+    hits = await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50)
+    assert_same_hits(hits, expected)
+    assert {r.document_id: r.title for r in hits}[DOC_A] == "Renamed"
+    page, _ = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_B)
+    assert [c.chunk_index for c in page] == [0, 1]
+    keyword_after = await chunks_service.search_chunks(
+        kb_id=KB, query_keywords=encoder.encode_query(KEYWORD_QUERY), limit=8
+    )
+    assert tie_groups(keyword_after) == tie_groups(keyword_before)
