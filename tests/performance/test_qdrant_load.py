@@ -1,23 +1,68 @@
-"""AC-7.7.4 (story tests 4.1-4.4): 100 and 150 concurrent searches with the real embedder, embedded Qdrant and database."""
+"""AC-7.7.4 (story tests 4.1-4.4): 100 and 150 concurrent searches with the real embedder, embedded Qdrant and database.
+
+The KB is realistic: SciFact abstracts (read from ../shared, never copied into the project) cut at the
+default chunk settings into at least 2,000 chunks, each document taken through the ingestion pipeline.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import json
 import statistics
 import time
+from pathlib import Path
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
 
+from knowledge.models import DocumentStatus
 from knowledge.services.permissions import PermissionService
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
+from search.services.collections import CollectionService
 from search.services.search import SearchService
+from tests.factories import make_document, make_kb
 
 pytestmark = [pytest.mark.performance, pytest.mark.django_db(transaction=True)]
 
 TOPICS = ["honeybee dances", "sourdough starters", "lava flows", "packet loss", "chlorophyll", "bebop solos",
           "bicycle chains", "spring tides", "oven temperature", "tectonic plates"]
+SCIFACT = Path(settings.BASE_DIR).parent / "shared" / "bench" / "scifact2101-train" / "corpus.jsonl"
+MIN_CHUNKS = 2000
+
+
+def scifact_abstracts():
+    if not SCIFACT.is_file():
+        pytest.fail(f"The load test reads SciFact abstracts from {SCIFACT} (../shared beside the checkout).")
+    with SCIFACT.open(encoding="utf-8") as lines:
+        for line in lines:
+            row = json.loads(line)
+            yield row["_id"], row["text"]
+
+
+def make_documents(kb, rows):
+    return [make_document(kb=kb, title=title, text=text) for title, text in rows]
+
+
+@pytest.fixture
+async def realistic_kb(test_user, ingestion_service):
+    """Abstracts ingested at the default chunk settings until the KB holds MIN_CHUNKS chunks."""
+    kb = await sync_to_async(make_kb)(owner=test_user, name="SciFact sample")
+    assert (kb.chunk_size, kb.chunk_overlap) == (settings.CHUNKING["SIZE"], settings.CHUNKING["OVERLAP"])
+    chunks, abstracts = 0, scifact_abstracts()
+    while chunks < MIN_CHUNKS:
+        batch = list(itertools.islice(abstracts, 100))
+        assert batch, "SciFact ran out before the KB reached its size"
+        documents = await sync_to_async(make_documents)(kb, batch)
+        for document in documents:
+            document = await ingestion_service.ingest_now(document_id=document.id, worker_id="load")
+            assert document.status == DocumentStatus.READY, document.error
+            chunks += document.chunk_count
+    yield kb
+    await CollectionService().delete_knowledge_base(kb_id=kb.id)
 
 
 @pytest.fixture
@@ -31,10 +76,9 @@ def frozen_heap():
 
 
 @pytest.fixture
-async def search_service_for_load(test_kb_with_indexed_chunks, test_user, frozen_heap, documents_count=5):
-    kb = test_kb_with_indexed_chunks
-    assert await ChunkService().count_chunks(kb_id=kb.id) >= 200
-    assert await kb.documents.acount() >= documents_count
+async def search_service_for_load(realistic_kb, test_user, frozen_heap):
+    kb = realistic_kb
+    assert await ChunkService().count_chunks(kb_id=kb.id) >= MIN_CHUNKS
     service = SearchService(PermissionService(), SearchAuditService())
     # Load the model, open the store and let the model see a batch before timing, as a server
     # that has served its first few requests has.
