@@ -12,6 +12,7 @@ from qdrant_client import models
 
 from search.chunking import TextChunk
 from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
+from search.query_batching import QueryBatcher
 from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
 
 # Point ids are derived from (document, chunk index), so writing a chunk again replaces it.
@@ -23,6 +24,7 @@ UPSERT_BATCH_SIZE = 128
 # Reciprocal rank fusion of the semantic and keyword candidates: score = sum of 1 / (k + rank).
 # k was chosen on SciFact's train split with `manage.py eval_retrieval` (see README, "Search modes").
 RRF_K = 2
+RRF_WEIGHTS: list[float] | None = None
 # Candidates each side brings to the fusion, at least; a larger `limit` brings more.
 FUSION_CANDIDATES = 50
 
@@ -80,6 +82,8 @@ class ChunkService:
 
     def __init__(self, *, collections: CollectionService | None = None) -> None:
         self.collections = collections or CollectionService()
+        # Searches of one collection that start together go to Qdrant as one batch.
+        self._queries = QueryBatcher(lambda: qdrant_service.client)
 
     @translate_unreachable
     async def get_chunks_by_document(
@@ -137,41 +141,48 @@ class ChunkService:
             raise ValueError("a collection made before hybrid search has no keyword vector")
         query_filter = self._search_filter(kb_id, include_archived, document_ids)
         dense = DENSE_VECTOR if named_vectors else None
-        request: dict[str, Any]
         if query_embedding is not None and query_keywords is not None:
             candidates = max(limit, FUSION_CANDIDATES)
-            request = {
-                "prefetch": [
+            request = models.QueryRequest(
+                prefetch=[
                     models.Prefetch(
-                        query=list(query_embedding),
+                        query=models.NearestQuery(nearest=list(query_embedding)),
                         using=dense,
                         filter=query_filter,
                         limit=candidates,
                         score_threshold=score_threshold,
                     ),
-                    models.Prefetch(query=query_keywords, using=KEYWORD_VECTOR, filter=query_filter, limit=candidates),
+                    models.Prefetch(
+                        query=models.NearestQuery(nearest=query_keywords),
+                        using=KEYWORD_VECTOR,
+                        filter=query_filter,
+                        limit=candidates,
+                    ),
                 ],
-                "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                "query_filter": query_filter,
-            }
-        elif query_embedding is not None:
-            request = {
-                "query": list(query_embedding),
-                "using": dense,
-                "query_filter": query_filter,
-                "score_threshold": score_threshold,
-            }
-        else:
-            request = {"query": query_keywords, "using": KEYWORD_VECTOR, "query_filter": query_filter}
-        try:
-            response = await qdrant_service.client.query_points(
-                collection_name=collection_alias(kb_id), limit=limit, with_payload=True, with_vectors=False, **request
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=RRF_WEIGHTS)),
+                filter=query_filter,
+                limit=limit,
             )
+        elif query_embedding is not None:
+            request = models.QueryRequest(
+                query=models.NearestQuery(nearest=list(query_embedding)),
+                using=dense,
+                filter=query_filter,
+                limit=limit,
+                score_threshold=score_threshold,
+            )
+        else:
+            request = models.QueryRequest(
+                query=models.NearestQuery(nearest=query_keywords), using=KEYWORD_VECTOR, filter=query_filter, limit=limit
+            )
+        request.with_payload, request.with_vector = True, False
+        try:
+            points = await self._queries.query(collection_name=collection_alias(kb_id), request=request)
         except Exception as exc:
             if is_missing_collection(exc):
                 return []
             raise
-        return [StoredChunk.from_point(point) for point in response.points]
+        return [StoredChunk.from_point(point) for point in points]
 
     @staticmethod
     def _search_filter(
