@@ -47,7 +47,13 @@ class SearchIn(InputSchema):
     )
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words.")
-    kb_ids: list[UUID] = Field(min_length=1, max_length=MAX_KNOWLEDGE_BASES, description="Knowledge bases to search.")
+    kb_ids: list[UUID] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_KNOWLEDGE_BASES,
+        description=f"Knowledge bases to search; left out: every one you may read (the first {MAX_KNOWLEDGE_BASES} "
+        "by name, with a notice when there are more).",
+    )
     limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many chunks to return.")
     mode: SearchMode = Field(
         SearchMode.HYBRID,

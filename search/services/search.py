@@ -51,11 +51,15 @@ class SearchableKnowledgeBase(Protocol):
 
 
 class KnowledgeBaseAccess(Protocol):
-    """Answers which of the given KBs a user may read; raises UnknownUser for a user that is not there."""
+    """Answers which KBs a user may read; raises UnknownUser for a user that is not there."""
 
     async def readable_knowledge_bases(
         self, *, user_id: int, kb_ids: Sequence[UUID]
     ) -> Sequence[SearchableKnowledgeBase]: ...
+
+    async def all_readable_knowledge_bases(self, *, user_id: int, most: int) -> Sequence[SearchableKnowledgeBase]:
+        """Up to `most` of the KBs the user may read, by name."""
+        ...
 
 
 class SearchRecorder(Protocol):
@@ -169,7 +173,7 @@ class SearchService:
         self,
         *,
         query: str,
-        kb_ids: Sequence[UUID | str],
+        kb_ids: Sequence[UUID | str] | None,
         user_id: int,
         mode: SearchMode | str = SearchMode.HYBRID,
         limit: int = 10,
@@ -179,8 +183,10 @@ class SearchService:
     ) -> SearchResponse:
         """The best `limit` chunks for `query` across `kb_ids` in `mode`, best first; the search is audited.
 
-        Every KB must be readable by the user, or nothing is searched. A KB whose collection
-        predates hybrid search is searched semantically, and a notice says how to upgrade it.
+        Every KB must be readable by the user, or nothing is searched. `kb_ids=None` searches every
+        KB the user may read, up to MAX_KNOWLEDGE_BASES by name (a notice says when that cuts, and
+        leaves out, with a notice, KBs that need a rebuild for the current model). A KB whose
+        collection predates hybrid search is searched semantically, and a notice says how to upgrade it.
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
         """
@@ -189,9 +195,11 @@ class SearchService:
         mode = _parse_mode(mode)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise InvalidLimit(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}.")
-        wanted = _parse_uuids(kb_ids, what="kb_ids", error=InvalidKnowledgeBaseIds, most=MAX_KNOWLEDGE_BASES)
-        if not wanted:
-            raise InvalidKnowledgeBaseIds("kb_ids must name at least one knowledge base.")
+        every_readable = kb_ids is None
+        if not every_readable:
+            wanted = _parse_uuids(kb_ids, what="kb_ids", error=InvalidKnowledgeBaseIds, most=MAX_KNOWLEDGE_BASES)
+            if not wanted:
+                raise InvalidKnowledgeBaseIds("kb_ids must name at least one knowledge base, or be left out for all.")
         documents = None
         if document_ids is not None:
             documents = _parse_uuids(document_ids, what="document_ids", error=InvalidFilter, most=MAX_DOCUMENT_FILTER)
@@ -205,9 +213,14 @@ class SearchService:
 
         # Authorise while the query is embedded; a refusal cancels the embedding and searches nothing.
         embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
+        notices: list[str] = []
         try:
-            readable = await self.permission_service.readable_knowledge_bases(user_id=user_id, kb_ids=wanted)
-            found = self._check_readable(readable, wanted)
+            if every_readable:
+                found = await self._every_readable(user_id, notices)
+                wanted = list(found)
+            else:
+                readable = await self.permission_service.readable_knowledge_bases(user_id=user_id, kb_ids=wanted)
+                found = self._check_readable(readable, wanted)
         except BaseException:
             if embedding is not None:
                 embedding.cancel()
@@ -243,8 +256,28 @@ class SearchService:
             result_count=len(results),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
-        ran = SearchMode.SEMANTIC if mode != SearchMode.SEMANTIC and len(legacy) == len(wanted) else mode
-        return SearchResponse(results=results, mode=ran, notices=self._notices(mode, legacy))
+        ran = SearchMode.SEMANTIC if mode != SearchMode.SEMANTIC and wanted and len(legacy) == len(wanted) else mode
+        return SearchResponse(results=results, mode=ran, notices=notices + self._notices(mode, legacy))
+
+    async def _every_readable(self, user_id: int, notices: list[str]) -> dict[UUID, SearchableKnowledgeBase]:
+        readable = list(
+            await self.permission_service.all_readable_knowledge_bases(user_id=user_id, most=MAX_KNOWLEDGE_BASES + 1)
+        )
+        if not readable:
+            notices.append("You may read no knowledge base yet: ask an owner to add you as a member.")
+        if len(readable) > MAX_KNOWLEDGE_BASES:
+            readable = readable[:MAX_KNOWLEDGE_BASES]
+            notices.append(
+                f"You may read more than {MAX_KNOWLEDGE_BASES} knowledge bases; this searched the first "
+                f"{MAX_KNOWLEDGE_BASES} by name. Name the ones you want in kb_ids to search others."
+            )
+        stale = [kb for kb in readable if kb.embedding_model != self.embeddings.model_id]
+        if stale:
+            notices.append(
+                f"Not searched, indexed with another embedding model: {', '.join(repr(kb.name) for kb in stale)}. "
+                "Run `manage.py reindex --recreate` for them."
+            )
+        return {kb.id: kb for kb in readable if kb not in stale}
 
     @staticmethod
     def _encoder_for(kb: SearchableKnowledgeBase) -> KeywordEncoder:

@@ -1454,3 +1454,12 @@ async def test_a_bad_search_mode_answers_422(two_kbs, owner_headers, options, st
     )
     assert response.status_code == status
     assert set(response.json()) == {"code", "message", "detail"}
+
+
+async def test_a_search_without_kb_ids_covers_every_kb_the_caller_may_read(two_kbs, reader_headers) -> None:
+    kb, other, _ = two_kbs  # the reader is a member of `kb` only
+
+    response = await client.post("/search", json={"query": "sourdough starter and bees"}, headers=reader_headers)
+
+    assert response.status_code == 200
+    assert {r["kb_id"] for r in response.json()["results"]} == {str(kb.id)}

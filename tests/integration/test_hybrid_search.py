@@ -32,7 +32,7 @@ NOTES = {
 
 
 async def kb_with_notes(owner, ingestion_service, *, legacy: bool = False) -> KnowledgeBase:
-    kb = await sync_to_async(make_kb)(owner=owner, name="Workshop" + (" (old)" if legacy else ""))
+    kb = await sync_to_async(make_kb)(owner=owner, name=f"Workshop of {owner.username}" + (" (old)" if legacy else ""))
     if legacy:
         # What kbsite made before hybrid search: one unnamed dense vector and no keyword settings.
         await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(keyword_settings=None)
@@ -169,3 +169,38 @@ async def test_hybrid_across_an_old_and_a_new_kb_names_the_old_one(service, test
         assert response.mode == SearchMode.HYBRID
         assert len(response.notices) == 1 and repr(old.name) in response.notices[0]
         assert {r.kb_id for r in response.results} == {old.id, new.id}
+
+
+async def test_leaving_out_kb_ids_searches_every_kb_the_user_may_read_and_no_other(
+    service, test_user, other_user, ingestion_service
+) -> None:
+    mine = await kb_with_notes(test_user, ingestion_service)
+    theirs = await kb_with_notes(other_user, ingestion_service)
+
+    response = await service.search(query="pump gasket", kb_ids=None, user_id=test_user.id)
+
+    assert response.results and {r.kb_id for r in response.results} == {mine.id}
+    assert theirs.id not in {r.kb_id for r in response.results}
+    assert response.notices == []
+
+
+async def test_every_readable_kb_is_capped_by_name_with_a_notice(
+    service, test_user, ingestion_service, monkeypatch
+) -> None:
+    from search.services import search
+
+    monkeypatch.setattr(search, "MAX_KNOWLEDGE_BASES", 2)
+    first = await kb_with_notes(test_user, ingestion_service)
+    await sync_to_async(make_kb)(owner=test_user, name="Zebra notes")
+    await sync_to_async(make_kb)(owner=test_user, name="Yak notes")
+
+    response = await service.search(query="pump gasket", kb_ids=None, user_id=test_user.id)
+
+    assert {r.kb_id for r in response.results} == {first.id}
+    assert any("more than 2 knowledge bases" in notice for notice in response.notices)
+
+
+async def test_a_user_who_may_read_nothing_gets_no_results_and_a_notice(service, other_user) -> None:
+    response = await service.search(query="pump", kb_ids=None, user_id=other_user.id)
+
+    assert response.results == [] and "no knowledge base" in response.notices[0]
