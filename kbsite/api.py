@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
@@ -55,6 +55,7 @@ STATUS = {
     search_errors.VectorStoreUnavailable: 503,
     search_errors.EmbedderUnavailable: 503,
     search_errors.SearchError: 400,
+    search_errors.KbsiteError: 400,
 }
 
 
@@ -62,9 +63,8 @@ def error_response(request: HttpRequest, status: int, code: str, message: str, d
     return api.create_response(request, {"code": code, "message": message, "detail": detail}, status=status)
 
 
-@api.exception_handler(knowledge_errors.KnowledgeError)
-@api.exception_handler(search_errors.SearchError)
-def domain_error(request: HttpRequest, exc: knowledge_errors.KnowledgeError | search_errors.SearchError):
+@api.exception_handler(search_errors.KbsiteError)
+def domain_error(request: HttpRequest, exc: search_errors.KbsiteError):
     status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
     return error_response(request, status, exc.code, exc.message, exc.detail)
 
@@ -100,6 +100,18 @@ def too_big(request: HttpRequest, exc: RequestDataTooBig):
 @api.exception_handler(Http404)
 def not_found(request: HttpRequest, exc: Http404):
     return error_response(request, 404, "not_found", str(exc) or "Not found.")
+
+
+def unknown_path(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any path under /api/v1/ that names no endpoint: the JSON error shape, not Django's HTML page."""
+    return JsonResponse(
+        {
+            "code": "not_found",
+            "message": f"No API endpoint at {request.path}. The endpoints are listed at /api/v1/docs.",
+            "detail": None,
+        },
+        status=404,
+    )
 
 
 HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}

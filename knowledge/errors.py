@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from search.errors import KbsiteError
 
 
-class KnowledgeError(Exception):
-    """Base of the knowledge app's errors; `code` is stable for API clients, `detail` is structured."""
+class KnowledgeError(KbsiteError):
+    """Base of the knowledge app's errors (kbsite's one base is KbsiteError)."""
 
     code = "knowledge_error"
-
-    def __init__(self, message: str, *, detail: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
 
 
 class KnowledgeBaseNotFound(KnowledgeError):

@@ -1,19 +1,29 @@
-"""The errors the search app raises on purpose, each with a stable code and a message saying what to do."""
+"""The errors kbsite raises on purpose: the base of both apps' errors, and the search app's own."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-class SearchError(Exception):
-    """Base of the search app's errors; `code` is stable for API clients, `detail` is structured."""
+class KbsiteError(Exception):
+    """Base of every error kbsite raises on purpose, in both apps.
 
-    code = "search_error"
+    `code` is stable for API clients, `message` tells a person what to do, `detail` is structured.
+    The API maps each subclass to one status (kbsite/api.py); commands turn them into CommandError.
+    """
+
+    code = "kbsite_error"
 
     def __init__(self, message: str, *, detail: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+
+class SearchError(KbsiteError):
+    """Base of the search app's errors."""
+
+    code = "search_error"
 
 
 class InvalidSearchRequest(SearchError):

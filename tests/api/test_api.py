@@ -1463,3 +1463,13 @@ async def test_a_search_without_kb_ids_covers_every_kb_the_caller_may_read(two_k
 
     assert response.status_code == 200
     assert {r["kb_id"] for r in response.json()["results"]} == {str(kb.id)}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/kbs/0f6c/documents/", "/api/v1/nothing-here", "/api/v1/kbs/x/y/z"])
+def test_an_unknown_api_path_answers_the_json_error_shape(path, owner_headers) -> None:
+    from django.test import Client
+
+    response = Client().get(path, headers=owner_headers)
+
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found" and "/api/v1/docs" in response.json()["message"]
