@@ -25,7 +25,7 @@ def test_settings_round_trip_through_a_dict() -> None:
     assert KeywordSettings.from_dict(settings.as_dict()) == settings
     assert KeywordSettings.from_dict({}) == KeywordSettings()
     assert KeywordSettings().as_dict() == {
-        "language": "english", "stemming": True, "stopwords": True, "k": 1.2, "b": 0.75, "avg_len": 72.0,
+        "language": "english", "stemming": True, "stopwords": True, "k": 0.9, "b": 0.9, "avg_len": 100.0,
     }  # fmt: skip
 
 
@@ -64,7 +64,7 @@ def test_the_settings_reach_the_encoder_config() -> None:
 
 
 def test_encoding_matches_qdrant_bm25_itself() -> None:
-    settings = KeywordSettings(avg_len=40)
+    settings = KeywordSettings(k=1.2, b=0.75, avg_len=40)
     bm25 = qdrant_edge.Bm25(qdrant_edge.Bm25Config(language="english", k=1.2, b=0.75, avg_len=40))
     texts = [text for _, text in corpus()]
 
