@@ -34,7 +34,7 @@ setup-test: $(VENV)/.installed-test $(CHROMIUM)
 
 run: setup
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)/admin/
+	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)/
 	$(BIN)/uvicorn kbsite.asgi:application --host $(HOST) --port $(PORT)
 
 test: setup-test

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 TokenSpans = Callable[[str], list[tuple[int, int]]]
 
-# How good a place to cut the gap between two tokens is; higher is better.
-_NO_BREAK, _SENTENCE, _LINE, _PARAGRAPH, _HEADING = range(5)
+# How good a place to cut the gap between two tokens is; higher is better. _NO_BREAK is inside a
+# run of characters without whitespace: inside a word ("un" "##bel" …) or an identifier the
+# tokenizer splits at its punctuation ("KB" "SIT" "E" "_" "ING" …).
+_NO_BREAK, _WORD, _SENTENCE, _LINE, _PARAGRAPH, _HEADING = range(6)
 _SENTENCE_END = frozenset(".!?")
 
 
@@ -29,8 +31,9 @@ class TokenChunker:
     """Cuts text into chunks of at most `size` tokens, each sharing about `overlap` tokens with the last.
 
     A chunk ends at the best break near the end of its window: a heading (in its last three
-    quarters), then a paragraph, a line or a sentence end (in its last half); only text without
-    any break is cut mid-sentence.
+    quarters), then a paragraph, a line, a sentence end or a space between words (in its last
+    half); only a run of text without whitespace longer than half a chunk is cut inside a word.
+    Each chunk starts at a word too: the overlap moves back or forward to the nearest word start.
     """
 
     def __init__(self, *, token_spans: TokenSpans, size: int, overlap: int, max_size: int) -> None:
@@ -81,13 +84,22 @@ class TokenChunker:
         return self.size // 4 if quality == _HEADING else self.size // 2
 
     def _next_start(self, breaks: list[int], start: int, end: int) -> int:
-        """Step back `overlap` tokens, then forward to a sentence or line start if one is close."""
+        """Step back `overlap` tokens, then forward to a sentence or line start if one is close,
+        else to the nearest word start (backwards first, which keeps the overlap asked for; at worst
+        the end of the last chunk, with no overlap)."""
         if self.overlap == 0:
             return end
         candidate = max(end - self.overlap, start + 1)
         for position in range(candidate, min(end, candidate + self.overlap // 2 + 1)):
             if breaks[position] >= _SENTENCE:
                 return position
+        if breaks[candidate] >= _WORD:
+            return candidate
+        for distance in range(1, self.overlap + 1):
+            if candidate - distance > start and breaks[candidate - distance] >= _WORD:
+                return candidate - distance
+            if candidate + distance <= end and breaks[candidate + distance] >= _WORD:
+                return candidate + distance
         return candidate
 
     @staticmethod
@@ -99,4 +111,4 @@ class TokenChunker:
             return _PARAGRAPH if gap.count("\n") >= 2 else _LINE
         if gap and text[spans[i - 1][1] - 1] in _SENTENCE_END:
             return _SENTENCE
-        return _NO_BREAK
+        return _WORD if any(character.isspace() for character in gap) else _NO_BREAK

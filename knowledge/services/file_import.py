@@ -14,6 +14,8 @@ from knowledge.services.documents import DocumentService
 
 @dataclass(frozen=True)
 class FoundFile:
+    #: As the user named it (or as found in a folder they named): messages show the name they know,
+    #: not the one resolving symbolic links or, on Windows, the file system's own case would give.
     path: Path
     #: What the document is known by: its path within the folder given, or its name if given itself.
     source_name: str
@@ -47,7 +49,7 @@ class FileImportService:
         for given in paths:
             path = Path(given).expanduser()
             if path.is_file():
-                files.setdefault(path.resolve(), FoundFile(path=path.resolve(), source_name=path.name))
+                files.setdefault(path.resolve(), FoundFile(path=path, source_name=path.name))
             elif path.is_dir():
                 found = path.rglob("*") if recursive else path.iterdir()
                 for candidate in sorted(found):
@@ -57,7 +59,7 @@ class FileImportService:
                         passed_over.append(candidate)
                     else:
                         relative = candidate.relative_to(path).as_posix()
-                        files.setdefault(candidate.resolve(), FoundFile(path=candidate.resolve(), source_name=relative))
+                        files.setdefault(candidate.resolve(), FoundFile(path=candidate, source_name=relative))
             else:
                 raise InvalidInput(f"{given} does not exist.")
         return list(files.values()), passed_over

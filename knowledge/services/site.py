@@ -30,6 +30,7 @@ class AdminAccount:
 class SiteSetupService:
     @staticmethod
     def password_file() -> Path:
+        """Holds the generated password and nothing else, so that what is read from it is the password."""
         return Path(settings.VAR_DIR) / "admin-password.txt"
 
     def ensure_admin(self, *, username: str, password: str | None = None) -> AdminAccount:
@@ -37,6 +38,7 @@ class SiteSetupService:
         users = get_user_model().objects
         existing = users.filter(is_superuser=True).order_by("pk").first()
         if existing is not None:
+            self._drop_name_from_password_file(existing.get_username())
             return AdminAccount(username=existing.get_username(), password=None, created=False)
         if users.filter(username=username).exists():
             raise InvalidInput(
@@ -47,13 +49,25 @@ class SiteSetupService:
         password = password or secrets.token_urlsafe(12)
         users.create_superuser(username=username, email="", password=password)
         if generated:
-            path = self.password_file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            # Created readable by its owner only from the first byte, not chmod-ed afterwards.
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as file:
-                file.write(f"{username}\n{password}\n")
+            self._save_password(password)
         return AdminAccount(username=username, password=password if generated else None, created=True)
+
+    def _save_password(self, password: str) -> None:
+        path = self.password_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        # Created readable by its owner only from the first byte, not chmod-ed afterwards.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as file:
+            file.write(f"{password}\n")
+
+    def _drop_name_from_password_file(self, username: str) -> None:
+        """Earlier versions wrote the user name above the password, which readers took for part of it."""
+        path = self.password_file()
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) == 2 and lines[0] == username:
+            self._save_password(lines[1])
 
     def load_demo(self, *, owner) -> KnowledgeBase | None:
         """Queue the project's own documentation as a demo KB, unless a KB of that slug exists."""

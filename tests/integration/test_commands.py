@@ -209,6 +209,28 @@ class TestIngest:
         assert broken.status == DocumentStatus.FAILED and "not a valid PDF" in broken.error
         assert broken.chunk_count == 0 and qdrant_count(kb.id, broken.id) == 0
 
+    def test_a_program_renamed_to_a_document_is_refused_saying_what_it_is(self, tmp_path):
+        program = tmp_path / "manual.pdf"
+        program.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(300))
+
+        message = command_error("ingest", str(program), "--kb", "docs", "--create")
+
+        assert "manual.pdf is a Linux or Unix program (ELF), not a PDF" in message
+        assert not Document.objects.exists()
+
+    def test_an_unsupported_file_is_named_as_the_user_gave_it(self, tmp_path):
+        # A link stands in for what resolving the path does on Windows: give the name on disk.
+        target = tmp_path / "store" / "setup-1.2.3-win64.bin"
+        target.parent.mkdir()
+        target.write_bytes(b"MZ\x90\x00" + bytes(300))
+        given = tmp_path / "Setup.exe"
+        given.symlink_to(target)
+
+        message = command_error("ingest", str(given), "--kb", "docs", "--create")
+
+        assert f"{given}: Setup.exe is not a file kbsite can read" in message
+        assert "setup-1.2.3" not in message
+
     def test_the_same_file_twice_is_reported_as_already_there_and_does_not_fail(self, tmp_path):
         path = tmp_path / "tides.txt"
         path.write_text(PASSAGES["tides.txt"], encoding="utf-8")
@@ -456,6 +478,17 @@ class TestReindex:
             assert unchanged.chunk_count == document.chunk_count
             assert unchanged.updated_at == document.updated_at
 
+    def test_without_a_terminal_to_answer_on_it_says_to_use_no_input_and_does_nothing(self, corpus_kb, monkeypatch):
+        kb, documents = corpus_kb
+        # As under cron or `docker run` without -it: stdin gives end of file at once.
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+        message = command_error("reindex", "--kb", kb.slug, "--recreate")
+
+        assert "--no-input" in message
+        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert all(Document.objects.get(pk=d.pk).updated_at == d.updated_at for d in documents)
+
     def test_recreate_switches_the_kb_to_a_new_collection_and_drops_the_old_one(self, corpus_kb, test_user):
         kb, documents = corpus_kb
         old_collection = current_collection(kb.id)
@@ -558,10 +591,29 @@ class TestBootstrap:
         output = run("bootstrap", "--username", "root")
 
         saved = var_dir / "admin-password.txt"
-        username, password = saved.read_text(encoding="utf-8").splitlines()
-        assert username == "root" and password in output
+        [password] = saved.read_text(encoding="utf-8").splitlines()
+        assert password in output
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         assert get_user_model().objects.get(username="root").check_password(password)
+
+    def test_the_output_names_the_user_and_the_file_that_holds_only_the_password(self, var_dir):
+        output = run("bootstrap", "--no-demo")
+
+        password = (var_dir / "admin-password.txt").read_text(encoding="utf-8").strip()
+        assert "log in as admin with the password" in output
+        assert f"\n  {password}\n" in output
+        assert f"saved, alone, in {var_dir / 'admin-password.txt'}" in output
+
+    def test_a_password_file_of_an_earlier_version_keeps_only_the_password(self, var_dir):
+        make_user(username="admin", superuser=True)
+        saved = var_dir / "admin-password.txt"
+        saved.write_text("admin\ns3cret-from-before\n", encoding="utf-8")
+
+        output = run("bootstrap")
+
+        assert saved.read_text(encoding="utf-8") == "s3cret-from-before\n"
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+        assert f"log in as admin with the password saved in {saved}" in output
 
     def test_second_run_creates_nothing_and_says_the_superuser_exists(self, var_dir):
         run("bootstrap")

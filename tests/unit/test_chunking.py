@@ -76,3 +76,36 @@ def test_empty_text_has_no_chunks(text: str) -> None:
 def test_impossible_settings_are_refused_with_the_limits(size: int, overlap: int) -> None:
     with pytest.raises(ChunkingError, match="must be"):
         chunker(size, overlap)
+
+
+def _starts_a_word(text: str, position: int) -> bool:
+    return position == 0 or text[position - 1].isspace()
+
+
+@pytest.mark.parametrize(("size", "overlap"), [(30, 8), (40, 12), (64, 20), (50, 0)])
+def test_every_chunk_starts_at_the_start_of_a_word(size: int, overlap: int) -> None:
+    # Identifiers the tokenizer splits into several word-level pieces (KB SIT E _ ING …) and long
+    # words it splits into WordPiece continuations (un ##bel ##ie …), with no break to cut at.
+    words = ["KBSITE_INGEST_POLL_SECONDS=5", "unbelievably", "don't", "re-run", "config.yaml", "plain"]
+    text = " ".join(words[i % len(words)] for i in range(300))
+
+    chunks = chunker(size, overlap).split(text)
+
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert _starts_a_word(text, chunk.char_start), f"chunk {chunk.index} starts mid-word: {chunk.content[:30]!r}"
+        assert 0 < chunk.token_count <= size
+        assert chunk.content == text[chunk.char_start : chunk.char_end]
+    for previous, following in zip(chunks, chunks[1:]):
+        assert previous.char_start < following.char_start <= previous.char_end + 1
+
+
+def test_a_run_without_whitespace_longer_than_a_chunk_is_still_cut_to_size() -> None:
+    text = "start " + "_".join(f"KBSITE{i}" for i in range(200)) + " end"
+
+    chunks = chunker(30, 6).split(text)
+
+    assert len(chunks) > 2
+    assert all(0 < chunk.token_count <= 30 for chunk in chunks)
+    assert all(chunk.content == text[chunk.char_start : chunk.char_end] for chunk in chunks)
+    assert chunks[-1].char_end == len(text)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
 import zipfile
 
 import pytest
-from pypdf import PageObject
+from pypdf import PageObject, PdfReader, PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from knowledge.errors import KnowledgeError
 from knowledge.extraction import SUPPORTED_FORMATS, ExtractedText, ExtractionError, extract_text, format_for
@@ -378,3 +380,127 @@ def test_text_longer_than_the_limit_is_refused(settings) -> None:
     error = extraction_error(b"a" * 1001, "long.txt")
 
     assert error.message == "long.txt yields more than 1,000 characters of text; split it."
+
+
+def pdf_with_metadata(first_page: str, **metadata: str) -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf([first_page]))))
+    writer.add_metadata({f"/{key}": value for key, value in metadata.items()})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_pdf_title_from_a_tool_not_an_author_gives_way_to_the_first_heading() -> None:
+    # What enscript and ps2pdf make of a text file: the title field holds the tool's name.
+    pdf = pdf_with_metadata(
+        "Ingestion settings\nKBSITE_INGEST_POLL_SECONDS sets how often the worker looks for new work.",
+        Title="Enscript Output",
+        Producer="GPL Ghostscript 10.0",
+        Creator="GNU Enscript 1.6.6",
+    )
+
+    assert extract_text(data=pdf, filename="settings.pdf").title == "Ingestion settings"
+
+
+@pytest.mark.parametrize(
+    "declared",
+    ["Enscript Output", "GPL Ghostscript 10.0", "untitled", "Untitled-3", "", "settings.pdf", "notes.dvi",
+     "Microsoft Word - settings.docx", "C:\\Temp\\settings.doc", "/tmp/settings.ps", "1"],
+)
+def test_pdf_title_that_is_a_tool_a_file_name_or_empty_is_not_taken(declared: str) -> None:
+    pdf = pdf_with_metadata("Ingestion settings\nThe worker polls.", Title=declared, Producer="GPL Ghostscript 10.0")
+
+    assert extract_text(data=pdf, filename="settings.pdf").title == "Ingestion settings"
+
+
+@pytest.mark.parametrize("declared", ["Node.js in production", "TCP/IP tuning", "Input and output"])
+def test_pdf_title_that_looks_like_one_is_kept(declared: str) -> None:
+    pdf = pdf_with_metadata("Chapter one\nText.", Title=declared, Producer="GPL Ghostscript 10.0")
+
+    assert extract_text(data=pdf, filename="book.pdf").title == declared
+
+
+def test_pdf_heading_is_found_past_a_running_page_header() -> None:
+    pdf = pdf_with_metadata(
+        "Nov 29, 26 19:22 settings.txt Page 1/3\nIngestion settings\nThe worker polls.", Title="Enscript Output"
+    )
+
+    assert extract_text(data=pdf, filename="settings.pdf").title == "Ingestion settings"
+
+
+def test_pdf_without_a_real_title_or_heading_leaves_the_file_name() -> None:
+    pdf = pdf_with_metadata(
+        "The worker looks for new documents every few seconds and indexes them one by one.",
+        Title="Enscript Output",
+    )
+
+    assert extract_text(data=pdf, filename="settings.pdf").title is None
+
+
+def pdf_with_a_cff_font() -> bytes:
+    """A PDF whose font pypdf can only fully decode with fontTools, which kbsite does not install."""
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf(["Bees make honey."]))))
+    font = writer.pages[0]["/Resources"]["/Font"]["/F1"].get_object()
+    program = DecodedStreamObject()
+    program.set_data(b"not really a font program")
+    program[NameObject("/Subtype")] = NameObject("/Type1C")
+    descriptor = DictionaryObject({NameObject("/FontFile3"): writer._add_object(program)})
+    font[NameObject("/FontDescriptor")] = writer._add_object(descriptor)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+class Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_pypdf_warnings_become_one_log_line_naming_the_file() -> None:
+    # Whatever reaches the root logger is what an operator's handlers see, with the project's LOGGING.
+    root, recorder = logging.getLogger(), Recorder()
+    root.addHandler(recorder)
+    try:
+        result = extract_text(data=pdf_with_a_cff_font(), filename="bees.pdf")
+    finally:
+        root.removeHandler(recorder)
+
+    assert result.text == "Bees make honey."
+    [record] = recorder.records
+    assert (record.name, record.levelno) == ("knowledge.extraction", logging.INFO)
+    line = record.getMessage()
+    assert line.startswith("bees.pdf: 1 warning(s) from pypdf") and "fontTools" in line
+    assert "\n" not in line and len(line) < 400
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00" + bytes(200), "bees.pdf is a Linux or Unix program (ELF), not a PDF"),
+        (
+            b"MZ\x90\x00" + bytes(56) + (64).to_bytes(4, "little") + b"PE\x00\x00" + bytes(200),
+            "bees.pdf is a Windows program (MZ/PE), not a PDF",
+        ),
+        (b"MZ\x90\x00\x03\x00\x00\x00" + bytes(200), "bees.pdf is a Windows or DOS program (MZ), not a PDF"),
+    ],
+    ids=["ELF", "PE", "DOS"],
+)
+def test_a_program_renamed_to_a_document_says_what_it_is(data: bytes, what: str) -> None:
+    error = extraction_error(data, "bees.pdf")
+
+    assert error.message.startswith(what + ":")
+    assert "save it again" not in error.message
+
+
+def test_text_that_happens_to_start_with_mz_is_text() -> None:
+    assert extract_text(data=b"MZ stands for Mittlere Zeitung.", filename="notes.txt").text.startswith("MZ")
+
+
+def test_unsupported_file_is_named_as_given() -> None:
+    error = extraction_error(b"MZ\x90\x00" + bytes(60), "Setup.EXE")
+
+    assert error.message.startswith("Setup.EXE is a .EXE file; kbsite reads ")

@@ -22,7 +22,7 @@ class Command(BaseCommand):
             default="KBSITE_ADMIN_PASSWORD",
             help="Environment variable holding the password; unset means generate one (default: %(default)s).",
         )
-        parser.add_argument("--url", default="http://127.0.0.1:8000/admin/", help="Where the admin will be served.")
+        parser.add_argument("--url", default="http://127.0.0.1:8000/", help="Where the site will be served.")
         parser.add_argument("--no-demo", action="store_true", help="Do not load the demo knowledge base.")
 
     def handle(self, *args, username: str, password_env: str, url: str, no_demo: bool, **options) -> None:
@@ -34,15 +34,20 @@ class Command(BaseCommand):
         if account.created and account.password:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Created the superuser {account.username!r} with password {account.password}\n"
-                    f"(also saved in {service.password_file()})."
+                    f"Created the superuser {account.username!r}: log in as {account.username} with the password\n"
+                    f"  {account.password}\n"
+                    f"which is also saved, alone, in {service.password_file()}."
                 )
             )
         elif account.created:
             self.stdout.write(self.style.SUCCESS(f"Created the superuser {account.username!r} (password from ${password_env})."))
         else:
             where = service.password_file()
-            hint = f"its password is in {where}" if where.exists() else "use its password, or `manage.py changepassword`"
+            hint = (
+                f"log in as {account.username} with the password saved in {where} (unless changed since)"
+                if where.exists()
+                else "use its password, or `manage.py changepassword`"
+            )
             self.stdout.write(f"Superuser {account.username!r} exists; {hint}.")
         if account.created and not no_demo:
             owner = get_user_model().objects.get(username=account.username)
@@ -52,4 +57,4 @@ class Command(BaseCommand):
                     f"Queued the demo knowledge base {demo.name!r}: the server indexes it in a few seconds, "
                     "then try a search on its page in the admin."
                 )
-        self.stdout.write(f"Log in at {url}")
+        self.stdout.write(f"Log in at {url} to search; the admin is at {url.rstrip('/')}/admin/")

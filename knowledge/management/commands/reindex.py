@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.management.progress import Progress
+from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.ingestion import IngestionService, IngestionSettings
 from knowledge.services.reindex import ReindexReport, ReindexService
@@ -49,8 +50,7 @@ class Command(BaseCommand):
                 if recreate
                 else f"Chunk and embed {total} documents again?"
             )
-            if input(f"{what} [y/N] ").strip().lower() not in ("y", "yes"):
-                raise CommandError("Nothing was done.")
+            confirm(what, command="reindex")
         try:
             async_to_sync(qdrant_service.check_available)()
         except SearchError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.store_upgrade import StoreUpgradeService
 from search.qdrant import qdrant_service
@@ -30,12 +31,11 @@ class Command(BaseCommand):
             return
         kbs, documents = KnowledgeBase.objects.count(), Document.objects.count()
         if interactive:
-            question = (
+            confirm(
                 f"Move {config.path} aside and rebuild {kbs} knowledge bases ({documents} documents) "
-                "into Qdrant Edge? Searches return nothing until each is rebuilt. [y/N] "
+                "into Qdrant Edge? Searches return nothing until each is rebuilt.",
+                command="upgrade_store",
             )
-            if input(question).strip().lower() not in ("y", "yes"):
-                raise CommandError("Nothing was done.")
         kept = service.move_aside()
         self.stdout.write(f"The local-mode store is kept at {kept}.")
         try:
