@@ -10,11 +10,14 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import dateformat, timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
+from django.utils.translation import ngettext
 
 from knowledge.errors import KnowledgeError
 from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
+from knowledge.highlighting import readable_parts
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
@@ -28,18 +31,9 @@ from search.services.search import get_search_service
 
 CHUNKS_PER_PAGE = 20
 
-
-def highlighted_parts(content: str, spans) -> list[tuple[str, bool]]:
-    """`content` cut into (text, matched) pieces at the highlight spans, for the template to mark."""
-    parts, at = [], 0
-    for start, end in spans:
-        if start > at:
-            parts.append((content[at:start], False))
-        parts.append((content[start:end], True))
-        at = end
-    if at < len(content):
-        parts.append((content[at:], False))
-    return parts
+admin.site.site_header = "kbsite administration"
+admin.site.site_title = "kbsite"
+admin.site.index_title = "Knowledge bases, documents and searches"
 
 
 def role_on(request: HttpRequest, kb: KnowledgeBase) -> Role | None:
@@ -174,7 +168,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             messages.error(request, exc.message)
 
     def delete_model(self, request, obj):
-        async_to_sync(KnowledgeBaseService().delete_knowledge_base)(kb=obj)
+        KnowledgeBaseService().delete_knowledge_base(kb=obj)
 
     def delete_queryset(self, request, queryset):
         for kb in queryset:
@@ -192,7 +186,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def _search_context(self, request, kb: KnowledgeBase) -> dict:
-        form = SearchForm(request.GET or None)
+        # Bound only to a search: the page's other parameters (`_changelist_filters`) are not a query.
+        form = SearchForm(request.GET if "q" in request.GET else None)
         context = {"search_form": form, "search_results": None}
         if not form.is_bound or not form.is_valid():
             return context
@@ -207,7 +202,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             )
             context["search_results"] = response.results
             context["search_rows"] = [
-                {"result": result, "parts": highlighted_parts(result.content, result.highlights)}
+                {"result": result, "parts": readable_parts(result.content, result.highlights)}
                 for result in response.results
             ]
             context["search_mode"] = response.mode
@@ -243,7 +238,8 @@ class ArchivedFilter(admin.SimpleListFilter):
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["title", "knowledge_base", "status_label", "progress", "problem", "archived", "source_format", "created_at"]
+    # Short cells and headers: with the filters beside it the list has about 630 px on a 1280 px screen.
+    list_display = ["title", "knowledge_base", "status_label", "progress", "archived", "file_format", "created"]
     # Only KBs the user reads documents of: the plain filter would list every KB's name to every user.
     list_filter = [
         "status", ArchivedFilter, ("knowledge_base", admin.RelatedOnlyFieldListFilter), "source_format"
@@ -274,11 +270,29 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def status_label(self, document: Document) -> str:
         colours = {"ready": "#2e7d32", "failed": "#c62828", "processing": "#1565c0", "pending": "#6d6d6d"}
-        return format_html('<b style="color:{}">{}</b>', colours[document.status], document.get_status_display())
+        label = format_html('<b style="color:{}">{}</b>', colours[document.status], document.get_status_display())
+        if not document.error:
+            return label
+        # The problem under its status, not in a column of its own that is empty on most rows.
+        return format_html('{}<div class="problem">{}</div>', label, Truncator(document.error).chars(80))
 
-    @admin.display(description="problem")
-    def problem(self, document: Document) -> str:
-        return Truncator(document.error).chars(80)
+    @admin.display(description="progress")
+    def progress(self, document: Document) -> str:
+        # Rather than the model's `progress`, which reads "1 chunks": the admin words it for people.
+        if document.status == DocumentStatus.PROCESSING and document.chunks_total:
+            done = {"done": document.chunks_done, "total": document.chunks_total}
+            return ngettext("%(done)d/%(total)d chunk", "%(done)d/%(total)d chunks", document.chunks_total) % done
+        if document.status == DocumentStatus.READY:
+            return ngettext("%(count)d chunk", "%(count)d chunks", document.chunk_count) % {"count": document.chunk_count}
+        return ""
+
+    @admin.display(description="format", ordering="source_format")
+    def file_format(self, document: Document) -> str:
+        return document.source_format
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, document: Document) -> str:
+        return dateformat.format(timezone.localtime(document.created_at), "Y-m-d H:i")
 
     @admin.display(description="archived", boolean=True, ordering="archived_at")
     def archived(self, document: Document) -> bool:
@@ -305,10 +319,10 @@ class DocumentAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         # Only the title is editable here; search results show it from the chunks, so they change too.
         if "title" in form.changed_data:
-            async_to_sync(DocumentService().rename)(document=obj, title=obj.title)
+            DocumentService().rename(document=obj, title=obj.title)
 
     def delete_model(self, request, obj):
-        async_to_sync(DocumentService().delete_document)(document=obj)
+        DocumentService().delete_document(document=obj)
 
     def delete_queryset(self, request, queryset):
         for document in queryset.select_related("knowledge_base"):
@@ -325,7 +339,14 @@ class DocumentAdmin(admin.ModelAdmin):
     @admin.action(description="Chunk and embed again")
     def reindex(self, request, queryset):
         count = DocumentService().queue_for_reindex(documents=self._editable(request, queryset))
-        messages.success(request, f"Queued {count} documents; the worker indexes them again in the background.")
+        messages.success(
+            request,
+            ngettext(
+                "Queued %(count)d document; the worker indexes it again in the background.",
+                "Queued %(count)d documents; the worker indexes them again in the background.",
+                count,
+            ) % {"count": count},
+        )
 
     @admin.action(description="Archive (hide from searches)")
     def archive(self, request, queryset):
@@ -339,12 +360,13 @@ class DocumentAdmin(admin.ModelAdmin):
         service, changed = DocumentService(), 0
         for document in self._editable(request, queryset):
             try:
-                async_to_sync(service.set_archived)(document=document, archived=archived)
+                service.set_archived(document=document, archived=archived)
                 changed += 1
             except SearchError as exc:
                 messages.error(request, f"{document.title}: {exc.message}")
         verb = "Archived" if archived else "Unarchived"
-        messages.success(request, f"{verb} {changed} documents; nothing was embedded again.")
+        documents = ngettext("%(count)d document", "%(count)d documents", changed) % {"count": changed}
+        messages.success(request, f"{verb} {documents}; nothing was embedded again.")
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         document = self.get_object(request, object_id)
@@ -381,7 +403,14 @@ class DocumentAdmin(admin.ModelAdmin):
             kb = form.cleaned_data["knowledge_base"]
             added = self._add_uploads(request, kb, form.cleaned_data["files"])
             if added:
-                messages.success(request, f"Queued {added} documents in {kb.name}; watch them become ready here.")
+                messages.success(
+                    request,
+                    ngettext(
+                        "Queued %(count)d document in %(kb)s; watch it become ready here.",
+                        "Queued %(count)d documents in %(kb)s; watch them become ready here.",
+                        added,
+                    ) % {"count": added, "kb": kb.name},
+                )
             return HttpResponseRedirect(
                 reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
             )
@@ -395,17 +424,12 @@ class DocumentAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
 
     def _add_uploads(self, request, kb: KnowledgeBase, files) -> int:
-        service, added = DocumentService(), 0
-        for upload in files:
-            try:
-                result = service.add_upload(kb=kb, filename=upload.name, data=upload.read())
-            except KnowledgeError as exc:
-                messages.warning(request, exc.message)
-                continue
-            added += 1
-            if not result.created:
-                messages.info(request, f"{upload.name} replaced the earlier version; only it is indexed again.")
-        return added
+        batch = DocumentService().add_uploads(kb=kb, files=files)
+        for refusal in batch.refused:
+            messages.warning(request, refusal)
+        for replaced in batch.replaced:
+            messages.info(request, f"{replaced.document.source_name} replaced the earlier version; only it is indexed again.")
+        return len(batch.added)
 
 
 class ApiTokenForm(forms.ModelForm):
@@ -463,4 +487,4 @@ class ApiTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke (the token stops working at once)")
     def revoke(self, request, queryset):
         count = ApiTokenService().revoke(tokens=queryset)
-        messages.success(request, f"Revoked {count} tokens.")
+        messages.success(request, ngettext("Revoked %(count)d token.", "Revoked %(count)d tokens.", count) % {"count": count})

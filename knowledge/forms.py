@@ -65,7 +65,15 @@ class UploadForm(forms.Form):
 
 
 class SearchForm(forms.Form):
-    q = forms.CharField(label="Search", max_length=MAX_QUERY_CHARS, strip=True)
+    q = forms.CharField(
+        label="Search",
+        max_length=MAX_QUERY_CHARS,
+        strip=True,
+        error_messages={
+            "required": "Type some words to search for.",
+            "max_length": "The query has %(show_value)d characters; the most is %(limit_value)d. Shorten it.",
+        },
+    )
     limit = forms.IntegerField(min_value=1, max_value=MAX_LIMIT, initial=10, required=False)
     mode = forms.ChoiceField(
         choices=[("hybrid", "hybrid: meaning and keywords"), ("semantic", "semantic: meaning"), ("keyword", "keyword: words")],

@@ -16,6 +16,10 @@ def default_chunk_overlap() -> int:
     return settings.CHUNKING["OVERLAP"]
 
 
+def pluralize_chunks(count: int) -> str:
+    return "chunk" if count == 1 else "chunks"
+
+
 def default_keyword_settings() -> dict:
     from search.keywords import KeywordSettings
 
@@ -138,8 +142,8 @@ class Document(models.Model):
     @property
     def progress(self) -> str:
         if self.status == DocumentStatus.PROCESSING and self.chunks_total:
-            return f"{self.chunks_done}/{self.chunks_total} chunks"
-        return f"{self.chunk_count} chunks" if self.status == DocumentStatus.READY else ""
+            return f"{self.chunks_done}/{self.chunks_total} {pluralize_chunks(self.chunks_total)}"
+        return f"{self.chunk_count} {pluralize_chunks(self.chunk_count)}" if self.status == DocumentStatus.READY else ""
 
 
 class DocumentSource(models.Model):

@@ -68,7 +68,7 @@ def test_an_uploaded_file_becomes_searchable_and_archiving_hides_it(page, kbsite
     page.locator("#result_list tr", has_text=BEE_TITLE).locator("input.action-select").check()
     page.select_option("select[name=action]", "archive")
     page.click("button[name=index]")
-    expect(page.locator(".messagelist")).to_contain_text("Archived 1 documents")
+    expect(page.locator(".messagelist")).to_contain_text("Archived 1 document;")
 
     search(page, kb_url, BEE_QUERY)
     expect(search_results(page).first).to_contain_text(VOLCANO_TITLE)

@@ -9,6 +9,7 @@ from asgiref.sync import async_to_sync
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
+from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.template.defaultfilters import floatformat
@@ -18,6 +19,7 @@ from django.utils.html import escape, strip_tags
 from qdrant_client import models
 
 from knowledge.admin import CHUNKS_PER_PAGE
+from knowledge.highlighting import readable_parts
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.documents import DocumentService, content_hash
 from knowledge.worker import IngestionWorker
@@ -25,6 +27,7 @@ from search.embedding import embedding_service
 from search.qdrant import collection_alias, qdrant_service
 from search.services.chunks import ChunkService
 from search.services.collections import CollectionService
+from search.services.search import MAX_QUERY_CHARS
 from tests.factories import add_member, corpus, make_document, make_kb, make_user
 from tests.files import blank_pdf
 
@@ -89,6 +92,11 @@ def messages_of(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 
 
+def stylesheet() -> str:
+    """kbsite's own stylesheet for the admin, as the static files finders serve it."""
+    return open(finders.find("kbsite/admin.css"), encoding="utf-8").read()
+
+
 def run_action(client, action: str, *documents: Document):
     return client.post(
         DOCUMENT_LIST, {"action": action, ACTION_CHECKBOX_NAME: [str(d.pk) for d in documents]}
@@ -143,6 +151,40 @@ def kb_form_data(**fields) -> dict:
     }
 
 
+@pytest.mark.parametrize(
+    ("content", "words", "shown"),
+    [
+        ("# Title\n\nSome **bold** text", ["Title", "bold"], "Title\n\nSome bold text"),
+        ("| a | b |\n|---|:-:|\n| c | d |", ["b", "c"], "a · b\nc · d"),
+        ("> see [the guide](https://example.org) and `manage.py`", ["guide", "manage.py"], "see the guide and manage.py"),
+        ("snake_case and 2 * 3 * 4 stay", ["snake_case", "3"], "snake_case and 2 * 3 * 4 stay"),
+    ],
+)
+def test_readable_parts_take_markdown_markers_out_and_keep_the_marks_on_their_words(content, words, shown):
+    spans = [(content.index(word), content.index(word) + len(word)) for word in words]
+
+    parts = readable_parts(content, spans)
+
+    assert "".join(text for text, _ in parts) == shown
+    assert [text for text, matched in parts if matched] == words
+
+
+class TestBranding:
+    def test_admin_pages_are_titled_and_headed_kbsite(self, client, admin_client):
+        for page in (client.get(reverse("admin:login")), admin_client.get(reverse("admin:index"))):
+            html = page.content.decode()
+            assert re.search(r"<title>[^<]*\| kbsite</title>", html)
+            assert ">kbsite administration</a>" in html
+            assert "Django" not in re.search(r"<title>.*?</title>", html, re.DOTALL).group(0)
+            assert "Django administration" not in html
+
+    def test_admin_pages_link_the_favicon_kbsite_serves(self, client, admin_client):
+        for page in (client.get(reverse("admin:login")), admin_client.get(DOCUMENT_LIST)):
+            assert '<link rel="icon" href="/static/kbsite/favicon.svg" type="image/svg+xml">' in page.content.decode()
+        favicon = finders.find("kbsite/favicon.svg")
+        assert favicon and open(favicon, encoding="utf-8").read().startswith("<svg")
+
+
 class TestKnowledgeBaseList:
     def test_each_kb_shows_its_document_count_chunks_in_qdrant_and_status(
         self, admin_client, admin_user, ingestion_service
@@ -151,7 +193,7 @@ class TestKnowledgeBaseList:
         (bees_title, bees), (_, tcp) = corpus()[1], corpus()[5]
         ready = ingest(ingestion_service, make_document(kb=kb, title=bees_title, text=bees))
         archived = ingest(ingestion_service, make_document(kb=kb, title="TCP", text=tcp))
-        async_to_sync(DocumentService().set_archived)(document=archived, archived=True)
+        DocumentService().set_archived(document=archived, archived=True)
         make_document(kb=kb, title="Still waiting")
         failing = DocumentService().add_upload(kb=kb, filename="scan.pdf", data=blank_pdf(1)).document
         assert async_to_sync(ingestion_service.ingest_now)(
@@ -448,7 +490,7 @@ class TestUpload:
         ]
         refusal, queued = messages_of(response)
         assert refusal.startswith("photo.png is not a file kbsite can read; it reads ")
-        assert queued.startswith("Queued 1 documents")
+        assert queued.startswith("Queued 1 document in ")
 
     def test_a_file_over_the_size_limit_is_refused_with_a_message(self, admin_client, admin_user, settings):
         settings.INGESTION = {**settings.INGESTION, "MAX_UPLOAD_BYTES": 1000}
@@ -530,6 +572,53 @@ class TestKnowledgeBaseSearch:
         assert BEE_TITLE not in search_titles(admin_client, kb, BEE_QUERY)
         assert search_titles(admin_client, kb, BEE_QUERY, include_archived="on")[0] == BEE_TITLE
 
+    def test_the_search_opens_at_its_results_below_the_kb_form(self, admin_client, admin_user, ingestion_service):
+        kb, _ = corpus_kb(admin_user, ingestion_service)
+
+        html = admin_client.get(kb_page(kb), {"q": BEE_QUERY}).content.decode()
+
+        target = re.search(r'<form method="get" action="#([\w-]+)"', html).group(1)
+        results_block = html.split(f'id="{target}"')[1]
+        assert results_block.index('id="search-results"') < results_block.index("</table>")
+        # The KB form floats: blocks after it must clear it, or they (and their anchors) start at its top.
+        assert "kbsite/admin.css" in html
+        assert re.search(r"#kb-search,\s*#chunks\s*\{\s*clear: both;", stylesheet())
+
+    def test_results_read_as_text_without_markdown_markers_and_marks_stay_on_the_words(
+        self, admin_client, admin_user, ingestion_service
+    ):
+        kb = make_kb(owner=admin_user, **CORPUS_CHUNKING)
+        text = (
+            "## Who does what\n\n| Bee | Job |\n|-----|-----|\n| Worker | gathers **nectar** |\n"
+            "| Drone | mates with a queen |\n"
+        )
+        ingest(ingestion_service, make_document(kb=kb, title="Hive jobs", text=text))
+
+        response = admin_client.get(kb_page(kb), {"q": "nectar", "mode": "keyword"})
+
+        [row] = response.context["search_rows"]
+        shown = "".join(part for part, _ in row["parts"])
+        assert shown.startswith("Who does what\n\nBee · Job\nWorker · gathers nectar\nDrone · mates with a queen")
+        assert [part for part, matched in row["parts"] if matched] == ["nectar"]
+        assert "Worker · gathers <mark>nectar</mark>" in response.content.decode()
+
+    def test_a_query_over_the_limit_is_refused_with_a_message(self, admin_client, admin_user):
+        kb = make_kb(owner=admin_user)
+
+        response = admin_client.get(kb_page(kb), {"q": "bee " * (MAX_QUERY_CHARS // 4) + "s"})
+
+        assert response.context["search_results"] is None
+        complaint = f"The query has {MAX_QUERY_CHARS + 1} characters; the most is {MAX_QUERY_CHARS}. Shorten it."
+        assert f'<p class="errornote">{complaint}</p>' in response.content.decode()
+
+    def test_a_kb_page_opened_from_a_filtered_list_shows_no_search_complaint(self, admin_client, admin_user):
+        kb = make_kb(owner=admin_user)
+
+        response = admin_client.get(kb_page(kb), {"_changelist_filters": "q=notes"})
+
+        assert not response.context["search_form"].is_bound
+        assert "errornote" not in response.content.decode()
+
     def test_a_kb_without_indexed_documents_says_nothing_matches_yet(self, admin_client, admin_user):
         kb = make_kb(owner=admin_user)
         make_document(kb=kb)
@@ -557,7 +646,7 @@ class TestDocumentActions:
 
         archived = run_action(admin_client, "archive", bees)
 
-        assert messages_of(archived) == ["Archived 1 documents; nothing was embedded again."]
+        assert messages_of(archived) == ["Archived 1 document; nothing was embedded again."]
         bees.refresh_from_db()
         assert bees.is_archived and bees.status == DocumentStatus.READY
         points = document_points(bees)
@@ -567,7 +656,7 @@ class TestDocumentActions:
 
         unarchived = run_action(admin_client, "unarchive", bees)
 
-        assert messages_of(unarchived) == ["Unarchived 1 documents; nothing was embedded again."]
+        assert messages_of(unarchived) == ["Unarchived 1 document; nothing was embedded again."]
         bees.refresh_from_db()
         assert not bees.is_archived and bees.status == DocumentStatus.READY
         assert all(
@@ -584,7 +673,7 @@ class TestDocumentActions:
         kb = make_kb(owner=admin_user, **CORPUS_CHUNKING)
         title, text = corpus()[0]
         ready = ingest(ingestion_service, make_document(kb=kb, title=title, text=text))
-        async_to_sync(DocumentService().set_archived)(document=ready, archived=True)
+        DocumentService().set_archived(document=ready, archived=True)
         make_document(kb=kb, title="Waiting")
 
         response = admin_client.get(DOCUMENT_LIST)
@@ -596,6 +685,27 @@ class TestDocumentActions:
         assert changelist_row(html, "Waiting")["status_label"] == "Pending"
         # Work still pending: the page reloads itself.
         assert '<meta http-equiv="refresh" content="3">' in html
+
+    def test_counts_of_one_read_in_the_singular(self, admin_client, admin_user, ingestion_service):
+        kb = make_kb(owner=admin_user, **CORPUS_CHUNKING)
+        ingest(ingestion_service, make_document(kb=kb, title="Short", text="One short line about bees."))
+
+        html = admin_client.get(DOCUMENT_LIST).content.decode()
+
+        assert changelist_row(html, "Short")["progress"] == "1 chunk"
+
+    def test_a_failed_documents_problem_shows_under_its_status(self, admin_client, admin_user, ingestion_service):
+        kb = make_kb(owner=admin_user)
+        failing = DocumentService().add_upload(kb=kb, filename="scan.pdf", data=blank_pdf(1)).document
+        failed = async_to_sync(ingestion_service.ingest_now)(document_id=failing.pk, worker_id="tests")
+
+        html = admin_client.get(DOCUMENT_LIST).content.decode()
+
+        row = changelist_row(html, failed.title)
+        assert row["status_label"].startswith("Failed") and failed.error[:40] in row["status_label"]
+        # Fits beside the filters at 1280 px: no column for a problem most rows do not have.
+        assert set(row) == {"title", "knowledge_base", "status_label", "progress", "archived", "file_format", "created"}
+        assert "kbsite/admin.css" in html
 
     def test_the_document_list_stops_reloading_once_nothing_is_pending(
         self, admin_client, admin_user, ingestion_service
@@ -619,6 +729,9 @@ class TestDocumentActions:
         assert messages_of(response) == [
             "Queued 2 documents; the worker indexes them again in the background."
         ]
+        assert messages_of(run_action(admin_client, "reindex", ready[0]))[-1] == (
+            "Queued 1 document; the worker indexes it again in the background."
+        )
         assert set(Document.objects.filter(knowledge_base=kb).values_list("status", flat=True)) == {
             DocumentStatus.PENDING
         }
