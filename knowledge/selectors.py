@@ -1,4 +1,4 @@
-"""Reads for the admin and the API: knowledge bases with their counts, chunk counts from Qdrant."""
+"""Reads for the admin, the API and the members' pages: knowledge bases with their counts, documents, chunk counts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from uuid import UUID
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 
+from knowledge.errors import DocumentNotFound
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.permissions import PermissionService
 from search.services.chunks import ChunkService
@@ -43,3 +44,42 @@ async def knowledge_base_stats(kb: KnowledgeBase) -> dict:
         by_status[row["status"]] = row["count"]
     archived = await Document.objects.filter(knowledge_base=kb, archived_at__isnull=False).acount()
     return {"documents": by_status, "archived": archived, "chunks": await ChunkService().count_chunks(kb_id=kb.pk)}
+
+
+async def readable_knowledge_bases(user: AbstractBaseUser) -> list[KnowledgeBase]:
+    """The KBs the user may read, by name: the choices of the search page."""
+    return [kb async for kb in PermissionService().knowledge_bases_for(user).only("id", "name").order_by("name", "id")]
+
+
+async def knowledge_bases_with_roles(user: AbstractBaseUser) -> list[tuple[KnowledgeBase, bool]]:
+    """(KB with its counts, whether the user may edit it) for each KB the user may read, by name."""
+    editable = {
+        pk async for pk in PermissionService().knowledge_bases_for(user, least=Role.EDITOR).values_list("pk", flat=True)
+    }
+    return [(kb, kb.pk in editable) async for kb in knowledge_bases_with_counts(user).order_by("name", "id")]
+
+
+async def recent_documents(user: AbstractBaseUser, *, limit: int) -> list[Document]:
+    """The newest documents of the KBs the user may read, without their text."""
+    readable = PermissionService().knowledge_bases_for(user)
+    documents = (
+        Document.objects.filter(knowledge_base__in=readable)
+        .select_related("knowledge_base")
+        .defer("text")
+        .order_by("-created_at", "id")[:limit]
+    )
+    return [document async for document in documents]
+
+
+async def readable_document(user: AbstractBaseUser, *, document_id: UUID, least: Role = Role.READER) -> Document:
+    """The document if the user holds at least `least` on its KB; DocumentNotFound or KnowledgeBaseNotFound if not.
+
+    A document of a KB the user may not read is answered like one that does not exist.
+    """
+    document = await Document.objects.filter(pk=document_id).only("id", "knowledge_base_id").afirst()
+    if document is None:
+        raise DocumentNotFound(f"There is no document {document_id} you may read.")
+    kb = await PermissionService().get_knowledge_base(user=user, kb_id=document.knowledge_base_id, least=least)
+    document = await Document.objects.aget(pk=document_id)
+    document.knowledge_base = kb
+    return document

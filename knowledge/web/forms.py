@@ -1,0 +1,36 @@
+"""The members' search form: the admin's trial search with a choice of knowledge bases, archived text left out."""
+
+from __future__ import annotations
+
+from django import forms
+
+from knowledge.forms import SearchForm
+from knowledge.models import KnowledgeBase
+from search.services.search import MAX_LIMIT
+
+MORE_STEP = 10
+
+
+class MemberSearchForm(SearchForm):
+    kb = forms.MultipleChoiceField(
+        label="Knowledge bases",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every knowledge base you may read.",
+    )
+    # Members search what is live; archived text stays an editor's business in the admin.
+    include_archived = None
+
+    def __init__(self, *args, knowledge_bases: list[KnowledgeBase], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["q"].widget.attrs.update(type="search", autocomplete="off")
+        self.fields["kb"].choices = [(str(kb.pk), kb.name) for kb in knowledge_bases]
+        self.fields["mode"].label = "Search mode"
+        self.fields["limit"].label = "Number of results"
+        self.fields["limit"].widget = forms.HiddenInput()
+
+    @property
+    def more_limit(self) -> int | None:
+        """The limit of the "show more" link, or None when the most results are already asked for."""
+        limit = self.cleaned_data["limit"]
+        return min(limit + MORE_STEP, MAX_LIMIT) if limit < MAX_LIMIT else None

@@ -1,0 +1,201 @@
+"""The members' pages: thin views over the search service, the selectors and the document service."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from knowledge.errors import DocumentNotFound, KnowledgeBaseNotFound, PermissionDenied
+from knowledge.extraction import SUPPORTED_FORMATS
+from knowledge.forms import UploadForm
+from knowledge.highlighting import readable_parts
+from knowledge.models import DocumentStatus, Role
+from knowledge.selectors import (
+    knowledge_bases_with_roles,
+    readable_document,
+    readable_knowledge_bases,
+    recent_documents,
+)
+from knowledge.services.documents import DocumentService
+from knowledge.services.permissions import PermissionService
+from knowledge.web.forms import MemberSearchForm
+from search.errors import SearchError
+from search.services.search import get_search_service
+
+RECENT_DOCUMENTS = 30
+UNFINISHED = {DocumentStatus.PENDING, DocumentStatus.PROCESSING}
+
+
+async def home(request: HttpRequest) -> HttpResponse:
+    """The search page for a signed-in user, the sign-in page for anyone else."""
+    user = await request.auser()
+    return redirect("web:search" if user.is_authenticated else "web:login")
+
+
+@login_required
+async def search(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    kbs = await readable_knowledge_bases(user)
+    form = MemberSearchForm(request.GET if "q" in request.GET else None, knowledge_bases=kbs)
+    context = {"viewer": user, "section": "search", "form": form, "knowledge_bases": kbs, "searched": False}
+    if form.is_bound and not form.is_valid():
+        # The query's own errors show beside the box; the others' fields may be hidden or unchecked.
+        context["error"] = " ".join(
+            f"{form.fields[name].label}: {message}"
+            for name, errors in form.errors.items()
+            if name != "q"
+            for message in errors
+        )
+    elif form.is_bound and kbs:  # with none to read, the page says so and there is nothing to search
+        kb_ids = form.cleaned_data["kb"] or None
+        context["searched"] = True
+        try:
+            response = await get_search_service().search(
+                query=form.cleaned_data["q"],
+                kb_ids=kb_ids,
+                user_id=user.pk,
+                mode=form.cleaned_data["mode"] or "hybrid",
+                limit=form.cleaned_data["limit"],
+            )
+        except SearchError as exc:
+            context["error"] = exc.message
+        else:
+            names = {kb.pk: kb.name for kb in kbs}
+            context.update(
+                results=[
+                    {
+                        "result": result,
+                        "kb_name": names.get(result.kb_id, ""),
+                        "parts": readable_parts(result.content, result.highlights),
+                    }
+                    for result in response.results
+                ],
+                mode=response.mode,
+                notices=response.notices,
+                # Results are numbered from 1; "show more" lands on the first new one.
+                more_limit=form.more_limit if len(response.results) >= form.cleaned_data["limit"] else None,
+                back=request.GET.urlencode(),
+            )
+    return render(request, "knowledge/web/search.html", context)
+
+
+def _passage(text: str, start: str | None, end: str | None) -> tuple[str, str, str] | None:
+    """`text` cut around the passage [start, end) given in the query string, or None if it names none."""
+    try:
+        first, last = int(start or ""), int(end or "")
+    except ValueError:
+        return None
+    if not 0 <= first < last <= len(text):
+        return None
+    return text[:first], text[first:last], text[last:]
+
+
+@login_required
+async def document(request: HttpRequest, document_id: UUID) -> HttpResponse:
+    user = await request.auser()
+    try:
+        found = await readable_document(user, document_id=document_id)
+    except (DocumentNotFound, KnowledgeBaseNotFound) as exc:
+        raise Http404(exc.message) from None
+    back = request.GET.get("back", "")
+    context = {
+        "viewer": user,
+        "document": found,
+        "passage": _passage(found.text, request.GET.get("start"), request.GET.get("end")),
+        "back_url": reverse("web:search") + (f"?{back}" if back else ""),
+    }
+    return render(request, "knowledge/web/document.html", context)
+
+
+@login_required
+async def knowledge_bases(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    kbs = await knowledge_bases_with_roles(user)
+    editable = [kb for kb, can_edit in kbs if can_edit]
+    documents = await recent_documents(user, limit=RECENT_DOCUMENTS)
+    editable_ids = {kb.pk for kb in editable}
+    context = {
+        "viewer": user,
+        "section": "kbs",
+        "knowledge_bases": kbs,
+        "documents": [(doc, doc.knowledge_base_id in editable_ids) for doc in documents],
+        "unfinished": any(doc.status in UNFINISHED for doc in documents),
+        # The form is written out in the template: a bound queryset cannot be read from async code.
+        "editable": editable,
+        "accepted_formats": ",".join(SUPPORTED_FORMATS),
+        "max_upload_size": filesizeformat(int(settings.INGESTION["MAX_UPLOAD_BYTES"])),
+    }
+    return render(request, "knowledge/web/knowledge_bases.html", context)
+
+
+def _editable_kb(user, kb_id: str):
+    """The KB named in a form if the user may edit it: 404 when they may not read it, 403 when only read."""
+    try:
+        return async_to_sync(PermissionService().get_knowledge_base)(
+            user=user, kb_id=UUID(kb_id), least=Role.EDITOR
+        )
+    except (ValueError, KnowledgeBaseNotFound):
+        raise Http404("There is no such knowledge base you may read.") from None
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(exc.message) from None
+
+
+@login_required
+@require_POST
+def upload(request: HttpRequest) -> HttpResponse:
+    # Sync, like the admin's upload: each file is one transaction of DocumentService.add_upload.
+    kb = _editable_kb(request.user, request.POST.get("knowledge_base", ""))
+    writable = PermissionService().knowledge_bases_for(request.user, least=Role.EDITOR)
+    form = UploadForm(request.POST, request.FILES, knowledge_bases=writable)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(errors))
+        return HttpResponseRedirect(reverse("web:knowledge_bases") + "#upload")
+    batch = DocumentService().add_uploads(kb=kb, files=form.cleaned_data["files"])
+    for refusal in batch.refused:
+        messages.warning(request, refusal)
+    for replaced in batch.replaced:
+        messages.info(request, f"{replaced.document.source_name} replaced the earlier version; only it is indexed again.")
+    if batch.added:
+        messages.success(
+            request,
+            ngettext(
+                "Queued %(count)d document in %(kb)s; its status follows below.",
+                "Queued %(count)d documents in %(kb)s; their status follows below.",
+                len(batch.added),
+            )
+            % {"count": len(batch.added), "kb": kb.name},
+        )
+    return HttpResponseRedirect(reverse("web:knowledge_bases") + "#documents")
+
+
+@login_required
+@require_POST
+async def archive_document(request: HttpRequest, document_id: UUID) -> HttpResponse:
+    user = await request.auser()
+    try:
+        found = await readable_document(user, document_id=document_id, least=Role.EDITOR)
+    except (DocumentNotFound, KnowledgeBaseNotFound) as exc:
+        raise Http404(exc.message) from None
+    except PermissionDenied as exc:
+        raise DjangoPermissionDenied(exc.message) from None
+    archived = request.POST.get("archived", "1") == "1"
+    try:
+        await DocumentService().aset_archived(document=found, archived=archived)
+    except SearchError as exc:
+        messages.error(request, f"{found.title}: {exc.message}")
+    else:
+        verb = "archived: searches no longer find it" if archived else "back in searches"
+        messages.success(request, f"{found.title} is {verb}.")
+    return HttpResponseRedirect(reverse("web:knowledge_bases") + "#documents")
