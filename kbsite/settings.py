@@ -52,6 +52,9 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    # First, so its templates (the admin's kbsite header and favicon) override Django's own.
+    "knowledge.apps.KnowledgeConfig",
+    "search.apps.SearchConfig",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -59,8 +62,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
-    "search.apps.SearchConfig",
-    "knowledge.apps.KnowledgeConfig",
 ]
 
 MIDDLEWARE = [
@@ -141,11 +142,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "discard": {"class": "logging.NullHandler"},
+    },
     "loggers": {
         "kbsite": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
         "search": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
         "knowledge": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
+        # pypdf warns in many lines about nearly every PDF (a font it cannot fully decode, a fix it
+        # applied); knowledge.extraction collects those per file and logs one line naming the file.
+        "pypdf": {"handlers": ["discard"], "propagate": False},
     },
 }
 

@@ -86,7 +86,7 @@ async def list_knowledge_bases(request: HttpRequest):
 @kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(400, 401, 409, 422)})
 async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
     """A new knowledge base owned by the caller, for the site's current embedding model."""
-    kb = await sync_to_async(KnowledgeBaseService().create_knowledge_base)(owner=request.auth, **payload.dict())
+    kb = await KnowledgeBaseService().acreate_knowledge_base(owner=request.auth, **payload.dict())
     return Status(201, kb)
 
 
@@ -99,14 +99,14 @@ async def get_knowledge_base(request: HttpRequest, kb_id: UUID):
 async def update_knowledge_base(request: HttpRequest, kb_id: UUID, payload: KnowledgeBasePatch):
     """Change the name, description or chunk settings (owners; new settings apply to documents indexed from now on)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    return await sync_to_async(KnowledgeBaseService().update_knowledge_base)(kb=kb, **payload.dict(exclude_unset=True))
+    return await KnowledgeBaseService().aupdate_knowledge_base(kb=kb, **payload.dict(exclude_unset=True))
 
 
 @kbs.delete("/kbs/{kb_id}", response={204: None, **WRITE, 503: ErrorOut})
 async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
     """Delete the knowledge base, its documents and its Qdrant collections (owners)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    await KnowledgeBaseService().delete_knowledge_base(kb=kb)
+    await KnowledgeBaseService().adelete_knowledge_base(kb=kb)
     return Status(204, None)
 
 
@@ -130,7 +130,7 @@ async def list_members(request: HttpRequest, kb_id: UUID):
 async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
     """Add a member, or change a member's role (owners). 201 when added, 200 when changed."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    membership, created = await sync_to_async(MembershipService().set_member)(
+    membership, created = await MembershipService().aset_member(
         kb=kb, username=payload.username, role=payload.role
     )
     membership = await Membership.objects.select_related("user").aget(pk=membership.pk)
@@ -140,7 +140,7 @@ async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
 @members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
 async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int = PathParam(..., ge=1, le=2**63 - 1)):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    await sync_to_async(MembershipService().remove_member)(kb=kb, user_id=user_id)
+    await MembershipService().aremove_member(kb=kb, user_id=user_id)
     return Status(204, None)
 
 
@@ -189,10 +189,10 @@ async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpRespo
     if request.content_type == "multipart/form-data":
         # Parsing and reading run off the shared database thread, which other API calls need.
         filename, data, title = await sync_to_async(_read_multipart, thread_sensitive=False)(request, service)
-        added = await sync_to_async(service.add_upload)(kb=kb, filename=filename, data=data, title=title)
+        added = await service.aadd_upload(kb=kb, filename=filename, data=data, title=title)
     elif request.content_type == "application/json":
         payload = _text_document(request.body)
-        added = await sync_to_async(service.add_text_document)(
+        added = await service.aadd_text_document(
             kb=kb, title=payload.title, text=payload.text, source_name=payload.source_name
         )
     else:
@@ -249,20 +249,20 @@ async def get_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
 async def archive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """Hide the document from default searches: a payload change in Qdrant, nothing is embedded again."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
-    return await DocumentService().set_archived(document=document, archived=True)
+    return await DocumentService().aset_archived(document=document, archived=True)
 
 
 @documents.post("/kbs/{kb_id}/documents/{document_id}/unarchive", response={200: DocumentOut, **WRITE, 503: ErrorOut})
 async def unarchive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     document = await _document(kb_id, document_id, request, Role.EDITOR)
-    return await DocumentService().set_archived(document=document, archived=False)
+    return await DocumentService().aset_archived(document=document, archived=False)
 
 
 @documents.post("/kbs/{kb_id}/documents/{document_id}/reindex", response={202: DocumentOut, **WRITE})
 async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """Queue the document to be chunked and embedded again from its stored text."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
-    await sync_to_async(DocumentService().queue_for_reindex)(documents=[document])
+    await DocumentService().aqueue_for_reindex(documents=[document])
     return Status(202, await Document.objects.select_related("knowledge_base").aget(pk=document.pk))
 
 
@@ -270,7 +270,7 @@ async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID)
 async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """Delete the document and its points in Qdrant."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
-    await DocumentService().delete_document(document=document)
+    await DocumentService().adelete_document(document=document)
     return Status(204, None)
 
 

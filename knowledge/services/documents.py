@@ -6,14 +6,22 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from knowledge.errors import DuplicateDocument, InvalidInput, UnsupportedFormat, UploadTooLarge
-from knowledge.extraction import SUPPORTED_FORMATS, format_for
+from knowledge.errors import (
+    DuplicateDocument,
+    InvalidInput,
+    KnowledgeError,
+    UnsupportedFormat,
+    UploadTooLarge,
+)
+from knowledge.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.queue_events import notify_new_work
 from search.services.chunks import ChunkService
@@ -45,9 +53,32 @@ class AddedDocument:
     created: bool
 
 
+@dataclass
+class UploadBatch:
+    """What became of several files uploaded at once."""
+
+    added: list[AddedDocument]
+    #: One message per file that was refused (a duplicate, too large, an unknown format), saying why.
+    refused: list[str]
+
+    @property
+    def replaced(self) -> list[AddedDocument]:
+        return [added for added in self.added if not added.created]
+
+
 class DocumentService:
     def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
         self.chunk_service = chunk_service or ChunkService()
+
+    def add_uploads(self, *, kb: KnowledgeBase, files: Iterable[Any]) -> UploadBatch:
+        """Queue several uploaded files (each with `.name` and `.read()`); one refused leaves the others queued."""
+        batch = UploadBatch(added=[], refused=[])
+        for upload in files:
+            try:
+                batch.added.append(self.add_upload(kb=kb, filename=upload.name, data=upload.read()))
+            except KnowledgeError as exc:
+                batch.refused.append(exc.message)
+        return batch
 
     def add_upload(
         self, *, kb: KnowledgeBase, filename: str, data: bytes, title: str = "", source_name: str = ""
@@ -68,6 +99,8 @@ class DocumentService:
             raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
         if not data:
             raise InvalidInput(f"{name} is empty.")
+        if program := describe_program(data):
+            raise UnsupportedFormat(program_message(name, source_format, program))
         return self._add(
             kb=kb,
             source_name=source_name or name,
@@ -155,7 +188,7 @@ class DocumentService:
             transaction.on_commit(notify_new_work)
         return AddedDocument(document=document, created=earlier is None)
 
-    async def set_archived(self, *, document: Document, archived: bool) -> Document:
+    async def aset_archived(self, *, document: Document, archived: bool) -> Document:
         """Archive or restore a document: its chunks' payload changes in Qdrant, nothing is re-embedded.
 
         Qdrant changes first: should the database then fail, no archived text stays searchable.
@@ -170,7 +203,7 @@ class DocumentService:
         await document.asave(update_fields=["archived_at", "updated_at"])
         return document
 
-    async def rename(self, *, document: Document, title: str) -> Document:
+    async def arename(self, *, document: Document, title: str) -> Document:
         """Give a document a new title, in its row and in its chunks (which search results show)."""
         title = (title or "").strip()[:500]
         if not title:
@@ -180,7 +213,7 @@ class DocumentService:
         await document.asave(update_fields=["title", "updated_at"])
         return document
 
-    async def delete_document(self, *, document: Document) -> None:
+    async def adelete_document(self, *, document: Document) -> None:
         """Remove a document's points from Qdrant, then its row."""
         await self.chunk_service.delete_document_chunks(kb_id=document.knowledge_base_id, document_id=document.id)
         await document.adelete()
@@ -193,3 +226,11 @@ class DocumentService:
         return Document.objects.filter(pk__in=[d.pk for d in documents]).update(
             **REQUEUED, updated_at=timezone.now()
         )
+
+    # The other form of each method, for callers of the other kind (see README, "How it is built").
+    aadd_upload = sync_to_async(add_upload)
+    aadd_text_document = sync_to_async(add_text_document)
+    aqueue_for_reindex = sync_to_async(queue_for_reindex)
+    set_archived = async_to_sync(aset_archived)
+    rename = async_to_sync(arename)
+    delete_document = async_to_sync(adelete_document)

@@ -323,5 +323,5 @@ class RetrievalEvaluationService:
 
     async def adelete(self, index: EvaluationIndex) -> None:
         """Drop the KB's collection, the KB with its documents, then its owner."""
-        await self.knowledge_bases.delete_knowledge_base(kb=index.kb)
+        await self.knowledge_bases.adelete_knowledge_base(kb=index.kb)
         await index.owner.adelete()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -86,10 +87,15 @@ class KnowledgeBaseService:
                 f"Chunk overlap must be at least 0 and below the chunk size ({kb.chunk_size}), not {kb.chunk_overlap}."
             )
 
-    async def delete_knowledge_base(self, *, kb: KnowledgeBase) -> None:
+    async def adelete_knowledge_base(self, *, kb: KnowledgeBase) -> None:
         """Drop the KB's collections in Qdrant, then its rows (documents and memberships go with it).
 
         Qdrant goes first: should it fail, the KB is still there to delete again, not a hidden orphan.
         """
         await self.chunk_service.collections.delete_knowledge_base(kb_id=kb.id)
         await kb.adelete()
+
+    # The other form of each method, for callers of the other kind (see README, "How it is built").
+    acreate_knowledge_base = sync_to_async(create_knowledge_base)
+    aupdate_knowledge_base = sync_to_async(update_knowledge_base)
+    delete_knowledge_base = async_to_sync(adelete_knowledge_base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 
 from knowledge.errors import InvalidInput, MemberNotFound
@@ -30,6 +31,10 @@ class MembershipService:
             raise MemberNotFound(f"User {user_id} is not a member of {kb.name!r}.")
         self._keep_an_owner(kb, membership)
         membership.delete()
+
+    # The async form of each method, for async callers (see README, "How it is built").
+    aset_member = sync_to_async(set_member)
+    aremove_member = sync_to_async(remove_member)
 
     @staticmethod
     def _keep_an_owner(kb: KnowledgeBase, leaving: Membership) -> None:

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
-
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 from knowledge.services.ingestion import IngestionService, ProgressCallback
@@ -118,7 +116,7 @@ class ReindexService:
                 stale.append(document)
         for gone in indexed.keys() - present:
             await self.ingestion.chunk_service.delete_document_chunks(kb_id=kb.id, document_id=gone)
-        return await sync_to_async(self.documents.queue_for_reindex)(documents=stale) if stale else 0
+        return await self.documents.aqueue_for_reindex(documents=stale) if stale else 0
 
     @staticmethod
     def _count(report: ReindexReport, document: Document | None) -> None:

@@ -343,7 +343,6 @@ class TestSearchInputErrors:
             ({"kb_ids": []}, InvalidKnowledgeBaseIds),
             ({"kb_ids": "3f0e…"}, InvalidKnowledgeBaseIds),
             ({"kb_ids": ["not-a-uuid"]}, InvalidKnowledgeBaseIds),
-            ({"kb_ids": None}, InvalidKnowledgeBaseIds),
             ({"document_ids": ["nope"]}, InvalidFilter),
             ({"score_threshold": 1.5}, InvalidFilter),
             ({"user_id": 987654}, UnknownUser),

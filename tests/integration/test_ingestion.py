@@ -300,10 +300,10 @@ async def test_archiving_is_a_payload_update_without_embedding_again(kb, test_us
     document = await Document.objects.aget(pk=document.pk)
     calls = CountingEmbeddings.calls
 
-    await DocumentService().set_archived(document=document, archived=True)
+    await DocumentService().aset_archived(document=document, archived=True)
     hidden = await search(kb, test_user, QUERIES["guide.md"])
     shown = await search(kb, test_user, QUERIES["guide.md"], include_archived=True)
-    await DocumentService().set_archived(document=document, archived=False)
+    await DocumentService().aset_archived(document=document, archived=False)
     restored = await search(kb, test_user, QUERIES["guide.md"])
 
     assert hidden == [] and shown and restored
@@ -319,7 +319,7 @@ async def test_archiving_while_indexing_still_hides_every_chunk(test_user) -> No
 
     async def archive_once():
         fresh = await Document.objects.aget(pk=document.pk)
-        await DocumentService().set_archived(document=fresh, archived=True)
+        await DocumentService().aset_archived(document=fresh, archived=True)
 
     pending: list[asyncio.Task] = []
 
@@ -343,12 +343,12 @@ async def test_deleting_a_document_or_a_kb_removes_its_points(kb) -> None:
         await IngestionService().ingest_now(document_id=document.id, worker_id="test")
     chunks, notes_id = ChunkService(), notes.id
 
-    await DocumentService().delete_document(document=notes)
+    await DocumentService().adelete_document(document=notes)
 
     assert await chunks.count_chunks(kb_id=kb.id, document_id=notes_id) == 0
     assert await chunks.count_chunks(kb_id=kb.id, document_id=guide.id) > 0
     kb_id = kb.id
-    await KnowledgeBaseService().delete_knowledge_base(kb=kb)
+    await KnowledgeBaseService().adelete_knowledge_base(kb=kb)
     assert await chunks.collections.current_collection(kb_id=kb_id) is None
     assert (await qdrant_service.client.get_collections()).collections == []
     assert not await Document.objects.filter(pk=guide.pk).aexists()
@@ -391,7 +391,7 @@ async def test_a_document_deleted_while_it_is_indexed_leaves_no_points(test_user
 
     def delete_after_first_batch(_document, done, total):
         if not deleted:
-            deleted.append(asyncio.ensure_future(DocumentService().delete_document(document=_document)))
+            deleted.append(asyncio.ensure_future(DocumentService().adelete_document(document=_document)))
 
     document_id = document.id
     await ingestion.ingest_now(document_id=document_id, worker_id="test", on_progress=delete_after_first_batch)
@@ -427,7 +427,7 @@ async def test_a_rename_during_a_rebuild_reaches_the_new_collection(test_user) -
 
 
 async def _rename(document_coroutine, title: str) -> None:
-    await DocumentService().rename(document=await document_coroutine, title=title)
+    await DocumentService().arename(document=await document_coroutine, title=title)
 
 
 async def test_a_row_deleted_just_before_the_end_takes_its_points_with_it(test_user, qdrant_server) -> None:
