@@ -289,9 +289,13 @@ def test_searches_of_the_seeded_knowledge_base_answer_as_the_schema_says(expect,
     results = expect("POST", "/api/v1/search", 200, body=only).json()["results"]
     assert {result["document_id"] for result in results} <= {site.document_ids[0]}
 
-    strict = {**body, "score_threshold": 0.99}
+    strict = {**body, "score_threshold": 0.99, "mode": "semantic"}
     results = expect("POST", "/api/v1/search", 200, body=strict).json()["results"]
     assert all(result["score"] >= 0.99 for result in results)
+
+    keyword = {**body, "mode": "keyword"}
+    answer = expect("POST", "/api/v1/search", 200, body=keyword).json()
+    assert answer["mode"] == "keyword" and all(result["highlights"] for result in answer["results"])
 
 
 def test_changes_to_the_seeded_objects_answer_as_the_schema_says(expect, site):
