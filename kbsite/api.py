@@ -13,7 +13,7 @@ from knowledge import errors as knowledge_errors
 from knowledge.api import health as health_router
 from knowledge.api import router as knowledge_router
 from knowledge.auth import SessionAuth, TokenAuth
-from knowledge.extraction import ExtractionError
+from knowledge.ingestion.extraction import ExtractionError
 from search import errors as search_errors
 from search.api import router as search_router
 

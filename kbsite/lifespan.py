@@ -14,8 +14,8 @@ logger = logging.getLogger("kbsite")
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 # Each names an async callable taking no arguments.
-STARTUP_HOOKS = ["knowledge.worker.start_in_process", "kbsite.lifespan.freeze_startup_heap"]
-SHUTDOWN_HOOKS = ["knowledge.worker.stop_in_process", "search.lifecycle.close_connections"]
+STARTUP_HOOKS = ["knowledge.ingestion.worker.start_in_process", "kbsite.lifespan.freeze_startup_heap"]
+SHUTDOWN_HOOKS = ["knowledge.ingestion.worker.stop_in_process", "search.lifecycle.close_connections"]
 
 
 async def freeze_startup_heap() -> None:

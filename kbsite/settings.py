@@ -151,7 +151,7 @@ LOGGING = {
         "search": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
         "knowledge": {"handlers": ["console"], "level": env_str("KBSITE_LOG_LEVEL", "INFO")},
         # pypdf warns in many lines about nearly every PDF (a font it cannot fully decode, a fix it
-        # applied); knowledge.extraction collects those per file and logs one line naming the file.
+        # applied); knowledge.ingestion.extraction collects those per file and logs one line naming the file.
         "pypdf": {"handlers": ["discard"], "propagate": False},
     },
 }

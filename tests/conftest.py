@@ -9,8 +9,8 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from qdrant_client import models
 
+from knowledge.ingestion.pipeline import IngestionService
 from knowledge.models import DocumentStatus
-from knowledge.services.ingestion import IngestionService
 from search.embedding import embedding_service
 from search.qdrant import QdrantConfig, qdrant_service
 from search.services.collections import CollectionService

@@ -21,9 +21,9 @@ from knowledge.errors import (
     UnsupportedFormat,
     UploadTooLarge,
 )
-from knowledge.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
+from knowledge.ingestion.events import notify_new_work
+from knowledge.ingestion.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
-from knowledge.queue_events import notify_new_work
 from search.services.chunks import ChunkService
 
 TEXT_FORMAT = "text"

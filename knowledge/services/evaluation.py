@@ -31,12 +31,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
 from knowledge.errors import DuplicateDocument, KnowledgeError
+from knowledge.ingestion.pipeline import IngestionService
+from knowledge.ingestion.worker import new_worker_id
 from knowledge.models import DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
-from knowledge.services.ingestion import IngestionService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import PermissionService
-from knowledge.worker import new_worker_id
 from search.services.search import SearchMode, SearchService
 
 #: Documents scored per query: the @10 of every figure.

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+from knowledge.ingestion.pipeline import IngestionService, ProgressCallback
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
-from knowledge.services.ingestion import IngestionService, ProgressCallback
 from search.errors import EmbeddingModelMismatch
 from search.keywords import KeywordSettings
 

@@ -17,9 +17,9 @@ from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from knowledge.errors import DocumentNotFound, KnowledgeBaseNotFound, PermissionDenied
-from knowledge.extraction import SUPPORTED_FORMATS
 from knowledge.forms import UploadForm
 from knowledge.highlighting import readable_parts
+from knowledge.ingestion.extraction import SUPPORTED_FORMATS
 from knowledge.models import DocumentStatus, Role
 from knowledge.selectors import (
     knowledge_bases_with_roles,

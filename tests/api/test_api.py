@@ -15,9 +15,9 @@ from django.utils.crypto import get_random_string
 from ninja.testing import TestAsyncClient
 
 from kbsite.api import api
+from knowledge.ingestion.worker import IngestionWorker
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.tokens import ApiTokenService
-from knowledge.worker import IngestionWorker
 from search.models import SearchAudit
 from search.qdrant import QdrantConfig, collection_alias, qdrant_service
 from search.services.chunks import ChunkService

@@ -51,11 +51,11 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
+    from knowledge.ingestion.pipeline import IngestionService
+    from knowledge.ingestion.worker import IngestionWorker
     from knowledge.models import Document, DocumentStatus
     from knowledge.services.documents import DocumentService
-    from knowledge.services.ingestion import IngestionService
     from knowledge.services.knowledge_bases import KnowledgeBaseService
-    from knowledge.worker import IngestionWorker
     from search.embedding import embedding_service
 
     call_command("migrate", verbosity=0)

@@ -66,10 +66,10 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
+    from knowledge.ingestion.worker import IngestionWorker
     from knowledge.services.documents import DocumentService
     from knowledge.services.knowledge_bases import KnowledgeBaseService
     from knowledge.services.permissions import PermissionService
-    from knowledge.worker import IngestionWorker
     from search.services.audit import SearchAuditService
     from search.services.chunks import ChunkService
     from search.services.search import SearchService
@@ -82,7 +82,7 @@ def main() -> None:
             row = json.loads(line)
             DocumentService().add_text_document(kb=kb, title=row["_id"], text=row["text"])
     started = time.perf_counter()
-    logging.getLogger("knowledge.worker").setLevel(logging.WARNING)  # a line per document otherwise
+    logging.getLogger("knowledge.ingestion.worker").setLevel(logging.WARNING)  # a line per document otherwise
     asyncio.run(IngestionWorker(poll_seconds=0.1).run(until_idle=True))
     chunks = asyncio.run(ChunkService().count_chunks(kb_id=kb.id))
     print(f"{chunks} chunks from {args.abstracts} abstracts, indexed in {time.perf_counter() - started:.0f}s")

@@ -20,9 +20,9 @@ from qdrant_client import models
 
 from knowledge.admin import CHUNKS_PER_PAGE
 from knowledge.highlighting import readable_parts
+from knowledge.ingestion.worker import IngestionWorker
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.documents import DocumentService, content_hash
-from knowledge.worker import IngestionWorker
 from search.embedding import embedding_service
 from search.qdrant import collection_alias, qdrant_service
 from search.services.chunks import ChunkService

@@ -12,8 +12,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from knowledge.ingestion.pipeline import IngestionService
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
-from knowledge.services.ingestion import IngestionService
 from knowledge.services.permissions import PermissionService
 from knowledge.services.reindex import ReindexService
 from knowledge.services.site import DEMO_SLUG

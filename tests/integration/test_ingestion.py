@@ -10,12 +10,12 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from knowledge.errors import DuplicateDocument, UnsupportedFormat, UploadTooLarge
+from knowledge.ingestion.pipeline import IngestionService, IngestionSettings
+from knowledge.ingestion.worker import IngestionWorker, start_in_process, stop_in_process
 from knowledge.models import Document, DocumentSource, DocumentStatus
 from knowledge.services.documents import DocumentService
-from knowledge.services.ingestion import IngestionService, IngestionSettings
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import PermissionService
-from knowledge.worker import IngestionWorker, start_in_process, stop_in_process
 from search.errors import VectorStoreUnavailable
 from search.qdrant import qdrant_service
 from search.services.audit import SearchAuditService

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from django.test import override_settings
 
+from knowledge.ingestion.pipeline import IngestionService
 from knowledge.models import DocumentStatus, KnowledgeBase
-from knowledge.services.ingestion import IngestionService
 from knowledge.services.permissions import PermissionService
 from search.checks import check_qdrant_settings
 from search.errors import VectorStoreUnavailable

@@ -12,7 +12,13 @@ from pypdf import PageObject, PdfReader, PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from knowledge.errors import KnowledgeError
-from knowledge.extraction import SUPPORTED_FORMATS, ExtractedText, ExtractionError, extract_text, format_for
+from knowledge.ingestion.extraction import (
+    SUPPORTED_FORMATS,
+    ExtractedText,
+    ExtractionError,
+    extract_text,
+    format_for,
+)
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
 
 pytestmark = pytest.mark.unit
@@ -471,7 +477,7 @@ def test_pypdf_warnings_become_one_log_line_naming_the_file() -> None:
 
     assert result.text == "Bees make honey."
     [record] = recorder.records
-    assert (record.name, record.levelno) == ("knowledge.extraction", logging.INFO)
+    assert (record.name, record.levelno) == ("knowledge.ingestion.extraction", logging.INFO)
     line = record.getMessage()
     assert line.startswith("bees.pdf: 1 warning(s) from pypdf") and "fontTools" in line
     assert "\n" not in line and len(line) < 400

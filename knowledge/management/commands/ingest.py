@@ -7,12 +7,12 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.errors import KnowledgeError
+from knowledge.ingestion.file_import import FileImportService
+from knowledge.ingestion.pipeline import IngestionService
+from knowledge.ingestion.worker import new_worker_id
 from knowledge.management.progress import Progress
 from knowledge.models import DocumentStatus, KnowledgeBase
-from knowledge.services.file_import import FileImportService
-from knowledge.services.ingestion import IngestionService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
-from knowledge.worker import new_worker_id
 from search.errors import SearchError
 from search.qdrant import qdrant_service
 

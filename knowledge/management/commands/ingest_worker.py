@@ -7,7 +7,7 @@ import signal
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from knowledge.worker import IngestionWorker
+from knowledge.ingestion.worker import IngestionWorker
 from search.errors import SearchError
 from search.qdrant import qdrant_service
 

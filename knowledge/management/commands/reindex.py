@@ -7,12 +7,12 @@ import uuid
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from knowledge.ingestion.pipeline import IngestionService, IngestionSettings
+from knowledge.ingestion.worker import new_worker_id
 from knowledge.management.progress import Progress
 from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
-from knowledge.services.ingestion import IngestionService, IngestionSettings
 from knowledge.services.reindex import ReindexReport, ReindexService
-from knowledge.worker import new_worker_id
 from search.errors import SearchError
 from search.qdrant import qdrant_service
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knowledge.errors import InvalidInput, KnowledgeError
-from knowledge.extraction import format_for
+from knowledge.ingestion.extraction import format_for
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.documents import DocumentService
 

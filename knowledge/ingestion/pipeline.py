@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from knowledge.errors import InvalidInput
-from knowledge.extraction import ExtractionError, extract_text
+from knowledge.ingestion.extraction import ExtractionError, extract_text
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError
 
-from knowledge.queue_events import listen_for_new_work, stop_listening
-from knowledge.services.ingestion import IngestionService
+from knowledge.ingestion.events import listen_for_new_work, stop_listening
+from knowledge.ingestion.pipeline import IngestionService
 from search.qdrant import qdrant_service
 
 logger = logging.getLogger(__name__)
