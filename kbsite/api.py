@@ -6,8 +6,10 @@ import logging
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
+from ninja.operation import Operation
 
 from knowledge import errors as knowledge_errors
 from knowledge.api import health as health_router
@@ -19,7 +21,16 @@ from search.api import router as search_router
 
 logger = logging.getLogger("kbsite")
 
-api = NinjaAPI(
+
+class KbsiteAPI(NinjaAPI):
+    """Operation ids are the view functions' names (`create_knowledge_base`, `search`), unique across the
+    apps, so a generated client's methods read like the API; renaming a view renames its method."""
+
+    def get_openapi_operation_id(self, operation: Operation) -> str:
+        return operation.view_func.__name__
+
+
+api = KbsiteAPI(
     title="kbsite API",
     version="1",
     description=(
@@ -71,7 +82,9 @@ def domain_error(request: HttpRequest, exc: search_errors.KbsiteError):
 
 @api.exception_handler(ValidationError)
 def invalid_request(request: HttpRequest, exc: ValidationError):
-    return error_response(request, 422, "validation_error", "The request does not match the API's schema.", exc.errors)
+    return error_response(
+        request, 422, "validation_error", "The request does not match the API's schema.", exc.errors
+    )
 
 
 @api.exception_handler(AuthenticationError)
@@ -89,12 +102,28 @@ def unauthenticated(request: HttpRequest, exc: AuthenticationError):
 @api.exception_handler(Throttled)
 def throttled(request: HttpRequest, exc: Throttled):
     wait = f" Try again in {exc.wait:.0f} s." if exc.wait else ""
-    return error_response(request, 429, "rate_limited", f"Too many searches with this token.{wait}")
+    # One handler for every limit (searches, uploads): the path says which one was reached.
+    return error_response(
+        request, 429, "rate_limited", f"Too many requests to {request.path} with this token.{wait}"
+    )
 
 
 @api.exception_handler(RequestDataTooBig)
 def too_big(request: HttpRequest, exc: RequestDataTooBig):
-    return error_response(request, 413, "upload_too_large", "The request body is larger than this site accepts.")
+    return error_response(
+        request, 413, "upload_too_large", "The request body is larger than this site accepts."
+    )
+
+
+@api.exception_handler(MultiPartParserError)
+def unparsable_multipart(request: HttpRequest, exc: MultiPartParserError):
+    # Django's refusals of a multipart body: no boundary, part headers over 1 KB, and the like.
+    return error_response(
+        request,
+        400,
+        "bad_request",
+        f"Cannot parse the multipart body ({exc}). Send it as a browser or curl -F would.",
+    )
 
 
 @api.exception_handler(Http404)
@@ -114,7 +143,13 @@ def unknown_path(request: HttpRequest, rest: str = "") -> HttpResponse:
     )
 
 
-HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+HTTP_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+}
 
 
 @api.exception_handler(HttpError)
@@ -126,4 +161,6 @@ def http_error(request: HttpRequest, exc: HttpError):
 @api.exception_handler(Exception)
 def unexpected(request: HttpRequest, exc: Exception):
     logger.exception("Unexpected error in %s %s", request.method, request.path)
-    return error_response(request, 500, "internal_error", "Something went wrong on our side; it has been logged.")
+    return error_response(
+        request, 500, "internal_error", "Something went wrong on our side; it has been logged."
+    )

@@ -2,23 +2,25 @@
 
 import base64
 import binascii
-import json
+from typing import Annotated
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from ninja import Field, Query, Router, Schema, Status
+from ninja import Field, Form, Query, Router, Schema, Status, UploadedFile
 from ninja import Path as PathParam
-from ninja.errors import HttpError
 from ninja.pagination import LimitOffsetPagination, paginate
-from pydantic import ValidationError as PydanticValidationError
+from ninja.params.models import File as FileParam
+from ninja.params.models import FileModel
+from pydantic import field_validator
 
 from knowledge.errors import DocumentNotFound, InvalidInput, UnsupportedFormat, UploadTooLarge
 from knowledge.models import Document, Membership, Role
 from knowledge.schemas import (
     ChunkPage,
     ChunkQuery,
+    DocumentFileIn,
     DocumentFilters,
     DocumentOut,
     DocumentTextIn,
@@ -38,6 +40,7 @@ from knowledge.services.members import MembershipService
 from knowledge.services.permissions import PermissionService
 from search.schemas import ErrorOut
 from search.services.chunks import ChunkService
+from search.throttling import UploadRateThrottle
 
 router = Router()
 kbs = Router(tags=["knowledge bases"])
@@ -67,7 +70,11 @@ class BoundedPagination(LimitOffsetPagination):
 
 async def _document(kb_id: UUID, document_id: UUID, request: HttpRequest, least: Role) -> Document:
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=least)
-    document = await Document.objects.filter(knowledge_base=kb, pk=document_id).select_related("knowledge_base").afirst()
+    document = (
+        await Document.objects.filter(knowledge_base=kb, pk=document_id)
+        .select_related("knowledge_base")
+        .afirst()
+    )
     if document is None:
         raise DocumentNotFound(f"{kb.name!r} has no document {document_id}.")
     return document
@@ -111,7 +118,7 @@ async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
 
 
 @kbs.get("/kbs/{kb_id}/stats", response={200: StatsOut, **READ, 503: ErrorOut})
-async def get_stats(request: HttpRequest, kb_id: UUID):
+async def get_knowledge_base_stats(request: HttpRequest, kb_id: UUID):
     """Documents by status, archived documents, and chunks in Qdrant."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
     return await knowledge_base_stats(kb)
@@ -123,7 +130,9 @@ async def get_stats(request: HttpRequest, kb_id: UUID):
 @members.get("/kbs/{kb_id}/members", response={200: list[MemberOut], **WRITE})
 async def list_members(request: HttpRequest, kb_id: UUID):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    return [m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("pk")]
+    return [
+        m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("pk")
+    ]
 
 
 @members.post("/kbs/{kb_id}/members", response={200: MemberOut, 201: MemberOut, **WRITE})
@@ -146,84 +155,95 @@ async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int = PathPa
 
 # Documents
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": ".txt .md .html .pdf .docx"},
-                        "title": {"type": "string", "maxLength": 500},
-                    },
-                }
-            },
-            "application/json": {
-                # Inline: no operation takes DocumentTextIn as a parameter, so it is not a component.
-                "schema": DocumentTextIn.model_json_schema(),
-                "example": {"title": "Tide tables", "text": "High water comes about fifty minutes later each day."},
-            },
-        },
-    }
-}
+
+class MultipartFileModel(FileModel):
+    """The uploaded file, looked at before Django parses the body.
+
+    A body of another content type is refused first, saying where a text document goes now, and
+    one announced far over the limit is never read. A file name with a NUL character is refused
+    like any other text field (PostgreSQL cannot store it).
+    """
+
+    @classmethod
+    def get_request_data(cls, request: HttpRequest, api, path_params: dict) -> dict | None:
+        if request.content_type != "multipart/form-data":
+            raise UnsupportedFormat(
+                "This endpoint takes multipart/form-data with a `file` (and an optional `title`). Text "
+                "documents go as JSON with `title` and `text` to POST /api/v1/kbs/{kb_id}/documents/text."
+            )
+        limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
+        if int(request.headers.get("Content-Length") or 0) > limit + 64 * 1024:
+            raise UploadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MB.")
+        return super().get_request_data(request, api, path_params)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _name_without_nul(cls, upload: UploadedFile) -> UploadedFile:
+        if "\x00" in (upload.name or ""):
+            raise ValueError("The file name may not contain NUL characters (\\u0000).")
+        return upload
+
+
+class MultipartFile(FileParam):
+    """ninja's `File`, read through MultipartFileModel."""
+
+    _model = MultipartFileModel
+
+    @classmethod
+    def _param_source(cls) -> str:
+        return "file"
 
 
 @documents.post(
     "/kbs/{kb_id}/documents",
-    response={202: DocumentOut, **WRITE, 413: ErrorOut, 415: ErrorOut},
-    openapi_extra=UPLOAD_BODY,
+    response={202: DocumentOut, **WRITE, 413: ErrorOut, 415: ErrorOut, 429: ErrorOut},
+    throttle=[UploadRateThrottle()],
 )
-async def upload_document(request: HttpRequest, kb_id: UUID, response: HttpResponse):
-    """Queue a document: a file as multipart (`file`, optional `title`), or JSON with `title` and `text`.
+async def upload_document(
+    request: HttpRequest,
+    kb_id: UUID,
+    file: Annotated[UploadedFile, MultipartFile(..., description=".txt .md .html .pdf .docx")],
+    form: Form[DocumentFileIn],
+    response: HttpResponse,
+):
+    """Queue a file sent as multipart/form-data (`file`, optional `title`).
 
     Answers 202 with the document; poll its `url` until `status` is `ready` or `failed`. The same
     content twice in a knowledge base is refused (409); a file of the same name replaces that document.
     """
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
-    limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
-    if int(request.headers.get("Content-Length") or 0) > limit + 64 * 1024:
-        raise UploadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MB.")
     service = DocumentService()
-    if request.content_type == "multipart/form-data":
-        # Parsing and reading run off the shared database thread, which other API calls need.
-        filename, data, title = await sync_to_async(_read_multipart, thread_sensitive=False)(request, service)
-        added = await service.aadd_upload(kb=kb, filename=filename, data=data, title=title)
-    elif request.content_type == "application/json":
-        payload = _text_document(request.body)
-        added = await service.aadd_text_document(
-            kb=kb, title=payload.title, text=payload.text, source_name=payload.source_name
-        )
-    else:
-        raise UnsupportedFormat("Send multipart/form-data with a `file`, or application/json with `title` and `text`.")
-    document = await Document.objects.select_related("knowledge_base").aget(pk=added.document.pk)
+    # Before reading: a chunked request carries no Content-Length for the check above.
+    service.check_upload_size(file.name, file.size)
+    # Reading runs off the shared database thread, which other API calls need.
+    data = await sync_to_async(file.read, thread_sensitive=False)()
+    added = await service.aadd_upload(kb=kb, filename=file.name, data=data, title=form.title)
+    return await _queued(added.document.pk, response)
+
+
+@documents.post(
+    "/kbs/{kb_id}/documents/text",
+    response={202: DocumentOut, **WRITE, 413: ErrorOut, 429: ErrorOut},
+    throttle=[UploadRateThrottle()],
+)
+async def create_text_document(
+    request: HttpRequest, kb_id: UUID, payload: DocumentTextIn, response: HttpResponse
+):
+    """Queue a document given as text, in JSON with `title` and `text`.
+
+    Answers 202 with the document, like a file upload; the same text twice is refused (409).
+    """
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    added = await DocumentService().aadd_text_document(
+        kb=kb, title=payload.title, text=payload.text, source_name=payload.source_name
+    )
+    return await _queued(added.document.pk, response)
+
+
+async def _queued(document_id: UUID, response: HttpResponse) -> Status:
+    document = await Document.objects.select_related("knowledge_base").aget(pk=document_id)
     response["Location"] = DocumentOut.resolve_url(document)
     return Status(202, document)
-
-
-def _read_multipart(request: HttpRequest, service: DocumentService) -> tuple[str, bytes, str]:
-    upload = request.FILES.get("file")
-    if upload is None:
-        raise InvalidInput("Send the file in the multipart field `file`.")
-    # Before reading: a chunked request carries no Content-Length for the check above.
-    service.check_upload_size(upload.name, upload.size)
-    return upload.name, upload.read(), request.POST.get("title", "")
-
-
-def _text_document(body: bytes) -> DocumentTextIn:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        # As ninja answers an unparsable body on every other endpoint.
-        raise HttpError(400, "Cannot parse request body") from None
-    try:
-        return DocumentTextIn.model_validate(data)
-    except PydanticValidationError as exc:
-        raise InvalidInput(
-            "The JSON body must hold `title` and `text`.",
-            detail=json.loads(exc.json(include_url=False, include_input=False)),
-        ) from None
 
 
 @documents.get("/kbs/{kb_id}/documents", response={200: list[DocumentOut], **READ})
@@ -239,20 +259,26 @@ async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[Docum
     return rows.order_by("-created_at", "pk")
 
 
-@documents.get("/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **READ}, url_name="document")
+@documents.get(
+    "/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **READ}, url_name="document"
+)
 async def get_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """The document's status, progress (chunks done of total) and error, if any."""
     return await _document(kb_id, document_id, request, Role.READER)
 
 
-@documents.post("/kbs/{kb_id}/documents/{document_id}/archive", response={200: DocumentOut, **WRITE, 503: ErrorOut})
+@documents.post(
+    "/kbs/{kb_id}/documents/{document_id}/archive", response={200: DocumentOut, **WRITE, 503: ErrorOut}
+)
 async def archive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """Hide the document from default searches: a payload change in Qdrant, nothing is embedded again."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     return await DocumentService().aset_archived(document=document, archived=True)
 
 
-@documents.post("/kbs/{kb_id}/documents/{document_id}/unarchive", response={200: DocumentOut, **WRITE, 503: ErrorOut})
+@documents.post(
+    "/kbs/{kb_id}/documents/{document_id}/unarchive", response={200: DocumentOut, **WRITE, 503: ErrorOut}
+)
 async def unarchive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     return await DocumentService().aset_archived(document=document, archived=False)
@@ -274,7 +300,9 @@ async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     return Status(204, None)
 
 
-@documents.get("/kbs/{kb_id}/documents/{document_id}/chunks", response={200: ChunkPage, **READ, 503: ErrorOut})
+@documents.get(
+    "/kbs/{kb_id}/documents/{document_id}/chunks", response={200: ChunkPage, **READ, 503: ErrorOut}
+)
 async def list_chunks(request: HttpRequest, kb_id: UUID, document_id: UUID, page: Query[ChunkQuery]):
     """The document's chunks in order, as Qdrant holds them; pass `next_cursor` back as `cursor`."""
     document = await _document(kb_id, document_id, request, Role.READER)
@@ -305,10 +333,12 @@ def _offset_of(cursor: str | None) -> int | None:
 
 
 @health.get("/health", response={200: HealthOut, 503: ErrorOut})
-async def health_check(request: HttpRequest):
+async def get_health(request: HttpRequest):
     """200 when the database and Qdrant both answer; 503 says which did not."""
     checks = await HealthService().check()
     if all(state == "ok" for state in checks.values()):
         return {"status": "ok", **checks}
     failed = [name for name, state in checks.items() if state != "ok"]
-    return Status(503, {"code": "unavailable", "message": f"{' and '.join(failed)} did not answer.", "detail": checks})
+    return Status(
+        503, {"code": "unavailable", "message": f"{' and '.join(failed)} did not answer.", "detail": checks}
+    )

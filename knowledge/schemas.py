@@ -19,18 +19,28 @@ StatusName = Literal["pending", "processing", "ready", "failed"]
 
 class KnowledgeBaseIn(InputSchema):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"name": "Field notes", "slug": "field-notes", "description": "Notes."}]}
+        json_schema_extra={
+            "examples": [{"name": "Field notes", "slug": "field-notes", "description": "Notes."}]
+        }
     )
 
     name: str = Field(min_length=1, max_length=200)
-    slug: str | None = Field(None, max_length=100, pattern=r"^[-a-zA-Z0-9_]+$", description="Default: from the name.")
+    slug: str | None = Field(
+        None, max_length=100, pattern=r"^[-a-zA-Z0-9_]+$", description="Default: from the name."
+    )
     description: str = Field("", max_length=10_000)
-    chunk_size: int | None = Field(None, ge=1, le=254, description="Tokens per chunk (default from settings).")
-    chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the previous chunk.")
+    chunk_size: int | None = Field(
+        None, ge=1, le=254, description="Tokens per chunk (default from settings)."
+    )
+    chunk_overlap: int | None = Field(
+        None, ge=0, le=253, description="Tokens shared with the previous chunk."
+    )
 
 
 class KnowledgeBasePatch(InputSchema):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"description": "Notes from the 2026 season."}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"description": "Notes from the 2026 season."}]}
+    )
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
@@ -74,10 +84,18 @@ class MemberOut(Schema):
         return membership.user.get_username()
 
 
+class DocumentFileIn(InputSchema):
+    """The form fields sent with an uploaded file."""
+
+    title: str = Field("", max_length=500, description="Default: from the file.")
+
+
 class DocumentTextIn(InputSchema):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"title": "Tide tables", "text": "High water comes about fifty minutes later each day."}]
+            "examples": [
+                {"title": "Tide tables", "text": "High water comes about fifty minutes later each day."}
+            ]
         }
     )
 
@@ -122,7 +140,9 @@ class DocumentOut(Schema):
 
     @staticmethod
     def resolve_url(document: Document) -> str:
-        return reverse("api-v1:document", kwargs={"kb_id": document.knowledge_base_id, "document_id": document.pk})
+        return reverse(
+            "api-v1:document", kwargs={"kb_id": document.knowledge_base_id, "document_id": document.pk}
+        )
 
 
 class DocumentFilters(Schema):
@@ -166,4 +186,3 @@ class HealthOut(Schema):
     status: Literal["ok"]
     database: str
     qdrant: str
-

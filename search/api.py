@@ -49,6 +49,8 @@ async def search(request: HttpRequest, payload: SearchIn):
 
 
 @router.get("/search/history", response={200: list[SearchHistoryOut], 401: ErrorOut, 422: ErrorOut})
-async def search_history(request: HttpRequest, filters: Query[HistoryQuery]):
+async def list_search_history(request: HttpRequest, filters: Query[HistoryQuery]):
     """The caller's own searches, newest first; page with `before` = the last id seen."""
-    return await SearchAuditService().history(user_id=request.auth.pk, limit=filters.limit, before_id=filters.before)
+    return await SearchAuditService().history(
+        user_id=request.auth.pk, limit=filters.limit, before_id=filters.before
+    )

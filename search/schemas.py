@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, field_validator, model_validator
 
 from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS, SearchMode
 
@@ -21,7 +21,18 @@ class ErrorOut(Schema):
 
 
 class InputSchema(Schema):
-    """A request body: a JSON object, nothing else (Ninja would read any value's attributes as fields)."""
+    """A request body: a JSON object, nothing else (Ninja would read any value's attributes as fields).
+
+    No text field may hold a NUL character: PostgreSQL cannot store one, so it is refused here, naming
+    the field, before anything reaches the database.
+    """
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_characters(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("Text may not contain NUL characters (\\u0000).")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -77,7 +88,9 @@ class HighlightOut(Schema):
 
 
 class SearchResultOut(Schema):
-    score: float = Field(description="Cosine similarity (semantic), BM25 (keyword) or the fused rank score (hybrid).")
+    score: float = Field(
+        description="Cosine similarity (semantic), BM25 (keyword) or the fused rank score (hybrid)."
+    )
     text: str = Field(description="The chunk's text.")
     kb_id: UUID
     document_id: UUID
@@ -100,8 +113,12 @@ class SearchResultOut(Schema):
 
 class SearchOut(Schema):
     results: list[SearchResultOut]
-    mode: SearchMode = Field(description="The mode that ran: semantic where no KB searched has keyword vectors yet.")
-    notices: list[str] = Field(description="What to know about this search, e.g. a KB that needs `reindex --recreate`.")
+    mode: SearchMode = Field(
+        description="The mode that ran: semantic where no KB searched has keyword vectors yet."
+    )
+    notices: list[str] = Field(
+        description="What to know about this search, e.g. a KB that needs `reindex --recreate`."
+    )
     took_ms: float
 
 

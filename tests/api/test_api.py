@@ -699,7 +699,7 @@ async def test_an_upload_keeps_the_title_given_with_it(kb, editor_headers) -> No
 
 async def test_a_text_document_is_queued_from_json(kb, owner_headers) -> None:
     response = await client.post(
-        f"/kbs/{kb.id}/documents",
+        f"/kbs/{kb.id}/documents/text",
         json={
             "title": "Tide tables",
             "text": "High water comes later each day.",
@@ -755,7 +755,7 @@ async def test_the_same_content_twice_answers_409_naming_the_first_document(kb, 
         headers=owner_headers,
     )
     as_text = await client.post(
-        f"/kbs/{kb.id}/documents",
+        f"/kbs/{kb.id}/documents/text",
         json={"title": "Starter", "text": data.decode()},
         content_type="application/json",
         headers=owner_headers,
@@ -770,40 +770,40 @@ async def test_the_same_content_twice_answers_409_naming_the_first_document(kb, 
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "code"),
     [
-        {"title": "No text"},
-        {"title": "Empty text", "text": ""},
-        {"text": "No title"},
-        {"title": "Blank", "text": "   \n  "},
-        {"title": "x" * 501, "text": "Too long a title."},
-        ["not", "an", "object"],
+        ({"title": "No text"}, "validation_error"),
+        ({"title": "Empty text", "text": ""}, "validation_error"),
+        ({"text": "No title"}, "validation_error"),
+        ({"title": "Blank", "text": "   \n  "}, "invalid_input"),
+        ({"title": "x" * 501, "text": "Too long a title."}, "validation_error"),
+        (["not", "an", "object"], "validation_error"),
     ],
 )
-async def test_a_json_document_without_title_or_text_answers_422(kb, owner_headers, body) -> None:
+async def test_a_json_document_without_title_or_text_answers_422(kb, owner_headers, body, code) -> None:
     response = await client.post(
-        f"/kbs/{kb.id}/documents", json=body, content_type="application/json", headers=owner_headers
+        f"/kbs/{kb.id}/documents/text", json=body, content_type="application/json", headers=owner_headers
     )
 
     assert response.status_code == 422
-    assert response.json()["code"] == "invalid_input"
+    assert response.json()["code"] == code
     assert not await Document.objects.aexists()
 
 
 async def test_a_json_document_error_lists_the_missing_field(kb, owner_headers) -> None:
     response = await client.post(
-        f"/kbs/{kb.id}/documents",
+        f"/kbs/{kb.id}/documents/text",
         json={"title": "No text"},
         content_type="application/json",
         headers=owner_headers,
     )
 
-    assert [error["loc"] for error in response.json()["detail"]] == [["text"]]
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "payload", "text"]]
 
 
 async def test_a_malformed_json_document_answers_400(kb, owner_headers) -> None:
     response = await client.post(
-        f"/kbs/{kb.id}/documents",
+        f"/kbs/{kb.id}/documents/text",
         data='{"title": "Unclosed',
         content_type="application/json",
         headers=owner_headers,
@@ -835,7 +835,8 @@ async def test_a_multipart_upload_without_a_file_answers_422(kb, owner_headers) 
     )
 
     assert response.status_code == 422
-    assert response.json()["code"] == "invalid_input"
+    assert response.json()["code"] == "validation_error"
+    assert [error["loc"] for error in response.json()["detail"]] == [["file", "file"]]
 
 
 @pytest.mark.parametrize(
@@ -880,7 +881,7 @@ async def test_an_oversized_text_document_answers_413(kb, owner_headers, setting
     settings.INGESTION = {**settings.INGESTION, "MAX_UPLOAD_BYTES": 1000}
 
     response = await client.post(
-        f"/kbs/{kb.id}/documents",
+        f"/kbs/{kb.id}/documents/text",
         json={"title": "Long", "text": "words " * 200},
         content_type="application/json",
         headers=owner_headers,
@@ -908,7 +909,7 @@ async def test_a_body_announced_far_over_the_limit_is_refused_before_it_is_read(
 
 async def test_uploading_to_an_unknown_knowledge_base_answers_404(owner_headers) -> None:
     response = await client.post(
-        f"/kbs/{uuid4()}/documents",
+        f"/kbs/{uuid4()}/documents/text",
         json={"title": "Lost", "text": "Nowhere to go."},
         content_type="application/json",
         headers=owner_headers,

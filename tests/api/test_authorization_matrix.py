@@ -68,7 +68,7 @@ KB_CALLS = [
     Call("POST", "/kbs/{kb}/members", Role.OWNER, 201, body={"username": "bob", "role": "owner"}),
     Call("DELETE", "/kbs/{kb}/members/{member}", Role.OWNER, 204),
     Call("GET", "/kbs/{kb}/documents", Role.READER, 200),
-    Call("POST", "/kbs/{kb}/documents", Role.EDITOR, 202, body={"title": "Planted", "text": "Planted here."}),
+    Call("POST", "/kbs/{kb}/documents/text", Role.EDITOR, 202, body={"title": "Planted", "text": "Planted here."}),
     Call("POST", "/kbs/{kb}/documents", Role.EDITOR, 202, multipart=True),
 ]
 DOCUMENT_CALLS = [
