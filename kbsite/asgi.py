@@ -9,8 +9,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kbsite.settings")
 django_application = get_asgi_application()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402  (needs settings)
+from django.core.exceptions import SuspiciousFileOperation  # noqa: E402
+from django.http import Http404  # noqa: E402
 
 from kbsite.handlers import SharedThreadForAPIHandler  # noqa: E402
 from kbsite.lifespan import with_lifespan  # noqa: E402
 
-application = with_lifespan(ASGIStaticFilesHandler(SharedThreadForAPIHandler(django_application)))
+
+class StaticFilesHandler(ASGIStaticFilesHandler):
+    """Django's static files handler, answering a path that climbs out of the static folders with 404.
+
+    Django's own lets the SuspiciousFileOperation of `/static/..%2f..%2fetc/passwd` through as a 500.
+    """
+
+    def serve(self, request):
+        try:
+            return super().serve(request)
+        except SuspiciousFileOperation as error:
+            raise Http404("There is no such static file.") from error
+
+
+application = with_lifespan(StaticFilesHandler(SharedThreadForAPIHandler(django_application)))

@@ -470,7 +470,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "user" and not request.user.is_superuser:
             # Staff make tokens for themselves only.
-            kwargs["queryset"] = type(request.user).objects.filter(pk=request.user.pk)
+            # request.user is a lazy object: its type has no manager; the field's model has.
+            kwargs["queryset"] = db_field.remote_field.model._default_manager.filter(pk=request.user.pk)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import io
 import logging
 import os
@@ -73,6 +74,8 @@ _HTML_BLOCKS = frozenset(
 )  # fmt: skip
 
 _DOCX_HEADING = re.compile(r"Heading ([1-9])")
+# Each read of a zip member inflates at most about this much: the cap is checked between reads.
+_ZIP_READ_BYTES = 64 * 1024
 
 # What each format is called when a file turns out to be something else.
 _FORMAT_NAMES = {
@@ -130,7 +133,7 @@ def extract_text(*, data: bytes, filename: str) -> ExtractedText:
         raise ExtractionError(program_message(filename, format_name, program))
     try:
         raw_text, title = _EXTRACTORS[format_name](data, filename)
-    except ExtractionError:
+    except (ExtractionError, MemoryError):
         raise
     except Exception as error:
         # The parsers fail on damaged input with whatever exception their code happens to hit.
@@ -471,17 +474,7 @@ def _summarised_pdf_warnings(filename: str) -> Iterator[None]:
 
 
 def _extract_docx(data: bytes, filename: str) -> tuple[str, str | None]:
-    max_unzipped = _limits().max_unzipped_bytes
-    # python-docx reads each member only up to its declared size (zipfile fails a CRC check on
-    # more), so the declared sizes bound what opening the file can unpack.
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        unzipped = sum(member.file_size for member in archive.infolist())
-    if unzipped > max_unzipped:
-        raise ExtractionError(
-            f"{filename} expands to more than {max_unzipped / 1024**2:g} MB when unpacked; "
-            "split it into smaller files."
-        )
-    document = docx.Document(io.BytesIO(data))
+    document = docx.Document(io.BytesIO(_unpacked_docx(data, filename)))
     blocks: list[str] = []
     # The first "Title" and "Heading 1" paragraphs, which stand in for a missing document title.
     title_candidates: dict[str, str] = {}
@@ -500,6 +493,44 @@ def _extract_docx(data: bytes, filename: str) -> tuple[str, str | None]:
         or title_candidates.get("Heading 1")
     )
     return "\n\n".join(blocks), title
+
+
+def _unpacked_docx(data: bytes, filename: str) -> bytes:
+    """The DOCX re-packed without compression, after inflating it under a hard cap on the bytes produced.
+
+    A zip's index may lie about its members' sizes, and zipfile inflates a whole member in one call
+    before cutting it to its declared size: each member is streamed in small reads instead, counting
+    what actually comes out and stopping one read past its declared size. python-docx then reads the
+    stored copy, which holds nothing more to inflate.
+    """
+    max_unzipped = _limits().max_unzipped_bytes
+    unpacked = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive, zipfile.ZipFile(unpacked, "w") as stored:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > max_unzipped:
+            raise ExtractionError(
+                f"{filename} expands to more than {max_unzipped / 1024**2:g} MB when unpacked "
+                "(KBSITE_MAX_UNZIPPED_MB): split it into smaller files."
+            )
+        for member in members:
+            # Read past the declared size, if there is more, to catch the lie rather than trust it.
+            unbounded = copy.copy(member)
+            unbounded.file_size = max_unzipped + 1
+            parts: list[bytes] = []
+            size = 0
+            with archive.open(unbounded) as stream:
+                while part := stream.read(_ZIP_READ_BYTES):
+                    size += len(part)
+                    # Declared sizes add up to at most the limit, so stopping at each one caps the total.
+                    if size > member.file_size:
+                        raise ExtractionError(
+                            f"{filename} is not a valid Word document: its part {member.filename} unpacks to "
+                            f"more than the {member.file_size:,} bytes its zip index declares (a damaged file, "
+                            "or one built to exhaust the server). Open it in Word, save it again and upload the new copy."
+                        )
+                    parts.append(part)
+            stored.writestr(member.filename, b"".join(parts))
+    return unpacked.getvalue()
 
 
 def _docx_style(paragraph: Paragraph) -> str:

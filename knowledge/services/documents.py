@@ -24,6 +24,7 @@ from knowledge.errors import (
 from knowledge.ingestion.events import notify_new_work
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
+from knowledge.services.text_fields import refuse_nul_characters
 from search.services.chunks import ChunkService
 
 TEXT_FORMAT = "text"
@@ -89,6 +90,7 @@ class DocumentService:
         name (the file name, or its path within an imported folder) with other content replaces
         that document's text, and only it is indexed again.
         """
+        refuse_nul_characters(file_name=filename, title=title, source_name=source_name)
         name = PurePath(filename or "").name
         if not name:
             raise InvalidInput("The upload has no file name.")
@@ -114,6 +116,7 @@ class DocumentService:
 
     def add_text_document(self, *, kb: KnowledgeBase, title: str, text: str, source_name: str = "") -> AddedDocument:
         """Queue a document given as plain text; duplicates and new versions are handled as for files."""
+        refuse_nul_characters(title=title, text=text, source_name=source_name)
         title = (title or "").strip()
         if not title:
             raise InvalidInput("A text document needs a title.")
@@ -205,6 +208,7 @@ class DocumentService:
 
     async def arename(self, *, document: Document, title: str) -> Document:
         """Give a document a new title, in its row and in its chunks (which search results show)."""
+        refuse_nul_characters(title=title)
         title = (title or "").strip()[:500]
         if not title:
             raise InvalidInput("A document needs a title.")

@@ -24,6 +24,7 @@ from search.errors import (
     InvalidKnowledgeBaseIds,
     InvalidLimit,
     InvalidSearchMode,
+    InvalidSearchRequest,
     KnowledgeBaseNotFound,
     QueryTooLong,
 )
@@ -337,6 +338,12 @@ class SearchService:
         query = query.strip()
         if len(query) > MAX_QUERY_CHARS:
             raise QueryTooLong(f"The query has {len(query)} characters; the most is {MAX_QUERY_CHARS}.")
+        # PostgreSQL cannot store it in the audit log, which is written after the search has run.
+        if "\x00" in query:
+            raise InvalidSearchRequest(
+                "The query contains a NUL character (\\0), which kbsite cannot store: remove it and search again.",
+                detail={"field": "query"},
+            )
         return query
 
 

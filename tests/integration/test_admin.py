@@ -939,3 +939,14 @@ class TestWhoSeesWhat:
         assert async_to_sync(ChunkService().count_chunks)(
             kb_id=doc_a.knowledge_base_id, document_id=doc_a.pk
         ) == (doc_a.chunk_count)
+
+
+def test_a_staff_user_who_is_not_a_superuser_can_open_the_add_token_page_for_themselves_only(staff_client):
+    staff = make_staff("carol")
+    make_user(username="dave")
+
+    page = staff_client(staff).get(reverse("admin:knowledge_apitoken_add"))
+
+    assert page.status_code == 200
+    assert list(page.context["adminform"].form.fields["user"].queryset) == [staff]
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+import tracemalloc
 import zipfile
 
 import pytest
@@ -20,6 +21,7 @@ from knowledge.ingestion.extraction import (
     format_for,
 )
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
+from tests.hostile import docx_with_a_lying_index
 
 pytestmark = pytest.mark.unit
 
@@ -328,7 +330,24 @@ def test_docx_expanding_past_the_limit_is_refused(settings) -> None:
 
     error = extraction_error(data.getvalue(), "big.docx")
 
-    assert error.message == "big.docx expands to more than 1 MB when unpacked; split it into smaller files."
+    assert error.message == "big.docx expands to more than 1 MB when unpacked (KBSITE_MAX_UNZIPPED_MB): split it into smaller files."
+
+
+def test_docx_whose_zip_index_understates_a_part_is_refused_after_inflating_little_more_than_declared() -> None:
+    data = docx_with_a_lying_index(padding=50 * 1024 * 1024, declared_size=1000)
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        error = extraction_error(data, "report.docx")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert error.message.startswith(
+        "report.docx is not a valid Word document: its part word/document.xml unpacks to more than the "
+        "1,000 bytes its zip index declares"
+    )
+    assert peak < 5 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
