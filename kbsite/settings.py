@@ -189,18 +189,26 @@ INGESTION = {
     "MAX_EXTRACTED_CHARS": env_number("KBSITE_MAX_EXTRACTED_CHARS", 5_000_000),
     "MAX_PDF_PAGES": env_number("KBSITE_MAX_PDF_PAGES", 2000),
     "MAX_UNZIPPED_BYTES": env_number("KBSITE_MAX_UNZIPPED_MB", 200, float) * 1024 * 1024,
+    # Each uploaded file is read in a child process within this budget of time and memory.
+    "EXTRACTION_SECONDS": env_number("KBSITE_EXTRACTION_SECONDS", 120, float),
+    "EXTRACTION_MEMORY_MB": env_number("KBSITE_EXTRACTION_MEMORY_MB", 1024, float),
     # Run the ingestion worker inside the web server: needed with the embedded store, which only
     # one process may open. "auto" means: when QDRANT_URL is unset.
     "IN_PROCESS_WORKER": env_str("KBSITE_IN_PROCESS_WORKER", "auto"),
     "MAX_ATTEMPTS": env_number("KBSITE_INGEST_MAX_ATTEMPTS", 5),
     "LEASE_SECONDS": env_number("KBSITE_INGEST_LEASE_SECONDS", 300),
     "POLL_SECONDS": env_number("KBSITE_INGEST_POLL_SECONDS", 2.0, float),
+    # Documents one worker has in work at once; a big file taking its time does not hold up the next.
+    "CONCURRENCY": env_number("KBSITE_INGEST_CONCURRENCY", 2),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(INGESTION["MAX_UPLOAD_BYTES"]) + 1024 * 1024
 
 # Search: who may read which knowledge base (a class of the knowledge app), and how often a token may search.
+# Uploads (files and text documents) have a limit of their own; "off" turns either off.
 _search_rate = env_str("KBSITE_SEARCH_RATE_LIMIT", "600/min")
+_upload_rate = env_str("KBSITE_UPLOAD_RATE_LIMIT", "60/min")
 SEARCH = {
     "PERMISSION_SERVICE": "knowledge.services.permissions.PermissionService",
     "RATE_LIMIT": None if _search_rate.lower() in {"off", "none", "0"} else _search_rate,
+    "UPLOAD_RATE_LIMIT": None if _upload_rate.lower() in {"off", "none", "0"} else _upload_rate,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
@@ -18,11 +18,12 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, When
 from django.utils import timezone
 
 from knowledge.errors import InvalidInput
-from knowledge.ingestion.extraction import ExtractionError, extract_text
+from knowledge.ingestion.extraction import ExtractionError
+from knowledge.ingestion.sandbox import extract_text_in_sandbox
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker
@@ -50,6 +51,8 @@ class IngestionSettings:
     batch_size: int = 64
     first_retry_seconds: float = 2.0
     longest_retry_seconds: float = 300.0
+    #: How often a document whose file is being read is looked up, to stop the work once it is deleted or archived.
+    withdrawal_check_seconds: float = 1.0
 
     @classmethod
     def from_settings(cls, **overrides) -> IngestionSettings:
@@ -111,8 +114,18 @@ class IngestionService:
 
     # The queue. Each is one short transaction in sync code, wrapped once for async callers.
 
-    def claim_next(self, *, worker_id: str, knowledge_base_ids: Sequence[UUID] | None = None) -> Document | None:
-        """Claim the oldest document that is due: pending, or processing under a lapsed lease."""
+    def claim_next(
+        self,
+        *,
+        worker_id: str,
+        knowledge_base_ids: Sequence[UUID] | None = None,
+        busy_knowledge_base_ids: Collection[UUID] = (),
+    ) -> Document | None:
+        """Claim the oldest document that is due: pending, or processing under a lapsed lease.
+
+        Documents of knowledge bases not in `busy_knowledge_base_ids` (those the worker has in
+        work) come first, so one KB's big upload does not hold up the others.
+        """
         now = timezone.now()
         due = Q(status=DocumentStatus.PENDING) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         lapsed = Q(status=DocumentStatus.PROCESSING, lease_expires_at__lt=now)
@@ -123,7 +136,11 @@ class IngestionService:
             if connection.features.has_select_for_update_skip_locked:
                 # Workers pass over rows another worker is claiming instead of queueing behind it.
                 candidates = candidates.select_for_update(skip_locked=True)
-            for document_id in candidates.order_by("created_at").values_list("id", flat=True)[:5]:
+            order = ["created_at"]
+            if busy_knowledge_base_ids:
+                busy = Case(When(knowledge_base_id__in=list(busy_knowledge_base_ids), then=1), default=0)
+                candidates, order = candidates.annotate(busy=busy), ["busy", "created_at"]
+            for document_id in candidates.order_by(*order).values_list("id", flat=True)[:5]:
                 if self._take(document_id, worker_id, due | lapsed):
                     return self._claimed(document_id)
         return None
@@ -263,13 +280,42 @@ class IngestionService:
         source = await DocumentSource.objects.filter(document_id=document.pk).afirst()
         if source is None:
             return
-        extracted = await sync_to_async(extract_text, thread_sensitive=False)(
-            data=bytes(source.data), filename=PurePath(document.source_name).name
+        # The file is read in a child process with its own budget of memory and time; the event
+        # loop stays free meanwhile, and a document withdrawn under it has the child killed.
+        reading = asyncio.ensure_future(
+            extract_text_in_sandbox(data=bytes(source.data), filename=PurePath(document.source_name).name)
         )
+        watching = asyncio.ensure_future(self._stop_when_withdrawn(document, worker_id))
+        try:
+            done, _ = await asyncio.wait((reading, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reading.cancel()
+            watching.cancel()
+            await asyncio.gather(reading, watching, return_exceptions=True)
+        if reading not in done:
+            watching.result()  # Raises: the document was withdrawn.
+        extracted = reading.result()
         if extracted.title and document.title == DocumentService.default_title(document.source_name):
             document.title = extracted.title[:500]
         document.text = extracted.text
         await self._store_text(document, worker_id)
+
+    async def _stop_when_withdrawn(self, document: Document, worker_id: str) -> None:
+        """Raise once the document is deleted, queued again or archived; until then, wait."""
+        while True:
+            await asyncio.sleep(self.config.withdrawal_check_seconds)
+            try:
+                state = await Document.objects.filter(pk=document.pk).values("claimed_by", "archived_at").afirst()
+            except DatabaseError:
+                logger.warning("Could not look up %s while reading its file; will try again", document.pk)
+                continue
+            if state is None or state["claimed_by"] != worker_id:
+                raise LostClaim(document.pk)
+            if state["archived_at"] is not None and document.archived_at is None:
+                raise ExtractionError(
+                    f"{document.source_name or document.title} was archived while its text was being extracted, "
+                    "so kbsite stopped reading it: restore it and index it again to make it searchable."
+                )
 
     @sync_to_async
     def _store_text(self, document: Document, worker_id: str) -> None:

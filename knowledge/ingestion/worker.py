@@ -26,36 +26,88 @@ def new_worker_id() -> str:
 
 class IngestionWorker:
     def __init__(
-        self, *, service: IngestionService | None = None, worker_id: str | None = None, poll_seconds: float | None = None
+        self,
+        *,
+        service: IngestionService | None = None,
+        worker_id: str | None = None,
+        poll_seconds: float | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.service = service or IngestionService()
         self.worker_id = worker_id or new_worker_id()
         self.poll_seconds = poll_seconds if poll_seconds is not None else float(settings.INGESTION["POLL_SECONDS"])
+        # Documents in work at once: a big file taking its time budget does not hold up the next one.
+        self.concurrency = max(1, concurrency or int(settings.INGESTION.get("CONCURRENCY", 2)))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
     async def run(self, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> int:
-        """Process due documents until `stop` is set, or (`until_idle`) none is due; returns how many."""
+        """Process due documents until `stop` is set, or (`until_idle`) none is due; returns how many.
+
+        Up to `concurrency` documents are in work at once, those of other knowledge bases than
+        the ones already in work claimed first.
+        """
         stop = stop or asyncio.Event()
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        in_work: dict[asyncio.Task, object] = {}
         processed = 0
         logger.info("Ingestion worker %s started", self.worker_id)
-        while not stop.is_set():
-            try:
-                document = await self.service.aclaim_next(worker_id=self.worker_id)
-            except DatabaseError:
-                logger.exception("Could not read the ingestion queue; trying again in %.0fs", self.poll_seconds)
-                document = None
-            if document is None:
-                if until_idle:
+        try:
+            while not stop.is_set():
+                if len(in_work) >= self.concurrency:
+                    processed += await self._settle(in_work, stop)
+                    continue
+                try:
+                    document = await self.service.aclaim_next(
+                        worker_id=self.worker_id, busy_knowledge_base_ids=set(in_work.values())
+                    )
+                except DatabaseError:
+                    logger.exception("Could not read the ingestion queue; trying again in %.0fs", self.poll_seconds)
+                    document = None
+                if document is not None:
+                    in_work[asyncio.ensure_future(self._process(document))] = document.knowledge_base_id
+                elif in_work:
+                    processed += await self._settle(in_work, stop)
+                elif until_idle:
                     break
-                await self._idle(stop)
-                continue
-            document = await self.service.process(document, worker_id=self.worker_id)
-            logger.info("%s (%s): %s %s", document.title, document.pk, document.status, document.error or document.progress)
-            processed += 1
+                else:
+                    await self._idle(stop)
+        except asyncio.CancelledError:
+            # Given up on (a shutdown past its grace period): so are the documents in work; their
+            # leases lapse and another worker, or the restarted server, takes them again.
+            for task in in_work:
+                task.cancel()
+            await asyncio.gather(*in_work, return_exceptions=True)
+            raise
+        # A stop lets the documents in work finish; the caller bounds that with its grace period.
+        done = await asyncio.gather(*in_work, return_exceptions=True)
+        processed += sum(1 for outcome in done if not isinstance(outcome, BaseException))
         logger.info("Ingestion worker %s stopped after %d documents", self.worker_id, processed)
         return processed
+
+    async def _process(self, document) -> None:
+        document = await self.service.process(document, worker_id=self.worker_id)
+        logger.info("%s (%s): %s %s", document.title, document.pk, document.status, document.error or document.progress)
+
+    async def _settle(self, in_work: dict[asyncio.Task, object], stop: asyncio.Event) -> int:
+        """Wait until a document in work is done (or the worker is told to stop or woken); count those done."""
+        stopping = asyncio.ensure_future(stop.wait())
+        waking = asyncio.ensure_future(self._wake.wait())
+        try:
+            # The poll bounds the wait: a document whose retry falls due wakes nobody.
+            await asyncio.wait(
+                [*in_work, stopping, waking], timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+            waking.cancel()
+        self._wake.clear()
+        finished = [task for task in in_work if task.done()]
+        for task in finished:
+            del in_work[task]
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return len(finished)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
