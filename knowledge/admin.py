@@ -17,7 +17,7 @@ from django.utils.translation import ngettext
 
 from knowledge.errors import KnowledgeError
 from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
-from knowledge.highlighting import readable_parts
+from knowledge.highlighting import marked_html
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
@@ -202,7 +202,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             )
             context["search_results"] = response.results
             context["search_rows"] = [
-                {"result": result, "parts": readable_parts(result.content, result.highlights)}
+                {"result": result, "marked": marked_html(result.content, result.highlights)}
                 for result in response.results
             ]
             context["search_mode"] = response.mode

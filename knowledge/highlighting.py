@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
+
 
 def highlighted_parts(content: str, spans) -> list[tuple[str, bool]]:
     """`content` cut into (text, matched) pieces at the highlight spans, for the template to mark."""
@@ -80,3 +83,10 @@ def readable_parts(content: str, spans) -> list[tuple[str, bool]]:
         if text:
             parts.append((text, matched))
     return parts
+
+
+def marked_html(content: str, spans) -> str:
+    """The readable text as HTML, each matched word in <mark>: one join instead of a template loop per piece."""
+    return mark_safe(
+        "".join(f"<mark>{escape(text)}</mark>" if matched else escape(text) for text, matched in readable_parts(content, spans))
+    )

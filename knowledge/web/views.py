@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 
 from knowledge.errors import DocumentNotFound, KnowledgeBaseNotFound, PermissionDenied
 from knowledge.forms import UploadForm
-from knowledge.highlighting import readable_parts
+from knowledge.highlighting import marked_html
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS
 from knowledge.models import DocumentStatus, Role
 from knowledge.selectors import (
@@ -31,7 +31,7 @@ from knowledge.services.documents import DocumentService
 from knowledge.services.permissions import PermissionService
 from knowledge.web.forms import MemberSearchForm
 from search.errors import SearchError
-from search.services.search import get_search_service
+from search.services.search import MAX_KNOWLEDGE_BASES, get_search_service
 
 RECENT_DOCUMENTS = 30
 UNFINISHED = {DocumentStatus.PENDING, DocumentStatus.PROCESSING}
@@ -58,7 +58,9 @@ async def search(request: HttpRequest) -> HttpResponse:
             for message in errors
         )
     elif form.is_bound and kbs:  # with none to read, the page says so and there is nothing to search
-        kb_ids = form.cleaned_data["kb"] or None
+        # None chosen: every readable KB, which the page has just listed. Naming them spares the
+        # service its own listing (the cap on how many one search covers is the service's).
+        kb_ids = form.cleaned_data["kb"] or ([kb.pk for kb in kbs] if len(kbs) <= MAX_KNOWLEDGE_BASES else None)
         context["searched"] = True
         try:
             response = await get_search_service().search(
@@ -77,7 +79,7 @@ async def search(request: HttpRequest) -> HttpResponse:
                     {
                         "result": result,
                         "kb_name": names.get(result.kb_id, ""),
-                        "parts": readable_parts(result.content, result.highlights),
+                        "marked": marked_html(result.content, result.highlights),
                     }
                     for result in response.results
                 ],

@@ -597,9 +597,10 @@ class TestKnowledgeBaseSearch:
         response = admin_client.get(kb_page(kb), {"q": "nectar", "mode": "keyword"})
 
         [row] = response.context["search_rows"]
-        shown = "".join(part for part, _ in row["parts"])
-        assert shown.startswith("Who does what\n\nBee · Job\nWorker · gathers nectar\nDrone · mates with a queen")
-        assert [part for part, matched in row["parts"] if matched] == ["nectar"]
+        assert row["marked"].startswith(
+            "Who does what\n\nBee · Job\nWorker · gathers <mark>nectar</mark>\nDrone · mates with a queen"
+        )
+        assert row["marked"].count("<mark>") == 1
         assert "Worker · gathers <mark>nectar</mark>" in response.content.decode()
 
     def test_a_query_over_the_limit_is_refused_with_a_message(self, admin_client, admin_user):

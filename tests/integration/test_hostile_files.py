@@ -324,7 +324,7 @@ async def test_the_worker_keeps_other_kbs_moving_while_a_slow_file_takes_its_bud
     hostile_kb = await sync_to_async(make_kb)(owner=test_user, name="Hostile")
     others_kb = await sync_to_async(make_kb)(owner=other_user, name="Someone else's")
     slow = await sync_to_async(upload)(hostile_kb, "slow.pdf", slow_pdf)
-    more_of_the_same = await sync_to_async(upload)(hostile_kb, "slow-too.pdf", slow_pdf + b"\n% another copy\n")
+    await sync_to_async(upload)(hostile_kb, "slow-too.pdf", slow_pdf + b"\n% another copy\n")
     note = await sync_to_async(upload)(others_kb, "notes.txt", b"The harbour ferry leaves at seven and at nine.")
 
     worker = asyncio.ensure_future(IngestionWorker(poll_seconds=0.1, concurrency=2).run(until_idle=True))
