@@ -14,9 +14,8 @@ class SharedThreadForAPIHandler:
     calls open (and drop) their own database connection. The API's and the members' pages' views
     are async and wrap each unit of sync work whole, so they lose nothing by sharing the process's
     one sync thread, and keep one persistent connection: measured here, 165 → 250 searches/s and
-    400 → 840 health checks/s, and the search page's time next to the API's went from 1.32 to
-    (see tests/benchmarks/page_vs_api.py). The admin's sync views keep Django's behaviour, so a
-    slow admin page holds no search.
+    400 → 840 health checks/s. The admin's sync views keep Django's behaviour, so a slow admin
+    page holds no search.
     """
 
     def __init__(self, django_application: ASGIHandler) -> None:
