@@ -71,10 +71,11 @@ def query_for(client: int, turn: int) -> str:
     return f"{phrasing.format(topic)} ({client}.{turn})"
 
 
-async def search(http: httpx.AsyncClient, kb: str, query: str, tally: Tally) -> None:
+async def search(http: httpx.AsyncClient, kb: str, query: str, tally: Tally, mode: str | None = None) -> None:
     started = time.perf_counter()
+    body = {"query": query, "kb_ids": [kb], "limit": 10} | ({"mode": mode} if mode else {})
     try:
-        response = await http.post("/api/v1/search", json={"query": query, "kb_ids": [kb], "limit": 10})
+        response = await http.post("/api/v1/search", json=body)
     except httpx.HTTPError as exc:
         tally.statuses[type(exc).__name__] += 1
         tally.fail(f"{type(exc).__name__}: {exc} (query {query!r})")
@@ -85,10 +86,12 @@ async def search(http: httpx.AsyncClient, kb: str, query: str, tally: Tally) -> 
         tally.fail(f"HTTP {response.status_code}: {response.text[:300]} (query {query!r})")
 
 
-async def client_loop(http: httpx.AsyncClient, kb: str, client: int, deadline: float, tally: Tally) -> None:
+async def client_loop(
+    http: httpx.AsyncClient, kb: str, client: int, deadline: float, tally: Tally, mode: str | None = None
+) -> None:
     turn = 0
     while time.perf_counter() < deadline:
-        await search(http, kb, query_for(client, turn), tally)
+        await search(http, kb, query_for(client, turn), tally, mode)
         turn += 1
 
 
@@ -117,8 +120,10 @@ def report(tally: Tally, elapsed: float, clients: int) -> None:
 
 
 async def run(
-    url: str, token: str, kb: str, clients: int, seconds: float, timeout: float, warmup: int
+    url: str, token: str, kb: str, clients: int, seconds: float, timeout: float, warmup: int,
+    mode: str | None = None,
 ) -> Tally:
+    """The load of `clients` for `seconds`, reported; `mode` (semantic, hybrid, keyword) or the API's default."""
     headers = {"Authorization": f"Bearer {token}"}
 
     def connect() -> httpx.AsyncClient:
@@ -128,7 +133,7 @@ async def run(
     warm = Tally()
     async with connect() as http:
         for turn in range(warmup):
-            await search(http, kb, query_for(-1, turn), warm)
+            await search(http, kb, query_for(-1, turn), warm, mode)
     if warm.error_count:
         print("warm-up failed:", *warm.errors, sep="\n  ")
         return warm
@@ -137,7 +142,7 @@ async def run(
         # A connection pool of its own, as separate applications have: one pool shared by a
         # hundred tasks made httpx itself the bottleneck (a third of the throughput measured).
         async with connect() as http:
-            await client_loop(http, kb, client, deadline, tally)
+            await client_loop(http, kb, client, deadline, tally, mode)
 
     tally = Tally()
     started = time.perf_counter()
