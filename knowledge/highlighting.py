@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from html import escape
 
-from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 
@@ -47,11 +47,17 @@ MARKDOWN_MARKERS = [
 ]
 
 
+# Text with none of these characters has no Markdown marker to take out: one scan instead of all of them.
+MAYBE_MARKDOWN = re.compile(r"[#>|*_`\[]|^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*~~~", re.M)
+
+
 def markdown_edits(content: str) -> list[tuple[int, int, str]]:
     """The (start, end, replacement) edits that take Markdown's markers out of `content`, in order.
 
     Edits rather than a new string, so that spans into the raw content (the highlights) still apply.
     """
+    if not MAYBE_MARKDOWN.search(content):
+        return []
     edits = []
     for pattern, replacement in MARKDOWN_MARKERS:
         for match in pattern.finditer(content):
@@ -87,6 +93,7 @@ def readable_parts(content: str, spans) -> list[tuple[str, bool]]:
 
 def marked_html(content: str, spans) -> str:
     """The readable text as HTML, each matched word in <mark>: one join instead of a template loop per piece."""
+    # The standard library's escape: Django's is several times slower, and this runs for every result.
     return mark_safe(
         "".join(f"<mark>{escape(text)}</mark>" if matched else escape(text) for text, matched in readable_parts(content, spans))
     )

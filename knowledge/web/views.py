@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
@@ -74,22 +75,36 @@ async def search(request: HttpRequest) -> HttpResponse:
             context["error"] = exc.message
         else:
             names = {kb.pk: kb.name for kb in kbs}
+            back = urlencode({"back": request.GET.urlencode()})
+            more_limit = form.more_limit if len(response.results) >= form.cleaned_data["limit"] else None
+            # Links are built here rather than in the template: the page's time is mostly its own
+            # rendering, next to the API answering the same search.
             context.update(
                 results=[
                     {
                         "result": result,
                         "kb_name": names.get(result.kb_id, ""),
                         "marked": marked_html(result.content, result.highlights),
+                        "href": _document_link(result, back),
                     }
                     for result in response.results
                 ],
                 mode=response.mode,
                 notices=response.notices,
-                # Results are numbered from 1; "show more" lands on the first new one.
-                more_limit=form.more_limit if len(response.results) >= form.cleaned_data["limit"] else None,
-                back=request.GET.urlencode(),
+                more_href=_more_link(request, more_limit, len(response.results)) if more_limit else None,
             )
     return render(request, "knowledge/web/search.html", context)
+
+
+def _document_link(result, back: str) -> str:
+    where = f"start={result.char_start}&end={result.char_end}&" if None not in (result.char_start, result.char_end) else ""
+    return f"{reverse('web:document', args=[result.document_id])}?{where}{back}#hit"
+
+
+def _more_link(request: HttpRequest, limit: int, shown: int) -> str:
+    """The same search asking for `limit` results, landing on the first new one (results count from 1)."""
+    query = [(key, value) for key, values in request.GET.lists() if key != "limit" for value in values]
+    return f"?{urlencode([*query, ('limit', limit)])}#result-{shown + 1}"
 
 
 def _passage(text: str, start: str | None, end: str | None) -> tuple[str, str, str] | None:
