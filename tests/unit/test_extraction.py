@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import random
+import re
 import tracemalloc
 import zipfile
 
@@ -485,20 +487,36 @@ class Recorder(logging.Handler):
         self.records.append(record)
 
 
-def test_pypdf_warnings_become_one_log_line_naming_the_file() -> None:
+def pdf_with_a_wrong_startxref() -> bytes:
+    """A PDF pypdf reads after warning twice (a wrong xref pointer), whatever packages are installed."""
+    data = make_pdf(["Bees make honey."])
+    pointer = re.search(rb"startxref\s+(\d+)", data)
+    return data[: pointer.start(1)] + str(int(pointer.group(1)) + 7).encode() + data[pointer.end(1) :]
+
+
+@pytest.mark.parametrize(
+    "pdf",
+    [pdf_with_a_wrong_startxref, pdf_with_a_cff_font],
+    ids=["wrong-startxref", "cff-font"],
+)
+def test_pypdf_warnings_become_one_log_line_naming_the_file(pdf) -> None:
     # Whatever reaches the root logger is what an operator's handlers see, with the project's LOGGING.
     root, recorder = logging.getLogger(), Recorder()
     root.addHandler(recorder)
     try:
-        result = extract_text(data=pdf_with_a_cff_font(), filename="bees.pdf")
+        result = extract_text(data=pdf(), filename="bees.pdf")
     finally:
         root.removeHandler(recorder)
 
     assert result.text == "Bees make honey."
+    if pdf is pdf_with_a_cff_font and importlib.util.find_spec("fontTools") is not None:
+        # With fontTools installed (matplotlib brings it in the test extras) pypdf reads the font quietly.
+        assert recorder.records == []
+        return
     [record] = recorder.records
     assert (record.name, record.levelno) == ("knowledge.ingestion.extraction", logging.INFO)
     line = record.getMessage()
-    assert line.startswith("bees.pdf: 1 warning(s) from pypdf") and "fontTools" in line
+    assert line.startswith("bees.pdf: ") and " warning(s) from pypdf" in line
     assert "\n" not in line and len(line) < 400
 
 
