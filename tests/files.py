@@ -32,7 +32,11 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
             b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (page_id + 1)
         )
         objects[page_id + 1] = b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"
+    return pdf_file(objects, trailer=b"/Root 1 0 R /Info 4 0 R")
 
+
+def pdf_file(objects: dict[int, bytes], *, trailer: bytes = b"/Root 1 0 R") -> bytes:
+    """A PDF file of these numbered objects (1 to n, each given whole), with its xref table."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = {}
@@ -44,7 +48,7 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % size)
     for number in range(1, size):
         out.write(b"%010d 00000 n \n" % offsets[number])
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R /Info 4 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref_at))
+    out.write(b"trailer\n<< /Size %d " % size + trailer + b" >>\nstartxref\n%d\n%%%%EOF\n" % xref_at)
     return out.getvalue()
 
 
