@@ -118,6 +118,19 @@ class Document(models.Model):
         null=True, blank=True, help_text="A worker that has not renewed its claim by then is presumed dead."
     )
     archived_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    tags = models.JSONField(default=list, blank=True, help_text="Labels to filter searches by, e.g. [\"policy\", \"hr\"].")
+    metadata = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Flat key/value facts to filter searches by: strings, numbers, booleans, dates (ISO 8601).",
+    )
+    page_starts = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Where each page begins in the text (character offsets, page 1 first); empty when the source "
+        "has no pages.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -166,6 +179,7 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Answers 401 from then on. Empty: never.")
 
     class Meta:
         ordering = ["-created_at"]
