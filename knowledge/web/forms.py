@@ -23,11 +23,21 @@ class MemberSearchForm(SearchForm):
 
     def __init__(self, *args, knowledge_bases: list[KnowledgeBase], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["q"].widget.attrs.update(type="search", autocomplete="off")
         self.fields["kb"].choices = [(str(kb.pk), kb.name) for kb in knowledge_bases]
         self.fields["mode"].label = "Search mode"
         self.fields["limit"].label = "Number of results"
         self.fields["limit"].widget = forms.HiddenInput()
+
+    def options(self, name: str) -> list[tuple[str, str, bool]]:
+        """(value, label, chosen) for each choice of a field: the template writes the controls out itself,
+        since Django's widget templates cost more than the rest of the page (one template per checkbox)."""
+        value = self[name].value()
+        chosen = {str(item) for item in (value if isinstance(value, list | tuple) else [value]) if item is not None}
+        return [(str(choice), label, str(choice) in chosen) for choice, label in self.fields[name].choices]
+
+    @property
+    def query(self) -> str:
+        return self["q"].value() or ""
 
     @property
     def more_limit(self) -> int | None:

@@ -19,7 +19,6 @@ from django.views.decorators.http import require_POST
 
 from knowledge.errors import DocumentNotFound, KnowledgeBaseNotFound, PermissionDenied
 from knowledge.forms import UploadForm
-from knowledge.highlighting import marked_html
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS
 from knowledge.models import DocumentStatus, Role
 from knowledge.selectors import (
@@ -31,8 +30,9 @@ from knowledge.selectors import (
 from knowledge.services.documents import DocumentService
 from knowledge.services.permissions import PermissionService
 from knowledge.web.forms import MemberSearchForm
+from knowledge.web.results import results_html
 from search.errors import SearchError
-from search.services.search import MAX_KNOWLEDGE_BASES, get_search_service
+from search.services.search import MAX_KNOWLEDGE_BASES, MAX_QUERY_CHARS, get_search_service
 
 RECENT_DOCUMENTS = 30
 UNFINISHED = {DocumentStatus.PENDING, DocumentStatus.PROCESSING}
@@ -49,7 +49,18 @@ async def search(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     kbs = await readable_knowledge_bases(user)
     form = MemberSearchForm(request.GET if "q" in request.GET else None, knowledge_bases=kbs)
-    context = {"viewer": user, "section": "search", "form": form, "knowledge_bases": kbs, "searched": False}
+    context = {
+        "viewer": user,
+        "section": "search",
+        "form": form,
+        "knowledge_bases": kbs,
+        "kb_options": form.options("kb"),
+        "mode_options": form.options("mode"),
+        "limit": (form.cleaned_data["limit"] if form.is_bound and form.is_valid() else None) or 10,
+        "max_query_chars": MAX_QUERY_CHARS,
+        "search_url": reverse("web:search"),
+        "searched": False,
+    }
     if form.is_bound and not form.is_valid():
         # The query's own errors show beside the box; the others' fields may be hidden or unchecked.
         context["error"] = " ".join(
@@ -74,31 +85,17 @@ async def search(request: HttpRequest) -> HttpResponse:
         except SearchError as exc:
             context["error"] = exc.message
         else:
-            names = {kb.pk: kb.name for kb in kbs}
-            back = urlencode({"back": request.GET.urlencode()})
             more_limit = form.more_limit if len(response.results) >= form.cleaned_data["limit"] else None
-            # Links are built here rather than in the template: the page's time is mostly its own
-            # rendering, next to the API answering the same search.
             context.update(
-                results=[
-                    {
-                        "result": result,
-                        "kb_name": names.get(result.kb_id, ""),
-                        "marked": marked_html(result.content, result.highlights),
-                        "href": _document_link(result, back),
-                    }
-                    for result in response.results
-                ],
+                result_count=len(response.results),
+                results_html=results_html(
+                    response.results, kb_names={kb.pk: kb.name for kb in kbs}, back_query=request.GET.urlencode()
+                ),
                 mode=response.mode,
                 notices=response.notices,
                 more_href=_more_link(request, more_limit, len(response.results)) if more_limit else None,
             )
     return render(request, "knowledge/web/search.html", context)
-
-
-def _document_link(result, back: str) -> str:
-    where = f"start={result.char_start}&end={result.char_end}&" if None not in (result.char_start, result.char_end) else ""
-    return f"{reverse('web:document', args=[result.document_id])}?{where}{back}#hit"
 
 
 def _more_link(request: HttpRequest, limit: int, shown: int) -> str:

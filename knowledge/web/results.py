@@ -1,0 +1,50 @@
+"""The search page's result list written out as HTML in Python, not by the template engine.
+
+The page's server time is held to within 10 % of the API's for the same search (issue 12), and the
+template engine spent more on ten results (a lookup, a localisation and an escape per value) than the
+rest of the page together. Everything that comes from a document goes through `escape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from urllib.parse import urlencode
+from uuid import UUID
+
+from django.urls import reverse
+from django.utils.safestring import SafeString, mark_safe
+
+from knowledge.highlighting import marked_html
+from search.services.search import SearchResult
+
+PLACEHOLDER_ID = UUID(int=0)
+
+
+def results_html(results: Sequence[SearchResult], *, kb_names: Mapping[UUID, str], back_query: str) -> SafeString:
+    """One `<li class="result">` per result, numbered from 1 (`#result-N`, the "more" link's target)."""
+    document_path = reverse("web:document", args=[PLACEHOLDER_ID])  # once per page, not once per result
+    back = urlencode({"back": back_query})
+    return mark_safe("".join(_item(n, result, kb_names, document_path, back) for n, result in enumerate(results, 1)))
+
+
+def _item(n: int, result: SearchResult, kb_names: Mapping[UUID, str], document_path: str, back: str) -> str:
+    href = escape(_document_link(document_path, result, back))
+    where = (
+        f"<span>characters {result.char_start}–{result.char_end}</span>" if result.char_start is not None else ""
+    )
+    return (
+        f'<li class="result" id="result-{n}">'
+        f'<h3><a href="{href}">{escape(result.title)}</a></h3>'
+        f'<p class="result-meta"><span class="kb-name">{escape(kb_names.get(result.kb_id, ""))}</span> '
+        f'<span>score <span class="score">{result.score:.3f}</span></span> {where} '
+        f"<span>passage {result.chunk_index + 1}</span></p>"
+        f'<p class="passage">{marked_html(result.content, result.highlights)}</p></li>'
+    )
+
+
+def _document_link(document_path: str, result: SearchResult, back: str) -> str:
+    """The document's page with the hit's passage marked, and the way back to these results."""
+    path = document_path.replace(str(PLACEHOLDER_ID), str(result.document_id))
+    where = f"start={result.char_start}&end={result.char_end}&" if result.char_end is not None else ""
+    return f"{path}?{where}{back}#hit"
