@@ -6,6 +6,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from kbsite.secret_key import read_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -45,11 +47,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # Everything the embedded default writes (database, Qdrant store, uploads) lives here.
 VAR_DIR = Path(env_str("KBSITE_VAR_DIR", str(BASE_DIR / "var")))
 
+# The key: DJANGO_SECRET_KEY, else the one `manage.py bootstrap` (part of `make run`) wrote into var/ once,
+# else a public one, which `check --deploy` warns about (knowledge.W001).
+SECRET_KEY_FILE = VAR_DIR / "secret_key"
 DEFAULT_SECRET_KEY = "django-insecure-kbsite-embedded-default-change-me"
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEFAULT_SECRET_KEY)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or read_secret_key(SECRET_KEY_FILE) or DEFAULT_SECRET_KEY
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# Served over HTTPS only (behind a proxy that terminates TLS: uvicorn trusts its X-Forwarded-Proto from
+# 127.0.0.1, FORWARDED_ALLOW_IPS widens that): cookies go over HTTPS only and plain HTTP is redirected.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+# Health probes from inside the network may ask over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+# Strict-Transport-Security: browsers refuse plain HTTP to the site for this long, which cannot be taken
+# back before it runs out; off unless set.
+SECURE_HSTS_SECONDS = env_number("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     # First, so its templates (the admin's kbsite header and favicon) override Django's own.

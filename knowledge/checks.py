@@ -32,15 +32,17 @@ def check_ingestion_settings(app_configs=None, **kwargs) -> list:
     return problems
 
 
-@register("knowledge")
+@register("knowledge", deploy=True)
 def check_secret_key(app_configs=None, **kwargs) -> list:
-    """A deployment on a real database or Qdrant server with the key everyone can read in the repository."""
-    deployed = bool(settings.DATABASE_URL or settings.QDRANT.get("URL"))
-    if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and deployed and not settings.DEBUG:
+    """A deployment (DEBUG off) signing with the key everyone can read in the repository."""
+    if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and not settings.DEBUG:
         return [
             Warning(
-                "DJANGO_SECRET_KEY is unset: sessions and password resets are signed with a key that is public.",
-                hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; print(secrets.token_urlsafe(50))"`.',
+                "DJANGO_SECRET_KEY is unset and there is no key in "
+                f"{settings.SECRET_KEY_FILE}: sessions and password resets are signed with a key that is public.",
+                hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; '
+                'print(secrets.token_urlsafe(50))"`, or run `manage.py bootstrap` once to write a key of this '
+                "install's own.",
                 id="knowledge.W001",
             )
         ]
