@@ -25,8 +25,8 @@ def read_secret_key(path: Path) -> str | None:
         ) from None
     if not key:
         raise ImproperlyConfigured(
-            f"{path} is empty: delete it and run `manage.py bootstrap` (part of `make run`) to write a new key, "
-            "or set DJANGO_SECRET_KEY."
+            f"{path} is empty: delete it and run `manage.py bootstrap` (part of `make run`) to write "
+            "a new key, or set DJANGO_SECRET_KEY."
         )
     return key
 
@@ -43,7 +43,8 @@ def write_secret_key_once(path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     # Readable by its owner only from the first byte, not chmod-ed afterwards.
-    with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as file:
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(secrets.token_urlsafe(KEY_BYTES) + "\n")
         file.flush()
         os.fsync(file.fileno())

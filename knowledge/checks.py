@@ -38,8 +38,8 @@ def check_secret_key(app_configs=None, **kwargs) -> list:
     if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and not settings.DEBUG:
         return [
             Warning(
-                "DJANGO_SECRET_KEY is unset and there is no key in "
-                f"{settings.SECRET_KEY_FILE}: sessions and password resets are signed with a key that is public.",
+                f"DJANGO_SECRET_KEY is unset and there is no key in {settings.SECRET_KEY_FILE}: sessions "
+                "and password resets are signed with a key that is public.",
                 hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; '
                 'print(secrets.token_urlsafe(50))"`, or run `manage.py bootstrap` once to write a key of this '
                 "install's own.",
