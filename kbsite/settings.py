@@ -1,6 +1,7 @@
 """Settings for kbsite, read from the environment with embedded defaults (SQLite, local Qdrant)."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -79,6 +80,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -89,7 +91,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the page saying when to try again.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes refuses logins (the admin's and the members' /accounts/login/) for a user name from an
+# address after too many failures there, until a cool-off has passed; other users and addresses go on.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_number("KBSITE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("KBSITE_LOGIN_COOLOFF_MINUTES", 15, float))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts while locked out do not restart the wait, so the page's "try again at" holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "knowledge.web.lockout.locked_out"
+# Only failed attempts matter for the lockout; a row per successful login would grow without end.
+AXES_DISABLE_ACCESS_LOG = True
 
 ROOT_URLCONF = "kbsite.urls"
 

@@ -1,4 +1,4 @@
-"""API tokens that expire: set from the command line and the admin, then refused with the date and what to do."""
+"""API tokens that expire: set by command or in the admin, then refused with the date and what to do."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def expire(token: ApiToken, at: datetime) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_an_expired_token_answers_401_saying_when_it_expired_and_how_to_get_a_new_one(test_user) -> None:
+async def test_an_expired_token_answers_401_saying_when_it_expired_and_how_to_get_another(test_user) -> None:
     issued = await sync_to_async(ApiTokenService().create_token)(
         user=test_user, name="ci job", expires_at=timezone.now() + timedelta(days=1)
     )
@@ -85,7 +85,9 @@ async def test_a_wrong_secret_with_an_expired_tokens_prefix_learns_nothing_about
 
 def test_a_token_cannot_be_made_already_expired(test_user) -> None:
     with pytest.raises(InvalidInput, match="has passed"):
-        ApiTokenService().create_token(user=test_user, name="late", expires_at=timezone.now() - timedelta(seconds=1))
+        ApiTokenService().create_token(
+            user=test_user, name="late", expires_at=timezone.now() - timedelta(seconds=1)
+        )
 
     assert not ApiToken.objects.exists()
 

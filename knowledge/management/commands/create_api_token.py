@@ -19,7 +19,9 @@ def duration(text: str) -> timedelta:
     """`90d`, `12w`, `36h`: how long from now the token works."""
     match = re.fullmatch(r"(\d+)\s*([hdw])", text.strip().lower())
     if match is None or int(match[1]) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 90d (days), 12w (weeks) or 36h.")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write e.g. 90d (days), 12w (weeks) or 36h (hours)."
+        )
     return timedelta(**{UNITS[match[2]]: int(match[1])})
 
 
@@ -33,7 +35,9 @@ def moment(text: str) -> datetime:
     except ValueError:
         parsed = None
     if parsed is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date: write e.g. 2027-03-31 or 2027-03-31T18:00.")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date: write e.g. 2027-03-31 or 2027-03-31T18:00."
+        )
     return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
 
 
@@ -45,7 +49,9 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="command line", help="What the token is for (default: %(default)s).")
         expiry = parser.add_mutually_exclusive_group()
         expiry.add_argument(
-            "--expires-in", type=duration, help="The token stops working after this long, e.g. 90d, 12w or 36h."
+            "--expires-in",
+            type=duration,
+            help="The token stops working after this long, e.g. 90d, 12w or 36h.",
         )
         expiry.add_argument(
             "--expires-at",
@@ -75,6 +81,7 @@ class Command(BaseCommand):
         if verbosity >= 1:
             lasts = f"expires {when(expires_at)}" if expires_at else "does not expire"
             self.stderr.write(
-                f"API token {name!r} for {username}, {lasts} (shown only now; send it as 'Authorization: Bearer …'):"
+                f"API token {name!r} for {username}, {lasts} "
+                "(shown only now; send it as 'Authorization: Bearer …'):"
             )
         self.stdout.write(issued.secret)
