@@ -79,3 +79,14 @@ def test_the_key_written_into_var_is_read_at_start_and_silences_the_warning(tmp_
     # Django's own check would flag the public default key too (it starts with "django-insecure-").
     assert "knowledge.W001" not in output and "security.W009" not in output
     assert "security.W004" in output, "check --deploy did not run"
+
+
+@pytest.mark.django_db
+def test_with_https_on_pages_redirect_plain_http_but_health_probes_do_not(client, settings) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+
+    page = client.get("/accounts/login/")
+    health = client.get("/api/v1/health")
+
+    assert page.status_code == 301 and page["Location"] == "https://testserver/accounts/login/"
+    assert health.status_code == 200
