@@ -46,11 +46,14 @@ api.add_router("/", health_router)
 api.add_router("/", knowledge_router)
 api.add_router("/", search_router)
 
+BEARER_CHALLENGE = 'Bearer realm="kbsite"'
+
 # Each domain error's HTTP status, looked up along its class hierarchy.
 STATUS = {
     knowledge_errors.KnowledgeBaseNotFound: 404,
     knowledge_errors.DocumentNotFound: 404,
     knowledge_errors.MemberNotFound: 404,
+    knowledge_errors.TokenExpired: 401,
     knowledge_errors.PermissionDenied: 403,
     knowledge_errors.DuplicateSlug: 409,
     knowledge_errors.DuplicateDocument: 409,
@@ -77,7 +80,10 @@ def error_response(request: HttpRequest, status: int, code: str, message: str, d
 @api.exception_handler(search_errors.KbsiteError)
 def domain_error(request: HttpRequest, exc: search_errors.KbsiteError):
     status = next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
-    return error_response(request, status, exc.code, exc.message, exc.detail)
+    response = error_response(request, status, exc.code, exc.message, exc.detail)
+    if status == 401:
+        response["WWW-Authenticate"] = BEARER_CHALLENGE
+    return response
 
 
 @api.exception_handler(ValidationError)
@@ -95,7 +101,7 @@ def unauthenticated(request: HttpRequest, exc: AuthenticationError):
         "unauthenticated",
         "Send a valid API token as 'Authorization: Bearer …' (or log in to the admin for browser use).",
     )
-    response["WWW-Authenticate"] = 'Bearer realm="kbsite"'
+    response["WWW-Authenticate"] = BEARER_CHALLENGE
     return response
 
 

@@ -1,10 +1,13 @@
 """Settings for kbsite, read from the environment with embedded defaults (SQLite, local Qdrant)."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from kbsite.secret_key import read_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,11 +48,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # Everything the embedded default writes (database, Qdrant store, uploads) lives here.
 VAR_DIR = Path(env_str("KBSITE_VAR_DIR", str(BASE_DIR / "var")))
 
+# The key: DJANGO_SECRET_KEY, else the one `manage.py bootstrap` (part of `make run`) wrote into var/ once,
+# else a public one, which `check --deploy` warns about (knowledge.W001).
+SECRET_KEY_FILE = VAR_DIR / "secret_key"
 DEFAULT_SECRET_KEY = "django-insecure-kbsite-embedded-default-change-me"
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", DEFAULT_SECRET_KEY)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or read_secret_key(SECRET_KEY_FILE) or DEFAULT_SECRET_KEY
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# Served over HTTPS only (behind a proxy that terminates TLS: uvicorn trusts its X-Forwarded-Proto from
+# 127.0.0.1, FORWARDED_ALLOW_IPS widens that): cookies go over HTTPS only and plain HTTP is redirected.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
+# Health probes from inside the network may ask over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+# Strict-Transport-Security: browsers refuse plain HTTP to the site for this long, which cannot be taken
+# back before it runs out; off unless set.
+SECURE_HSTS_SECONDS = env_number("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     # First, so its templates (the admin's kbsite header and favicon) override Django's own.
@@ -62,6 +80,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -72,7 +91,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the page saying when to try again.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# django-axes refuses logins (the admin's and the members' /accounts/login/) for a user name from an
+# address after too many failures there, until a cool-off has passed; other users and addresses go on.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_number("KBSITE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_number("KBSITE_LOGIN_COOLOFF_MINUTES", 15, float))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts while locked out do not restart the wait, so the page's "try again at" holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "knowledge.web.lockout.locked_out"
+# Only failed attempts matter for the lockout; a row per successful login would grow without end.
+AXES_DISABLE_ACCESS_LOG = True
 
 ROOT_URLCONF = "kbsite.urls"
 

@@ -435,13 +435,22 @@ class DocumentAdmin(admin.ModelAdmin):
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
-        fields = ["user", "name"]
+        fields = ["user", "name", "expires_at"]
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data["expires_at"]
+        if "expires_at" in self.changed_data:
+            try:
+                ApiTokenService.check_expiry(expires_at)
+            except KnowledgeError as exc:
+                raise forms.ValidationError(exc.message) from exc
+        return expires_at
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     form = ApiTokenForm
-    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "active"]
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "expires_at", "active"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
     search_fields = ["name", "prefix", "user__username"]
@@ -459,7 +468,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return tokens if request.user.is_superuser else tokens.filter(user=request.user)
 
     def get_fields(self, request, obj=None):
-        return ["user", "name"] if obj is None else ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+        made = ["user", "name", "expires_at"]
+        return made if obj is None else [*made, "prefix", "created_at", "last_used_at", "revoked_at"]
 
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
@@ -476,9 +486,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save(update_fields=["name"])
+            obj.save(update_fields=["name", "expires_at"])
             return
-        issued = ApiTokenService().create_token(user=obj.user, name=obj.name)
+        issued = ApiTokenService().create_token(user=obj.user, name=obj.name, expires_at=obj.expires_at)
         obj.pk = issued.token.pk
         messages.warning(
             request,

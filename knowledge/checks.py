@@ -1,4 +1,4 @@
-"""System checks for the ingestion settings and the secret key."""
+"""System checks for the ingestion settings, the login lockout and the secret key."""
 
 from __future__ import annotations
 
@@ -33,14 +33,33 @@ def check_ingestion_settings(app_configs=None, **kwargs) -> list:
 
 
 @register("knowledge")
+def check_login_lockout_settings(app_configs=None, **kwargs) -> list:
+    """A limit of 0 would lock every user out before their first try; a cool-off of 0 would never hold."""
+    problems = []
+    if not isinstance(settings.AXES_FAILURE_LIMIT, int) or settings.AXES_FAILURE_LIMIT < 1:
+        problems.append(
+            Error(
+                f"KBSITE_LOGIN_FAILURE_LIMIT={settings.AXES_FAILURE_LIMIT!r} must be a whole number "
+                "of at least 1.",
+                id="knowledge.E003",
+            )
+        )
+    if settings.AXES_COOLOFF_TIME.total_seconds() <= 0:
+        problems.append(Error("KBSITE_LOGIN_COOLOFF_MINUTES must be above 0.", id="knowledge.E004"))
+    return problems
+
+
+@register("knowledge", deploy=True)
 def check_secret_key(app_configs=None, **kwargs) -> list:
-    """A deployment on a real database or Qdrant server with the key everyone can read in the repository."""
-    deployed = bool(settings.DATABASE_URL or settings.QDRANT.get("URL"))
-    if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and deployed and not settings.DEBUG:
+    """A deployment (DEBUG off) signing with the key everyone can read in the repository."""
+    if settings.SECRET_KEY == settings.DEFAULT_SECRET_KEY and not settings.DEBUG:
         return [
             Warning(
-                "DJANGO_SECRET_KEY is unset: sessions and password resets are signed with a key that is public.",
-                hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; print(secrets.token_urlsafe(50))"`.',
+                f"DJANGO_SECRET_KEY is unset and there is no key in {settings.SECRET_KEY_FILE}: sessions "
+                "and password resets are signed with a key that is public.",
+                hint='Set DJANGO_SECRET_KEY, e.g. to the output of `python -c "import secrets; '
+                'print(secrets.token_urlsafe(50))"`, or run `manage.py bootstrap` once to write a key '
+                "of this install's own.",
                 id="knowledge.W001",
             )
         ]

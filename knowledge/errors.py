@@ -25,6 +25,12 @@ class PermissionDenied(KnowledgeError):
     code = "permission_denied"
 
 
+class TokenExpired(KnowledgeError):
+    """A genuine API token past its expiry date (answers 401, saying when it expired)."""
+
+    code = "token_expired"
+
+
 class InvalidInput(KnowledgeError):
     code = "invalid_input"
 

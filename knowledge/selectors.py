@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
+from axes.helpers import get_cool_off
+from axes.models import AccessAttempt
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 
 from knowledge.errors import DocumentNotFound
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
@@ -83,3 +86,12 @@ async def readable_document(user: AbstractBaseUser, *, document_id: UUID, least:
     document = await Document.objects.aget(pk=document_id)
     document.knowledge_base = kb
     return document
+
+
+def login_lockout_ends(*, username: str | None, ip_address: str | None) -> datetime | None:
+    """When django-axes lets this user name sign in from this address again; None if nothing holds it back."""
+    last_failure = AccessAttempt.objects.filter(username=username, ip_address=ip_address).aggregate(
+        last=Max("attempt_time")
+    )["last"]
+    cool_off = get_cool_off()
+    return last_failure + cool_off if last_failure and cool_off else None

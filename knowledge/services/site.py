@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
+from kbsite.secret_key import write_secret_key_once
 from knowledge.errors import InvalidInput
 from knowledge.models import KnowledgeBase
 from knowledge.services.documents import DocumentService
@@ -32,6 +33,12 @@ class SiteSetupService:
     def password_file() -> Path:
         """Holds the generated password and nothing else, so that what is read from it is the password."""
         return Path(settings.VAR_DIR) / "admin-password.txt"
+
+    def ensure_secret_key(self) -> bool:
+        """Give the install a key of its own in var/ unless it has one; True when this call wrote it."""
+        if settings.SECRET_KEY != settings.DEFAULT_SECRET_KEY:
+            return False
+        return write_secret_key_once(Path(settings.SECRET_KEY_FILE))
 
     def ensure_admin(self, *, username: str, password: str | None = None) -> AdminAccount:
         """Create a superuser if the site has none; a generated password is kept in a file only its owner reads."""

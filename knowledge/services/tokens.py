@@ -6,12 +6,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from knowledge.errors import InvalidInput
+from knowledge.errors import InvalidInput, TokenExpired
 from knowledge.models import ApiToken
 
 TOKEN_START = "kbs_"
@@ -32,20 +32,43 @@ class IssuedToken:
     secret: str
 
 
+def when(moment: datetime) -> str:
+    """A token's expiry as people read it, in UTC whatever the server's zone."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 class ApiTokenService:
-    def create_token(self, *, user: AbstractBaseUser, name: str) -> IssuedToken:
+    def create_token(
+        self, *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
+    ) -> IssuedToken:
+        """A new token for `user`; with `expires_at`, it answers 401 from then on."""
         name = (name or "").strip()
         if not name:
             raise InvalidInput("Give the token a name that says what uses it.")
         if not user.is_active:
             raise InvalidInput(f"{user.get_username()} is not an active user.")
+        self.check_expiry(expires_at)
         prefix = secrets.token_hex(PREFIX_LENGTH // 2)
         secret = f"{TOKEN_START}{prefix}_{secrets.token_urlsafe(32)}"
-        token = ApiToken.objects.create(user=user, name=name[:100], prefix=prefix, key_hash=_digest(secret))
+        token = ApiToken.objects.create(
+            user=user, name=name[:100], prefix=prefix, key_hash=_digest(secret), expires_at=expires_at
+        )
         return IssuedToken(token=token, secret=secret)
 
+    @staticmethod
+    def check_expiry(expires_at: datetime | None) -> None:
+        """A new token's expiry must lie ahead: one made already expired is a mistake, not a token."""
+        if expires_at is not None and expires_at <= timezone.now():
+            raise InvalidInput(
+                f"The expiry {when(expires_at)} has passed: give a later one, "
+                "or none for a token that never expires."
+            )
+
     async def authenticate(self, secret: str) -> ApiToken | None:
-        """The live token `secret` is, with its user; None for anything else."""
+        """The live token `secret` is, with its user; None for anything else.
+
+        A genuine token past its expiry raises TokenExpired, so that its owner learns why it stopped working.
+        """
         if not secret.startswith(TOKEN_START):
             return None
         prefix = secret[len(TOKEN_START) :].split("_", 1)[0]
@@ -57,6 +80,13 @@ class ApiTokenService:
         if token is None or not hmac.compare_digest(token.key_hash, _digest(secret)):
             return None
         now = timezone.now()
+        if token.expires_at is not None and token.expires_at <= now:
+            raise TokenExpired(
+                f"This API token ({token.name!r}, {token.prefix}…) expired on {when(token.expires_at)}. "
+                "Make a new one in the admin (API tokens, Add) or with `manage.py create_api_token USERNAME`, "
+                "or ask an administrator to.",
+                detail={"expired_at": token.expires_at.isoformat()},
+            )
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
             token.last_used_at = now
             await ApiToken.objects.filter(pk=token.pk).aupdate(last_used_at=now)

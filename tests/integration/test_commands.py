@@ -643,6 +643,26 @@ class TestBootstrap:
         assert "'admin'" in message
         assert not get_user_model().objects.filter(is_superuser=True).exists()
 
+    def test_a_fresh_install_gets_a_secret_key_of_its_own_written_once(self, settings, var_dir):
+        settings.SECRET_KEY = settings.DEFAULT_SECRET_KEY
+        settings.SECRET_KEY_FILE = var_dir / "secret_key"
+
+        output = run("bootstrap", "--no-demo")
+        key = settings.SECRET_KEY_FILE.read_text(encoding="utf-8")
+        again = run("bootstrap", "--no-demo")
+
+        assert f"Wrote a secret key of this install's own to {settings.SECRET_KEY_FILE}" in output
+        assert stat.S_IMODE(settings.SECRET_KEY_FILE.stat().st_mode) == 0o600
+        assert "secret key" not in again and settings.SECRET_KEY_FILE.read_text(encoding="utf-8") == key
+
+    def test_a_key_from_the_environment_means_no_key_file(self, settings, var_dir):
+        settings.SECRET_KEY = "from-DJANGO_SECRET_KEY-" + "x" * 40
+        settings.SECRET_KEY_FILE = var_dir / "secret_key"
+
+        output = run("bootstrap", "--no-demo")
+
+        assert not settings.SECRET_KEY_FILE.exists() and "secret key" not in output
+
     def test_an_existing_superuser_means_no_new_account_and_no_demo(self, var_dir):
         make_user(username="boss", superuser=True)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from knowledge.checks import check_login_lockout_settings
 from search.checks import check_embedding_settings, check_qdrant_settings
 
 pytestmark = pytest.mark.unit
@@ -75,3 +78,16 @@ def test_bad_ingestion_settings_are_reported(settings, overrides, expected) -> N
     settings.INGESTION = {**settings.INGESTION, **overrides}
 
     assert ids(check_ingestion_settings()) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("limit", "minutes", "expected"),
+    [(0, 15, ["knowledge.E003"]), (5, 0, ["knowledge.E004"]), (5, 15, [])],
+)
+def test_a_login_lockout_that_would_lock_everyone_out_or_never_hold_is_reported(
+    settings, limit, minutes, expected
+) -> None:
+    settings.AXES_FAILURE_LIMIT = limit
+    settings.AXES_COOLOFF_TIME = timedelta(minutes=minutes)
+
+    assert ids(check_login_lockout_settings()) == expected

@@ -1,7 +1,8 @@
-"""Prepare a fresh site: an administrator to log in with and a demo knowledge base (run after migrate)."""
+"""Prepare a fresh site: a secret key, an administrator to log in with and a demo knowledge base (after migrate)."""
 
 import os
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -11,7 +12,8 @@ from knowledge.services.site import SiteSetupService
 
 class Command(BaseCommand):
     help = (
-        "Create the first superuser if there is none and say how to log in; on that first start, also queue "
+        "Write a secret key of this install's own into var/ unless DJANGO_SECRET_KEY is set or one is there; "
+        "create the first superuser if there is none and say how to log in; on that first start, also queue "
         "a demo knowledge base of kbsite's own documentation. Safe to run on every start."
     )
 
@@ -27,6 +29,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, password_env: str, url: str, no_demo: bool, **options) -> None:
         service = SiteSetupService()
+        if service.ensure_secret_key():
+            self.stdout.write(
+                f"Wrote a secret key of this install's own to {settings.SECRET_KEY_FILE} (readable by you only); "
+                "every later command and the server read it from there."
+            )
         try:
             account = service.ensure_admin(username=username, password=os.environ.get(password_env) or None)
         except KnowledgeError as exc:
