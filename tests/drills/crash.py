@@ -49,6 +49,7 @@ class Figures:
     kills: int = 0
     interrupted: int = 0
     pickup_seconds: list[float] = field(default_factory=list)
+    pickup_from: str = "the restarted server answering"
     points_checked: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -61,7 +62,7 @@ class Figures:
         lines = [
             f"seed {self.seed}",
             f"kills {self.kills} (SIGKILL of the server), documents in work at a kill {self.interrupted}",
-            f"interrupted documents taken up again after the restart answered: {pickup}",
+            f"interrupted documents taken up again, counted from {self.pickup_from}: {pickup}",
             f"documents {self.documents} uploaded, {self.deleted} deleted, {self.documents - self.deleted} ready",
             f"points checked {self.points_checked}",
             f"problems found {len(self.problems)}",
