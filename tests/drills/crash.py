@@ -46,6 +46,7 @@ class Figures:
     seed: int
     documents: int = 0
     deleted: int = 0
+    ready: int = 0
     kills: int = 0
     interrupted: int = 0
     pickup_seconds: list[float] = field(default_factory=list)
@@ -63,7 +64,7 @@ class Figures:
             f"seed {self.seed}",
             f"kills {self.kills} (SIGKILL of the server), documents in work at a kill {self.interrupted}",
             f"interrupted documents taken up again, counted from {self.pickup_from}: {pickup}",
-            f"documents {self.documents} uploaded, {self.deleted} deleted, {self.documents - self.deleted} ready",
+            f"documents {self.documents} uploaded, {self.deleted} deleted, {self.ready} ready",
             f"points checked {self.points_checked}",
             f"problems found {len(self.problems)}",
             *(f"  {problem}" for problem in self.problems[:20]),
@@ -189,8 +190,10 @@ class Uploader:
 def run(*, documents: int, kills: int, seed: int, workdir: Path, database_url: str | None) -> Figures:
     rng = random.Random(seed)
     figures = Figures(seed=seed)
+    for name in ("DATABASE_URL", "QDRANT_URL", "QDRANT_PATH"):
+        os.environ.pop(name, None)
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "QDRANT_URL", "QDRANT_PATH")},
+        **os.environ,
         "DJANGO_SETTINGS_MODULE": "kbsite.settings",
         "KBSITE_VAR_DIR": str(workdir),
         "KBSITE_SEARCH_RATE_LIMIT": "off",
@@ -202,13 +205,7 @@ def run(*, documents: int, kills: int, seed: int, workdir: Path, database_url: s
     if database_url:
         env["DATABASE_URL"] = database_url
     # The drill reads the queue and, once the server is gone, the store with the site's own settings.
-    os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "KBSITE_VAR_DIR")})
-    os.environ.pop("QDRANT_URL", None)
-    os.environ.pop("QDRANT_PATH", None)
-    if database_url:
-        os.environ["DATABASE_URL"] = database_url
-    else:
-        os.environ.pop("DATABASE_URL", None)
+    os.environ.update(env)
     import django
 
     django.setup()
@@ -288,6 +285,7 @@ def kill_and_restart(site: Site, rng: random.Random, figures: Figures, unfinishe
 
 
 async def check_points(kb_id: str, uploaded: list[str], deleted: set[str], figures: Figures) -> None:
+    """Hold every document row against the KB's points in Qdrant; what does not match goes to figures.problems."""
     from asgiref.sync import sync_to_async
     from qdrant_client import models
 
@@ -306,6 +304,7 @@ async def check_points(kb_id: str, uploaded: list[str], deleted: set[str], figur
     for pk in deleted:
         if pk in rows:
             problems.append(f"document {pk} was deleted but its row remains")
+    figures.ready = sum(1 for status, _ in rows.values() if status == DocumentStatus.READY)
     for pk in set(uploaded) - deleted:
         status, _ = rows.get(pk, (None, 0))
         if status != DocumentStatus.READY:
