@@ -176,9 +176,33 @@ class IngestionService:
             status=DocumentStatus.PENDING, claimed_by="", lease_expires_at=None, attempts=0, updated_at=timezone.now()
         )
 
+    def release_stale_claims(self, *, keep_worker_id: str) -> int:
+        """Give every document claimed by another worker back to the queue at once, whatever its lease says.
+
+        Only for a process that alone may work on the queue: the holder of the embedded store's
+        folder lock, whose predecessor was killed before it could give its documents back. Where
+        several workers share the queue (a Qdrant server), a live lease belongs to a live worker:
+        there, only lapsed leases may be taken, which `claim_next` does. The interrupted attempt
+        still counts, as it does when a lease lapses. Returns how many documents were released.
+        """
+        return (
+            Document.objects.filter(status=DocumentStatus.PROCESSING)
+            .exclude(claimed_by=keep_worker_id)
+            .update(
+                status=DocumentStatus.PENDING,
+                claimed_by="",
+                lease_expires_at=None,
+                next_attempt_at=None,
+                chunks_done=0,
+                chunks_total=0,
+                updated_at=timezone.now(),
+            )
+        )
+
     aclaim_next = sync_to_async(claim_next)
     aclaim = sync_to_async(claim)
     arelease = sync_to_async(release)
+    arelease_stale_claims = sync_to_async(release_stale_claims)
 
     # The pipeline.
 

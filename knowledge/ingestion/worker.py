@@ -15,6 +15,7 @@ from django.db import DatabaseError
 
 from knowledge.ingestion.events import listen_for_new_work, stop_listening
 from knowledge.ingestion.pipeline import IngestionService
+from search.errors import VectorStoreUnavailable
 from search.qdrant import qdrant_service
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,34 @@ async def start_in_process() -> None:
         if _in_process is not None:
             return
         worker, stop = IngestionWorker(), asyncio.Event()
-        _in_process = _Running(worker=worker, task=asyncio.create_task(worker.run(stop=stop)), stop=stop)
+        _in_process = _Running(worker=worker, task=asyncio.create_task(_serve_queue(worker, stop)), stop=stop)
         listen_for_new_work(worker.wake)
+
+
+async def _serve_queue(worker: IngestionWorker, stop: asyncio.Event) -> int:
+    await take_back_claims_of_earlier_processes(worker)
+    return await worker.run(stop=stop)
+
+
+async def take_back_claims_of_earlier_processes(worker: IngestionWorker) -> int:
+    """Embedded store: queue again at once what a killed predecessor held, instead of waiting out its leases.
+
+    The store's folder lock lets one process at a time work on it, so once this process holds it,
+    no other worker can be alive to renew those leases. With a Qdrant server, several workers
+    share the queue and nothing is taken back here. Returns how many documents were.
+    """
+    if not qdrant_service.config.is_local:
+        return 0
+    try:
+        # Opens the store, taking its folder lock, before anything is released.
+        await qdrant_service.check_available()
+        released = await worker.service.arelease_stale_claims(keep_worker_id=worker.worker_id)
+    except (VectorStoreUnavailable, DatabaseError):
+        logger.exception("Could not take back the documents an earlier server held; their leases will lapse")
+        return 0
+    if released:
+        logger.info("Queued again %d documents an earlier server process was working on", released)
+    return released
 
 
 async def stop_in_process(grace_seconds: float = 10.0) -> None:

@@ -11,7 +11,12 @@ from django.utils import timezone
 
 from knowledge.errors import DuplicateDocument, UnsupportedFormat, UploadTooLarge
 from knowledge.ingestion.pipeline import IngestionService, IngestionSettings
-from knowledge.ingestion.worker import IngestionWorker, start_in_process, stop_in_process
+from knowledge.ingestion.worker import (
+    IngestionWorker,
+    start_in_process,
+    stop_in_process,
+    take_back_claims_of_earlier_processes,
+)
 from knowledge.models import Document, DocumentSource, DocumentStatus
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
@@ -242,6 +247,73 @@ async def test_a_crashed_worker_leaves_the_document_to_be_resumed_without_duplic
     assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == finished.chunk_count
     chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=document.id, limit=500)
     assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
+
+
+async def crash_mid_document(kb, worker_id: str) -> Document:
+    """A document left processing under a live lease by a worker that died after its first batch."""
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[0][1].encode())
+    ingestion = IngestionService(config=IngestionSettings(batch_size=8))
+
+    def crash_after_first_batch(_document, done, total):
+        raise SimulatedCrash(f"killed at {done}/{total}")
+
+    claimed = await ingestion.aclaim(document_id=document.id, worker_id=worker_id)
+    with pytest.raises(SimulatedCrash):
+        await ingestion.process(claimed, worker_id=worker_id, on_progress=crash_after_first_batch)
+    stranded = await Document.objects.aget(pk=document.pk)
+    assert stranded.status == DocumentStatus.PROCESSING and stranded.lease_expires_at > timezone.now()
+    return stranded
+
+
+async def test_the_embedded_server_takes_back_at_once_what_its_killed_predecessor_held(test_user, settings) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Restart", chunk_size=16, chunk_overlap=0)
+    stranded = await crash_mid_document(kb, "host:4242:killed")
+    settings.INGESTION = {**settings.INGESTION, "IN_PROCESS_WORKER": "true", "POLL_SECONDS": 30}
+
+    await start_in_process()
+    try:
+        # The lease has minutes to run: only taking the claim back finishes the document in time.
+        async with asyncio.timeout(30):
+            while (await Document.objects.aget(pk=stranded.pk)).status != DocumentStatus.READY:
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_in_process()
+
+    finished = await Document.objects.aget(pk=stranded.pk)
+    chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=finished.id, limit=500)
+    assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
+
+
+async def test_releasing_stale_claims_spares_the_callers_own_and_settled_documents(kb) -> None:
+    ingestion = IngestionService()
+    theirs, mine, waiting = [
+        await sync_to_async(upload)(kb, f"note-{n}.txt", f"Note {n} on the tides.".encode()) for n in range(3)
+    ]
+    await ingestion.aclaim(document_id=theirs.id, worker_id="earlier")
+    await ingestion.aclaim(document_id=mine.id, worker_id="current")
+
+    released = await ingestion.arelease_stale_claims(keep_worker_id="current")
+
+    states = {
+        d.pk: (d.status, d.claimed_by, d.lease_expires_at is None, d.attempts)
+        async for d in Document.objects.filter(knowledge_base=kb)
+    }
+    assert released == 1
+    assert states[theirs.pk] == (DocumentStatus.PENDING, "", True, 1)
+    assert states[mine.pk] == (DocumentStatus.PROCESSING, "current", False, 1)
+    assert states[waiting.pk] == (DocumentStatus.PENDING, "", True, 0)
+
+
+async def test_on_a_qdrant_server_a_live_lease_of_another_worker_is_left_alone(test_user, qdrant_server) -> None:
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Shared", chunk_size=16, chunk_overlap=0)
+    stranded = await crash_mid_document(kb, "other-host:77:alive")
+
+    released = await take_back_claims_of_earlier_processes(IngestionWorker(worker_id="this-host:1:new"))
+
+    still = await Document.objects.aget(pk=stranded.pk)
+    assert released == 0
+    assert (still.status, still.claimed_by) == (DocumentStatus.PROCESSING, "other-host:77:alive")
+    assert await IngestionService().aclaim_next(worker_id="this-host:1:new") is None
 
 
 async def test_a_worker_shut_down_mid_document_gives_it_back(kb) -> None:

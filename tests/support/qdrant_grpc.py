@@ -263,7 +263,11 @@ class _Points(_LocalServicer, pb.PointsServicer):
 
 
 class LoopbackQdrantServer:
-    """Context manager. start() binds 127.0.0.1 on a free port and serves in background threads."""
+    """Context manager. start() binds 127.0.0.1 on a free port and serves in background threads.
+
+    After stop(), start() serves again on the same port and with the same points: a Qdrant server
+    restarted after an outage, for clients that keep their address.
+    """
 
     def __init__(self) -> None:
         self._local = QdrantClient(location=":memory:")
@@ -285,7 +289,7 @@ class LoopbackQdrantServer:
         pb.add_QdrantServicer_to_server(_Qdrant(self), self._server)
         pb.add_CollectionsServicer_to_server(_Collections(self), self._server)
         pb.add_PointsServicer_to_server(_Points(self), self._server)
-        self._port = self._server.add_insecure_port("127.0.0.1:0")
+        self._port = self._server.add_insecure_port(f"127.0.0.1:{self._port or 0}")
         self._server.start()
         return self
 

@@ -244,3 +244,19 @@ def test_stop_releases_port_and_threads() -> None:
     assert leftover == []
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+def test_a_stopped_server_starts_again_on_its_port_with_its_points() -> None:
+    server = LoopbackQdrantServer().start()
+    port = server.grpc_port
+    server.local.create_collection(COLLECTION, vectors_config=VECTORS)
+    server.local.upsert(COLLECTION, points=_points())
+    server.stop()
+    try:
+        server.start()
+        counted = _run(_grpc_client(server), lambda client: client.count(COLLECTION, exact=True))
+    finally:
+        server.stop()
+
+    assert server.grpc_port == port
+    assert counted.count == len(_points())
