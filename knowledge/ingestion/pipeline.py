@@ -28,7 +28,7 @@ from knowledge.models import Document, DocumentSource, DocumentStatus, Knowledge
 from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
-from search.errors import EmbeddingModelMismatch
+from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService
 
@@ -38,6 +38,7 @@ ProgressCallback = Callable[[Document, int, int], None]
 
 # Retrying cannot help these: the file or the settings must change first.
 PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError)
+STORE_WAIT = "Waiting for the vector store"
 
 
 class LostClaim(Exception):
@@ -51,6 +52,12 @@ class IngestionSettings:
     batch_size: int = 64
     first_retry_seconds: float = 2.0
     longest_retry_seconds: float = 300.0
+    #: How soon a document is tried again while the vector store is unreachable: such a try is not counted
+    #: among its attempts, since the store being down says nothing about the document.
+    store_retry_seconds: float = 5.0
+    #: How long `ingest_until_settled` (a command's caller) waits out a store outage before leaving the
+    #: document pending for a worker and returning.
+    store_patience_seconds: float = 120.0
     #: How often a document whose file is being read is looked up, to stop the work once it is deleted or archived.
     withdrawal_check_seconds: float = 1.0
 
@@ -105,10 +112,18 @@ class IngestionService:
         )
 
     async def ingest_until_settled(self, **ingest_now_arguments) -> Document | None:
-        """Like ingest_now, but wait out and retry transient failures until the document is ready or failed."""
+        """Like ingest_now, but wait out and retry transient failures until the document is ready or failed.
+
+        A store outage is waited out for `store_patience_seconds`; then the document is returned still
+        pending, its error saying it waits for the store (a worker takes it up once the store is back).
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.config.store_patience_seconds
         while True:
             document = await self.ingest_now(**ingest_now_arguments)
             if document is None or document.status != DocumentStatus.PENDING or document.next_attempt_at is None:
+                return document
+            if document.error.startswith(STORE_WAIT) and loop.time() >= give_up_at:
                 return document
             await asyncio.sleep(max((document.next_attempt_at - timezone.now()).total_seconds(), 0))
 
@@ -231,6 +246,9 @@ class IngestionService:
             await self._fail(document, worker_id, exc, collection_name, keep_chunks=True)
         except PERMANENT_ERRORS as exc:
             await self._fail(document, worker_id, exc, collection_name)
+        except VectorStoreUnavailable as exc:
+            # However long the outage, the document waits for the store rather than failing.
+            await self._retry_later(document, worker_id, exc, store_down=True)
         except Exception as exc:
             if document.attempts >= self.config.max_attempts:
                 await self._fail(document, worker_id, exc, collection_name)
@@ -431,14 +449,22 @@ class IngestionService:
             updated_at=timezone.now(),
         )
 
-    async def _retry_later(self, document: Document, worker_id: str, error: BaseException) -> None:
-        delay = self.config.retry_delay(document.attempts)
+    async def _retry_later(
+        self, document: Document, worker_id: str, error: BaseException, *, store_down: bool = False
+    ) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
-        logger.warning("Attempt %d on %s failed, retrying in %.0fs: %s", document.attempts, document.pk, delay, message)
+        if store_down:
+            delay, attempts = self.config.store_retry_seconds, F("attempts") - 1
+            recorded = f"{STORE_WAIT}, tried again every {delay:.0f}s: {message}"
+        else:
+            delay, attempts = self.config.retry_delay(document.attempts), F("attempts")
+            recorded = f"Attempt {document.attempts} of {self.config.max_attempts} failed: {message}"
+        logger.warning("Indexing %s did not finish, retrying in %.0fs: %s", document.pk, delay, message)
         try:
             await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
                 status=DocumentStatus.PENDING,
-                error=f"Attempt {document.attempts} of {self.config.max_attempts} failed: {message}",
+                error=recorded,
+                attempts=attempts,
                 next_attempt_at=timezone.now() + timedelta(seconds=delay),
                 claimed_by="",
                 lease_expires_at=None,

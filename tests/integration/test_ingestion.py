@@ -80,17 +80,18 @@ async def search(kb, user, query: str, **options):
 
 
 class FlakyChunkService(ChunkService):
-    """The real chunk service, except that its first `failures` upserts find Qdrant unreachable."""
+    """The real chunk service, except that its first `failures` upserts find Qdrant unreachable (or `error`)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
         super().__init__()
         self.failures = failures
+        self.error = error or VectorStoreUnavailable("Qdrant server at http://qdrant:6333 did not answer (test).")
         self.upserts = 0
 
     async def upsert_chunks(self, **kwargs):
         self.upserts += 1
         if self.upserts <= self.failures:
-            raise VectorStoreUnavailable("Qdrant server at http://qdrant:6333 did not answer (test).")
+            raise self.error
         return await super().upsert_chunks(**kwargs)
 
 
@@ -193,15 +194,15 @@ async def test_a_changed_file_replaces_its_document_and_only_it_is_indexed_again
     assert (await Document.objects.aget(pk=guide.pk)).updated_at == guide_before.updated_at
 
 
-async def test_a_transient_qdrant_fault_is_retried_with_backoff(kb) -> None:
-    flaky = FlakyChunkService(failures=2)
+async def test_a_transient_fault_is_retried_with_backoff(kb) -> None:
+    flaky = FlakyChunkService(failures=2, error=RuntimeError("the embedder's thread died (test)"))
     ingestion = IngestionService(chunk_service=flaky, config=IngestionSettings(first_retry_seconds=0.01))
     document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
 
     first = await ingestion.ingest_now(document_id=document.id, worker_id="test")
 
     assert first.status == DocumentStatus.PENDING
-    assert first.error.startswith("Attempt 1 of 5 failed:") and "did not answer" in first.error
+    assert first.error.startswith("Attempt 1 of 5 failed:") and "thread died" in first.error
     assert first.next_attempt_at > timezone.now() - timedelta(seconds=1)
     settled = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
     assert settled.status == DocumentStatus.READY and settled.error == ""
@@ -211,7 +212,7 @@ async def test_a_transient_qdrant_fault_is_retried_with_backoff(kb) -> None:
 
 async def test_a_document_that_keeps_failing_ends_failed_after_the_last_attempt(kb) -> None:
     ingestion = IngestionService(
-        chunk_service=FlakyChunkService(failures=99),
+        chunk_service=FlakyChunkService(failures=99, error=RuntimeError("the embedder's thread died (test)")),
         config=IngestionSettings(max_attempts=3, first_retry_seconds=0.01),
     )
     document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
@@ -219,7 +220,37 @@ async def test_a_document_that_keeps_failing_ends_failed_after_the_last_attempt(
     settled = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
 
     assert settled.status == DocumentStatus.FAILED
-    assert "did not answer" in settled.error and settled.attempts == 3
+    assert "thread died" in settled.error and settled.attempts == 3
+
+
+async def test_a_store_outage_longer_than_every_attempt_delays_the_document_but_never_fails_it(kb) -> None:
+    flaky = FlakyChunkService(failures=7)  # more outages than attempts allowed
+    ingestion = IngestionService(
+        chunk_service=flaky, config=IngestionSettings(max_attempts=3, store_retry_seconds=0.01)
+    )
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+
+    first = await ingestion.ingest_now(document_id=document.id, worker_id="test")
+
+    assert first.status == DocumentStatus.PENDING and first.attempts == 0
+    assert first.error.startswith("Waiting for the vector store") and "did not answer" in first.error
+    assert first.next_attempt_at > timezone.now() - timedelta(seconds=1)
+    settled = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
+    assert settled.status == DocumentStatus.READY and settled.error == "" and flaky.upserts == 8
+    assert await ChunkService().count_chunks(kb_id=kb.id) == settled.chunk_count
+
+
+async def test_a_command_waiting_out_a_store_outage_leaves_the_document_pending_after_its_patience(kb) -> None:
+    ingestion = IngestionService(
+        chunk_service=FlakyChunkService(failures=99),
+        config=IngestionSettings(store_retry_seconds=0.01, store_patience_seconds=0.2),
+    )
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+
+    waited = await ingestion.ingest_until_settled(document_id=document.id, worker_id="test")
+
+    assert waited.status == DocumentStatus.PENDING and waited.attempts == 0
+    assert waited.error.startswith("Waiting for the vector store")
 
 
 async def test_a_crashed_worker_leaves_the_document_to_be_resumed_without_duplicates(test_user) -> None:
