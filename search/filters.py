@@ -44,7 +44,7 @@ def metadata_path(key: str) -> str:
 
 
 def parse_date(value: str) -> datetime | None:
-    """An ISO 8601 date or date-time, in UTC when it names no zone (as Qdrant reads it); None if it is not one."""
+    """An ISO 8601 date or date-time, in UTC when it names no zone (as Qdrant reads it), else None."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -66,9 +66,11 @@ class _Compiler:
         self.hints: dict[str, models.PayloadSchemaType] = {}
 
     def fail(self, path: str, message: str) -> InvalidFilter:
-        return InvalidFilter(f"{path}: {message} See the search API's `filter` description.", detail={"path": path})
+        return InvalidFilter(
+            f"{path}: {message} See the search API's `filter` description.", detail={"path": path}
+        )
 
-    def node(self, spec: Any, path: str, depth: int) -> models.Filter | models.Condition:
+    def node(self, spec: Any, path: str, depth: int) -> models.Filter:
         if not isinstance(spec, Mapping):
             raise self.fail(path, "a filter is a JSON object with `and`, `or`, `tag` or `key`.")
         if depth > MAX_DEPTH:
@@ -217,7 +219,4 @@ def _any(key: str, values: list[Any]) -> models.FieldCondition:
 def compile_filter(spec: Any, *, path: str = "filter") -> CompiledFilter:
     """Check a filter's JSON and compile it; InvalidFilter names the first part at fault."""
     compiler = _Compiler()
-    compiled = compiler.node(spec, path, 1)
-    if not isinstance(compiled, models.Filter):
-        compiled = models.Filter(must=[compiled])
-    return CompiledFilter(filter=compiled, index_hints=compiler.hints)
+    return CompiledFilter(filter=compiler.node(spec, path, 1), index_hints=compiler.hints)

@@ -19,7 +19,6 @@ from uuid import UUID
 
 import numpy as np
 import pytest
-
 from qdrant_client import models
 
 from search.chunking import TextChunk
@@ -579,7 +578,12 @@ FILTER_CASES: list[tuple[dict[str, Any], set[UUID]]] = [
     ({"key": "missing", "exists": False}, {A, B, C}),
     ({"or": [{"key": "year", "gte": 2022}, {"key": "reviewed", "eq": True}]}, {A, C}),
     (
-        {"and": [{"tag": {"any": ["tides"]}}, {"or": [{"key": "year", "gte": 2022}, {"key": "status", "eq": "draft"}]}]},
+        {
+            "and": [
+                {"tag": {"any": ["tides"]}},
+                {"or": [{"key": "year", "gte": 2022}, {"key": "status", "eq": "draft"}]},
+            ]
+        },
         {A, C},
     ),
     ({"and": [{"key": "status", "eq": "final"}, {"tag": {"none": ["sand"]}}]}, {B}),
@@ -609,7 +613,9 @@ async def documents_found(
         vectors["query_embedding"] = QUERY_VECTOR.tolist()
     if mode in ("keyword", "hybrid"):
         vectors["query_keywords"] = encoder.encode_query(KEYWORD_QUERY)
-    hits = await service.search_chunks(kb_id=KB, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs)
+    hits = await service.search_chunks(
+        kb_id=KB, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs
+    )
     found = {hit.document_id for hit in hits}
     if mode == "semantic":
         # Every chunk of the documents left, in exact cosine order.
@@ -640,7 +646,8 @@ async def test_a_metadata_filter_keeps_the_archive_and_document_conditions(store
 
     assert await documents_found(tides, "hybrid") == {DOC_A}
     assert await documents_found(tides, "hybrid", include_archived=True) == {DOC_A, DOC_C}
-    assert await documents_found(tides, "semantic", include_archived=True, document_ids=[DOC_B, DOC_C]) == {DOC_C}
+    b_and_c = {"include_archived": True, "document_ids": [DOC_B, DOC_C]}
+    assert await documents_found(tides, "semantic", **b_and_c) == {DOC_C}
 
 
 async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(store) -> None:
@@ -653,7 +660,11 @@ async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(st
         )
         sparse = {str(p.id): p.vector["bm25"] for p in points}
         return {
-            str(p.id): (list(p.vector["dense"]), list(sparse[str(p.id)].indices), list(sparse[str(p.id)].values))
+            str(p.id): (
+                list(p.vector["dense"]),
+                list(sparse[str(p.id)].indices),
+                list(sparse[str(p.id)].values),
+            )
             for p in points
         }
 
@@ -693,7 +704,9 @@ async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(stor
     assert await documents_found(spec, "hybrid", ChunkService()) == set()
 
     schema = (await qdrant_service.client.get_collection(collection_name=f"kb_{KB}_v1")).payload_schema
-    indexed = {key: info.data_type for key, info in schema.items() if key == "tags" or key.startswith("meta.")}
+    indexed = {
+        key: info.data_type for key, info in schema.items() if key == "tags" or key.startswith("meta.")
+    }
     if store.name in ("local", "grpc"):
         assert indexed == {}  # local mode, behind the loopback server too, keeps no payload indexes
     else:

@@ -485,9 +485,13 @@ FILTERS = {
         must=[models.FieldCondition(key="meta.status", match=models.MatchAny(any=["draft", "review"]))]
     ),
     "meta_match_except_int": models.Filter(
-        must=[models.FieldCondition(key="meta.year", match=models.MatchExcept(**{"except": [2001, 2002, 2003]}))]
+        must=[
+            models.FieldCondition(key="meta.year", match=models.MatchExcept(**{"except": [2001, 2002, 2003]}))
+        ]
     ),
-    "meta_match_bool": models.Filter(must=[models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=False))]),
+    "meta_match_bool": models.Filter(
+        must=[models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=False))]
+    ),
     "meta_float_range": models.Filter(
         must=[models.FieldCondition(key="meta.score", range=models.Range(gt=2.5, lte=9.0))]
     ),
@@ -505,8 +509,12 @@ FILTERS = {
     "meta_key_exists": models.Filter(
         must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta.note"))]
     ),
-    "meta_key_missing": models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta.note"))]),
-    "meta_is_null": models.Filter(must=[models.IsNullCondition(is_null=models.PayloadField(key="meta.note"))]),
+    "meta_key_missing": models.Filter(
+        must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta.note"))]
+    ),
+    "meta_is_null": models.Filter(
+        must=[models.IsNullCondition(is_null=models.PayloadField(key="meta.note"))]
+    ),
     "tags_all_and_none": models.Filter(
         must=[models.FieldCondition(key="tags", match=models.MatchValue(value=WORDS[1]))],
         must_not=[models.FieldCondition(key="tags", match=models.MatchAny(any=[WORDS[3], WORDS[4]]))],
@@ -515,10 +523,16 @@ FILTERS = {
         must=[
             models.Filter(
                 should=[
-                    models.Filter(must=[models.FieldCondition(key="meta.year", range=models.Range(gte=2025))]),
                     models.Filter(
-                        must=[models.FieldCondition(key="meta.status", match=models.MatchValue(value="final"))],
-                        must_not=[models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=True))],
+                        must=[models.FieldCondition(key="meta.year", range=models.Range(gte=2025))]
+                    ),
+                    models.Filter(
+                        must=[
+                            models.FieldCondition(key="meta.status", match=models.MatchValue(value="final"))
+                        ],
+                        must_not=[
+                            models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=True))
+                        ],
                     ),
                 ]
             )
