@@ -1,4 +1,4 @@
-"""search.filters: filter JSON compiled to the Qdrant filter each operator means, and refusals naming the bad part."""
+"""search.filters: filter JSON compiled to each operator's Qdrant filter; refusals name the bad part."""
 
 from __future__ import annotations
 
