@@ -98,7 +98,7 @@ class DocumentFileIn(InputSchema):
     title: str = Field("", max_length=500, description="Default: from the file.")
     tags: list[str] | None = Field(
         None,
-        description=TAGS_DESCRIPTION + " Repeat the field for each tag. Left out: a replaced one keeps its own.",
+        description=TAGS_DESCRIPTION + " One field per tag. Left out: a replaced document keeps its own.",
     )
     metadata: str | None = Field(
         None,

@@ -52,19 +52,19 @@ def clean_metadata(metadata: Any) -> Metadata:
     for key, value in metadata.items():
         if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
             raise _refuse(
-                f"metadata.{key}", "a key is a letter or _ then up to 63 letters, digits or _ (no dots or spaces)."
+                f"metadata.{key}", "a key is a letter or _, then up to 63 letters, digits or _."
             )
         field = f"metadata.{key}"
         if isinstance(value, str):
             if len(value) > MAX_VALUE_CHARS or "\x00" in value:
-                raise _refuse(field, f"text values have at most {MAX_VALUE_CHARS} characters and no NUL character.")
+                raise _refuse(field, f"text has at most {MAX_VALUE_CHARS} characters and no NUL character.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise _refuse(field, f"{value} is not a number that can be stored.")
         elif not isinstance(value, (bool, int, float)):
             raise _refuse(
                 field,
-                f"values are text, numbers, true/false or ISO 8601 dates as text, not {type(value).__name__}: "
-                "lists and objects cannot be filtered on, so they are not kept.",
+                f"values are text, numbers, true/false or ISO 8601 dates as text, not {type(value).__name__};"
+                " lists and objects cannot be filtered on, so they are not kept.",
             )
         cleaned[key] = value
     return cleaned
@@ -76,7 +76,7 @@ def labels_fingerprint(tags: Iterable[str], metadata: Mapping[str, Any]) -> str:
 
 
 def parse_metadata_value(text: str) -> str | int | float | bool:
-    """`2024` is a number, `true` a boolean, `"2024"` text; anything JSON does not read (`draft`, a date) is text."""
+    """`2024` is a number, `true` a boolean, `"2024"` text, and so is what JSON cannot read (a date)."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -105,7 +105,7 @@ def parse_metadata_json(text: str) -> Metadata:
 
 
 def format_metadata_pairs(metadata: Mapping[str, Any]) -> str:
-    """The inverse of parse_metadata_pairs, one pair a line: text that would read as another type is quoted."""
+    """parse_metadata_pairs' inverse, one pair a line: text that would read as another type is quoted."""
     lines = []
     for key, value in metadata.items():
         shown = value if isinstance(value, str) else json.dumps(value)

@@ -72,12 +72,25 @@ class DocumentService:
     def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
         self.chunk_service = chunk_service or ChunkService()
 
-    def add_uploads(self, *, kb: KnowledgeBase, files: Iterable[Any]) -> UploadBatch:
-        """Queue several uploaded files (each with `.name` and `.read()`); one refused leaves the others queued."""
+    def add_uploads(
+        self,
+        *,
+        kb: KnowledgeBase,
+        files: Iterable[Any],
+        tags: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> UploadBatch:
+        """Queue several uploaded files (each with `.name` and `.read()`), all with the labels given.
+
+        One refused leaves the others queued.
+        """
         batch = UploadBatch(added=[], refused=[])
         for upload in files:
             try:
-                batch.added.append(self.add_upload(kb=kb, filename=upload.name, data=upload.read()))
+                added = self.add_upload(
+                    kb=kb, filename=upload.name, data=upload.read(), tags=tags, metadata=metadata
+                )
+                batch.added.append(added)
             except KnowledgeError as exc:
                 batch.refused.append(exc.message)
         return batch

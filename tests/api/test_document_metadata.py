@@ -1,4 +1,4 @@
-"""Tags and metadata through the API: set on upload, changed by PATCH without re-embedding, filtered on in search."""
+"""Tags and metadata through the API: set on upload, changed by PATCH without embedding, filtered on."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def reader_headers(kb):
     user = make_user(username="rita")
     add_member(kb, user, Role.READER)
     return bearer(issue_token(user))
+
 
 LABELS = {
     BEES: (
