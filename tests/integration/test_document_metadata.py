@@ -108,9 +108,10 @@ class TestAdmin:
         )
 
         assert response.status_code == 302, response.context["form"].errors
-        assert {
-            (tuple(d.tags), tuple(d.metadata.items())) for d in Document.objects.filter(knowledge_base=kb)
-        } == {(("field", "survey"), (("year", 2024), ("status", "draft")))}
+        uploaded = Document.objects.filter(knowledge_base=kb)
+        assert [(d.tags, d.metadata) for d in uploaded] == [
+            (["field", "survey"], {"year": 2024, "status": "draft"})
+        ] * 2
 
     def test_a_bad_metadata_line_is_a_form_error_and_nothing_is_uploaded(
         self, admin_client, admin_user
@@ -163,7 +164,11 @@ class TestAdmin:
             data={"title": "Renamed", "tags": shown["tags"].value(), "metadata": shown["metadata"].value()},
         )
 
-        assert shown["metadata"].value() == 'year=2025\nnote="1"'  # quoted: it stays text
+        # PostgreSQL's jsonb keeps keys in an order of its own.
+        assert sorted(shown["metadata"].value().splitlines()) == [
+            'note="1"',
+            "year=2025",
+        ]  # quoted: it stays text
         assert sent_back.is_valid() and sent_back.changed_data == ["title"]
         relabelled = DocumentForm(
             instance=Document.objects.get(pk=document.pk),
