@@ -16,7 +16,7 @@ from django.utils.text import Truncator
 from django.utils.translation import ngettext
 
 from knowledge.errors import KnowledgeError
-from knowledge.forms import KnowledgeBaseForm, SearchForm, UploadForm
+from knowledge.forms import DocumentForm, KnowledgeBaseForm, SearchForm, UploadForm
 from knowledge.highlighting import marked_html
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
@@ -248,11 +248,13 @@ class DocumentAdmin(admin.ModelAdmin):
     search_fields = ["title", "source_name"]
     list_per_page = 50
     actions = ["reindex", "archive", "unarchive"]
+    form = DocumentForm
     fields = [
-        "title", "knowledge_base", "status", "progress", "error", "archived_at", "source_name", "source_format",
-        "source_size", "chunk_count", "attempts", "content_hash", "id", "created_at", "updated_at",
+        "title", "tags", "metadata", "knowledge_base", "status", "progress", "error", "archived_at",
+        "source_name", "source_format", "source_size", "chunk_count", "attempts", "content_hash", "id",
+        "created_at", "updated_at",
     ]
-    readonly_fields = [field for field in fields if field != "title"]
+    readonly_fields = [field for field in fields if field not in DocumentForm.Meta.fields]
     change_list_template = "admin/knowledge/document/change_list.html"
     change_form_template = "admin/knowledge/document/change_form.html"
 
@@ -317,9 +319,13 @@ class DocumentAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request, obj, form, change):
-        # Only the title is editable here; search results show it from the chunks, so they change too.
+        # The title and labels live in the chunks too (results show the title, filters read the labels):
+        # the service changes both places, by payload updates.
+        service = DocumentService()
         if "title" in form.changed_data:
-            DocumentService().rename(document=obj, title=obj.title)
+            service.rename(document=obj, title=obj.title)
+        if {"tags", "metadata"} & set(form.changed_data):
+            service.set_labels(document=obj, tags=obj.tags, metadata=obj.metadata)
 
     def delete_model(self, request, obj):
         DocumentService().delete_document(document=obj)
@@ -401,7 +407,7 @@ class DocumentAdmin(admin.ModelAdmin):
                           initial={"knowledge_base": request.GET.get("kb")})
         if request.method == "POST" and form.is_valid():
             kb = form.cleaned_data["knowledge_base"]
-            added = self._add_uploads(request, kb, form.cleaned_data["files"])
+            added = self._add_uploads(request, kb, form.cleaned_data)
             if added:
                 messages.success(
                     request,
@@ -423,8 +429,10 @@ class DocumentAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
 
-    def _add_uploads(self, request, kb: KnowledgeBase, files) -> int:
-        batch = DocumentService().add_uploads(kb=kb, files=files)
+    def _add_uploads(self, request, kb: KnowledgeBase, cleaned: dict) -> int:
+        batch = DocumentService().add_uploads(
+            kb=kb, files=cleaned["files"], tags=cleaned["tags"] or None, metadata=cleaned["metadata"] or None
+        )
         for refusal in batch.refused:
             messages.warning(request, refusal)
         for replaced in batch.replaced:

@@ -23,6 +23,7 @@ from knowledge.schemas import (
     DocumentFileIn,
     DocumentFilters,
     DocumentOut,
+    DocumentPatch,
     DocumentTextIn,
     HealthOut,
     KnowledgeBaseIn,
@@ -33,6 +34,7 @@ from knowledge.schemas import (
     StatsOut,
 )
 from knowledge.selectors import knowledge_base_stats
+from knowledge.services.document_metadata import parse_metadata_json
 from knowledge.services.documents import DocumentService
 from knowledge.services.health import HealthService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
@@ -206,7 +208,7 @@ async def upload_document(
     form: Form[DocumentFileIn],
     response: HttpResponse,
 ):
-    """Queue a file sent as multipart/form-data (`file`, optional `title`).
+    """Queue a file sent as multipart/form-data (`file`, optional `title`, `tags`, `metadata` as JSON text).
 
     Answers 202 with the document; poll its `url` until `status` is `ready` or `failed`. The same
     content twice in a knowledge base is refused (409); a file of the same name replaces that document.
@@ -217,7 +219,10 @@ async def upload_document(
     service.check_upload_size(file.name, file.size)
     # Reading runs off the shared database thread, which other API calls need.
     data = await sync_to_async(file.read, thread_sensitive=False)()
-    added = await service.aadd_upload(kb=kb, filename=file.name, data=data, title=form.title)
+    metadata = parse_metadata_json(form.metadata) if form.metadata is not None else None
+    added = await service.aadd_upload(
+        kb=kb, filename=file.name, data=data, title=form.title, tags=form.tags, metadata=metadata
+    )
     return await _queued(added.document.pk, response)
 
 
@@ -234,9 +239,7 @@ async def create_text_document(
     Answers 202 with the document, like a file upload; the same text twice is refused (409).
     """
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
-    added = await DocumentService().aadd_text_document(
-        kb=kb, title=payload.title, text=payload.text, source_name=payload.source_name
-    )
+    added = await DocumentService().aadd_text_document(**payload.dict(), kb=kb)
     return await _queued(added.document.pk, response)
 
 
@@ -265,6 +268,22 @@ async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[Docum
 async def get_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
     """The document's status, progress (chunks done of total) and error, if any."""
     return await _document(kb_id, document_id, request, Role.READER)
+
+
+@documents.patch("/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **WRITE, 503: ErrorOut})
+async def update_document(request: HttpRequest, kb_id: UUID, document_id: UUID, payload: DocumentPatch):
+    """Change the title, tags or metadata (editors): payload changes in Qdrant, nothing is embedded again.
+
+    `tags` and `metadata` each replace the document's own whole; the next search filters by them.
+    """
+    document = await _document(kb_id, document_id, request, Role.EDITOR)
+    changes = payload.dict(exclude_unset=True)
+    service = DocumentService()
+    if changes.get("title") is not None:
+        document = await service.arename(document=document, title=changes["title"])
+    return await service.aset_labels(
+        document=document, tags=changes.get("tags"), metadata=changes.get("metadata")
+    )
 
 
 @documents.post(

@@ -1,4 +1,4 @@
-"""Forms of the admin pages: a knowledge base, an upload of files, a trial search."""
+"""Forms of the admin pages: a knowledge base, an upload of files, a document's labels, a trial search."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 
 from knowledge.errors import InvalidInput
-from knowledge.models import KnowledgeBase
+from knowledge.models import Document, KnowledgeBase
+from knowledge.services.document_metadata import (
+    clean_tags,
+    format_metadata_pairs,
+    labels_fingerprint,
+    parse_metadata_pairs,
+)
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from search.services.search import MAX_LIMIT, MAX_QUERY_CHARS
 
@@ -43,9 +49,74 @@ class MultipleFileField(forms.FileField):
         return [single(data, initial)]
 
 
+class TagsField(forms.CharField):
+    """Tags typed as one line, separated by commas."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("help_text", "Separated by commas, e.g. policy, hr. Searches can filter on them.")
+        super().__init__(required=False, **kwargs)
+
+    def prepare_value(self, value):
+        return ", ".join(value) if isinstance(value, list) else value
+
+    def to_python(self, value) -> list[str]:
+        text = super().to_python(value)
+        try:
+            return clean_tags([tag for tag in text.split(",") if tag.strip()])
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+    def has_changed(self, initial, data) -> bool:
+        try:
+            return self.to_python(data) != (initial or [])
+        except forms.ValidationError:
+            return True
+
+
+class MetadataField(forms.CharField):
+    """Metadata typed as key=value lines: 2024 is a number, true a boolean, "2024" text, a date stays text."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault(
+            "help_text",
+            'One key=value a line, e.g. year=2024, status=draft, reviewed=true, published=2024-05-17; '
+            'quote a number to keep it text ("0042"). Searches can filter on them.',
+        )
+        super().__init__(required=False, widget=forms.Textarea(attrs={"rows": 4}), **kwargs)
+
+    def prepare_value(self, value):
+        return format_metadata_pairs(value) if isinstance(value, dict) else value
+
+    def to_python(self, value) -> dict:
+        text = super().to_python(value)
+        try:
+            return parse_metadata_pairs(line for line in text.splitlines() if line.strip())
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+    def has_changed(self, initial, data) -> bool:
+        try:
+            return labels_fingerprint([], self.to_python(data)) != labels_fingerprint([], initial or {})
+        except forms.ValidationError:
+            return True
+
+
+class DocumentForm(forms.ModelForm):
+    """A document's editable parts: its title and its labels (the rest is the indexing's record)."""
+
+    tags = TagsField()
+    metadata = MetadataField()
+
+    class Meta:
+        model = Document
+        fields = ["title", "tags", "metadata"]
+
+
 class UploadForm(forms.Form):
     knowledge_base = forms.ModelChoiceField(queryset=KnowledgeBase.objects.none())
     files = MultipleFileField(help_text=".txt, .md, .html, .pdf or .docx; several at once if you like.")
+    tags = TagsField(help_text="For every file uploaded, separated by commas. Searches can filter on them.")
+    metadata = MetadataField()
 
     def __init__(self, *args, knowledge_bases, **kwargs) -> None:
         super().__init__(*args, **kwargs)

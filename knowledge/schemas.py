@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from django.urls import reverse
@@ -84,10 +84,27 @@ class MemberOut(Schema):
         return membership.user.get_username()
 
 
+TAGS_DESCRIPTION = "Labels to filter searches by (`filter`: `{\"tag\": {\"any\": [...]}}`); at most 50."
+METADATA_DESCRIPTION = (
+    "Flat facts to filter searches by: keys of letters, digits and _ (at most 50), values text, numbers, "
+    "true/false, or dates as ISO 8601 text (`2024-05-17`), compared as dates by gt/gte/lt/lte."
+)
+METADATA_EXAMPLE = {"year": 2024, "status": "draft", "reviewed": True, "published": "2024-05-17"}
+
+
 class DocumentFileIn(InputSchema):
     """The form fields sent with an uploaded file."""
 
     title: str = Field("", max_length=500, description="Default: from the file.")
+    tags: list[str] | None = Field(
+        None,
+        description=TAGS_DESCRIPTION + " One field per tag. Left out: a replaced document keeps its own.",
+    )
+    metadata: str | None = Field(
+        None,
+        description=METADATA_DESCRIPTION + ' As a JSON object in this text field, e.g. {"year": 2024}. '
+        "Left out: a replaced document keeps its own.",
+    )
 
 
 class DocumentTextIn(InputSchema):
@@ -102,6 +119,27 @@ class DocumentTextIn(InputSchema):
     title: str = Field(min_length=1, max_length=500)
     text: str = Field(min_length=1)
     source_name: str = Field("", max_length=500, description="A file name to recognise new versions by.")
+    tags: list[str] | None = Field(
+        None, description=TAGS_DESCRIPTION + " Left out: a replaced document keeps its own."
+    )
+    metadata: dict[str, Any] | None = Field(
+        None,
+        description=METADATA_DESCRIPTION + " Left out: a replaced document keeps its own.",
+        examples=[METADATA_EXAMPLE],
+    )
+
+
+class DocumentPatch(InputSchema):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"tags": ["policy", "hr"], "metadata": METADATA_EXAMPLE}]}
+    )
+
+    title: str | None = Field(None, min_length=1, max_length=500)
+    tags: list[str] | None = Field(None, description=TAGS_DESCRIPTION + " Replaces the document's tags.")
+    metadata: dict[str, Any] | None = Field(
+        None,
+        description=METADATA_DESCRIPTION + " Replaces the document's metadata whole (send each key to keep).",
+    )
 
 
 class ProgressOut(Schema):
@@ -122,6 +160,8 @@ class DocumentOut(Schema):
     error: str
     archived: bool
     archived_at: datetime | None
+    tags: list[str]
+    metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
     url: str = Field(description="Where to poll the document's status.")

@@ -39,6 +39,7 @@ async def search(request: HttpRequest, payload: SearchIn):
         include_archived=payload.include_archived,
         score_threshold=payload.score_threshold,
         document_ids=payload.document_ids,
+        filter=payload.filter,
     )
     return {
         "results": response.results,

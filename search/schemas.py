@@ -80,6 +80,25 @@ class SearchIn(InputSchema):
         "not allowed in keyword mode.",
     )
     document_ids: list[UUID] | None = Field(None, max_length=100, description="Search only these documents.")
+    filter: dict[str, Any] | None = Field(
+        None,
+        description="Search only documents whose tags and metadata pass this filter. A filter is one of: "
+        '`{"and": [filter, ...]}`, `{"or": [filter, ...]}`; `{"tag": {"any"|"all"|"none": ["a", ...]}}`; '
+        '`{"key": "<metadata key>", "<op>": value}` with op `eq`, `ne` (text, number, true/false), `in`, '
+        "`not_in` (a list of those), `gt`, `gte`, `lt`, `lte` (a number, or an ISO 8601 date compared as a "
+        "date), `exists` (true/false); several ops in one condition must all hold. `ne` and `not_in` also "
+        "match documents without the key. A filter that cannot be read answers 422 with `detail.path` naming "
+        "the part at fault, e.g. `filter.and[1].or[0].gte`.",
+        examples=[
+            {
+                "and": [
+                    {"tag": {"any": ["policy", "hr"]}},
+                    {"or": [{"key": "year", "gte": 2020}, {"key": "status", "in": ["draft", "final"]}]},
+                    {"key": "reviewed", "exists": True},
+                ]
+            }
+        ],
+    )
 
 
 class HighlightOut(Schema):

@@ -41,12 +41,15 @@ def add_member(kb: KnowledgeBase, user, role: Role = Role.READER) -> Membership:
     return Membership.objects.create(knowledge_base=kb, user=user, role=role)
 
 
-def make_document(*, kb: KnowledgeBase, title: str | None = None, text: str | None = None) -> Document:
-    """A pending document given as text."""
+def make_document(
+    *, kb: KnowledgeBase, title: str | None = None, text: str | None = None, **labels
+) -> Document:
+    """A pending document given as text; `labels` are `tags` and `metadata`."""
     number = next(_numbers)
     return DocumentService().add_text_document(
         kb=kb,
         title=title or f"Document {number}",
         text=text or f"Document number {number} talks about nothing in particular.",
         source_name=f"document-{number}.txt",
+        **labels,
     ).document

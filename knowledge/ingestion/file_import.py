@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from knowledge.errors import InvalidInput, KnowledgeError
 from knowledge.ingestion.extraction import format_for
@@ -64,15 +65,27 @@ class FileImportService:
                 raise InvalidInput(f"{given} does not exist.")
         return list(files.values()), passed_over
 
-    def add_files(self, *, kb: KnowledgeBase, files: Sequence[FoundFile]) -> list[FileOutcome]:
-        """Record each file as a document waiting for ingestion, saying what became of each."""
+    def add_files(
+        self,
+        *,
+        kb: KnowledgeBase,
+        files: Sequence[FoundFile],
+        tags: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[FileOutcome]:
+        """Record each file as a document waiting for ingestion, with the labels given; say how each went."""
         outcomes = []
         for found in files:
             path = found.path
             try:
                 self.documents.check_upload_size(path.name, path.stat().st_size)
                 added = self.documents.add_upload(
-                    kb=kb, filename=path.name, data=path.read_bytes(), source_name=found.source_name
+                    kb=kb,
+                    filename=path.name,
+                    data=path.read_bytes(),
+                    source_name=found.source_name,
+                    tags=tags,
+                    metadata=metadata,
                 )
             except KnowledgeError as exc:
                 status = "duplicate" if exc.code == "duplicate_document" else "rejected"

@@ -25,6 +25,7 @@ from knowledge.errors import InvalidInput
 from knowledge.ingestion.extraction import ExtractionError
 from knowledge.ingestion.sandbox import extract_text_in_sandbox
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
+from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
@@ -289,6 +290,8 @@ class IngestionService:
                 vectors=vectors,
                 keyword_vectors=keywords.encode_documents(texts) if keywords is not None else None,
                 archived_at=document.archived_at,
+                tags=document.tags,
+                metadata=document.metadata,
                 collection_name=collection_name,
             )
             done += len(batch)
@@ -392,13 +395,16 @@ class IngestionService:
     async def _finish(
         self, document: Document, worker_id: str, chunk_count: int, collection_name: str | None
     ) -> None:
-        archived_at, title = await self._mark_ready(document, worker_id, chunk_count)
-        # Archived, restored or renamed while it was being indexed: later batches carry the old state.
+        archived_at, title, tags, metadata = await self._mark_ready(document, worker_id, chunk_count)
+        # Archived, restored, renamed or relabelled while it was being indexed: later batches carry the
+        # old state.
         where = {"kb_id": document.knowledge_base_id, "document_id": document.id, "collection_name": collection_name}
         if archived_at != document.archived_at:
             await self.chunk_service.set_archived(archived_at=archived_at, **where)
         if title != document.title:
             await self.chunk_service.set_title(title=title, **where)
+        if labels_fingerprint(tags, metadata) != labels_fingerprint(document.tags, document.metadata):
+            await self.chunk_service.set_labels(tags=tags, metadata=metadata, **where)
 
     @sync_to_async
     def _mark_ready(self, document: Document, worker_id: str, chunk_count: int):
@@ -417,7 +423,8 @@ class IngestionService:
             )
             if not finished:
                 raise LostClaim(document.pk)
-            return Document.objects.filter(pk=document.pk).values_list("archived_at", "title").get()
+            fields = ("archived_at", "title", "tags", "metadata")
+            return Document.objects.filter(pk=document.pk).values_list(*fields).get()
 
     async def _fail(
         self,

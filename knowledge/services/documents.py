@@ -24,6 +24,7 @@ from knowledge.errors import (
 from knowledge.ingestion.events import notify_new_work
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
+from knowledge.services.document_metadata import clean_metadata, clean_tags
 from knowledge.services.text_fields import refuse_nul_characters
 from search.services.chunks import ChunkService
 
@@ -71,24 +72,46 @@ class DocumentService:
     def __init__(self, *, chunk_service: ChunkService | None = None) -> None:
         self.chunk_service = chunk_service or ChunkService()
 
-    def add_uploads(self, *, kb: KnowledgeBase, files: Iterable[Any]) -> UploadBatch:
-        """Queue several uploaded files (each with `.name` and `.read()`); one refused leaves the others queued."""
+    def add_uploads(
+        self,
+        *,
+        kb: KnowledgeBase,
+        files: Iterable[Any],
+        tags: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> UploadBatch:
+        """Queue several uploaded files (each with `.name` and `.read()`), all with the labels given.
+
+        One refused leaves the others queued.
+        """
         batch = UploadBatch(added=[], refused=[])
         for upload in files:
             try:
-                batch.added.append(self.add_upload(kb=kb, filename=upload.name, data=upload.read()))
+                added = self.add_upload(
+                    kb=kb, filename=upload.name, data=upload.read(), tags=tags, metadata=metadata
+                )
+                batch.added.append(added)
             except KnowledgeError as exc:
                 batch.refused.append(exc.message)
         return batch
 
     def add_upload(
-        self, *, kb: KnowledgeBase, filename: str, data: bytes, title: str = "", source_name: str = ""
+        self,
+        *,
+        kb: KnowledgeBase,
+        filename: str,
+        data: bytes,
+        title: str = "",
+        source_name: str = "",
+        tags: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> AddedDocument:
         """Queue an uploaded file for ingestion.
 
         The same content twice in one KB is refused (DuplicateDocument); a file of the same source
         name (the file name, or its path within an imported folder) with other content replaces
-        that document's text, and only it is indexed again.
+        that document's text, and only it is indexed again. `tags` and `metadata` (left out: a
+        replaced document keeps its own) go with every chunk, for search filters.
         """
         refuse_nul_characters(file_name=filename, title=title, source_name=source_name)
         name = PurePath(filename or "").name
@@ -112,10 +135,20 @@ class DocumentService:
             size=len(data),
             text="",
             source=data,
+            labels=self._clean_labels(tags, metadata),
         )
 
-    def add_text_document(self, *, kb: KnowledgeBase, title: str, text: str, source_name: str = "") -> AddedDocument:
-        """Queue a document given as plain text; duplicates and new versions are handled as for files."""
+    def add_text_document(
+        self,
+        *,
+        kb: KnowledgeBase,
+        title: str,
+        text: str,
+        source_name: str = "",
+        tags: Iterable[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AddedDocument:
+        """Queue a document given as plain text; duplicates, new versions and labels go as for files."""
         refuse_nul_characters(title=title, text=text, source_name=source_name)
         title = (title or "").strip()
         if not title:
@@ -133,7 +166,18 @@ class DocumentService:
             size=len(encoded),
             text=text,
             source=None,
+            labels=self._clean_labels(tags, metadata),
         )
+
+    @staticmethod
+    def _clean_labels(tags: Iterable[str] | None, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """The tags and metadata given, checked, as the fields they set (those not given keep their value)."""
+        labels: dict[str, Any] = {}
+        if tags is not None:
+            labels["tags"] = clean_tags(tags)
+        if metadata is not None:
+            labels["metadata"] = clean_metadata(metadata)
+        return labels
 
     @staticmethod
     def default_title(source_name: str) -> str:
@@ -160,6 +204,7 @@ class DocumentService:
         size: int,
         text: str,
         source: bytes | None,
+        labels: dict[str, Any],
     ) -> AddedDocument:
         with transaction.atomic():
             same = Document.objects.filter(knowledge_base=kb, content_hash=digest).only("id", "title").first()
@@ -179,7 +224,7 @@ class DocumentService:
             document.source_size = size
             document.content_hash = digest
             document.text = text
-            for field, value in REQUEUED.items():
+            for field, value in {**REQUEUED, **labels}.items():
                 setattr(document, field, value)
             try:
                 document.save()
@@ -217,6 +262,25 @@ class DocumentService:
         await document.asave(update_fields=["title", "updated_at"])
         return document
 
+    async def aset_labels(
+        self, *, document: Document, tags: Iterable[str] | None = None, metadata: dict[str, Any] | None = None
+    ) -> Document:
+        """Replace a document's tags and/or metadata, in its row and in its chunks' payload.
+
+        Nothing is re-embedded, and the next search filters by the new values. Qdrant changes first,
+        like a rename; a document being indexed meanwhile gets them when its indexing finishes.
+        """
+        labels = self._clean_labels(tags, metadata)
+        if not labels:
+            return document
+        new_tags, new_metadata = labels.get("tags", document.tags), labels.get("metadata", document.metadata)
+        await self.chunk_service.set_labels(
+            kb_id=document.knowledge_base_id, document_id=document.id, tags=new_tags, metadata=new_metadata
+        )
+        document.tags, document.metadata = new_tags, new_metadata
+        await document.asave(update_fields=["tags", "metadata", "updated_at"])
+        return document
+
     async def adelete_document(self, *, document: Document) -> None:
         """Remove a document's points from Qdrant, then its row."""
         await self.chunk_service.delete_document_chunks(kb_id=document.knowledge_base_id, document_id=document.id)
@@ -237,4 +301,5 @@ class DocumentService:
     aqueue_for_reindex = sync_to_async(queue_for_reindex)
     set_archived = async_to_sync(aset_archived)
     rename = async_to_sync(arename)
+    set_labels = async_to_sync(aset_labels)
     delete_document = async_to_sync(adelete_document)

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from knowledge.ingestion.pipeline import IngestionService, ProgressCallback
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
+from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
 from search.errors import EmbeddingModelMismatch
 from search.keywords import KeywordSettings
@@ -76,7 +77,7 @@ class ReindexService:
         collections = chunks.collections
         target = await collections.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
         report.collection = target
-        indexed: dict[UUID, tuple[str, datetime | None, str]] = {}
+        indexed: dict[UUID, tuple[str, datetime | None, str, str]] = {}
         try:
             async for document_id in Document.objects.filter(knowledge_base=kb).order_by("pk").values_list(
                 "id", flat=True
@@ -86,7 +87,7 @@ class ReindexService:
                 )
                 self._count(report, document)
                 if document is not None and document.status == DocumentStatus.READY:
-                    indexed[document.pk] = (document.content_hash, document.archived_at, document.title)
+                    indexed[document.pk] = self._indexed_state(document)
         except BaseException:
             await collections.drop_collection_version(collection_name=target)
             raise
@@ -107,16 +108,26 @@ class ReindexService:
     async def _catch_up(self, kb: KnowledgeBase, indexed: dict, failed: set[UUID]) -> int:
         stale, present = [], set()
         async for document in Document.objects.filter(knowledge_base=kb).only(
-            "id", "content_hash", "archived_at", "title"
+            "id", "content_hash", "archived_at", "title", "tags", "metadata"
         ):
             present.add(document.pk)
             if document.pk in failed:
                 continue
-            if indexed.get(document.pk) != (document.content_hash, document.archived_at, document.title):
+            if indexed.get(document.pk) != self._indexed_state(document):
                 stale.append(document)
         for gone in indexed.keys() - present:
             await self.ingestion.chunk_service.delete_document_chunks(kb_id=kb.id, document_id=gone)
         return await self.documents.aqueue_for_reindex(documents=stale) if stale else 0
+
+    @staticmethod
+    def _indexed_state(document: Document) -> tuple[str, datetime | None, str, str]:
+        """What a rebuilt collection holds of a document; a change while it ran sends the document back."""
+        return (
+            document.content_hash,
+            document.archived_at,
+            document.title,
+            labels_fingerprint(document.tags, document.metadata),
+        )
 
     @staticmethod
     def _count(report: ReindexReport, document: Document | None) -> None:

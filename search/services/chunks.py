@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
@@ -11,6 +11,7 @@ from uuid import UUID, uuid5
 from qdrant_client import models
 
 from search.chunking import TextChunk
+from search.filters import METADATA_FIELD, TAGS_FIELD, CompiledFilter
 from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
 from search.query_batching import QueryBatcher
 from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
@@ -49,6 +50,8 @@ class StoredChunk:
     char_end: int | None
     archived_at: datetime | None
     score: float | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_point(cls, point: Any) -> StoredChunk:
@@ -64,12 +67,19 @@ class StoredChunk:
             char_end=payload.get("char_end"),
             archived_at=datetime.fromisoformat(archived_at) if archived_at else None,
             score=getattr(point, "score", None),
+            tags=tuple(payload.get(TAGS_FIELD) or ()),
+            metadata=dict(payload.get(METADATA_FIELD) or {}),
         )
 
 
 def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
     """`archived` is what searches filter on (indexed); `archived_at` is what people are shown."""
     return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
+
+
+def _labels_payload(tags: Sequence[str], metadata: dict[str, Any]) -> dict[str, Any]:
+    """A document's tags and metadata as every one of its chunks carries them, for filters to read."""
+    return {TAGS_FIELD: list(tags), METADATA_FIELD: dict(metadata)}
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -128,6 +138,7 @@ class ChunkService:
         include_archived: bool = False,
         score_threshold: float | None = None,
         document_ids: Sequence[UUID | str] | None = None,
+        metadata_filter: CompiledFilter | None = None,
         named_vectors: bool = True,
     ) -> list[StoredChunk]:
         """The KB's best chunks for the query, best first, in one Qdrant query.
@@ -142,7 +153,9 @@ class ChunkService:
             raise ValueError("search_chunks needs a query embedding, query keywords or both")
         if query_keywords is not None and not named_vectors:
             raise ValueError("a collection made before hybrid search has no keyword vector")
-        query_filter = self._search_filter(kb_id, include_archived, document_ids)
+        query_filter = self._search_filter(kb_id, include_archived, document_ids, metadata_filter)
+        if metadata_filter is not None and metadata_filter.index_hints:
+            await self.collections.ensure_filter_indexes(kb_id=kb_id, fields=metadata_filter.index_hints)
         dense = DENSE_VECTOR if named_vectors else None
         if query_embedding is not None and query_keywords is not None:
             candidates = max(limit, FUSION_CANDIDATES)
@@ -189,7 +202,10 @@ class ChunkService:
 
     @staticmethod
     def _search_filter(
-        kb_id: UUID | str, include_archived: bool, document_ids: Sequence[UUID | str] | None
+        kb_id: UUID | str,
+        include_archived: bool,
+        document_ids: Sequence[UUID | str] | None,
+        metadata_filter: CompiledFilter | None,
     ) -> models.Filter:
         # The tenant guard stands should an alias ever point at a wrong collection.
         must: list[models.Condition] = [_match("kb_id", str(kb_id))]
@@ -199,6 +215,8 @@ class ChunkService:
                     key="document_id", match=models.MatchAny(any=[str(d) for d in document_ids])
                 )
             )
+        if metadata_filter is not None:
+            must.append(metadata_filter.filter)
         # must_not on the indexed flag, not must archived == false: the engine answers it from the
         # bool index's small "true" set instead of checking every other point (10x at 100k points).
         must_not = [] if include_archived else [_match("archived", True)]
@@ -230,13 +248,16 @@ class ChunkService:
         vectors: Sequence[Sequence[float]],
         keyword_vectors: Sequence[models.SparseVector] | None = None,
         archived_at: datetime | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
         collection_name: str | None = None,
     ) -> int:
         """Write chunks with their vectors; the KB's collection is created on first write.
 
         `keyword_vectors` (BM25, one per chunk) go with the dense ones into a collection of named
         vectors; without them the chunks go to a collection made before hybrid search, as one
-        unnamed vector. `collection_name` writes into a given collection version instead (a
+        unnamed vector. Each chunk carries the document's `tags` and `metadata`, which filters read.
+        `collection_name` writes into a given collection version instead (a
         rebuild in progress).
         """
         if len(chunks) != len(vectors) or (keyword_vectors is not None and len(keyword_vectors) != len(chunks)):
@@ -262,6 +283,7 @@ class ChunkService:
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
                     **_archive_payload(archived_at),
+                    **_labels_payload(tags, metadata or {}),
                 },
             )
             for position, (chunk, vector) in enumerate(zip(chunks, vectors))
@@ -314,6 +336,22 @@ class ChunkService:
     ) -> None:
         """Give a document's chunks its new title, which search results show."""
         await self._set_document_payload(kb_id, document_id, {"title": title}, collection_name)
+
+    @translate_unreachable
+    async def set_labels(
+        self,
+        *,
+        kb_id: UUID | str,
+        document_id: UUID | str,
+        tags: Sequence[str],
+        metadata: dict[str, Any],
+        collection_name: str | None = None,
+    ) -> None:
+        """Give a document's chunks its new tags and metadata: a payload update, nothing is re-embedded.
+
+        Both are replaced whole, so a key removed from the metadata is gone from every chunk.
+        """
+        await self._set_document_payload(kb_id, document_id, _labels_payload(tags, metadata), collection_name)
 
     async def _set_document_payload(
         self, kb_id: UUID | str, document_id: UUID | str, payload: dict[str, Any], collection_name: str | None

@@ -28,6 +28,7 @@ from search.errors import (
     KnowledgeBaseNotFound,
     QueryTooLong,
 )
+from search.filters import compile_filter
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService, StoredChunk
 
@@ -181,6 +182,7 @@ class SearchService:
         include_archived: bool = False,
         score_threshold: float | None = None,
         document_ids: Sequence[UUID | str] | None = None,
+        filter: Any = None,
     ) -> SearchResponse:
         """The best `limit` chunks for `query` across `kb_ids` in `mode`, best first; the search is audited.
 
@@ -190,6 +192,7 @@ class SearchService:
         collection predates hybrid search is searched semantically, and a notice says how to upgrade it.
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
+        `filter` is a metadata filter as search.filters reads it (InvalidFilter names a bad part).
         """
         started = time.perf_counter()
         query = self._clean_query(query)
@@ -204,6 +207,7 @@ class SearchService:
         documents = None
         if document_ids is not None:
             documents = _parse_uuids(document_ids, what="document_ids", error=InvalidFilter, most=MAX_DOCUMENT_FILTER)
+        metadata_filter = compile_filter(filter) if filter is not None else None
         if score_threshold is not None:
             if mode == SearchMode.KEYWORD:
                 raise InvalidFilter(
@@ -240,6 +244,7 @@ class SearchService:
                     include_archived=include_archived,
                     score_threshold=score_threshold,
                     document_ids=documents,
+                    metadata_filter=metadata_filter,
                     **self._query_vectors(mode, found[kb_id], query, vector),
                 )
                 for kb_id in wanted

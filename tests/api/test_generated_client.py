@@ -36,6 +36,7 @@ OPERATION_IDS = {
     "create_text_document",
     "list_documents",
     "get_document",
+    "update_document",
     "delete_document",
     "archive_document",
     "unarchive_document",

@@ -19,8 +19,10 @@ from uuid import UUID
 
 import numpy as np
 import pytest
+from qdrant_client import models
 
 from search.chunking import TextChunk
+from search.filters import compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, collection_alias, qdrant_service
 from search.services.chunks import ChunkService, StoredChunk, chunk_point_id
@@ -530,3 +532,190 @@ async def test_closing_and_reopening_keeps_everything(store, tmp_path) -> None:
         kb_id=KB, query_keywords=encoder.encode_query(KEYWORD_QUERY), limit=8
     )
     assert tie_groups(keyword_after) == tie_groups(keyword_before)
+
+
+# --- tags, metadata and filters -------------------------------------------------------------------
+
+LABELS: dict[UUID, tuple[list[str], dict[str, Any]]] = {
+    DOC_A: (
+        ["tides", "moon"],
+        {"year": 2019, "status": "draft", "reviewed": True, "published": "2019-06-01", "score": 4.5},
+    ),
+    DOC_B: (
+        ["storms"],
+        {"year": 2021, "status": "final", "reviewed": False, "published": "2021-03-15T12:00:00Z", "score": 3},
+    ),
+    DOC_C: (["tides", "sand"], {"year": 2023, "status": "final", "published": "2023-11-30"}),
+}
+A, B, C = DOC_A, DOC_B, DOC_C
+# Each operator on each value type, and their combinations, with the documents they must leave.
+FILTER_CASES: list[tuple[dict[str, Any], set[UUID]]] = [
+    ({"tag": {"any": ["moon", "sand"]}}, {A, C}),
+    ({"tag": {"all": ["tides", "moon"]}}, {A}),
+    ({"tag": {"none": ["tides"]}}, {B}),
+    ({"key": "status", "eq": "final"}, {B, C}),
+    ({"key": "reviewed", "eq": True}, {A}),
+    ({"key": "reviewed", "eq": False}, {B}),
+    ({"key": "year", "eq": 2021}, {B}),
+    ({"key": "score", "eq": 4.5}, {A}),
+    ({"key": "status", "ne": "draft"}, {B, C}),
+    ({"key": "reviewed", "ne": True}, {B, C}),  # C has no `reviewed`: ne keeps it
+    ({"key": "status", "in": ["draft", "final"]}, {A, B, C}),
+    ({"key": "year", "in": [2019, 2023]}, {A, C}),
+    ({"key": "status", "not_in": ["draft"]}, {B, C}),
+    ({"key": "year", "not_in": [2019, 2021]}, {C}),
+    ({"key": "year", "gt": 2019}, {B, C}),
+    ({"key": "year", "gte": 2021}, {B, C}),
+    ({"key": "year", "lt": 2021}, {A}),
+    ({"key": "year", "lte": 2021}, {A, B}),
+    ({"key": "score", "gt": 3, "lte": 4.5}, {A}),
+    ({"key": "published", "gte": "2021-01-01"}, {B, C}),
+    ({"key": "published", "lt": "2021-03-15T12:00:00Z"}, {A}),
+    ({"key": "published", "gt": "2021-03-15T13:00:00+02:00"}, {B, C}),
+    ({"key": "published", "lte": "2021-03-15T12:00:00Z"}, {A, B}),
+    ({"key": "reviewed", "exists": True}, {A, B}),
+    ({"key": "reviewed", "exists": False}, {C}),
+    ({"key": "missing", "exists": False}, {A, B, C}),
+    ({"or": [{"key": "year", "gte": 2022}, {"key": "reviewed", "eq": True}]}, {A, C}),
+    (
+        {
+            "and": [
+                {"tag": {"any": ["tides"]}},
+                {"or": [{"key": "year", "gte": 2022}, {"key": "status", "eq": "draft"}]},
+            ]
+        },
+        {A, C},
+    ),
+    ({"and": [{"key": "status", "eq": "final"}, {"tag": {"none": ["sand"]}}]}, {B}),
+]
+
+
+async def write_labelled_corpus() -> None:
+    for doc in CORPUS.values():
+        tags, metadata = LABELS[doc.document_id]
+        await chunks_service.upsert_chunks(
+            kb_id=KB,
+            document_id=doc.document_id,
+            title=doc.title,
+            chunks=doc.chunks,
+            vectors=doc.vectors.tolist(),
+            keyword_vectors=encoder.encode_documents([c.content for c in doc.chunks]),
+            tags=tags,
+            metadata=metadata,
+        )
+
+
+async def documents_found(
+    spec: dict[str, Any], mode: str, service: ChunkService = chunks_service, **kwargs: Any
+) -> set[UUID]:
+    vectors: dict[str, Any] = {}
+    if mode in ("semantic", "hybrid"):
+        vectors["query_embedding"] = QUERY_VECTOR.tolist()
+    if mode in ("keyword", "hybrid"):
+        vectors["query_keywords"] = encoder.encode_query(KEYWORD_QUERY)
+    hits = await service.search_chunks(
+        kb_id=KB, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs
+    )
+    found = {hit.document_id for hit in hits}
+    if mode == "semantic":
+        # Every chunk of the documents left, in exact cosine order.
+        assert_same_hits(hits, exact_cosine(CORPUS, QUERY_VECTOR, only=found))
+    return found
+
+
+@pytest.mark.parametrize("mode", ["semantic", "keyword", "hybrid"])
+async def test_metadata_filters_leave_the_documents_each_operator_selects(store, mode) -> None:
+    await write_labelled_corpus()
+    # The keyword query matches chunks of every document, so each mode can show every document.
+    assert await documents_found({"key": "missing", "exists": False}, mode) == set(DOCUMENTS)
+    service = ChunkService()  # knows of no index yet: this backend's collection gets them as filters come
+
+    wrong = {}
+    for spec, expected in FILTER_CASES:
+        found = await documents_found(spec, mode, service)
+        if found != expected:
+            wrong[str(spec)] = (sorted(TITLES[d] for d in found), sorted(TITLES[d] for d in expected))
+
+    assert wrong == {}
+
+
+async def test_a_metadata_filter_keeps_the_archive_and_document_conditions(store) -> None:
+    await write_labelled_corpus()
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    tides = {"tag": {"any": ["tides"]}}
+
+    assert await documents_found(tides, "hybrid") == {DOC_A}
+    assert await documents_found(tides, "hybrid", include_archived=True) == {DOC_A, DOC_C}
+    b_and_c = {"include_archived": True, "document_ids": [DOC_B, DOC_C]}
+    assert await documents_found(tides, "semantic", **b_and_c) == {DOC_C}
+
+
+async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(store) -> None:
+    await write_labelled_corpus()
+    point_ids = [chunk_point_id(DOC_B, i) for i in range(DOCUMENTS[DOC_B])]
+
+    async def vectors() -> dict[str, tuple[list[float], list[int], list[float]]]:
+        points = await qdrant_service.client.retrieve(
+            collection_name=collection_alias(KB), ids=point_ids, with_vectors=True
+        )
+        sparse = {str(p.id): p.vector["bm25"] for p in points}
+        return {
+            str(p.id): (
+                list(p.vector["dense"]),
+                list(sparse[str(p.id)].indices),
+                list(sparse[str(p.id)].values),
+            )
+            for p in points
+        }
+
+    before = await vectors()
+    final = {"key": "status", "eq": "final"}
+    assert await documents_found(final, "hybrid") == {DOC_B, DOC_C}
+
+    await chunks_service.set_labels(
+        kb_id=KB, document_id=DOC_B, tags=["storms", "moon"], metadata={"status": "draft", "year": 2030}
+    )
+
+    assert await documents_found(final, "hybrid") == {DOC_C}
+    assert await documents_found({"key": "year", "gte": 2030}, "keyword") == {DOC_B}
+    assert await documents_found({"key": "score", "exists": True}, "semantic") == {DOC_A}  # B's score is gone
+    assert await documents_found({"tag": {"all": ["moon"]}}, "semantic") == {DOC_A, DOC_B}
+    page, _ = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_B, limit=1)
+    assert (page[0].tags, page[0].metadata) == (("storms", "moon"), {"status": "draft", "year": 2030})
+    after = await vectors()
+    assert after.keys() == before.keys() == set(point_ids)
+    for point_id, (dense, indices, values) in before.items():
+        # Local mode hands back float32 rounding of its own on a second read; nothing else may differ.
+        assert after[point_id] == (pytest.approx(dense, abs=1e-6), indices, pytest.approx(values, abs=1e-6))
+
+
+async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(store) -> None:
+    await write_labelled_corpus()
+    spec = {
+        "and": [
+            {"tag": {"any": ["tides"]}},
+            {"key": "year", "gte": 2020},
+            {"key": "published", "lt": "2024-01-01"},
+            {"key": "status", "in": ["final"]},
+            {"key": "reviewed", "exists": True},
+        ]
+    }
+
+    assert await documents_found(spec, "hybrid", ChunkService()) == set()
+
+    schema = (await qdrant_service.client.get_collection(collection_name=f"kb_{KB}_v1")).payload_schema
+    indexed = {
+        key: info.data_type for key, info in schema.items() if key == "tags" or key.startswith("meta.")
+    }
+    if store.name in ("local", "grpc"):
+        assert indexed == {}  # local mode, behind the loopback server too, keeps no payload indexes
+    else:
+        assert indexed == {
+            "tags": models.PayloadSchemaType.KEYWORD,
+            "meta.year": models.PayloadSchemaType.FLOAT,
+            "meta.published": models.PayloadSchemaType.DATETIME,
+            "meta.status": models.PayloadSchemaType.KEYWORD,
+        }
+        rebuilt = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
+        schema = (await qdrant_service.client.get_collection(collection_name=rebuilt)).payload_schema
+        assert {key: info.data_type for key, info in schema.items() if key in indexed} == indexed

@@ -65,6 +65,16 @@ def chunk_points(count: int = 120) -> list[models.PointStruct]:
                     "archived": i % 4 == 0,
                     "archived_at": "2024-01-01T00:00:00Z" if i % 7 == 0 else None,
                     "text": text,
+                    # Document metadata as ChunkService writes it: tags, and flat values under `meta`.
+                    "tags": [WORDS[i % 5], WORDS[i % 7]],
+                    "meta": {
+                        "year": 2000 + i % 30,
+                        "score": i / 8,
+                        "status": ("draft", "final", "review")[i % 3],
+                        "reviewed": i % 2 == 0,
+                        "published": f"20{10 + i % 15}-0{1 + i % 9}-1{i % 10}",
+                        **({"note": "x"} if i % 5 == 0 else {"note": None} if i % 5 == 1 else {}),
+                    },
                 },
             )
         )
@@ -470,6 +480,65 @@ FILTERS = {
         ]
     ),
     "has_vector": models.Filter(must=[models.HasVectorCondition(has_vector="dense")]),
+    # The conditions search.filters compiles metadata filters to, on nested `meta.<key>` paths.
+    "meta_match_any_text": models.Filter(
+        must=[models.FieldCondition(key="meta.status", match=models.MatchAny(any=["draft", "review"]))]
+    ),
+    "meta_match_except_int": models.Filter(
+        must=[
+            models.FieldCondition(key="meta.year", match=models.MatchExcept(**{"except": [2001, 2002, 2003]}))
+        ]
+    ),
+    "meta_match_bool": models.Filter(
+        must=[models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=False))]
+    ),
+    "meta_float_range": models.Filter(
+        must=[models.FieldCondition(key="meta.score", range=models.Range(gt=2.5, lte=9.0))]
+    ),
+    "meta_int_equal_as_range": models.Filter(
+        must=[models.FieldCondition(key="meta.year", range=models.Range(gte=2007, lte=2007))]
+    ),
+    "meta_datetime_range": models.Filter(
+        must=[
+            models.FieldCondition(
+                key="meta.published",
+                range=models.DatetimeRange(gte=datetime(2015, 3, 1, tzinfo=UTC), lt="2021-01-01T00:00:00Z"),
+            )
+        ]
+    ),
+    "meta_key_exists": models.Filter(
+        must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta.note"))]
+    ),
+    "meta_key_missing": models.Filter(
+        must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta.note"))]
+    ),
+    "meta_is_null": models.Filter(
+        must=[models.IsNullCondition(is_null=models.PayloadField(key="meta.note"))]
+    ),
+    "tags_all_and_none": models.Filter(
+        must=[models.FieldCondition(key="tags", match=models.MatchValue(value=WORDS[1]))],
+        must_not=[models.FieldCondition(key="tags", match=models.MatchAny(any=[WORDS[3], WORDS[4]]))],
+    ),
+    "nested_and_or_not": models.Filter(
+        must=[
+            models.Filter(
+                should=[
+                    models.Filter(
+                        must=[models.FieldCondition(key="meta.year", range=models.Range(gte=2025))]
+                    ),
+                    models.Filter(
+                        must=[
+                            models.FieldCondition(key="meta.status", match=models.MatchValue(value="final"))
+                        ],
+                        must_not=[
+                            models.FieldCondition(key="meta.reviewed", match=models.MatchValue(value=True))
+                        ],
+                    ),
+                ]
+            )
+        ],
+        must_not=[models.Filter(must=[models.FieldCondition(key="meta.score", range=models.Range(lt=1.0))])],
+    ),
 }
 
 

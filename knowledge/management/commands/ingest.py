@@ -12,6 +12,7 @@ from knowledge.ingestion.pipeline import IngestionService
 from knowledge.ingestion.worker import new_worker_id
 from knowledge.management.progress import Progress
 from knowledge.models import DocumentStatus, KnowledgeBase
+from knowledge.services.document_metadata import clean_tags, parse_metadata_pairs
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from search.errors import SearchError
 from search.qdrant import qdrant_service
@@ -33,6 +34,20 @@ class Command(BaseCommand):
             "--owner", metavar="USERNAME", help="Owner of the knowledge base --create makes (default: superusers only)."
         )
         parser.add_argument(
+            "--tag",
+            action="append",
+            dest="tags",
+            metavar="TAG",
+            help="A tag for every file loaded (repeat for several); searches can filter on tags.",
+        )
+        parser.add_argument(
+            "--meta",
+            action="append",
+            metavar="KEY=VALUE",
+            help="Metadata for every file loaded (repeat for several): 2024 is a number, true a boolean, "
+            '\'"2024"\' text, 2024-05-17 a date (ISO 8601 text). Searches can filter on it.',
+        )
+        parser.add_argument(
             "--enqueue",
             action="store_true",
             help="Only record the documents for running workers (no Qdrant access needed): the way to "
@@ -40,9 +55,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, paths: list[str], kb: str, recursive: bool, create: bool, name: str | None,
-               owner: str | None, enqueue: bool, verbosity: int, **options) -> None:
+               owner: str | None, enqueue: bool, tags: list[str] | None, meta: list[str] | None,
+               verbosity: int, **options) -> None:
         importer = FileImportService()
         try:
+            # Labels first: a typing mistake in them should stop the command before anything is loaded.
+            labels = {
+                "tags": clean_tags(tags) if tags else None,
+                "metadata": parse_metadata_pairs(meta) if meta else None,
+            }
             files, passed_over = importer.collect(paths, recursive=recursive)
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
@@ -55,7 +76,7 @@ class Command(BaseCommand):
         # Only now, with files to load and a Qdrant to load them into, may --create make the KB.
         knowledge_base = self._knowledge_base(kb, create=create, name=name, owner=owner)
 
-        outcomes = importer.add_files(kb=knowledge_base, files=files)
+        outcomes = importer.add_files(kb=knowledge_base, files=files, **labels)
         queued = [o for o in outcomes if o.document is not None]
         rejected = [o for o in outcomes if o.status == "rejected"]
         problems = list(rejected)
