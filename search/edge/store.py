@@ -18,6 +18,7 @@ from typing import Any
 import qdrant_edge as edge
 from qdrant_client.async_client_base import AsyncQdrantBase
 from qdrant_client.http import models
+from qdrant_client.local.payload_value_extractor import value_by_key
 
 from search.edge import convert
 
@@ -37,6 +38,9 @@ SHARD_DIR = "shard"
 # Written last when a collection is created and removed first when it is dropped: a collection
 # exists exactly when its sidecar does, so a crash in between leaves only an ignorable folder.
 SIDECAR_FILE = "collection.json"
+
+# How much deeper each pass of a grouped query reads when the groups are not complete yet.
+GROUPS_READ_GROWTH = 4
 
 
 class StoreLocked(RuntimeError):
@@ -507,6 +511,97 @@ class EdgeStore(AsyncQdrantBase):
             for points in results
         ]
 
+    async def query_points_groups(
+        self,
+        collection_name: str,
+        group_by: str,
+        query: Any = None,
+        using: str | None = None,
+        prefetch: models.Prefetch | list[models.Prefetch] | None = None,
+        query_filter: models.Filter | None = None,
+        search_params: models.SearchParams | None = None,
+        limit: int = 10,
+        group_size: int = 3,
+        with_payload: models.WithPayloadInterface = True,
+        with_vectors: models.WithVector = False,
+        score_threshold: float | None = None,
+        with_lookup: models.WithLookupInterface | None = None,
+        lookup_from: models.LookupLocation | None = None,
+        **kwargs: Any,
+    ) -> models.GroupsResult:
+        """The best `limit` groups of the query's points by the payload value at `group_by`, each with its
+        best `group_size` points, in the query's order (a group ranks by its best point).
+
+        Edge has no grouping query, so this reads the query's ranking itself: `limit * group_size`
+        points first, then GROUPS_READ_GROWTH times deeper, until the first `limit` groups each hold
+        `group_size` points or the ranking runs out. Each pass reads the ranking afresh from the top
+        (an HNSW search asked for more points may order the first ones better) and carries only the
+        group key; one retrieve then brings the chosen points' payload and vectors. Like the server,
+        prefetch limits are multiplied by `limit`, so a fusion sees candidates enough for that many
+        groups. A point joins each group its value names (a list names several); a point whose value is
+        missing or not a string or integer joins none.
+        """
+        if with_lookup is not None:
+            raise NotImplementedError("with_lookup is not supported by the Edge store")
+        if limit < 1 or group_size < 1:
+            raise ValueError(f"limit ({limit}) and group_size ({group_size}) must be 1 or larger.")
+        prefetch = _widened_prefetches(prefetch, limit)
+        depth = limit * group_size
+        while True:
+            response = await self.query_points(
+                collection_name,
+                query=query,
+                using=using,
+                prefetch=prefetch,
+                query_filter=query_filter,
+                search_params=search_params,
+                limit=depth,
+                with_payload=[group_by.split("[", 1)[0].split(".", 1)[0]],
+                score_threshold=score_threshold,
+                lookup_from=lookup_from,
+            )
+            groups = _first_groups(response.points, group_by, limit, group_size)
+            filled = len(groups) == limit and all(len(hits) == group_size for hits in groups.values())
+            if filled or len(response.points) < depth:
+                break
+            depth *= GROUPS_READ_GROWTH
+        if with_payload or with_vectors:
+            groups = await self._hydrate_groups(collection_name, groups, with_payload, with_vectors)
+        else:
+            groups = {
+                key: [hit.model_copy(update={"payload": None}) for hit in hits]
+                for key, hits in groups.items()
+            }
+        return models.GroupsResult(
+            groups=[models.PointGroup(id=key, hits=hits) for key, hits in groups.items()]
+        )
+
+    async def _hydrate_groups(
+        self,
+        collection_name: str,
+        groups: dict[models.GroupId, list[models.ScoredPoint]],
+        with_payload: models.WithPayloadInterface,
+        with_vectors: models.WithVector,
+    ) -> dict[models.GroupId, list[models.ScoredPoint]]:
+        ids = list(dict.fromkeys(hit.id for hits in groups.values() for hit in hits))
+        records = {
+            record.id: record
+            for record in await self.retrieve(
+                collection_name, ids, with_payload=with_payload, with_vectors=with_vectors
+            )
+        }
+        hydrated = {}
+        for key, hits in groups.items():
+            # A point deleted since the ranking was read is left out, as a search a moment later would.
+            kept = [
+                hit.model_copy(update={"payload": records[hit.id].payload, "vector": records[hit.id].vector})
+                for hit in hits
+                if hit.id in records
+            ]
+            if kept:
+                hydrated[key] = kept
+        return hydrated
+
     async def scroll(
         self,
         collection_name: str,
@@ -591,6 +686,45 @@ class EdgeStore(AsyncQdrantBase):
                 os.close(self._lock_fd)
                 if self._is_temporary:
                     shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _widened_prefetches(
+    prefetch: models.Prefetch | Sequence[models.Prefetch] | None, factor: int
+) -> list[models.Prefetch] | None:
+    if prefetch is None:
+        return None
+    if isinstance(prefetch, models.Prefetch):
+        prefetch = [prefetch]
+    return [
+        item.model_copy(
+            update={
+                "limit": (item.limit if item.limit is not None else 10) * factor,
+                "prefetch": _widened_prefetches(item.prefetch, factor),
+            }
+        )
+        for item in prefetch
+    ]
+
+
+def _first_groups(
+    points: Sequence[models.ScoredPoint], group_by: str, limit: int, group_size: int
+) -> dict[models.GroupId, list[models.ScoredPoint]]:
+    """The first `limit` groups the ranked points form, each with its first `group_size` points."""
+    groups: dict[models.GroupId, list[models.ScoredPoint]] = {}
+    for point in points:
+        values = value_by_key(point.payload or {}, group_by)
+        # bool is an int to Python but not a group id to Qdrant, so types are compared exactly.
+        if not values or any(type(value) not in (str, int) for value in values):
+            continue
+        for value in dict.fromkeys(values):
+            hits = groups.get(value)
+            if hits is None:
+                if len(groups) == limit:
+                    continue
+                hits = groups[value] = []
+            if len(hits) < group_size:
+                hits.append(point)
+    return groups
 
 
 def _selection(points: Any) -> tuple[list[int | str] | None, edge.Filter | None]:
