@@ -70,6 +70,7 @@ async def search(request: HttpRequest) -> HttpResponse:
                 user_id=user.pk,
                 mode=form.cleaned_data["mode"] or "hybrid",
                 limit=form.cleaned_data["limit"],
+                group_by_document=form.cleaned_data["per_document"],
             )
         except SearchError as exc:
             context["error"] = exc.message
@@ -77,6 +78,8 @@ async def search(request: HttpRequest) -> HttpResponse:
             names = {kb.pk: kb.name for kb in kbs}
             back = urlencode({"back": request.GET.urlencode()})
             more_limit = form.more_limit if len(response.results) >= form.cleaned_data["limit"] else None
+            # Grouped by document, a result's document brings its next best passages along.
+            further = {document.document_id: document.hits[1:] for document in response.documents or ()}
             # Links are built here rather than in the template: the page's time is mostly its own
             # rendering, next to the API answering the same search.
             context.update(
@@ -86,9 +89,18 @@ async def search(request: HttpRequest) -> HttpResponse:
                         "kb_name": names.get(result.kb_id, ""),
                         "marked": marked_html(result.content, result.highlights),
                         "href": _document_link(result, back),
+                        "further": [
+                            {
+                                "result": hit,
+                                "marked": marked_html(hit.content, hit.highlights),
+                                "href": _document_link(hit, back),
+                            }
+                            for hit in further.get(result.document_id, ())
+                        ],
                     }
                     for result in response.results
                 ],
+                per_document=response.documents is not None,
                 mode=response.mode,
                 notices=response.notices,
                 more_href=_more_link(request, more_limit, len(response.results)) if more_limit else None,
