@@ -612,6 +612,125 @@ class TestQueries:
         assert [r.payload["chunk_index"] for r in records] == [23, 23, 23]
 
 
+def group_answer(result: models.GroupsResult) -> list[tuple[models.GroupId, list[models.ExtendedPointId]]]:
+    return [(group.id, [hit.id for hit in group.hits]) for group in result.groups]
+
+
+def assert_same_groups(ours: models.GroupsResult, theirs: models.GroupsResult) -> None:
+    assert group_answer(ours) == group_answer(theirs)
+    for mine, reference in zip(ours.groups, theirs.groups):
+        assert [h.score for h in mine.hits] == pytest.approx([h.score for h in reference.hits], abs=1e-4)
+        assert [h.payload for h in mine.hits] == [h.payload for h in reference.hits]
+        for hit, reference_hit in zip(mine.hits, reference.hits):
+            # Edge keeps float32, local mode float64: the same vectors, rounded differently.
+            if reference_hit.vector is None:
+                assert hit.vector is None
+            else:
+                assert hit.vector.keys() == reference_hit.vector.keys()
+                for name, vector in reference_hit.vector.items():
+                    assert hit.vector[name] == pytest.approx(vector, abs=1e-6)
+
+
+class TestGroups:
+    """Edge has no grouping query; EdgeStore builds it on its ranking and must group as local mode does."""
+
+    @pytest.mark.parametrize(("limit", "group_size"), [(3, 4), (5, 1), (2, 30), (10, 2)])
+    async def test_nearest_grouped_by_document_matches_local_mode(
+        self, client, local, limit, group_size
+    ) -> None:
+        for c in (client, local):
+            await fill(c)
+        kwargs = dict(
+            group_by="document_id",
+            query=query_vector(4),
+            using="dense",
+            query_filter=FILTERS["must_not_archived"],
+            limit=limit,
+            group_size=group_size,
+        )
+
+        ours = await client.query_points_groups("chunks", **kwargs)
+        theirs = await local.query_points_groups("chunks", **kwargs)
+
+        assert len(ours.groups) == min(limit, len(DOCUMENTS))
+        assert_same_groups(ours, theirs)
+
+    async def test_fused_prefetches_grouped_match_local_mode_when_candidates_cover_the_collection(
+        self, client, local
+    ) -> None:
+        # Local mode fuses whole rankings when grouping; the engine multiplies prefetch limits by the
+        # number of groups (40 x 3 covers all 120 points), so both fuse the same lists.
+        for c in (client, local):
+            await fill(c)
+        prefetch = [
+            models.Prefetch(query=query_vector(5), using="dense", limit=40),
+            models.Prefetch(
+                query=models.NearestQuery(nearest=sparse_query("qdrant shard")), using="bm25", limit=40
+            ),
+        ]
+        kwargs = dict(
+            group_by="document_id",
+            prefetch=prefetch,
+            query=models.RrfQuery(rrf=models.Rrf(k=10, weights=[1.0, 0.7])),
+            limit=3,
+            group_size=3,
+        )
+
+        ours = await client.query_points_groups("chunks", **kwargs)
+        theirs = await local.query_points_groups("chunks", **kwargs)
+
+        assert_same_groups(ours, theirs)
+
+    async def test_list_values_join_several_groups_and_other_values_none(self, client, local) -> None:
+        labels = [["a", "b"], "a", 7, True, None, ["b", 3.5], [], "c", ["c", "c"], 7]
+        points = [
+            models.PointStruct(
+                id=i,
+                vector=query_vector(i + 20),
+                payload={"i": i} if label is None else {"i": i, "label": label},
+            )
+            for i, label in enumerate(labels)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "labels", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("labels", points)
+        kwargs = dict(group_by="label", query=query_vector(), limit=10, group_size=10)
+
+        ours = await client.query_points_groups("labels", **kwargs)
+        theirs = await local.query_points_groups("labels", **kwargs)
+
+        assert {group.id for group in ours.groups} == {"a", "b", "c", 7}
+        assert_same_groups(ours, theirs)
+
+    async def test_payload_and_vectors_come_as_asked(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+        for with_payload, with_vectors in [(False, False), (["chunk_index"], ["dense"]), (True, True)]:
+            kwargs = dict(
+                group_by="document_id",
+                query=query_vector(6),
+                using="dense",
+                limit=2,
+                group_size=2,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            )
+
+            ours = await client.query_points_groups("chunks", **kwargs)
+            theirs = await local.query_points_groups("chunks", **kwargs)
+
+            assert_same_groups(ours, theirs)
+
+    async def test_lookups_are_refused(self, client) -> None:
+        await fill(client)
+        with pytest.raises(NotImplementedError, match="with_lookup"):
+            await client.query_points_groups(
+                "chunks", group_by="document_id", query=query_vector(), using="dense", with_lookup="documents"
+            )
+
+
 class TestEngine:
     async def test_upserts_past_the_indexing_threshold_build_hnsw_segments(self, client) -> None:
         dim = 384
