@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from search.chunking import TextChunk
+from search.edge import store as edge_store
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, collection_alias, qdrant_service
 from search.services.chunks import ChunkService, StoredChunk, chunk_point_id
@@ -580,9 +581,12 @@ async def test_grouped_dense_search_matches_exact_grouping(store, limit, group_s
         assert {c.title for c in group} == {TITLES[group[0].document_id]}  # payload came back whole
 
 
-async def test_grouping_reads_deeper_when_one_document_holds_the_best_chunks(store) -> None:
-    # DOC_A's chunks all lie next to the query: a first read of limit * group_size points holds
-    # only DOC_A, so the other documents are found only by reading further.
+async def test_grouping_finds_the_next_documents_below_one_holding_every_best_chunk(
+    store, monkeypatch
+) -> None:
+    # DOC_A's chunks all lie next to the query: the Edge store's first page (limit * group_size
+    # points, made that small here) holds only DOC_A's, so the others are found only by reading on.
+    monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)
     near = QUERY_VECTOR + np.random.default_rng(3).normal(scale=0.01, size=(DOCUMENTS[DOC_A], DIM))
     corpus = dict(CORPUS)
     corpus[DOC_A] = Doc(DOC_A, TITLES[DOC_A], CORPUS[DOC_A].chunks, near)

@@ -14,6 +14,7 @@ import qdrant_edge as edge
 from qdrant_client import AsyncQdrantClient, models
 
 from search.edge import EdgeStore, StoreLocked, convert
+from search.edge import store as edge_store
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Payload indexes have no effect")]
 
@@ -703,6 +704,67 @@ class TestGroups:
 
         assert {group.id for group in ours.groups} == {"a", "b", "c", 7}
         assert_same_groups(ours, theirs)
+
+    @pytest.mark.parametrize(("limit", "group_size"), [(1, 1), (2, 1), (3, 1), (2, 2), (4, 2), (5, 3)])
+    async def test_pages_after_the_first_keep_points_whose_other_value_is_still_filling(
+        self, client, local, limit, group_size, monkeypatch
+    ) -> None:
+        # Ranked by id (the vectors turn away from the query one step at a time), in pages of
+        # limit * group_size points, so groups fill over several pages and a full group left out
+        # must not take a point's other group with it.
+        monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)
+        labels = ["a", "a", ["a", "b"], "c", ["b", "c"], 5, "a", [5, "d"], "b", ["d", "e"], "e", 5, "d", "c"]
+        points = [
+            models.PointStruct(
+                id=i, vector=[1.0, i / 10, *([0.0] * (DIM - 2))], payload={"label": label, "rank": i}
+            )
+            for i, label in enumerate(labels)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "ranked", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("ranked", points)
+        kwargs = dict(group_by="label", query=[1.0, *([0.0] * (DIM - 1))], limit=limit, group_size=group_size)
+
+        ours = await client.query_points_groups("ranked", **kwargs)
+        theirs = await local.query_points_groups("ranked", **kwargs)
+
+        assert len(ours.groups) == limit
+        assert_same_groups(ours, theirs)
+
+    async def test_clustered_documents_group_like_local_mode_for_many_queries(
+        self, client, local, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)  # many small pages
+        rng = np.random.default_rng(11)
+        centres = rng.normal(size=(30, DIM))
+        points = [
+            models.PointStruct(
+                id=d * 10 + i,
+                vector=(centres[d] + rng.normal(scale=0.3, size=DIM)).tolist(),
+                payload={"document_id": f"doc-{d}"},
+            )
+            for d in range(30)
+            for i in range(10)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "clusters", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("clusters", points)
+
+        for n, centre in enumerate(centres[:10]):
+            kwargs = dict(
+                group_by="document_id",
+                query=centre.tolist(),
+                limit=3 + n % 4,
+                group_size=1 + n % 3,
+                with_payload=False,
+            )
+            ours = await client.query_points_groups("clusters", **kwargs)
+            theirs = await local.query_points_groups("clusters", **kwargs)
+            assert_same_groups(ours, theirs)
 
     async def test_payload_and_vectors_come_as_asked(self, client, local) -> None:
         for c in (client, local):
