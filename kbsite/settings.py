@@ -242,12 +242,14 @@ INGESTION = {
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(INGESTION["MAX_UPLOAD_BYTES"]) + 1024 * 1024
 
-# Search: who may read which knowledge base (a class of the knowledge app), and how often a token may search.
+# Search: who may read which knowledge base and where documents' texts are (classes of the knowledge app),
+# and how often a token may search.
 # Uploads (files and text documents) have a limit of their own; "off" turns either off.
 _search_rate = env_str("KBSITE_SEARCH_RATE_LIMIT", "600/min")
 _upload_rate = env_str("KBSITE_UPLOAD_RATE_LIMIT", "60/min")
 SEARCH = {
     "PERMISSION_SERVICE": "knowledge.services.permissions.PermissionService",
+    "DOCUMENT_TEXTS": "knowledge.services.document_texts.DocumentTextService",
     "RATE_LIMIT": None if _search_rate.lower() in {"off", "none", "0"} else _search_rate,
     "UPLOAD_RATE_LIMIT": None if _upload_rate.lower() in {"off", "none", "0"} else _upload_rate,
 }

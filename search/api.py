@@ -28,6 +28,7 @@ async def search(request: HttpRequest, payload: SearchIn):
     Every knowledge base must be readable by the caller, or nothing is searched (404). `mode` is
     `hybrid` (default: meaning and keywords fused by rank), `semantic` or `keyword`; the answer
     says which mode ran and, in `notices`, which knowledge bases need a rebuild for keywords.
+    `group_by_document` answers one entry per document; `context_chunks` adds the passage around each chunk.
     """
     started = time.perf_counter()
     response = await get_search_service().search(
@@ -40,9 +41,13 @@ async def search(request: HttpRequest, payload: SearchIn):
         score_threshold=payload.score_threshold,
         document_ids=payload.document_ids,
         filter=payload.filter,
+        group_by_document=payload.group_by_document,
+        group_size=payload.group_size,
+        context_chunks=payload.context_chunks,
     )
     return {
         "results": response.results,
+        "documents": response.documents,
         "mode": response.mode,
         "notices": response.notices,
         "took_ms": round((time.perf_counter() - started) * 1000, 2),

@@ -9,7 +9,15 @@ from uuid import UUID
 from ninja import Field, Schema
 from pydantic import ConfigDict, field_validator, model_validator
 
-from search.services.search import MAX_KNOWLEDGE_BASES, MAX_LIMIT, MAX_QUERY_CHARS, SearchMode
+from search.services.search import (
+    DEFAULT_GROUP_SIZE,
+    MAX_CONTEXT_CHUNKS,
+    MAX_GROUP_SIZE,
+    MAX_KNOWLEDGE_BASES,
+    MAX_LIMIT,
+    MAX_QUERY_CHARS,
+    SearchMode,
+)
 
 
 class ErrorOut(Schema):
@@ -65,7 +73,9 @@ class SearchIn(InputSchema):
         description=f"Knowledge bases to search; left out: every one you may read (the first {MAX_KNOWLEDGE_BASES} "
         "by name, with a notice when there are more).",
     )
-    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="How many chunks to return.")
+    limit: int = Field(
+        10, ge=1, le=MAX_LIMIT, description="How many chunks to return (documents, with group_by_document)."
+    )
     mode: SearchMode = Field(
         SearchMode.HYBRID,
         description="hybrid: meaning and keywords, fused by rank (default); semantic: meaning only, "
@@ -99,6 +109,24 @@ class SearchIn(InputSchema):
             }
         ],
     )
+    group_by_document: bool = Field(
+        False,
+        description="One entry per document: `limit` counts documents, `documents` lists each one's best "
+        "chunks, and `results` holds the best chunk of each.",
+    )
+    group_size: int = Field(
+        DEFAULT_GROUP_SIZE,
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        description="With group_by_document: the most chunks shown per document.",
+    )
+    context_chunks: int = Field(
+        0,
+        ge=0,
+        le=MAX_CONTEXT_CHUNKS,
+        description="Add to each chunk the passage from this many chunks before it to as many after it "
+        "(fewer at a document's start or end), as `context` with its offsets.",
+    )
 
 
 class HighlightOut(Schema):
@@ -120,6 +148,11 @@ class SearchResultOut(Schema):
     highlights: list[HighlightOut] = Field(
         description="The words of `text` that match query words as BM25 sees them (stemmed, no stopwords)."
     )
+    context: str | None = Field(
+        None, description="With context_chunks: the document's text around the chunk, the chunk included."
+    )
+    context_start: int | None = Field(None, description="Where `context` starts in the document's text.")
+    context_end: int | None = None
 
     @staticmethod
     def resolve_text(result) -> str:
@@ -130,8 +163,21 @@ class SearchResultOut(Schema):
         return [{"start": start, "end": end} for start, end in result.highlights]
 
 
+class DocumentHitsOut(Schema):
+    kb_id: UUID
+    document_id: UUID
+    title: str
+    score: float = Field(description="Its best chunk's score.")
+    hits: list[SearchResultOut] = Field(description="Its best chunks, best first.")
+
+
 class SearchOut(Schema):
-    results: list[SearchResultOut]
+    results: list[SearchResultOut] = Field(
+        description="Best first; with group_by_document, the best chunk of each document."
+    )
+    documents: list[DocumentHitsOut] | None = Field(
+        None, description="With group_by_document: the documents found, best first, with their best chunks."
+    )
     mode: SearchMode = Field(
         description="The mode that ran: semantic where no KB searched has keyword vectors yet."
     )

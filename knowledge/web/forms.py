@@ -20,6 +20,11 @@ class MemberSearchForm(SearchForm):
     )
     # Members search what is live; archived text stays an editor's business in the admin.
     include_archived = None
+    per_document = forms.BooleanField(
+        required=False,
+        label="One result per document",
+        help_text="Each document once, with its other best passages below its best one.",
+    )
 
     def __init__(self, *args, knowledge_bases: list[KnowledgeBase], **kwargs) -> None:
         super().__init__(*args, **kwargs)

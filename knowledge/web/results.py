@@ -21,14 +21,36 @@ from search.services.search import SearchResult
 PLACEHOLDER_ID = UUID(int=0)
 
 
-def results_html(results: Sequence[SearchResult], *, kb_names: Mapping[UUID, str], back_query: str) -> SafeString:
-    """One `<li class="result">` per result, numbered from 1 (`#result-N`, the "more" link's target)."""
+def results_html(
+    results: Sequence[SearchResult],
+    *,
+    kb_names: Mapping[UUID, str],
+    back_query: str,
+    further: Mapping[UUID, Sequence[SearchResult]] | None = None,
+) -> SafeString:
+    """One `<li class="result">` per result, numbered from 1 (`#result-N`, the "more" link's target).
+
+    `further` gives, by document, the passages shown folded below its result (one result per document).
+    """
     document_path = reverse("web:document", args=[PLACEHOLDER_ID])  # once per page, not once per result
     back = urlencode({"back": back_query})
-    return mark_safe("".join(_item(n, result, kb_names, document_path, back) for n, result in enumerate(results, 1)))
+    further = further or {}
+    return mark_safe(
+        "".join(
+            _item(n, result, kb_names, document_path, back, further.get(result.document_id, ()))
+            for n, result in enumerate(results, 1)
+        )
+    )
 
 
-def _item(n: int, result: SearchResult, kb_names: Mapping[UUID, str], document_path: str, back: str) -> str:
+def _item(
+    n: int,
+    result: SearchResult,
+    kb_names: Mapping[UUID, str],
+    document_path: str,
+    back: str,
+    further: Sequence[SearchResult],
+) -> str:
     href = escape(_document_link(document_path, result, back))
     where = (
         f"<span>characters {result.char_start}–{result.char_end}</span>" if result.char_start is not None else ""
@@ -39,8 +61,22 @@ def _item(n: int, result: SearchResult, kb_names: Mapping[UUID, str], document_p
         f'<p class="result-meta"><span class="kb-name">{escape(kb_names.get(result.kb_id, ""))}</span> '
         f'<span>score <span class="score">{result.score:.3f}</span></span> {where} '
         f"<span>passage {result.chunk_index + 1}</span></p>"
-        f'<p class="passage">{marked_html(result.content, result.highlights)}</p></li>'
+        f'<p class="passage">{marked_html(result.content, result.highlights)}</p>'
+        f"{_further(further, document_path, back)}</li>"
     )
+
+
+def _further(passages: Sequence[SearchResult], document_path: str, back: str) -> str:
+    if not passages:
+        return ""
+    items = "".join(
+        f'<li><a href="{escape(_document_link(document_path, hit, back))}">passage {hit.chunk_index + 1}</a> '
+        f'<span>score <span class="score">{hit.score:.3f}</span></span>'
+        f'<p class="passage">{marked_html(hit.content, hit.highlights)}</p></li>'
+        for hit in passages
+    )
+    more = f"{len(passages)} more passage{'' if len(passages) == 1 else 's'} from this document"
+    return f'<details class="further-passages"><summary>{more}</summary><ul>{items}</ul></details>'
 
 
 def _document_link(document_path: str, result: SearchResult, back: str) -> str:

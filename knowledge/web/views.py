@@ -56,6 +56,7 @@ async def search(request: HttpRequest) -> HttpResponse:
         "knowledge_bases": kbs,
         "kb_options": form.options("kb"),
         "mode_options": form.options("mode"),
+        "per_document": form.is_bound and form["per_document"].value(),
         "limit": (form.cleaned_data["limit"] if form.is_bound and form.is_valid() else None) or 10,
         "max_query_chars": MAX_QUERY_CHARS,
         "search_url": reverse("web:search"),
@@ -81,6 +82,7 @@ async def search(request: HttpRequest) -> HttpResponse:
                 user_id=user.pk,
                 mode=form.cleaned_data["mode"] or "hybrid",
                 limit=form.cleaned_data["limit"],
+                group_by_document=form.cleaned_data["per_document"],
             )
         except SearchError as exc:
             context["error"] = exc.message
@@ -89,8 +91,13 @@ async def search(request: HttpRequest) -> HttpResponse:
             context.update(
                 result_count=len(response.results),
                 results_html=results_html(
-                    response.results, kb_names={kb.pk: kb.name for kb in kbs}, back_query=request.GET.urlencode()
+                    response.results,
+                    kb_names={kb.pk: kb.name for kb in kbs},
+                    back_query=request.GET.urlencode(),
+                    # Grouped by document, a result's document brings its next best passages along.
+                    further={document.document_id: document.hits[1:] for document in response.documents or ()},
                 ),
+                per_document=response.documents is not None,
                 mode=response.mode,
                 notices=response.notices,
                 more_href=_more_link(request, more_limit, len(response.results)) if more_limit else None,

@@ -18,6 +18,7 @@ from typing import Any
 import qdrant_edge as edge
 from qdrant_client.async_client_base import AsyncQdrantBase
 from qdrant_client.http import models
+from qdrant_client.local.payload_value_extractor import value_by_key
 
 from search.edge import convert
 
@@ -37,6 +38,11 @@ SHARD_DIR = "shard"
 # Written last when a collection is created and removed first when it is dropped: a collection
 # exists exactly when its sidecar does, so a crash in between leaves only an ignorable folder.
 SIDECAR_FILE = "collection.json"
+
+# Fewest points a grouped query reads per page: an HNSW search visits about this many candidates
+# (its default ef) whatever its limit, so smaller pages would cost as much and need more of them.
+GROUPS_PAGE = 100
+
 
 
 class StoreLocked(RuntimeError):
@@ -507,6 +513,105 @@ class EdgeStore(AsyncQdrantBase):
             for points in results
         ]
 
+    async def query_points_groups(
+        self,
+        collection_name: str,
+        group_by: str,
+        query: Any = None,
+        using: str | None = None,
+        prefetch: models.Prefetch | list[models.Prefetch] | None = None,
+        query_filter: models.Filter | None = None,
+        search_params: models.SearchParams | None = None,
+        limit: int = 10,
+        group_size: int = 3,
+        with_payload: models.WithPayloadInterface = True,
+        with_vectors: models.WithVector = False,
+        score_threshold: float | None = None,
+        with_lookup: models.WithLookupInterface | None = None,
+        lookup_from: models.LookupLocation | None = None,
+        **kwargs: Any,
+    ) -> models.GroupsResult:
+        """The best `limit` groups of the query's points by the payload value at `group_by`, each with its
+        best `group_size` points, in the query's order (a group ranks by its best point).
+
+        Edge has no grouping query, so this groups the query's ranking itself, carrying only the
+        group key; one retrieve then brings the chosen points' payload and vectors. A point joins
+        each group its value names (a list names several); one whose value is missing or not a
+        string or integer joins none. Like the server, prefetch limits are multiplied by `limit`.
+        """
+        if with_lookup is not None:
+            raise NotImplementedError("with_lookup is not supported by the Edge store")
+        if limit < 1 or group_size < 1:
+            raise ValueError(f"limit ({limit}) and group_size ({group_size}) must be 1 or larger.")
+        prefetch = _widened_prefetches(prefetch, limit)
+        page = max(limit * group_size, GROUPS_PAGE)
+        groups: dict[models.GroupId, list[models.ScoredPoint]] = {}
+        seen: list[models.ExtendedPointId] = []
+        while True:
+            if prefetch:
+                # A fusion's scores depend on every point its prefetches bring, so none may be left
+                # out: its whole ranking, at most what the prefetches bring, is read at once.
+                depth, page_filter = sum(item.limit for item in prefetch), query_filter
+            else:
+                # A plain query's scores do not depend on each other: each page leaves out the points
+                # seen and those only full groups (or, once `limit` groups are known, other groups)
+                # would take. Scores fall from page to page, so the groups fill in ranking order.
+                depth = page
+                page_filter = _remaining_filter(query_filter, group_by, groups, seen, limit, group_size)
+            response = await self.query_points(
+                collection_name,
+                query=query,
+                using=using,
+                prefetch=prefetch,
+                query_filter=page_filter,
+                search_params=search_params,
+                limit=depth,
+                with_payload=[group_by.split("[", 1)[0].split(".", 1)[0]],
+                score_threshold=score_threshold,
+                lookup_from=lookup_from,
+            )
+            _add_to_groups(groups, response.points, group_by, limit, group_size)
+            seen.extend(point.id for point in response.points)
+            filled = len(groups) == limit and all(len(hits) == group_size for hits in groups.values())
+            if prefetch or filled or len(response.points) < depth:
+                break
+        if with_payload or with_vectors:
+            groups = await self._hydrate_groups(collection_name, groups, with_payload, with_vectors)
+        else:
+            groups = {
+                key: [hit.model_copy(update={"payload": None}) for hit in hits]
+                for key, hits in groups.items()
+            }
+        return models.GroupsResult(
+            groups=[models.PointGroup(id=key, hits=hits) for key, hits in groups.items()]
+        )
+
+    async def _hydrate_groups(
+        self,
+        collection_name: str,
+        groups: dict[models.GroupId, list[models.ScoredPoint]],
+        with_payload: models.WithPayloadInterface,
+        with_vectors: models.WithVector,
+    ) -> dict[models.GroupId, list[models.ScoredPoint]]:
+        ids = list(dict.fromkeys(hit.id for hits in groups.values() for hit in hits))
+        records = {
+            record.id: record
+            for record in await self.retrieve(
+                collection_name, ids, with_payload=with_payload, with_vectors=with_vectors
+            )
+        }
+        hydrated = {}
+        for key, hits in groups.items():
+            # A point deleted since the ranking was read is left out, as a search a moment later would.
+            kept = [
+                hit.model_copy(update={"payload": records[hit.id].payload, "vector": records[hit.id].vector})
+                for hit in hits
+                if hit.id in records
+            ]
+            if kept:
+                hydrated[key] = kept
+        return hydrated
+
     async def scroll(
         self,
         collection_name: str,
@@ -591,6 +696,81 @@ class EdgeStore(AsyncQdrantBase):
                 os.close(self._lock_fd)
                 if self._is_temporary:
                     shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _widened_prefetches(
+    prefetch: models.Prefetch | Sequence[models.Prefetch] | None, factor: int
+) -> list[models.Prefetch] | None:
+    if prefetch is None:
+        return None
+    if isinstance(prefetch, models.Prefetch):
+        prefetch = [prefetch]
+    return [
+        item.model_copy(
+            update={
+                "limit": (item.limit if item.limit is not None else 10) * factor,
+                "prefetch": _widened_prefetches(item.prefetch, factor),
+            }
+        )
+        for item in prefetch
+    ]
+
+
+def _add_to_groups(
+    groups: dict[models.GroupId, list[models.ScoredPoint]],
+    points: Sequence[models.ScoredPoint],
+    group_by: str,
+    limit: int,
+    group_size: int,
+) -> None:
+    """Walk ranked points into the first `limit` groups they form, each up to `group_size` points."""
+    for point in points:
+        values = value_by_key(point.payload or {}, group_by)
+        # bool is an int to Python but not a group id to Qdrant, so types are compared exactly.
+        if not values or any(type(value) not in (str, int) for value in values):
+            continue
+        for value in dict.fromkeys(values):
+            hits = groups.get(value)
+            if hits is None:
+                if len(groups) == limit:
+                    continue
+                hits = groups[value] = []
+            if len(hits) < group_size:
+                hits.append(point)
+
+
+def _remaining_filter(
+    query_filter: models.Filter | None,
+    group_by: str,
+    groups: dict[models.GroupId, list[models.ScoredPoint]],
+    seen: list[models.ExtendedPointId],
+    limit: int,
+    group_size: int,
+) -> models.Filter | None:
+    """The query's filter, leaving out points seen and points that could join no group still filling."""
+    if not seen:
+        return query_filter
+    must: list[models.Condition] = [query_filter] if query_filter is not None else []
+    if len(groups) == limit:
+        unfilled = [key for key, hits in groups.items() if len(hits) < group_size]
+        must.append(models.Filter(should=[_group_condition(group_by, keys) for keys in _by_type(unfilled)]))
+    else:
+        full = _by_type([key for key, hits in groups.items() if len(hits) == group_size])
+        # A point with several values stays while one of them is not a full group; across value
+        # types that cannot be said in one condition, so mixed keys only leave out points seen.
+        if len(full) == 1:
+            must.append(models.FieldCondition(key=group_by, match=models.MatchExcept(**{"except": full[0]})))
+    return models.Filter(must=must or None, must_not=[models.HasIdCondition(has_id=seen)])
+
+
+def _by_type(keys: list[models.GroupId]) -> list[list[Any]]:
+    """Group keys split into strings and integers: a match condition takes one type."""
+    strings, integers = [k for k in keys if isinstance(k, str)], [k for k in keys if isinstance(k, int)]
+    return [same for same in (strings, integers) if same]
+
+
+def _group_condition(group_by: str, keys: list[Any]) -> models.FieldCondition:
+    return models.FieldCondition(key=group_by, match=models.MatchAny(any=keys))
 
 
 def _selection(points: Any) -> tuple[list[int | str] | None, edge.Filter | None]:

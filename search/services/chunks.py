@@ -149,16 +149,126 @@ class ChunkService:
         applies the same filter. `named_vectors=False` searches a collection made before hybrid
         search, which holds one unnamed dense vector and no keyword vector.
         """
+        await self._index_filtered_keys(kb_id, metadata_filter)
+        request = self._query_request(
+            kb_id=kb_id,
+            query_embedding=query_embedding,
+            query_keywords=query_keywords,
+            limit=limit,
+            candidates=max(limit, FUSION_CANDIDATES),
+            include_archived=include_archived,
+            score_threshold=score_threshold,
+            document_ids=document_ids,
+            metadata_filter=metadata_filter,
+            named_vectors=named_vectors,
+        )
+        try:
+            points = await self._queries.query(collection_name=collection_alias(kb_id), request=request)
+        except Exception as exc:
+            if is_missing_collection(exc):
+                return []
+            raise
+        return [StoredChunk.from_point(point) for point in points]
+
+    @translate_unreachable
+    async def search_chunk_groups(
+        self,
+        *,
+        kb_id: UUID | str,
+        query_embedding: Sequence[float] | None = None,
+        query_keywords: models.SparseVector | None = None,
+        limit: int = 10,
+        group_size: int = 3,
+        include_archived: bool = False,
+        score_threshold: float | None = None,
+        document_ids: Sequence[UUID | str] | None = None,
+        metadata_filter: CompiledFilter | None = None,
+        named_vectors: bool = True,
+    ) -> list[list[StoredChunk]]:
+        """The KB's best `limit` documents for the query, each as its best `group_size` chunks, best first.
+
+        The same query as search_chunks, grouped by Qdrant on `document_id`: a document ranks by its
+        best chunk. Grouped queries have no batch form, so each goes to Qdrant on its own.
+        """
+        await self._index_filtered_keys(kb_id, metadata_filter)
+        # Qdrant (and the Edge store) multiply prefetch limits by the number of groups asked for.
+        request = self._query_request(
+            kb_id=kb_id,
+            query_embedding=query_embedding,
+            query_keywords=query_keywords,
+            limit=limit,
+            candidates=FUSION_CANDIDATES,
+            include_archived=include_archived,
+            score_threshold=score_threshold,
+            document_ids=document_ids,
+            metadata_filter=metadata_filter,
+            named_vectors=named_vectors,
+        )
+        try:
+            result = await qdrant_service.client.query_points_groups(
+                collection_name=collection_alias(kb_id),
+                group_by="document_id",
+                query=request.query,
+                using=request.using,
+                prefetch=request.prefetch,
+                query_filter=request.filter,
+                score_threshold=request.score_threshold,
+                limit=limit,
+                group_size=group_size,
+                with_payload=True,
+                with_vectors=False,
+            )
+        except Exception as exc:
+            if is_missing_collection(exc):
+                return []
+            raise
+        return [[StoredChunk.from_point(point) for point in group.hits] for group in result.groups]
+
+    @translate_unreachable
+    async def get_chunks(
+        self, *, kb_id: UUID | str, positions: Sequence[tuple[UUID | str, int]]
+    ) -> list[StoredChunk]:
+        """The chunks at these (document, chunk index) positions that exist, in one Qdrant call."""
+        if not positions:
+            return []
+        ids = list(
+            dict.fromkeys(chunk_point_id(document, index) for document, index in positions if index >= 0)
+        )
+        try:
+            points = await qdrant_service.client.retrieve(
+                collection_name=collection_alias(kb_id), ids=ids, with_payload=True, with_vectors=False
+            )
+        except Exception as exc:
+            if is_missing_collection(exc):
+                return []
+            raise
+        return [StoredChunk.from_point(point) for point in points]
+
+    async def _index_filtered_keys(self, kb_id: UUID | str, metadata_filter: CompiledFilter | None) -> None:
+        if metadata_filter is not None and metadata_filter.index_hints:
+            await self.collections.ensure_filter_indexes(kb_id=kb_id, fields=metadata_filter.index_hints)
+
+    def _query_request(
+        self,
+        *,
+        kb_id: UUID | str,
+        query_embedding: Sequence[float] | None,
+        query_keywords: models.SparseVector | None,
+        limit: int,
+        candidates: int,
+        include_archived: bool,
+        score_threshold: float | None,
+        document_ids: Sequence[UUID | str] | None,
+        metadata_filter: CompiledFilter | None,
+        named_vectors: bool,
+    ) -> models.QueryRequest:
         if query_embedding is None and query_keywords is None:
-            raise ValueError("search_chunks needs a query embedding, query keywords or both")
+            raise ValueError("a chunk search needs a query embedding, query keywords or both")
         if query_keywords is not None and not named_vectors:
             raise ValueError("a collection made before hybrid search has no keyword vector")
         query_filter = self._search_filter(kb_id, include_archived, document_ids, metadata_filter)
-        if metadata_filter is not None and metadata_filter.index_hints:
-            await self.collections.ensure_filter_indexes(kb_id=kb_id, fields=metadata_filter.index_hints)
         dense = DENSE_VECTOR if named_vectors else None
         if query_embedding is not None and query_keywords is not None:
-            candidates = max(limit, FUSION_CANDIDATES)
             request = models.QueryRequest(
                 prefetch=[
                     models.Prefetch(
@@ -192,13 +302,7 @@ class ChunkService:
                 query=models.NearestQuery(nearest=query_keywords), using=KEYWORD_VECTOR, filter=query_filter, limit=limit
             )
         request.with_payload, request.with_vector = True, False
-        try:
-            points = await self._queries.query(collection_name=collection_alias(kb_id), request=request)
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return []
-            raise
-        return [StoredChunk.from_point(point) for point in points]
+        return request
 
     @staticmethod
     def _search_filter(

@@ -2,6 +2,7 @@
 
 Three modes: `hybrid` (the default: semantic and BM25 keyword candidates fused by reciprocal rank
 inside one Qdrant query), `semantic` (cosine similarity of the embeddings) and `keyword` (BM25).
+Results may be grouped one entry per document, and may carry the passage around each chunk.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
+from django.conf import settings
+from django.utils.module_loading import import_string
 from qdrant_client import models
 
 from search.embedding import EmbeddingService, embedding_service
@@ -36,6 +39,9 @@ MAX_LIMIT = 100
 MAX_QUERY_CHARS = 2000
 MAX_KNOWLEDGE_BASES = 50
 MAX_DOCUMENT_FILTER = 100
+DEFAULT_GROUP_SIZE = 3
+MAX_GROUP_SIZE = 10
+MAX_CONTEXT_CHUNKS = 5
 
 
 class SearchMode(StrEnum):
@@ -64,6 +70,14 @@ class KnowledgeBaseAccess(Protocol):
         ...
 
 
+class DocumentTexts(Protocol):
+    """Reads slices of documents' stored text (the text chunk offsets point into)."""
+
+    async def text_slices(self, *, spans: Sequence[tuple[UUID, int, int]]) -> list[str | None]:
+        """text[start:end] of each (document, start, end), or None where the document is gone."""
+        ...
+
+
 class SearchRecorder(Protocol):
     async def record_search(
         self, *, user_id: int, query: str, kb_ids: Sequence[UUID], result_count: int, latency_ms: float
@@ -82,6 +96,11 @@ class SearchResult:
     char_end: int | None
     #: (start, end) in `content` of each word that matches a query word as BM25 sees it.
     highlights: tuple[tuple[int, int], ...] = ()
+    #: With context_chunks: the document's text from the first neighbouring chunk taken to the last,
+    #: and where that passage starts and ends in the document's text.
+    context: str | None = None
+    context_start: int | None = None
+    context_end: int | None = None
 
     @classmethod
     def from_chunk(cls, chunk: StoredChunk, highlights: Sequence[tuple[int, int]] = ()) -> SearchResult:
@@ -99,12 +118,29 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class DocumentHits:
+    """One document's best chunks for a grouped search; it ranks by the first."""
+
+    kb_id: UUID
+    document_id: UUID
+    title: str
+    hits: list[SearchResult]
+
+    @property
+    def score(self) -> float:
+        return self.hits[0].score
+
+
+@dataclass(frozen=True)
 class SearchResponse:
+    #: Best first; grouped by document, the best chunk of each document.
     results: list[SearchResult]
     #: The mode that ran: the one asked for, or semantic where no KB searched has keyword vectors.
     mode: SearchMode
     #: What the caller should know about how the search ran, e.g. a KB that needs a rebuild for hybrid.
     notices: list[str] = field(default_factory=list)
+    #: Grouped by document: each document's best chunks, in the order of `results`; else None.
+    documents: list[DocumentHits] | None = None
 
 
 def _parse_mode(mode: object) -> SearchMode:
@@ -130,6 +166,13 @@ def _parse_uuids(values: object, *, what: str, error: type[Exception], most: int
     return unique
 
 
+def _check_whole_number(name: str, value: object, least: int, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise InvalidSearchRequest(
+            f"{name} must be a whole number from {least} to {most}, not {value!r}.", detail={"field": name}
+        )
+
+
 class SearchService:
     def __init__(
         self,
@@ -138,11 +181,14 @@ class SearchService:
         *,
         chunk_service: ChunkService | None = None,
         embeddings: EmbeddingService | None = None,
+        document_texts: DocumentTexts | None = None,
     ) -> None:
         self.permission_service = permission_service
         self.audit_service = audit_service
         self.chunk_service = chunk_service or ChunkService()
         self.embeddings = embeddings or embedding_service
+        # The knowledge app keeps the texts; a setting names its reader so imports stay one-way.
+        self.document_texts = document_texts or import_string(settings.SEARCH["DOCUMENT_TEXTS"])()
 
     async def semantic_search(
         self,
@@ -183,6 +229,9 @@ class SearchService:
         score_threshold: float | None = None,
         document_ids: Sequence[UUID | str] | None = None,
         filter: Any = None,
+        group_by_document: bool = False,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        context_chunks: int = 0,
     ) -> SearchResponse:
         """The best `limit` chunks for `query` across `kb_ids` in `mode`, best first; the search is audited.
 
@@ -193,6 +242,11 @@ class SearchService:
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
         `filter` is a metadata filter as search.filters reads it (InvalidFilter names a bad part).
+
+        `group_by_document` makes `limit` count documents: each comes with its best `group_size`
+        chunks (in `documents`), and `results` holds the best chunk of each. `context_chunks` adds to
+        each chunk the passage from up to that many chunks before it to as many after it in its
+        document (fewer at the document's start and end), overlaps merged.
         """
         started = time.perf_counter()
         query = self._clean_query(query)
@@ -215,6 +269,8 @@ class SearchService:
                 )
             if not -1.0 <= score_threshold <= 1.0:
                 raise InvalidFilter(f"score_threshold is a cosine similarity from -1 to 1, not {score_threshold}.")
+        _check_whole_number("group_size", group_size, 1, MAX_GROUP_SIZE)
+        _check_whole_number("context_chunks", context_chunks, 0, MAX_CONTEXT_CHUNKS)
 
         # Authorise while the query is embedded; a refusal cancels the embedding and searches nothing.
         embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
@@ -235,26 +291,64 @@ class SearchService:
             embedding = asyncio.ensure_future(self.embeddings.embed_query(query))
         vector = await embedding if embedding is not None else None
 
-        hits_per_kb = await asyncio.gather(
-            *(
-                self.chunk_service.search_chunks(
-                    kb_id=kb_id,
-                    named_vectors=found[kb_id].keyword_settings is not None,
-                    limit=limit,
-                    include_archived=include_archived,
-                    score_threshold=score_threshold,
-                    document_ids=documents,
-                    metadata_filter=metadata_filter,
-                    **self._query_vectors(mode, found[kb_id], query, vector),
+        common = {
+            "limit": limit,
+            "include_archived": include_archived,
+            "score_threshold": score_threshold,
+            "document_ids": documents,
+            "metadata_filter": metadata_filter,
+        }
+        documents_found = None
+        if group_by_document:
+            groups_per_kb = await asyncio.gather(
+                *(
+                    self.chunk_service.search_chunk_groups(
+                        kb_id=kb_id,
+                        named_vectors=found[kb_id].keyword_settings is not None,
+                        group_size=group_size,
+                        **common,
+                        **self._query_vectors(mode, found[kb_id], query, vector),
+                    )
+                    for kb_id in wanted
                 )
-                for kb_id in wanted
             )
-        )
-        hits = sorted((hit for hits in hits_per_kb for hit in hits), key=lambda hit: hit.score or 0.0, reverse=True)
-        results = [
+            every_group = (group for groups in groups_per_kb for group in groups)
+            groups = sorted(every_group, key=lambda group: group[0].score or 0.0, reverse=True)[:limit]
+            hits = [hit for group in groups for hit in group]
+        else:
+            hits_per_kb = await asyncio.gather(
+                *(
+                    self.chunk_service.search_chunks(
+                        kb_id=kb_id,
+                        named_vectors=found[kb_id].keyword_settings is not None,
+                        **common,
+                        **self._query_vectors(mode, found[kb_id], query, vector),
+                    )
+                    for kb_id in wanted
+                )
+            )
+            every_hit = (hit for hits in hits_per_kb for hit in hits)
+            hits = sorted(every_hit, key=lambda hit: hit.score or 0.0, reverse=True)[:limit]
+        found_hits = [
             SearchResult.from_chunk(hit, self._encoder_for(found[hit.kb_id]).highlights(query, hit.content))
-            for hit in hits[:limit]
+            for hit in hits
         ]
+        if context_chunks:
+            found_hits = await self._with_context(found_hits, context_chunks)
+        if group_by_document:
+            chosen = iter(found_hits)
+            documents_found = [
+                DocumentHits(
+                    kb_id=group[0].kb_id,
+                    document_id=group[0].document_id,
+                    title=group[0].title,
+                    hits=[next(chosen) for _ in group],
+                )
+                for group in groups
+            ]
+            results = [document.hits[0] for document in documents_found]
+        else:
+            results = found_hits
         await self.audit_service.record_search(
             user_id=user_id,
             query=query,
@@ -263,7 +357,63 @@ class SearchService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         ran = SearchMode.SEMANTIC if mode != SearchMode.SEMANTIC and wanted and len(legacy) == len(wanted) else mode
-        return SearchResponse(results=results, mode=ran, notices=notices + self._notices(mode, legacy))
+        notices += self._notices(mode, legacy)
+        return SearchResponse(results=results, mode=ran, notices=notices, documents=documents_found)
+
+    async def _with_context(self, results: list[SearchResult], around: int) -> list[SearchResult]:
+        """The results with the passage from `around` chunks before each to `around` after it.
+
+        The neighbours' offsets come from Qdrant (one retrieve per KB), the passage from the stored
+        text (one read for all), so text between chunks that do not overlap is there too. A chunk
+        whose stored text no longer matches it (its document is being indexed again) keeps itself
+        as its context.
+        """
+        kb_ids = list(dict.fromkeys(result.kb_id for result in results))
+        neighbours_per_kb = await asyncio.gather(
+            *(
+                self.chunk_service.get_chunks(
+                    kb_id=kb_id,
+                    positions=[
+                        (result.document_id, result.chunk_index + step)
+                        for result in results
+                        if result.kb_id == kb_id
+                        for step in range(-around, around + 1)
+                        if step
+                    ],
+                )
+                for kb_id in kb_ids
+            )
+        )
+        offsets = {
+            (chunk.document_id, chunk.chunk_index): (chunk.char_start, chunk.char_end)
+            for chunks in neighbours_per_kb
+            for chunk in chunks
+        }
+        spans = []
+        for result in results:
+            if result.char_start is None or result.char_end is None:
+                spans.append((result.document_id, None, None))  # indexed before chunks kept their offsets
+                continue
+            offsets[(result.document_id, result.chunk_index)] = (result.char_start, result.char_end)
+            first = last = result.chunk_index
+            # Only an unbroken run of neighbours: a missing chunk ends the passage on that side.
+            while first > result.chunk_index - around and offsets.get((result.document_id, first - 1)):
+                first -= 1
+            while last < result.chunk_index + around and offsets.get((result.document_id, last + 1)):
+                last += 1
+            start, end = offsets[(result.document_id, first)][0], offsets[(result.document_id, last)][1]
+            spans.append((result.document_id, start, end))
+        complete = [span for span in spans if None not in span]
+        texts = dict(zip(complete, await self.document_texts.text_slices(spans=complete))) if complete else {}
+        with_context = []
+        for result, span in zip(results, spans):
+            text = texts.get(span)
+            _, start, end = span
+            inside = slice(result.char_start - start, result.char_end - start) if text is not None else None
+            if text is None or text[inside] != result.content:
+                text, start, end = result.content, result.char_start, result.char_end
+            with_context.append(replace(result, context=text, context_start=start, context_end=end))
+        return with_context
 
     async def _every_readable(self, user_id: int, notices: list[str]) -> dict[UUID, SearchableKnowledgeBase]:
         readable = list(

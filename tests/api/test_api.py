@@ -1218,6 +1218,74 @@ async def test_a_search_across_two_knowledge_bases_merges_their_chunks_by_score(
     assert top["took_ms"] >= 0
 
 
+def grouped_by_document(results: list[dict], *, limit: int, group_size: int) -> list[list[tuple[str, int]]]:
+    """Ranked chunks grouped by document: documents by their best chunk, each with its best `group_size`."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for r in results:
+        hits = groups.setdefault(r["document_id"], [])
+        if len(hits) < group_size:
+            hits.append((r["document_id"], r["chunk_index"]))
+    return list(groups.values())[:limit]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "semantic", "keyword"])
+async def test_a_grouped_search_counts_documents_across_two_knowledge_bases(two_kbs, owner_headers, mode) -> None:
+    kb, other, documents = two_kbs
+    query = "how the moon raises the sea and how bees find flowers"
+    kb_ids = [kb.id, other.id]
+    everything = (await search_body(owner_headers, query, kb_ids, limit=100, mode=mode))["results"]
+    assert len({r["document_id"] for r in everything}) == 3
+
+    grouped = await search_body(
+        owner_headers, query, kb_ids, limit=2, mode=mode, group_by_document=True, group_size=2
+    )
+
+    # Every chunk fits in the fusion's candidates either way, so grouping is of the same full ranking.
+    expected = grouped_by_document(everything, limit=2, group_size=2)
+    found = grouped["documents"]
+    assert [[(h["document_id"], h["chunk_index"]) for h in d["hits"]] for d in found] == expected
+    assert [r["document_id"] for r in grouped["results"]] == [d["document_id"] for d in found]
+    assert [r["chunk_index"] for r in grouped["results"]] == [d["hits"][0]["chunk_index"] for d in found]
+    assert [d["score"] for d in found] == [d["hits"][0]["score"] for d in found]
+    titles = {str(d.id): d.title for d in documents.values()}
+    assert [d["title"] for d in found] == [titles[d["document_id"]] for d in found]
+    audit = await SearchAudit.objects.order_by("-id").afirst()
+    assert audit.result_count == 2
+
+
+async def test_an_ungrouped_search_has_no_documents_list(two_kbs, owner_headers) -> None:
+    kb, _, _ = two_kbs
+
+    body = await search_body(owner_headers, "bees", [kb.id], limit=3)
+
+    assert body["documents"] is None and len(body["results"]) == 3
+
+
+async def test_context_covers_neighbouring_chunks_fewer_at_a_documents_start_and_end(
+    two_kbs, owner_headers
+) -> None:
+    kb, _, documents = two_kbs
+    bees = documents["bees"]
+    chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=bees.id, limit=500)
+    assert len(chunks) >= 6
+
+    # Every chunk of the document comes back, so the first, the last and those between are all checked.
+    body = await search_body(
+        owner_headers, "bees", [kb.id], limit=100, mode="semantic", document_ids=[str(bees.id)], context_chunks=2
+    )
+
+    results = body["results"]
+    assert sorted(r["chunk_index"] for r in results) == list(range(len(chunks)))
+    for r in results:
+        index = r["chunk_index"]
+        first, last = chunks[max(index - 2, 0)], chunks[min(index + 2, len(chunks) - 1)]
+        assert (r["context_start"], r["context_end"]) == (first.char_start, last.char_end), index
+        assert r["context"] == bees.text[r["context_start"] : r["context_end"]]
+        assert r["context"][r["char_start"] - r["context_start"] : r["char_end"] - r["context_start"]] == r["text"]
+    at_start = next(r for r in results if r["chunk_index"] == 0)
+    assert at_start["context_start"] == 0 and at_start["context_end"] == chunks[2].char_end
+
+
 async def test_search_results_carry_the_chunk_and_where_it_comes_from(two_kbs, reader_headers) -> None:
     kb, _, documents = two_kbs
 
@@ -1236,6 +1304,9 @@ async def test_search_results_carry_the_chunk_and_where_it_comes_from(two_kbs, r
         "char_start",
         "char_end",
         "highlights",
+        "context",
+        "context_start",
+        "context_end",
     }
     assert (best["kb_id"], best["document_id"], best["title"]) == (str(kb.id), str(bees.id), BEES[0])
     assert 0 < best["score"] <= 1
@@ -1296,6 +1367,12 @@ async def test_a_score_threshold_leaves_out_weaker_chunks(two_kbs, owner_headers
         ({"score_threshold": 2}, "validation_error"),
         ({"score_threshold": -1.5}, "validation_error"),
         ({"query": None}, "validation_error"),
+        ({"group_by_document": True, "group_size": 0}, "validation_error"),
+        ({"group_by_document": True, "group_size": 11}, "validation_error"),
+        ({"group_size": "three"}, "validation_error"),
+        ({"context_chunks": -1}, "validation_error"),
+        ({"context_chunks": 6}, "validation_error"),
+        ({"context_chunks": 1.5}, "validation_error"),
     ],
 )
 async def test_a_search_that_can_never_succeed_answers_422(kb, owner_headers, change, code) -> None:

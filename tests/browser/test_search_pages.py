@@ -147,6 +147,27 @@ def test_a_reader_searches_two_kbs_and_reads_the_passage_found(page, members_sit
     expect(page.get_by_label("Search for")).to_have_value(TWO_KB_QUERY)
 
 
+def test_a_reader_asks_for_one_result_per_document_and_opens_its_further_passages(
+    page, members_site, screenshots, axe_report
+):
+    from playwright.sync_api import expect
+
+    sign_in(page, members_site, "reader")
+    page.get_by_label("One result per document").check()
+    page.get_by_label("Search for").fill(TWO_KB_QUERY)
+    page.get_by_label("Search for").press("Enter")
+
+    results = page.locator("#search-results li.result")
+    expect(results.first).to_be_visible()
+    titles = [title.strip() for title in results.locator("h3").all_inner_texts()]
+    assert len(titles) == len(set(titles)) > 1
+    further = results.first.locator("details.further-passages")
+    further.locator("summary").click()
+    expect(further.locator(".passage").first).to_be_visible()
+    expect(page.get_by_label("One result per document")).to_be_checked()
+    check_page(page, "search-per-document", screenshots, axe_report)
+
+
 def test_an_editor_uploads_two_files_and_sees_them_become_ready(
     page, members_site, tmp_path, screenshots, axe_report
 ):

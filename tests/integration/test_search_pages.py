@@ -98,6 +98,17 @@ class TestSearching:
         assert re.search(r"<mark>(?i:honeybee|colony|sourdough|starter)\w*</mark>", html)
         assert re.search(r'href="/documents/[0-9a-f-]+/\?start=\d+&amp;end=\d+&amp;back=[^"]*#hit"', html)
 
+    def test_one_result_per_document_names_each_document_once_with_its_further_passages(self, client, two_kbs):
+        owner, *_ = two_kbs
+        page = signed_in(client, owner).get(SEARCH, {"q": TWO_KB_QUERY, "per_document": "on", "limit": 10})
+        html = page.content.decode()
+
+        titles = re.findall(r'<li class="result" id="result-\d+">\s*<h3><a [^>]*>([^<]*)</a>', html)
+        assert sorted(titles) == sorted([BEE_TITLE, VOLCANO_TITLE, SOURDOUGH_TITLE])
+        assert "3 documents" in html
+        assert "2 more passages from this document" in html
+        assert re.search(r'<input[^>]*name="per_document"[^>]*checked', html)
+
     def test_show_more_asks_for_ten_more_results(self, client, two_kbs):
         owner, *_ = two_kbs
         html = signed_in(client, owner).get(SEARCH, {"q": "how", "limit": 3}).content.decode()

@@ -22,6 +22,7 @@ import pytest
 from qdrant_client import models
 
 from search.chunking import TextChunk
+from search.edge import store as edge_store
 from search.filters import compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, collection_alias, qdrant_service
@@ -719,3 +720,114 @@ async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(stor
         rebuilt = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
         schema = (await qdrant_service.client.get_collection(collection_name=rebuilt)).payload_schema
         assert {key: info.data_type for key, info in schema.items() if key in indexed} == indexed
+
+
+# --- one hit per document: grouped search ---------------------------------------------------------
+
+
+def exact_groups(
+    hits: list[tuple[UUID, int, float]], *, limit: int, group_size: int
+) -> list[list[tuple[UUID, int, float]]]:
+    """The ranked hits grouped by document: documents by their best hit, each with its best `group_size`."""
+    groups: dict[UUID, list[tuple[UUID, int, float]]] = {}
+    for hit in hits:
+        groups.setdefault(hit[0], [])
+        if len(groups[hit[0]]) < group_size:
+            groups[hit[0]].append(hit)
+    return list(groups.values())[:limit]
+
+
+def grouped_answer(groups: list[list[StoredChunk]]) -> list[list[tuple[UUID, int]]]:
+    return [answer(group) for group in groups]
+
+
+@pytest.mark.parametrize(
+    ("limit", "group_size", "case"),
+    [(2, 3, "default"), (3, 2, "include_archived"), (5, 10, "include_archived"), (1, 1, "document_ids")],
+)
+async def test_grouped_dense_search_matches_exact_grouping(store, limit, group_size, case) -> None:
+    await write_corpus()
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    kwargs: dict[str, Any] = {}
+    if case == "default":
+        ranked = exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_C})
+    elif case == "include_archived":
+        kwargs["include_archived"] = True
+        ranked = exact_cosine(CORPUS, QUERY_VECTOR)
+    else:
+        kwargs["document_ids"] = [DOC_B, DOC_C]
+        kwargs["include_archived"] = True
+        ranked = exact_cosine(CORPUS, QUERY_VECTOR, only={DOC_B, DOC_C})
+    expected = exact_groups(ranked, limit=limit, group_size=group_size)
+
+    got = await chunks_service.search_chunk_groups(
+        kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=limit, group_size=group_size, **kwargs
+    )
+
+    assert grouped_answer(got) == [[(d, i) for d, i, _ in group] for group in expected]
+    for group, expected_group in zip(got, expected):
+        assert_same_hits(group, expected_group)
+        assert {c.title for c in group} == {TITLES[group[0].document_id]}  # payload came back whole
+
+
+async def test_grouping_finds_the_next_documents_below_one_holding_every_best_chunk(
+    store, monkeypatch
+) -> None:
+    # DOC_A's chunks all lie next to the query: the Edge store's first page (limit * group_size
+    # points, made that small here) holds only DOC_A's, so the others are found only by reading on.
+    monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)
+    near = QUERY_VECTOR + np.random.default_rng(3).normal(scale=0.01, size=(DOCUMENTS[DOC_A], DIM))
+    corpus = dict(CORPUS)
+    corpus[DOC_A] = Doc(DOC_A, TITLES[DOC_A], CORPUS[DOC_A].chunks, near)
+    await write_corpus(corpus)
+
+    got = await chunks_service.search_chunk_groups(
+        kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=3, group_size=1
+    )
+
+    expected = exact_groups(exact_cosine(corpus, QUERY_VECTOR), limit=3, group_size=1)
+    assert [group[0].document_id for group in got] == [DOC_A, *(g[0][0] for g in expected[1:])]
+    assert grouped_answer(got) == [[(d, i) for d, i, _ in group] for group in expected]
+
+
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+async def test_grouped_keyword_and_hybrid_search_group_the_full_ranking(store, mode) -> None:
+    # With candidates enough for the whole collection every backend fuses the same full lists, so
+    # the groups must be those of the ungrouped ranking.
+    await write_corpus()
+    query = encoder.encode_query(KEYWORD_QUERY)
+    vectors: dict[str, Any] = {"query_keywords": query}
+    if mode == "hybrid":
+        vectors["query_embedding"] = QUERY_VECTOR.tolist()
+    ranking = await chunks_service.search_chunks(kb_id=KB, limit=sum(DOCUMENTS.values()), **vectors)
+    assert len({c.document_id for c in ranking}) == 3
+
+    got = await chunks_service.search_chunk_groups(kb_id=KB, limit=2, group_size=2, **vectors)
+
+    expected = exact_groups([(c.document_id, c.chunk_index, c.score) for c in ranking], limit=2, group_size=2)
+    assert grouped_answer(got) == [[(d, i) for d, i, _ in group] for group in expected]
+    for group, expected_group in zip(got, expected):
+        assert_same_hits(group, expected_group)
+
+
+async def test_grouped_search_of_a_knowledge_base_without_collection_finds_nothing(store) -> None:
+    got = await chunks_service.search_chunk_groups(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist())
+
+    assert got == []
+
+
+async def test_chunks_are_fetched_by_position_skipping_those_that_do_not_exist(store) -> None:
+    await write_corpus()
+
+    got = await chunks_service.get_chunks(
+        kb_id=KB, positions=[(DOC_A, -1), (DOC_A, 0), (DOC_A, 6), (DOC_A, 7), (DOC_B, 2), (DOC_B, 2)]
+    )
+
+    assert sorted(answer(got)) == sorted([(DOC_A, 0), (DOC_A, 6), (DOC_B, 2)])
+    by_position = {(c.document_id, c.chunk_index): c for c in got}
+    chunk = CORPUS[DOC_B].chunks[2]
+    found = by_position[(DOC_B, 2)]
+    assert (found.content, found.char_start, found.char_end) == (
+        chunk.content, chunk.char_start, chunk.char_end,
+    )
+    assert await chunks_service.get_chunks(kb_id=OTHER_KB, positions=[(DOC_A, 0)]) == []

@@ -240,6 +240,24 @@ class _Points(_LocalServicer, pb.PointsServicer):
         )
 
     @_rpc
+    def QueryGroups(self, request: pb.QueryPointGroups) -> pb.QueryGroupsResponse:
+        result = self.local.query_points_groups(
+            request.collection_name,
+            group_by=request.group_by,
+            query=_optional(request, "query", GrpcToRest.convert_query),
+            using=_optional(request, "using", str),
+            prefetch=[GrpcToRest.convert_prefetch_query(prefetch) for prefetch in request.prefetch] or None,
+            query_filter=_optional(request, "filter", GrpcToRest.convert_filter),
+            search_params=_optional(request, "params", GrpcToRest.convert_search_params),
+            score_threshold=_optional(request, "score_threshold", float),
+            limit=_optional(request, "limit", int, 10),
+            group_size=_optional(request, "group_size", int, 3),
+            with_payload=_optional(request, "with_payload", GrpcToRest.convert_with_payload_interface, False),
+            with_vectors=_optional(request, "with_vectors", GrpcToRest.convert_with_vectors_selector, False),
+        )
+        return pb.QueryGroupsResponse(result=RestToGrpc.convert_groups_result(result))
+
+    @_rpc
     def CreateFieldIndex(self, request: pb.CreateFieldIndexCollection) -> pb.PointsOperationResponse:
         if request.HasField("field_index_params"):
             schema = GrpcToRest.convert_payload_schema_params(request.field_index_params)

@@ -14,6 +14,7 @@ import qdrant_edge as edge
 from qdrant_client import AsyncQdrantClient, models
 
 from search.edge import EdgeStore, StoreLocked, convert
+from search.edge import store as edge_store
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore:Payload indexes have no effect")]
 
@@ -679,6 +680,186 @@ class TestQueries:
         )
 
         assert [r.payload["chunk_index"] for r in records] == [23, 23, 23]
+
+
+def group_answer(result: models.GroupsResult) -> list[tuple[models.GroupId, list[models.ExtendedPointId]]]:
+    return [(group.id, [hit.id for hit in group.hits]) for group in result.groups]
+
+
+def assert_same_groups(ours: models.GroupsResult, theirs: models.GroupsResult) -> None:
+    assert group_answer(ours) == group_answer(theirs)
+    for mine, reference in zip(ours.groups, theirs.groups):
+        assert [h.score for h in mine.hits] == pytest.approx([h.score for h in reference.hits], abs=1e-4)
+        assert [h.payload for h in mine.hits] == [h.payload for h in reference.hits]
+        for hit, reference_hit in zip(mine.hits, reference.hits):
+            # Edge keeps float32, local mode float64: the same vectors, rounded differently.
+            if reference_hit.vector is None:
+                assert hit.vector is None
+            else:
+                assert hit.vector.keys() == reference_hit.vector.keys()
+                for name, vector in reference_hit.vector.items():
+                    assert hit.vector[name] == pytest.approx(vector, abs=1e-6)
+
+
+class TestGroups:
+    """Edge has no grouping query; EdgeStore builds it on its ranking and must group as local mode does."""
+
+    @pytest.mark.parametrize(("limit", "group_size"), [(3, 4), (5, 1), (2, 30), (10, 2)])
+    async def test_nearest_grouped_by_document_matches_local_mode(
+        self, client, local, limit, group_size
+    ) -> None:
+        for c in (client, local):
+            await fill(c)
+        kwargs = dict(
+            group_by="document_id",
+            query=query_vector(4),
+            using="dense",
+            query_filter=FILTERS["must_not_archived"],
+            limit=limit,
+            group_size=group_size,
+        )
+
+        ours = await client.query_points_groups("chunks", **kwargs)
+        theirs = await local.query_points_groups("chunks", **kwargs)
+
+        assert len(ours.groups) == min(limit, len(DOCUMENTS))
+        assert_same_groups(ours, theirs)
+
+    async def test_fused_prefetches_grouped_match_local_mode_when_candidates_cover_the_collection(
+        self, client, local
+    ) -> None:
+        # Local mode fuses whole rankings when grouping; the engine multiplies prefetch limits by the
+        # number of groups (40 x 3 covers all 120 points), so both fuse the same lists.
+        for c in (client, local):
+            await fill(c)
+        prefetch = [
+            models.Prefetch(query=query_vector(5), using="dense", limit=40),
+            models.Prefetch(
+                query=models.NearestQuery(nearest=sparse_query("qdrant shard")), using="bm25", limit=40
+            ),
+        ]
+        kwargs = dict(
+            group_by="document_id",
+            prefetch=prefetch,
+            query=models.RrfQuery(rrf=models.Rrf(k=10, weights=[1.0, 0.7])),
+            limit=3,
+            group_size=3,
+        )
+
+        ours = await client.query_points_groups("chunks", **kwargs)
+        theirs = await local.query_points_groups("chunks", **kwargs)
+
+        assert_same_groups(ours, theirs)
+
+    async def test_list_values_join_several_groups_and_other_values_none(self, client, local) -> None:
+        labels = [["a", "b"], "a", 7, True, None, ["b", 3.5], [], "c", ["c", "c"], 7]
+        points = [
+            models.PointStruct(
+                id=i,
+                vector=query_vector(i + 20),
+                payload={"i": i} if label is None else {"i": i, "label": label},
+            )
+            for i, label in enumerate(labels)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "labels", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("labels", points)
+        kwargs = dict(group_by="label", query=query_vector(), limit=10, group_size=10)
+
+        ours = await client.query_points_groups("labels", **kwargs)
+        theirs = await local.query_points_groups("labels", **kwargs)
+
+        assert {group.id for group in ours.groups} == {"a", "b", "c", 7}
+        assert_same_groups(ours, theirs)
+
+    @pytest.mark.parametrize(("limit", "group_size"), [(1, 1), (2, 1), (3, 1), (2, 2), (4, 2), (5, 3)])
+    async def test_pages_after_the_first_keep_points_whose_other_value_is_still_filling(
+        self, client, local, limit, group_size, monkeypatch
+    ) -> None:
+        # Ranked by id (the vectors turn away from the query one step at a time), in pages of
+        # limit * group_size points, so groups fill over several pages and a full group left out
+        # must not take a point's other group with it.
+        monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)
+        labels = ["a", "a", ["a", "b"], "c", ["b", "c"], 5, "a", [5, "d"], "b", ["d", "e"], "e", 5, "d", "c"]
+        points = [
+            models.PointStruct(
+                id=i, vector=[1.0, i / 10, *([0.0] * (DIM - 2))], payload={"label": label, "rank": i}
+            )
+            for i, label in enumerate(labels)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "ranked", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("ranked", points)
+        kwargs = dict(group_by="label", query=[1.0, *([0.0] * (DIM - 1))], limit=limit, group_size=group_size)
+
+        ours = await client.query_points_groups("ranked", **kwargs)
+        theirs = await local.query_points_groups("ranked", **kwargs)
+
+        assert len(ours.groups) == limit
+        assert_same_groups(ours, theirs)
+
+    async def test_clustered_documents_group_like_local_mode_for_many_queries(
+        self, client, local, monkeypatch
+    ) -> None:
+        monkeypatch.setattr(edge_store, "GROUPS_PAGE", 1)  # many small pages
+        rng = np.random.default_rng(11)
+        centres = rng.normal(size=(30, DIM))
+        points = [
+            models.PointStruct(
+                id=d * 10 + i,
+                vector=(centres[d] + rng.normal(scale=0.3, size=DIM)).tolist(),
+                payload={"document_id": f"doc-{d}"},
+            )
+            for d in range(30)
+            for i in range(10)
+        ]
+        for c in (client, local):
+            await c.create_collection(
+                "clusters", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE)
+            )
+            await c.upsert("clusters", points)
+
+        for n, centre in enumerate(centres[:10]):
+            kwargs = dict(
+                group_by="document_id",
+                query=centre.tolist(),
+                limit=3 + n % 4,
+                group_size=1 + n % 3,
+                with_payload=False,
+            )
+            ours = await client.query_points_groups("clusters", **kwargs)
+            theirs = await local.query_points_groups("clusters", **kwargs)
+            assert_same_groups(ours, theirs)
+
+    async def test_payload_and_vectors_come_as_asked(self, client, local) -> None:
+        for c in (client, local):
+            await fill(c)
+        for with_payload, with_vectors in [(False, False), (["chunk_index"], ["dense"]), (True, True)]:
+            kwargs = dict(
+                group_by="document_id",
+                query=query_vector(6),
+                using="dense",
+                limit=2,
+                group_size=2,
+                with_payload=with_payload,
+                with_vectors=with_vectors,
+            )
+
+            ours = await client.query_points_groups("chunks", **kwargs)
+            theirs = await local.query_points_groups("chunks", **kwargs)
+
+            assert_same_groups(ours, theirs)
+
+    async def test_lookups_are_refused(self, client) -> None:
+        await fill(client)
+        with pytest.raises(NotImplementedError, match="with_lookup"):
+            await client.query_points_groups(
+                "chunks", group_by="document_id", query=query_vector(), using="dense", with_lookup="documents"
+            )
 
 
 class TestEngine:
