@@ -32,7 +32,7 @@ from uuid import UUID
 
 import numpy as np
 
-from knowledge.errors import DamagedArchive
+from knowledge.errors import DamagedArchive, InvalidInput
 from knowledge.models import DocumentStatus, Role
 from search.keywords import KeywordSettings
 from search.services.chunks import ChunkRecord
@@ -163,7 +163,7 @@ class ArchiveReader:
         try:
             archive = zipfile.ZipFile(path)
         except FileNotFoundError:
-            raise DamagedArchive(f"There is no file {path}.") from None
+            raise InvalidInput(f"There is no file {path}: give the path of an archive export_kb wrote.") from None
         except (zipfile.BadZipFile, OSError) as exc:
             raise DamagedArchive(
                 f"{path} is not a kbsite archive, or it is truncated ({exc}): nothing was imported. "

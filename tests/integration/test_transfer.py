@@ -271,6 +271,11 @@ class TestRefusals:
         assert "bee" in top_results(rebuilt, test_user)[QUERIES[0], "semantic"][0][0].lower()
         assert "8 documents ready" in output
 
+    def test_a_path_that_is_no_file_is_refused(self, tmp_path):
+        message = command_error("import_kb", str(tmp_path / "nowhere.zip"))
+
+        assert "There is no file" in message and not KnowledgeBase.objects.exists()
+
     def test_members_without_an_account_here_are_reported_and_not_created(self, corpus_kb, other_user, tmp_path):
         archive = tmp_path / "kb.zip"
         run("export_kb", corpus_kb.slug, "--output", str(archive))
