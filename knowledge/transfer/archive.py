@@ -1,4 +1,4 @@
-"""The knowledge base archive: a zip of a manifest, JSON lines and a NumPy array, every member checked before use.
+"""The knowledge base archive: a zip of a manifest, JSON lines and a NumPy array, each member checked on use.
 
 Members (each listed in the manifest with its size and sha256):
 
@@ -107,7 +107,7 @@ class ArchiveWriter:
             writer.write(data)
 
     def write_dense(self, raw_rows: IO[bytes], *, rows: int, vector_size: int) -> None:
-        """`dense.npy` from a file of float32 rows written as they were read (their count known only at the end)."""
+        """`dense.npy` from a file of float32 rows written as they were read (their count known only now)."""
 
         with self.member(DENSE) as writer:
             header = io.BytesIO()
@@ -148,7 +148,7 @@ class Manifest:
 
 
 class ArchiveReader:
-    """An archive opened for import: `open` checks every member's checksum and shape, or raises DamagedArchive."""
+    """An archive to import: `open` checks each member's checksum and shape, or raises DamagedArchive."""
 
     def __init__(self, path: Path, archive: zipfile.ZipFile, manifest: Manifest) -> None:
         self.path = path
@@ -163,7 +163,9 @@ class ArchiveReader:
         try:
             archive = zipfile.ZipFile(path)
         except FileNotFoundError:
-            raise InvalidInput(f"There is no file {path}: give the path of an archive export_kb wrote.") from None
+            raise InvalidInput(
+                f"There is no file {path}: give the path of an archive export_kb wrote."
+            ) from None
         except (zipfile.BadZipFile, OSError) as exc:
             raise DamagedArchive(
                 f"{path} is not a kbsite archive, or it is truncated ({exc}): nothing was imported. "
@@ -216,11 +218,15 @@ class ArchiveReader:
         try:
             manifest = json.loads(archive.read(MANIFEST))
         except KeyError:
-            raise DamagedArchive(f"{path} has no {MANIFEST}: it is not a kbsite knowledge base archive.") from None
+            raise DamagedArchive(
+                f"{path} has no {MANIFEST}: it is not a kbsite knowledge base archive."
+            ) from None
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
             raise _damaged(path, MANIFEST, str(exc)) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise DamagedArchive(f"{path} is not a kbsite knowledge base archive ({MANIFEST} names no {FORMAT}).")
+            raise DamagedArchive(
+                f"{path} is not a kbsite knowledge base archive ({MANIFEST} names no {FORMAT})."
+            )
         version = manifest.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DamagedArchive(
@@ -281,7 +287,11 @@ class ArchiveReader:
                     size += len(block)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise _damaged(self.path, name, str(exc)) from None
-        if not isinstance(expected, dict) or expected.get("sha256") != digest.hexdigest() or expected.get("size") != size:
+        if (
+            not isinstance(expected, dict)
+            or expected.get("sha256") != digest.hexdigest()
+            or expected.get("size") != size
+        ):
             raise _damaged(self.path, name, f"its checksum differs from the one in {MANIFEST}")
 
     def _read_documents(self) -> None:
@@ -305,7 +315,9 @@ class ArchiveReader:
                 self.documents.append(document)
         if len(self.documents) != self.manifest.documents:
             raise _damaged(
-                self.path, DOCUMENTS, f"it holds {len(self.documents)} documents, the manifest {self.manifest.documents}"
+                self.path,
+                DOCUMENTS,
+                f"it holds {len(self.documents)} documents, the manifest {self.manifest.documents}",
             )
 
     def _read_memberships(self) -> None:
@@ -334,7 +346,9 @@ class ArchiveReader:
                 except (KeyError, TypeError, ValueError) as exc:
                     raise _damaged(self.path, CHUNKS, f"line {number}: {exc!r}") from None
                 if document_id not in expected or index != seen.get(document_id, 0):
-                    raise _damaged(self.path, CHUNKS, f"line {number} is not the next chunk of a ready document")
+                    raise _damaged(
+                        self.path, CHUNKS, f"line {number} is not the next chunk of a ready document"
+                    )
                 seen[document_id] = index + 1
                 total += 1
         if short := [str(d) for d, count in expected.items() if seen.get(d, 0) != count]:
@@ -351,7 +365,11 @@ class ArchiveReader:
     def _dense_shape(self, dense: IO[bytes]) -> tuple[int, ...]:
         try:
             version = np.lib.format.read_magic(dense)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = read_header(dense)
         except ValueError as exc:
             raise _damaged(self.path, DENSE, str(exc)) from None

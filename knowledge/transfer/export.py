@@ -1,4 +1,4 @@
-"""A knowledge base written to one archive: its settings, members, documents, and chunks with their vectors."""
+"""A knowledge base written to one archive: its settings, members, documents, and chunks with vectors."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ class ExportService:
             "embedding_model": kb.embedding_model,
             "vector_size": kb.vector_size,
             "keyword_settings": kb.keyword_settings,
-            "keyword_vectors": "not stored: computed on import from each chunk's content with keyword_settings",
+            "keyword_vectors": "not stored: made on import from each chunk's content with keyword_settings",
             "chunking": {"size": kb.chunk_size, "overlap": kb.chunk_overlap},
             "counts": {
                 "documents": report.documents,

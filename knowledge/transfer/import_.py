@@ -1,4 +1,4 @@
-"""A knowledge base restored from an archive into a new one, with its vectors or embedded again, all or nothing."""
+"""A knowledge base restored from an archive as a new one, with its vectors or re-embedded: all or nothing."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class ImportPlan:
     members: list[tuple[Any, str]]
     #: User names of the archive (members, owner) who have no account here: reported, not created.
     unknown_users: list[str]
+    #: Whether the KB and every document keep the archive's ids (not when this site has them already).
+    kept_ids: bool = True
 
 
 @dataclass
@@ -99,14 +101,14 @@ class ImportService:
             embeddings.dimensions,
         ):
             raise ArchiveModelMismatch(
-                f"The archive holds vectors of {manifest.embedding_model} ({manifest.vector_size} dimensions), but "
-                f"this site embeds with {embeddings.model_id} ({embeddings.dimensions}): import it with --re-embed "
-                "to make its chunks again from the stored text."
+                f"The archive holds vectors of {manifest.embedding_model} ({manifest.vector_size} "
+                f"dimensions), but this site embeds with {embeddings.model_id} ({embeddings.dimensions}): "
+                "import it with --re-embed to make its chunks again from the stored text."
             )
         plan = await self._plan_rows(archive, slug, re_embed)
         # A collection left by an import that died before its rows were written must not be reused.
         if await self.chunk_service.collections.current_collection(kb_id=plan.kb.id) is not None:
-            plan.kb.id = uuid.uuid4()
+            plan.kb.id, plan.kept_ids = uuid.uuid4(), False
         return plan
 
     @sync_to_async
@@ -114,7 +116,9 @@ class ImportService:
         manifest, embeddings = archive.manifest, self.ingestion.embeddings
         target = slugify(slug or manifest.knowledge_base["slug"])
         if not target:
-            raise InvalidInput(f"Cannot make a slug from {slug!r}: give one made of letters, digits and hyphens.")
+            raise InvalidInput(
+                f"Cannot make a slug from {slug!r}: give one made of letters, digits and hyphens."
+            )
         if KnowledgeBase.objects.filter(slug=target).exists():
             raise DuplicateSlug(
                 f"There is a knowledge base {target!r} already: give the import another slug with --slug."
@@ -144,9 +148,12 @@ class ImportService:
         ids = [document["id"] for document in archive.documents]
         taken = set(Document.objects.filter(pk__in=ids).values_list("pk", flat=True))
         return ImportPlan(
+            kept_ids=kb.id == kb_id and not taken,
             kb=kb,
             document_ids={d: uuid.uuid4() if d in taken else d for d in ids},
-            members=[(users[m["username"]], m["role"]) for m in archive.memberships if m["username"] in users],
+            members=[
+                (users[m["username"]], m["role"]) for m in archive.memberships if m["username"] in users
+            ],
             unknown_users=sorted(
                 {m["username"] for m in archive.memberships if m["username"] not in users}
                 | ({owner} if owner and owner not in users else set())
@@ -179,7 +186,7 @@ class ImportService:
             await collections.activate_collection_version(kb_id=kb.id, collection_name=target)
             await self._create_rows(archive, plan, report, re_embed=False)
         except BaseException:
-            await self._discard_collections(kb)
+            await self._discard(kb, rows=False)
             raise
         return report
 
@@ -195,16 +202,20 @@ class ImportService:
         worker_id, total = new_worker_id(), len(archive.documents)
         try:
             for done, document_id in enumerate(plan.document_ids.values(), start=1):
-                document = await self.ingestion.ingest_until_settled(document_id=document_id, worker_id=worker_id)
+                document = await self.ingestion.ingest_until_settled(
+                    document_id=document_id, worker_id=worker_id
+                )
                 if document is not None and document.status == DocumentStatus.READY:
                     report.ready += 1
                     report.chunks += document.chunk_count
                 elif document is not None:
                     report.failed.append(document)
+                else:
+                    report.queued += 1  # another worker has it and will finish it
                 if on_progress is not None:
                     on_progress(done, total)
         except BaseException:
-            await KnowledgeBaseService().adelete_knowledge_base(kb=plan.kb)
+            await self._discard(plan.kb, rows=True)
             raise
         return report
 
@@ -214,11 +225,13 @@ class ImportService:
             kb=plan.kb,
             members=len(plan.members),
             unknown_users=plan.unknown_users,
-            kept_ids=all(old == new for old, new in plan.document_ids.items()),
+            kept_ids=plan.kept_ids,
         )
 
     @sync_to_async
-    def _create_rows(self, archive: ArchiveReader, plan: ImportPlan, report: ImportReport, *, re_embed: bool) -> None:
+    def _create_rows(
+        self, archive: ArchiveReader, plan: ImportPlan, report: ImportReport, *, re_embed: bool
+    ) -> None:
         kb = plan.kb
         documents = []
         for line in archive.documents:
@@ -255,7 +268,9 @@ class ImportService:
                     document.created_at = line["created_at"]
                 Document.objects.bulk_update(documents, ["created_at"], batch_size=500)
                 DocumentSource.objects.bulk_create(
-                    DocumentSource(document_id=plan.document_ids[document_id], data=archive.source(document_id))
+                    DocumentSource(
+                        document_id=plan.document_ids[document_id], data=archive.source(document_id)
+                    )
                     for document_id in archive.source_ids
                 )
                 if any(d.status == DocumentStatus.PENDING for d in documents):
@@ -263,15 +278,22 @@ class ImportService:
         except IntegrityError:
             if KnowledgeBase.objects.filter(slug=kb.slug).exists():
                 raise DuplicateSlug(
-                    f"A knowledge base {kb.slug!r} was made meanwhile: give the import another slug with --slug."
+                    f"A knowledge base {kb.slug!r} was made meanwhile: give the import another slug "
+                    "with --slug."
                 ) from None
             raise
         if not re_embed:
             report.ready = sum(d.status == DocumentStatus.READY for d in documents)
             report.queued = len(documents) - report.ready
 
-    async def _discard_collections(self, kb: KnowledgeBase) -> None:
+    async def _discard(self, kb: KnowledgeBase, *, rows: bool) -> None:
+        """Remove what a failed import wrote; a failure here is logged: the import's own error is raised."""
         try:
-            await self.chunk_service.collections.delete_knowledge_base(kb_id=kb.id)
+            if rows:
+                await KnowledgeBaseService(chunk_service=self.chunk_service).adelete_knowledge_base(kb=kb)
+            else:
+                await self.chunk_service.collections.delete_knowledge_base(kb_id=kb.id)
         except Exception:
-            logger.exception("Could not remove the collections of the failed import of %s", kb.slug)
+            logger.exception(
+                "Could not remove what the failed import of %s wrote; delete that knowledge base", kb.slug
+            )

@@ -384,7 +384,7 @@ class ChunkService:
         records: Sequence[ChunkRecord],
         keyword_vectors: Sequence[models.SparseVector],
     ) -> int:
-        """Write chunks read by `get_document_chunk_records` (perhaps elsewhere) into a collection version of this KB."""
+        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB's collection."""
         if len(keyword_vectors) != len(records):
             raise ValueError(f"{len(records)} chunks but {len(keyword_vectors)} keyword vectors")
         points = [

@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 DIMENSIONS = 384
 WORDS = (
-    "honeybee dance sourdough starter lava flow packet loss chlorophyll bebop solo bicycle chain spring tide oven "
-    "temperature tectonic plate protein binding receptor cell membrane glacier retreat river delta neural network"
+    "honeybee dance sourdough starter lava flow packet loss chlorophyll bebop solo bicycle chain spring "
+    "tide oven temperature tectonic plate protein binding receptor cell membrane glacier retreat river delta"
 ).split()
 
 
@@ -38,7 +38,11 @@ async def seed(kb, chunks: int, per_document: int, rng: np.random.Generator) -> 
     from search.keywords import KeywordSettings, keyword_encoder
     from search.services.chunks import ChunkService
 
-    service, encoder, writing = ChunkService(), keyword_encoder(KeywordSettings.from_dict(kb.keyword_settings)), 0.0
+    service, encoder, writing = (
+        ChunkService(),
+        keyword_encoder(KeywordSettings.from_dict(kb.keyword_settings)),
+        0.0,
+    )
     for number in range(0, chunks, per_document):
         count = min(per_document, chunks - number)
         contents = [" ".join(rng.choice(WORDS, size=60)) for _ in range(count)]
@@ -55,7 +59,13 @@ async def seed(kb, chunks: int, per_document: int, rng: np.random.Generator) -> 
         vectors = rng.standard_normal((count, DIMENSIONS)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         batch = [
-            TextChunk(index=i, content=c, char_start=int(starts[i]), char_end=int(starts[i]) + len(c), token_count=60)
+            TextChunk(
+                index=i,
+                content=c,
+                char_start=int(starts[i]),
+                char_end=int(starts[i]) + len(c),
+                token_count=60,
+            )
             for i, c in enumerate(contents)
         ]
         started = time.perf_counter()
@@ -105,13 +115,26 @@ def main() -> None:
     imported = async_to_sync(ImportService().import_knowledge_base)(path=archive)
     count = async_to_sync(ChunkService().count_chunks)(kb_id=imported.kb.id)
 
-    assert exported.chunks == imported.chunks == count == args.chunks, (exported.chunks, imported.chunks, count)
-    print(f"{args.chunks} chunks in documents of {args.per_document}, {DIMENSIONS} dimensions; workdir {workdir}")
-    print(f"reference, ChunkService.upsert_chunks (ingestion's writes): {args.chunks / writing:,.0f} chunks/s")
-    print(f"export_kb: {exported.chunks / exported.seconds:,.0f} chunks/s ({exported.seconds:.2f} s), "
-          f"archive {archive.stat().st_size / 2**20:.1f} MB")
-    print(f"import_kb: {imported.chunks / imported.seconds:,.0f} chunks/s ({imported.seconds:.2f} s, "
-          "checksums and checks included)")
+    assert exported.chunks == imported.chunks == count == args.chunks, (
+        exported.chunks,
+        imported.chunks,
+        count,
+    )
+    print(
+        f"{args.chunks} chunks in documents of {args.per_document}, {DIMENSIONS} dimensions; "
+        f"workdir {workdir}"
+    )
+    print(
+        f"reference, ChunkService.upsert_chunks (ingestion's writes): {args.chunks / writing:,.0f} chunks/s"
+    )
+    print(
+        f"export_kb: {exported.chunks / exported.seconds:,.0f} chunks/s ({exported.seconds:.2f} s), "
+        f"archive {archive.stat().st_size / 2**20:.1f} MB"
+    )
+    print(
+        f"import_kb: {imported.chunks / imported.seconds:,.0f} chunks/s ({imported.seconds:.2f} s, "
+        "checksums and checks included)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
 from search.services.search import SearchService
 from tests.conftest import index_corpus
-from tests.factories import add_member, make_user
+from tests.factories import add_member
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -59,11 +59,15 @@ def top_results(kb, user) -> dict[tuple[str, str], list[tuple[str, int, float]]]
     async def searches():
         found = {}
         for query in QUERIES:
-            candidates = await service.search(query=query, kb_ids=[kb.id], user_id=user.id, mode="keyword", limit=100)
+            candidates = await service.search(
+                query=query, kb_ids=[kb.id], user_id=user.id, mode="keyword", limit=100
+            )
             scores = [round(r.score, 5) for r in candidates.results]
             assert len(set(scores)) == len(scores), f"{query!r} has tied keyword scores: choose another query"
             for mode in ("hybrid", "semantic", "keyword"):
-                response = await service.search(query=query, kb_ids=[kb.id], user_id=user.id, mode=mode, limit=5)
+                response = await service.search(
+                    query=query, kb_ids=[kb.id], user_id=user.id, mode=mode, limit=5
+                )
                 found[query, mode] = [(r.title, r.chunk_index, r.score) for r in response.results]
         return found
 
@@ -81,14 +85,30 @@ def assert_same_results(before: dict, after: dict) -> None:
 def state_of(kb) -> dict:
     """What a restore must bring back: documents as the database holds them, chunk counts, members."""
     documents = {
-        str(d.pk): (d.title, d.status, d.chunk_count, d.content_hash, d.tags, d.metadata, d.archived_at, d.created_at)
+        str(d.pk): (
+            d.title,
+            d.status,
+            d.chunk_count,
+            d.content_hash,
+            d.tags,
+            d.metadata,
+            d.archived_at,
+            d.created_at,
+        )
         for d in Document.objects.filter(knowledge_base=kb)
     }
     return {
         "documents": documents,
         "chunks": asyncio.run(ChunkService().count_chunks(kb_id=kb.id)),
         "members": sorted((m.user.username, m.role) for m in Membership.objects.filter(knowledge_base=kb)),
-        "settings": (kb.name, kb.embedding_model, kb.vector_size, kb.keyword_settings, kb.chunk_size, kb.chunk_overlap),
+        "settings": (
+            kb.name,
+            kb.embedding_model,
+            kb.vector_size,
+            kb.keyword_settings,
+            kb.chunk_size,
+            kb.chunk_overlap,
+        ),
     }
 
 
@@ -99,8 +119,10 @@ def collection_names() -> set[str]:
     return asyncio.run(names())
 
 
-def rewrite_archive(path: Path, change: Callable[[dict[str, bytes]], None], *, keep_checksums: bool = False) -> None:
-    """Change an archive's members; unless `keep_checksums`, the manifest is brought in line as the writer would."""
+def rewrite_archive(
+    path: Path, change: Callable[[dict[str, bytes]], None], *, keep_checksums: bool = False
+) -> None:
+    """Change an archive's members; unless `keep_checksums`, the manifest's checksums follow the change."""
     with zipfile.ZipFile(path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     change(members)
@@ -165,18 +187,27 @@ class TestRoundTrip:
         round_trip(corpus_kb, test_user, tmp_path)
 
     @pytest.mark.server
-    def test_the_same_round_trip_works_on_a_qdrant_server(self, qdrant_server, test_user, other_user, ingestion_service, tmp_path):
-        kb, _ = asyncio.run(index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12))
+    def test_the_same_round_trip_works_on_a_qdrant_server(
+        self, qdrant_server, test_user, other_user, ingestion_service, tmp_path
+    ):
+        kb, _ = asyncio.run(
+            index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
+        )
         add_member(kb, other_user, Role.EDITOR)
 
         round_trip(kb, test_user, tmp_path)
 
-        assert qdrant_server.request_counts["Points.Scroll"] >= 8 and qdrant_server.request_counts["Points.Upsert"] >= 1
+        assert (
+            qdrant_server.request_counts["Points.Scroll"] >= 8
+            and qdrant_server.request_counts["Points.Upsert"] >= 1
+        )
 
     def test_documents_not_ready_go_with_their_text_or_file_and_are_queued_on_import(
         self, corpus_kb, test_user, ingestion_service, tmp_path
     ):
-        waiting = DocumentService().add_upload(kb=corpus_kb, filename="later.md", data=b"# Later\n\nKelp forests grow fast.")
+        waiting = DocumentService().add_upload(
+            kb=corpus_kb, filename="later.md", data=b"# Later\n\nKelp forests grow fast."
+        )
         archive = tmp_path / "kb.zip"
         run("export_kb", corpus_kb.slug, "--output", str(archive))
 
@@ -185,14 +216,18 @@ class TestRoundTrip:
         copy = KnowledgeBase.objects.get(slug="copy")
         queued = Document.objects.get(knowledge_base=copy, source_name="later.md")
         assert queued.status == DocumentStatus.PENDING and queued.pk != waiting.document.pk
-        assert bytes(DocumentSource.objects.get(document=queued).data) == b"# Later\n\nKelp forests grow fast."
+        assert (
+            bytes(DocumentSource.objects.get(document=queued).data) == b"# Later\n\nKelp forests grow fast."
+        )
         assert "1 documents that were not ready are queued for the workers" in output
         indexed = asyncio.run(ingestion_service.ingest_now(document_id=queued.pk, worker_id="tests"))
         assert indexed.status == DocumentStatus.READY and indexed.text.startswith("# Later")
 
 
 class TestRefusals:
-    def test_a_slug_in_use_is_refused_and_another_slug_imports_a_copy_with_new_ids(self, corpus_kb, test_user, tmp_path):
+    def test_a_slug_in_use_is_refused_and_another_slug_imports_a_copy_with_new_ids(
+        self, corpus_kb, test_user, tmp_path
+    ):
         archive = tmp_path / "kb.zip"
         run("export_kb", corpus_kb.slug, "--output", str(archive))
         collections = collection_names()
@@ -207,10 +242,12 @@ class TestRefusals:
         copy = KnowledgeBase.objects.get(slug="second-copy")
         original_ids = set(Document.objects.filter(knowledge_base=corpus_kb).values_list("pk", flat=True))
         assert copy.pk != corpus_kb.pk
-        assert not original_ids & set(Document.objects.filter(knowledge_base=copy).values_list("pk", flat=True))
+        assert not original_ids & set(
+            Document.objects.filter(knowledge_base=copy).values_list("pk", flat=True)
+        )
         assert state_of(copy)["chunks"] == state_of(corpus_kb)["chunks"]
         assert_same_results(top_results(corpus_kb, test_user), top_results(copy, test_user))
-        assert "given new ones" in output
+        assert "new ones were given" in output
 
     @pytest.mark.parametrize(
         "damage, expected",
@@ -231,7 +268,9 @@ class TestRefusals:
         elif damage == "altered":
             rewrite_archive(
                 archive,
-                lambda members: members.update({DOCUMENTS: members[DOCUMENTS].replace(b"Tides", b"Tidez", 1)}),
+                lambda members: members.update(
+                    {DOCUMENTS: members[DOCUMENTS].replace(b"Tides", b"Tidez", 1)}
+                ),
                 keep_checksums=True,
             )
         elif damage == "missing":
@@ -262,11 +301,16 @@ class TestRefusals:
         output = run("import_kb", str(archive), "--slug", "rebuilt", "--re-embed")
 
         rebuilt = KnowledgeBase.objects.get(slug="rebuilt")
-        assert (rebuilt.embedding_model, rebuilt.vector_size) == (embedding_service.model_id, embedding_service.dimensions)
+        assert (rebuilt.embedding_model, rebuilt.vector_size) == (
+            embedding_service.model_id,
+            embedding_service.dimensions,
+        )
         assert state_of(rebuilt)["chunks"] == state_of(corpus_kb)["chunks"]
         assert all(d.status == DocumentStatus.READY for d in Document.objects.filter(knowledge_base=rebuilt))
-        archived = Document.objects.get(knowledge_base=rebuilt, title=Document.objects.get(
-            knowledge_base=corpus_kb, archived_at__isnull=False).title)
+        archived = Document.objects.get(
+            knowledge_base=rebuilt,
+            title=Document.objects.get(knowledge_base=corpus_kb, archived_at__isnull=False).title,
+        )
         assert archived.archived_at is not None
         assert "bee" in top_results(rebuilt, test_user)[QUERIES[0], "semantic"][0][0].lower()
         assert "8 documents ready" in output
@@ -276,7 +320,9 @@ class TestRefusals:
 
         assert "There is no file" in message and not KnowledgeBase.objects.exists()
 
-    def test_members_without_an_account_here_are_reported_and_not_created(self, corpus_kb, other_user, tmp_path):
+    def test_members_without_an_account_here_are_reported_and_not_created(
+        self, corpus_kb, other_user, tmp_path
+    ):
         archive = tmp_path / "kb.zip"
         run("export_kb", corpus_kb.slug, "--output", str(archive))
         other_user.delete()
@@ -294,7 +340,9 @@ class TestFailures:
     def test_a_qdrant_failure_during_import_leaves_no_collection_and_no_rows(
         self, qdrant_server, test_user, ingestion_service, tmp_path
     ):
-        kb, _ = asyncio.run(index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12))
+        kb, _ = asyncio.run(
+            index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
+        )
         archive = tmp_path / "kb.zip"
         run("export_kb", kb.slug, "--output", str(archive))
         collections, documents = collection_names(), Document.objects.count()
@@ -306,8 +354,12 @@ class TestFailures:
         assert not KnowledgeBase.objects.filter(slug="restored").exists()
         assert Document.objects.count() == documents and collection_names() == collections
 
-    def test_a_qdrant_failure_during_export_leaves_no_archive(self, qdrant_server, test_user, ingestion_service, tmp_path):
-        kb, _ = asyncio.run(index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12))
+    def test_a_qdrant_failure_during_export_leaves_no_archive(
+        self, qdrant_server, test_user, ingestion_service, tmp_path
+    ):
+        kb, _ = asyncio.run(
+            index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
+        )
         qdrant_server.fail_next("Points.Scroll", grpc.StatusCode.UNAVAILABLE)
 
         message = command_error("export_kb", kb.slug, "--output", str(tmp_path / "kb.zip"))

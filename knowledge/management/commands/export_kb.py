@@ -17,19 +17,29 @@ from search.qdrant import qdrant_service
 
 class Command(BaseCommand):
     help = (
-        "Write a knowledge base to one archive (a zip): its settings, members by user name, documents with their "
+        "Write a knowledge base to one archive (a zip): its settings, members by user name, documents with "
+        "their "
         "text, and the chunks of the ready ones with their vectors, so import_kb embeds nothing."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("slug", help="The knowledge base to export.")
         parser.add_argument("--output", "-o", required=True, metavar="FILE", help="The archive to write.")
-        parser.add_argument("--no-input", "--noinput", action="store_false", dest="interactive", help="Replace FILE without asking.")
+        parser.add_argument(
+            "--no-input",
+            "--noinput",
+            action="store_false",
+            dest="interactive",
+            help="Replace FILE without asking.",
+        )
 
     def handle(self, *args, slug: str, output: str, interactive: bool, verbosity: int, **options) -> None:
         kb = KnowledgeBase.objects.filter(slug=slug).first()
         if kb is None:
-            known = ", ".join(KnowledgeBase.objects.order_by("slug").values_list("slug", flat=True)[:20]) or "none yet"
+            known = (
+                ", ".join(KnowledgeBase.objects.order_by("slug").values_list("slug", flat=True)[:20])
+                or "none yet"
+            )
             raise CommandError(f"No knowledge base {slug}. Known: {known}.")
         path = Path(output)
         if not path.parent.is_dir():
@@ -52,11 +62,14 @@ class Command(BaseCommand):
             raise CommandError(f"{exc.message}\nNo archive was written.") from exc
         progress.finish()
         for title in report.changed:
-            progress.line(f"{title}: changed while it was read; exported with its text, to be indexed on import")
+            progress.line(
+                f"{title}: changed while it was read; exported with its text, to be indexed on import"
+            )
         rate = report.chunks / report.seconds if report.seconds else 0
         self.stdout.write(
             self.style.SUCCESS(
                 f"Exported {kb.slug!r} to {path}: {report.documents} documents ({report.ready} with their "
-                f"{report.chunks} chunks), {report.memberships} members, in {report.seconds:.1f}s ({rate:.0f} chunks/s)."
+                f"{report.chunks} chunks), {report.memberships} members, in {report.seconds:.1f}s "
+                f"({rate:.0f} chunks/s)."
             )
         )

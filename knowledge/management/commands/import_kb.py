@@ -7,7 +7,6 @@ from pathlib import Path
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from knowledge.ingestion.pipeline import IngestionService, IngestionSettings
 from knowledge.management.progress import Progress
 from knowledge.transfer.import_ import BATCH_SIZE, ImportService
 from search.errors import KbsiteError
@@ -30,19 +29,34 @@ class Command(BaseCommand):
             help="Chunk and embed the documents again with this site's model (needed when the archive's "
             "model or vector size differs from the site's).",
         )
-        parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="N", help=f"Chunks written at a time (default {BATCH_SIZE}).")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=BATCH_SIZE,
+            metavar="N",
+            help=f"Chunks written at a time (default {BATCH_SIZE}).",
+        )
 
-    def handle(self, *args, archive: str, slug: str | None, re_embed: bool, batch_size: int, verbosity: int,
-               **options) -> None:
+    def handle(
+        self,
+        *args,
+        archive: str,
+        slug: str | None,
+        re_embed: bool,
+        batch_size: int,
+        verbosity: int,
+        **options,
+    ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         try:
             async_to_sync(qdrant_service.check_available)()
         except KbsiteError as exc:
             raise CommandError(exc.message) from exc
-        ingestion = IngestionService(config=IngestionSettings.from_settings(batch_size=min(batch_size, 64)))
-        service = ImportService(ingestion=ingestion, batch_size=batch_size)
-        progress = Progress(self.stdout, total=0, unit="documents" if re_embed else "chunks", verbosity=verbosity)
+        service = ImportService(batch_size=batch_size)
+        progress = Progress(
+            self.stdout, total=0, unit="documents" if re_embed else "chunks", verbosity=verbosity
+        )
 
         def on_progress(done: int, total: int) -> None:
             progress.total = total
@@ -57,9 +71,13 @@ class Command(BaseCommand):
             raise CommandError(exc.message) from exc
         progress.finish()
         if report.unknown_users:
-            progress.line(f"Not members here (no such users, none created): {', '.join(report.unknown_users)}")
+            progress.line(
+                f"Not members here (no such users, none created): {', '.join(report.unknown_users)}"
+            )
         if not report.kept_ids:
-            progress.line("Some documents' ids were taken here already: they were given new ones.")
+            progress.line(
+                "The archive's ids are taken here (a copy beside the original?): new ones were given."
+            )
         rate = report.chunks / report.seconds if report.seconds else 0
         summary = (
             f"Imported {report.kb.slug!r}: {report.ready} documents ready with {report.chunks} chunks, "
