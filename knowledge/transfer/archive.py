@@ -219,19 +219,20 @@ class ArchiveReader:
             manifest = json.loads(archive.read(MANIFEST))
         except KeyError:
             raise DamagedArchive(
-                f"{path} has no {MANIFEST}: it is not a kbsite knowledge base archive."
+                f"{path} has no {MANIFEST}: it is not a kbsite knowledge base archive. Nothing was imported."
             ) from None
         except (zipfile.BadZipFile, ValueError, OSError) as exc:
             raise _damaged(path, MANIFEST, str(exc)) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise DamagedArchive(
-                f"{path} is not a kbsite knowledge base archive ({MANIFEST} names no {FORMAT})."
+                f"{path} is not a kbsite knowledge base archive ({MANIFEST} names no {FORMAT}). "
+                "Nothing was imported."
             )
         version = manifest.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DamagedArchive(
                 f"{path} has archive format {version!r}, newer than this kbsite reads ({FORMAT_VERSION}): "
-                "import it with the kbsite version that wrote it, or a later one."
+                "nothing was imported. Import it with the kbsite version that wrote it, or a later one."
             )
         try:
             kb, counts, chunking = manifest["knowledge_base"], manifest["counts"], manifest["chunking"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -103,6 +104,7 @@ def main() -> None:
     from knowledge.services.knowledge_bases import KnowledgeBaseService
     from knowledge.transfer.export import ExportService
     from knowledge.transfer.import_ import ImportService
+    from search.qdrant import qdrant_service
     from search.services.chunks import ChunkService
 
     call_command("migrate", verbosity=0)
@@ -110,10 +112,15 @@ def main() -> None:
     writing = asyncio.run(seed(kb, args.chunks, args.per_document, np.random.default_rng(args.seed)))
     archive = workdir / "kb.zip"
 
-    exported = async_to_sync(ExportService().export_knowledge_base)(kb=kb, path=archive)
-    KnowledgeBaseService().delete_knowledge_base(kb=kb)
-    imported = async_to_sync(ImportService().import_knowledge_base)(path=archive)
-    count = async_to_sync(ChunkService().count_chunks)(kb_id=imported.kb.id)
+    try:
+        exported = async_to_sync(ExportService().export_knowledge_base)(kb=kb, path=archive)
+        KnowledgeBaseService().delete_knowledge_base(kb=kb)
+        imported = async_to_sync(ImportService().import_knowledge_base)(path=archive)
+        count = async_to_sync(ChunkService().count_chunks)(kb_id=imported.kb.id)
+        size = archive.stat().st_size
+    finally:
+        qdrant_service.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     assert exported.chunks == imported.chunks == count == args.chunks, (
         exported.chunks,
@@ -122,14 +129,14 @@ def main() -> None:
     )
     print(
         f"{args.chunks} chunks in documents of {args.per_document}, {DIMENSIONS} dimensions; "
-        f"workdir {workdir}"
+        "(a temporary folder, now removed)"
     )
     print(
         f"reference, ChunkService.upsert_chunks (ingestion's writes): {args.chunks / writing:,.0f} chunks/s"
     )
     print(
         f"export_kb: {exported.chunks / exported.seconds:,.0f} chunks/s ({exported.seconds:.2f} s), "
-        f"archive {archive.stat().st_size / 2**20:.1f} MB"
+        f"archive {size / 2**20:.1f} MB"
     )
     print(
         f"import_kb: {imported.chunks / imported.seconds:,.0f} chunks/s ({imported.seconds:.2f} s, "

@@ -112,6 +112,34 @@ def state_of(kb) -> dict:
     }
 
 
+def points_of(kb) -> dict[str, tuple]:
+    """Every point of the KB as the store holds it: payload, dense vector, keyword vector."""
+
+    async def scroll() -> list:
+        points, _ = await qdrant_service.client.scroll(
+            collection_name=f"kb_{kb.pk}", limit=10_000, with_payload=True, with_vectors=True
+        )
+        return points
+
+    return {
+        str(point.id): (
+            point.payload,
+            np.asarray(point.vector["dense"]),
+            (point.vector["bm25"].indices, np.asarray(point.vector["bm25"].values)),
+        )
+        for point in asyncio.run(scroll())
+    }
+
+
+def assert_same_points(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys() and before
+    for point_id, (payload, dense, (indices, values)) in before.items():
+        restored_payload, restored_dense, (restored_indices, restored_values) = after[point_id]
+        assert restored_payload == payload
+        assert np.allclose(restored_dense, dense, rtol=0, atol=1e-6)
+        assert restored_indices == indices and np.allclose(restored_values, values, rtol=0, atol=1e-6)
+
+
 def collection_names() -> set[str]:
     async def names() -> set[str]:
         return {c.name for c in (await qdrant_service.client.get_collections()).collections}
@@ -150,6 +178,12 @@ def as_from_another_model(members: dict[str, bytes]) -> None:
     members[DENSE] = buffer.getvalue()
 
 
+def as_format_version_2(members: dict[str, bytes]) -> None:
+    manifest = json.loads(members[MANIFEST])
+    manifest["format_version"] = 2
+    members[MANIFEST] = json.dumps(manifest).encode()
+
+
 @pytest.fixture
 def corpus_kb(test_user, other_user, ingestion_service):
     """The eight corpus documents, ready; one archived, one tagged; bob a reader."""
@@ -164,7 +198,7 @@ def corpus_kb(test_user, other_user, ingestion_service):
 
 
 def round_trip(kb, user, tmp_path: Path) -> None:
-    before, results_before, kb_id = state_of(kb), top_results(kb, user), kb.pk
+    before, results_before, points_before, kb_id = state_of(kb), top_results(kb, user), points_of(kb), kb.pk
     archive = tmp_path / "kb.zip"
 
     exported = run("export_kb", kb.slug, "--output", str(archive))
@@ -175,6 +209,7 @@ def round_trip(kb, user, tmp_path: Path) -> None:
     restored = KnowledgeBase.objects.get(slug=kb.slug)
     assert restored.pk == kb_id
     assert state_of(restored) == before
+    assert_same_points(points_before, points_of(restored))
     assert_same_results(results_before, top_results(restored, user))
     assert f"with their {before['chunks']} chunks" in exported
     assert f"8 documents ready with {before['chunks']} chunks, 2 members" in imported
@@ -219,9 +254,26 @@ class TestRoundTrip:
         assert (
             bytes(DocumentSource.objects.get(document=queued).data) == b"# Later\n\nKelp forests grow fast."
         )
-        assert "1 documents that were not ready are queued for the workers" in output
+        assert "1 documents are queued for the workers" in output
         indexed = asyncio.run(ingestion_service.ingest_now(document_id=queued.pk, worker_id="tests"))
         assert indexed.status == DocumentStatus.READY and indexed.text.startswith("# Later")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_both_commands_draw_a_progress_bar_on_a_terminal(corpus_kb, tmp_path):
+    archive, total = tmp_path / "kb.zip", state_of(corpus_kb)["chunks"]
+    exporting, importing = Terminal(), Terminal()
+
+    call_command("export_kb", corpus_kb.slug, "--output", str(archive), stdout=exporting)
+    call_command("import_kb", str(archive), "--slug", "copy", "--batch-size", "50", stdout=importing)
+
+    assert f"[{'#' * 30}] {total}/{total} chunks" in exporting.getvalue()
+    drawn = [bar.split("] ")[1].split()[0] for bar in importing.getvalue().split("\r") if bar.startswith("[")]
+    assert drawn == [f"{done}/{total}" for done in [*range(50, total, 50), total]]
 
 
 class TestRefusals:
@@ -256,6 +308,7 @@ class TestRefusals:
             ("altered", f"{DOCUMENTS}: its checksum differs"),
             ("missing", f"{CHUNKS}: it is missing"),
             ("not_a_zip", "is not a kbsite archive"),
+            ("newer", "has archive format 2, newer than this kbsite reads (1)"),
         ],
     )
     def test_a_damaged_archive_is_refused_saying_what_is_wrong_and_nothing_is_created(
@@ -275,6 +328,8 @@ class TestRefusals:
             )
         elif damage == "missing":
             rewrite_archive(archive, lambda members: members.pop(CHUNKS), keep_checksums=True)
+        elif damage == "newer":
+            rewrite_archive(archive, as_format_version_2)
         else:
             archive.write_text("kb notes\n")
         collections, documents = collection_names(), Document.objects.count()

@@ -61,8 +61,8 @@ class Command(BaseCommand):
             progress.finish()
             raise CommandError(f"{exc.message}\nNo archive was written.") from exc
         progress.finish()
-        for title in report.changed:
-            progress.line(
+        for title in report.changed if verbosity >= 1 else ():
+            self.stdout.write(
                 f"{title}: changed while it was read; exported with its text, to be indexed on import"
             )
         rate = report.chunks / report.seconds if report.seconds else 0

@@ -70,12 +70,12 @@ class Command(BaseCommand):
             progress.finish()
             raise CommandError(exc.message) from exc
         progress.finish()
-        if report.unknown_users:
-            progress.line(
+        if report.unknown_users and verbosity >= 1:
+            self.stdout.write(
                 f"Not members here (no such users, none created): {', '.join(report.unknown_users)}"
             )
-        if not report.kept_ids:
-            progress.line(
+        if not report.kept_ids and verbosity >= 1:
+            self.stdout.write(
                 "The archive's ids are taken here (a copy beside the original?): new ones were given."
             )
         rate = report.chunks / report.seconds if report.seconds else 0
@@ -84,7 +84,7 @@ class Command(BaseCommand):
             f"{report.members} members, in {report.seconds:.1f}s ({rate:.0f} chunks/s)"
         )
         if report.queued:
-            summary += f"; {report.queued} documents that were not ready are queued for the workers"
+            summary += f"; {report.queued} documents are queued for the workers"
         self.stdout.write(self.style.SUCCESS(summary + "."))
         if report.failed:
             reasons = "\n".join(f"  {d.title} ({d.pk}): {d.error}" for d in report.failed)
