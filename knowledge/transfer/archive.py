@@ -145,6 +145,8 @@ class Manifest:
     chunk_overlap: int
     documents: int
     chunks: int
+    #: Each other member's size and sha256.
+    members: dict[str, Any]
 
 
 class ArchiveReader:
@@ -173,7 +175,7 @@ class ArchiveReader:
             ) from None
         try:
             reader = cls(path, archive, cls._read_manifest(path, archive))
-            reader._verify(json.loads(archive.read(MANIFEST))["members"])
+            reader._verify()
         except BaseException:
             archive.close()
             raise
@@ -249,17 +251,18 @@ class ArchiveReader:
                 chunk_overlap=_typed(chunking["overlap"], int),
                 documents=_typed(counts["documents"], int),
                 chunks=_typed(counts["chunks"], int),
+                members=_typed(manifest["members"], dict),
             )
             UUID(_typed(kb["id"], str))
             for key in ("name", "slug", "description"):
                 _typed(kb[key], str)
             _typed(kb["owner"], str, type(None))
-            _typed(manifest["members"], dict)
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(path, MANIFEST, f"missing or wrong field: {exc}") from None
         return result
 
-    def _verify(self, listed: dict[str, Any]) -> None:
+    def _verify(self) -> None:
+        listed = self.manifest.members
         present = {info.filename for info in self._zip.infolist()} - {MANIFEST}
         required = {DOCUMENTS, MEMBERSHIPS, CHUNKS, DENSE}
         if missing := sorted((required | set(listed)) - present):
