@@ -178,6 +178,12 @@ def as_from_another_model(members: dict[str, bytes]) -> None:
     members[DENSE] = buffer.getvalue()
 
 
+def without_the_last_vector(members: dict[str, bytes]) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.load(io.BytesIO(members[DENSE]))[:-1])
+    members[DENSE] = buffer.getvalue()
+
+
 def as_format_version_2(members: dict[str, bytes]) -> None:
     manifest = json.loads(members[MANIFEST])
     manifest["format_version"] = 2
@@ -264,6 +270,29 @@ class Terminal(io.StringIO):
         return True
 
 
+def test_the_manifest_describes_the_knowledge_base_and_checksums_every_member(corpus_kb, tmp_path):
+    archive = tmp_path / "kb.zip"
+
+    run("export_kb", corpus_kb.slug, "--output", str(archive))
+
+    with zipfile.ZipFile(archive) as opened:
+        manifest = json.loads(opened.read(MANIFEST))
+        members = {name: opened.read(name) for name in opened.namelist() if name != MANIFEST}
+    assert manifest["format_version"] == 1 and manifest["kbsite_version"]
+    assert (manifest["embedding_model"], manifest["vector_size"]) == (
+        corpus_kb.embedding_model,
+        corpus_kb.vector_size,
+    )
+    assert manifest["keyword_settings"] == corpus_kb.keyword_settings
+    assert manifest["chunking"] == {"size": 64, "overlap": 12}
+    assert manifest["counts"]["documents"] == 8 and manifest["counts"]["memberships"] == 2
+    assert manifest["members"] == {
+        name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in members.items()
+    }
+    assert np.load(io.BytesIO(members[DENSE])).shape == (manifest["counts"]["chunks"], corpus_kb.vector_size)
+
+
 def test_both_commands_draw_a_progress_bar_on_a_terminal(corpus_kb, tmp_path):
     archive, total = tmp_path / "kb.zip", state_of(corpus_kb)["chunks"]
     exporting, importing = Terminal(), Terminal()
@@ -309,6 +338,8 @@ class TestRefusals:
             ("missing", f"{CHUNKS}: it is missing"),
             ("not_a_zip", "is not a kbsite archive"),
             ("newer", "has archive format 2, newer than this kbsite reads (1)"),
+            # Checksums in line with the change, as from a faulty writer: the shape checks catch it.
+            ("vector_short", f"{DENSE}: its shape is"),
         ],
     )
     def test_a_damaged_archive_is_refused_saying_what_is_wrong_and_nothing_is_created(
@@ -330,6 +361,8 @@ class TestRefusals:
             rewrite_archive(archive, lambda members: members.pop(CHUNKS), keep_checksums=True)
         elif damage == "newer":
             rewrite_archive(archive, as_format_version_2)
+        elif damage == "vector_short":
+            rewrite_archive(archive, without_the_last_vector)
         else:
             archive.write_text("kb notes\n")
         collections, documents = collection_names(), Document.objects.count()
