@@ -69,7 +69,7 @@ class StoredChunk:
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """A chunk whole, as a backup keeps it: its payload (without its KB) and its dense vector."""
+    """A chunk whole, as a backup keeps it: its payload (less the ids it is filed under) and its dense vector."""
 
     document_id: UUID
     chunk_index: int
@@ -352,7 +352,9 @@ class ChunkService:
                 points, _ = await qdrant_service.client.scroll(
                     collection_name=collection_alias(kb_id),
                     scroll_filter=_document_filter(document_id),
-                    order_by=models.OrderBy(key="chunk_index", start_from=len(records)),
+                    order_by=models.OrderBy(
+                        key="chunk_index", start_from=records[-1].chunk_index + 1 if records else 0
+                    ),
                     limit=MAX_PAGE_SIZE,
                     with_payload=True,
                     with_vectors=[DENSE_VECTOR] if named_vectors else True,
