@@ -293,6 +293,18 @@ def test_the_manifest_describes_the_knowledge_base_and_checksums_every_member(co
     assert np.load(io.BytesIO(members[DENSE])).shape == (manifest["counts"]["chunks"], corpus_kb.vector_size)
 
 
+def test_export_asks_before_replacing_a_file_and_no_input_replaces_it(corpus_kb, tmp_path, monkeypatch):
+    archive = tmp_path / "kb.zip"
+    archive.write_text("an earlier file")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+    message = command_error("export_kb", corpus_kb.slug, "--output", str(archive))
+
+    assert "--no-input" in message and archive.read_text() == "an earlier file"
+    run("export_kb", corpus_kb.slug, "--output", str(archive), "--no-input")
+    assert zipfile.is_zipfile(archive) and sorted(p.name for p in tmp_path.iterdir()) == ["kb.zip"]
+
+
 def test_both_commands_draw_a_progress_bar_on_a_terminal(corpus_kb, tmp_path):
     archive, total = tmp_path / "kb.zip", state_of(corpus_kb)["chunks"]
     exporting, importing = Terminal(), Terminal()
