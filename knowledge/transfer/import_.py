@@ -50,7 +50,7 @@ class ImportReport:
     #: Documents ready with the archive's chunks (or, with re_embed, indexed here).
     ready: int = 0
     chunks: int = 0
-    #: Documents queued for the workers: those that were not ready when exported.
+    #: Documents left to the workers: those not ready when exported (with re_embed: any another worker took).
     queued: int = 0
     failed: list[Document] = field(default_factory=list)
     members: int = 0
