@@ -53,3 +53,15 @@ class UploadTooLarge(KnowledgeError):
 
 class MemberNotFound(KnowledgeError):
     code = "member_not_found"
+
+
+class DamagedArchive(KnowledgeError):
+    """A knowledge base archive that is truncated, altered or not one at all: nothing is imported from it."""
+
+    code = "damaged_archive"
+
+
+class ArchiveModelMismatch(KnowledgeError):
+    """An archive's vectors come from another embedding model (or size) than the site's."""
+
+    code = "archive_model_mismatch"

@@ -72,6 +72,16 @@ class StoredChunk:
         )
 
 
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk whole, as a backup keeps it: its payload (less the ids it is filed under) and its dense vector."""
+
+    document_id: UUID
+    chunk_index: int
+    payload: dict[str, Any]
+    dense: Sequence[float]
+
+
 def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
     """`archived` is what searches filter on (indexed); `archived_at` is what people are shown."""
     return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
@@ -470,3 +480,72 @@ class ChunkService:
         except Exception as exc:
             if not is_missing_collection(exc):
                 raise
+
+    # Backups: every chunk read out whole with its dense vector, and written back whole.
+
+    @translate_unreachable
+    async def get_document_chunk_records(
+        self, *, kb_id: UUID | str, document_id: UUID | str, named_vectors: bool = True
+    ) -> list[ChunkRecord]:
+        """All of a document's chunks in chunk order, each with its payload and dense vector."""
+        records: list[ChunkRecord] = []
+        while True:
+            try:
+                points, _ = await qdrant_service.client.scroll(
+                    collection_name=collection_alias(kb_id),
+                    scroll_filter=_document_filter(document_id),
+                    order_by=models.OrderBy(
+                        key="chunk_index", start_from=records[-1].chunk_index + 1 if records else 0
+                    ),
+                    limit=MAX_PAGE_SIZE,
+                    with_payload=True,
+                    with_vectors=[DENSE_VECTOR] if named_vectors else True,
+                )
+            except Exception as exc:
+                if is_missing_collection(exc):
+                    return []
+                raise
+            for point in points:
+                payload = dict(point.payload or {})
+                vector = point.vector[DENSE_VECTOR] if isinstance(point.vector, dict) else point.vector
+                records.append(
+                    ChunkRecord(
+                        document_id=UUID(payload.pop("document_id")),
+                        chunk_index=int(payload.pop("chunk_index")),
+                        payload={key: value for key, value in payload.items() if key != "kb_id"},
+                        dense=vector,
+                    )
+                )
+            if len(points) < MAX_PAGE_SIZE:
+                return records
+
+    @translate_unreachable
+    async def write_chunk_records(
+        self,
+        *,
+        kb_id: UUID | str,
+        collection_name: str,
+        records: Sequence[ChunkRecord],
+        keyword_vectors: Sequence[models.SparseVector],
+    ) -> int:
+        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB's collection."""
+        if len(keyword_vectors) != len(records):
+            raise ValueError(f"{len(records)} chunks but {len(keyword_vectors)} keyword vectors")
+        points = [
+            models.PointStruct(
+                id=chunk_point_id(record.document_id, record.chunk_index),
+                vector={DENSE_VECTOR: list(record.dense), KEYWORD_VECTOR: keywords},
+                payload={
+                    **record.payload,
+                    "kb_id": str(kb_id),
+                    "document_id": str(record.document_id),
+                    "chunk_index": record.chunk_index,
+                },
+            )
+            for record, keywords in zip(records, keyword_vectors)
+        ]
+        for start in range(0, len(points), UPSERT_BATCH_SIZE):
+            await qdrant_service.client.upsert(
+                collection_name=collection_name, points=points[start : start + UPSERT_BATCH_SIZE], wait=True
+            )
+        return len(points)

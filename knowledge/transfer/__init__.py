@@ -1,0 +1,1 @@
+"""A knowledge base written to one portable archive and restored from it (manage.py export_kb, import_kb)."""
