@@ -155,6 +155,8 @@ class ChunkOut(Schema):
     text: str
     char_start: int | None
     char_end: int | None
+    page_start: int | None = Field(description="The chunk's first page (from 1); null for a document without pages.")
+    page_end: int | None
     archived: bool
 
     @staticmethod

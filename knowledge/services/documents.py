@@ -179,6 +179,8 @@ class DocumentService:
             document.source_size = size
             document.content_hash = digest
             document.text = text
+            # A file's pages are known once its text is extracted; typed text has none.
+            document.page_starts = None
             for field, value in REQUEUED.items():
                 setattr(document, field, value)
             try:

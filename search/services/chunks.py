@@ -11,6 +11,7 @@ from uuid import UUID, uuid5
 from qdrant_client import models
 
 from search.chunking import TextChunk
+from search.pages import page_label, page_range
 from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
 from search.query_batching import QueryBatcher
 from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
@@ -49,6 +50,13 @@ class StoredChunk:
     char_end: int | None
     archived_at: datetime | None
     score: float | None = None
+    #: The pages (from 1) the chunk spans, for documents with pages (PDF, DOCX with page breaks).
+    page_start: int | None = None
+    page_end: int | None = None
+
+    @property
+    def pages(self) -> str:
+        return page_label(self.page_start, self.page_end)
 
     @classmethod
     def from_point(cls, point: Any) -> StoredChunk:
@@ -64,12 +72,19 @@ class StoredChunk:
             char_end=payload.get("char_end"),
             archived_at=datetime.fromisoformat(archived_at) if archived_at else None,
             score=getattr(point, "score", None),
+            page_start=payload.get("page_start"),
+            page_end=payload.get("page_end"),
         )
 
 
 def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
     """`archived` is what searches filter on (indexed); `archived_at` is what people are shown."""
     return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
+
+
+def _page_payload(page_starts: Sequence[int] | None, chunk: TextChunk) -> dict[str, int | None]:
+    first, last = page_range(page_starts, char_start=chunk.char_start, char_end=chunk.char_end)
+    return {"page_start": first, "page_end": last}
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -231,13 +246,15 @@ class ChunkService:
         keyword_vectors: Sequence[models.SparseVector] | None = None,
         archived_at: datetime | None = None,
         collection_name: str | None = None,
+        page_starts: Sequence[int] | None = None,
     ) -> int:
         """Write chunks with their vectors; the KB's collection is created on first write.
 
         `keyword_vectors` (BM25, one per chunk) go with the dense ones into a collection of named
         vectors; without them the chunks go to a collection made before hybrid search, as one
         unnamed vector. `collection_name` writes into a given collection version instead (a
-        rebuild in progress).
+        rebuild in progress). `page_starts` (the document's, see `search.pages`) gives each chunk its
+        page range.
         """
         if len(chunks) != len(vectors) or (keyword_vectors is not None and len(keyword_vectors) != len(chunks)):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
@@ -261,6 +278,7 @@ class ChunkService:
                     "title": title,
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
+                    **_page_payload(page_starts, chunk),
                     **_archive_payload(archived_at),
                 },
             )

@@ -29,6 +29,7 @@ from search.errors import (
     QueryTooLong,
 )
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
+from search.pages import page_label
 from search.services.chunks import ChunkService, StoredChunk
 
 MAX_LIMIT = 100
@@ -81,6 +82,13 @@ class SearchResult:
     char_end: int | None
     #: (start, end) in `content` of each word that matches a query word as BM25 sees it.
     highlights: tuple[tuple[int, int], ...] = ()
+    page_start: int | None = None
+    page_end: int | None = None
+
+    @property
+    def pages(self) -> str:
+        """"p. 3" or "pp. 3–4", empty for a document without pages."""
+        return page_label(self.page_start, self.page_end)
 
     @classmethod
     def from_chunk(cls, chunk: StoredChunk, highlights: Sequence[tuple[int, int]] = ()) -> SearchResult:
@@ -94,6 +102,8 @@ class SearchResult:
             score=float(chunk.score or 0.0),
             char_start=chunk.char_start,
             char_end=chunk.char_end,
+            page_start=chunk.page_start,
+            page_end=chunk.page_end,
         )
 
 

@@ -199,7 +199,10 @@ def test_pdf_text_comes_out_page_by_page() -> None:
     result = extract_text(data=pdf, filename="bees.pdf")
 
     assert result == ExtractedText(
-        text="Bees make honey.\nThey live in hives.\n\nA hive holds one queen.", title=None, format="pdf"
+        text="Bees make honey.\nThey live in hives.\n\nA hive holds one queen.",
+        title=None,
+        format="pdf",
+        page_starts=[0, 38],
     )
 
 
