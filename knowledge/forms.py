@@ -46,6 +46,20 @@ class MultipleFileField(forms.FileField):
 class UploadForm(forms.Form):
     knowledge_base = forms.ModelChoiceField(queryset=KnowledgeBase.objects.none())
     files = MultipleFileField(help_text=".txt, .md, .html, .pdf or .docx; several at once if you like.")
+    # Only "Preview chunks" reads these: uploads are always chunked with the knowledge base's settings.
+    preview_chunk_size = forms.IntegerField(
+        label="Preview chunk size",
+        min_value=1,
+        required=False,
+        help_text="Tokens per chunk to preview with; empty: the knowledge base's. Uploads always use the "
+        "knowledge base's settings.",
+    )
+    preview_chunk_overlap = forms.IntegerField(
+        label="Preview chunk overlap",
+        min_value=0,
+        required=False,
+        help_text="Tokens shared with the previous chunk, to preview with; empty: the knowledge base's.",
+    )
 
     def __init__(self, *args, knowledge_bases, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -91,18 +91,7 @@ class DocumentService:
         that document's text, and only it is indexed again.
         """
         refuse_nul_characters(file_name=filename, title=title, source_name=source_name)
-        name = PurePath(filename or "").name
-        if not name:
-            raise InvalidInput("The upload has no file name.")
-        self.check_upload_size(name, len(data))
-        source_format = format_for(name)
-        if source_format is None:
-            readable = ", ".join(sorted(set(SUPPORTED_FORMATS)))
-            raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
-        if not data:
-            raise InvalidInput(f"{name} is empty.")
-        if program := describe_program(data):
-            raise UnsupportedFormat(program_message(name, source_format, program))
+        name, source_format = self.check_upload(filename, data)
         return self._add(
             kb=kb,
             source_name=source_name or name,
@@ -139,6 +128,24 @@ class DocumentService:
     def default_title(source_name: str) -> str:
         """The title a document gets from its file name until its own title is found in the text."""
         return PurePath(source_name).stem or "Untitled"
+
+    @classmethod
+    def check_upload(cls, filename: str, data: bytes) -> tuple[str, str]:
+        """The upload's file name (without any path) and format, or the KnowledgeError saying why it is refused."""
+        refuse_nul_characters(file_name=filename)
+        name = PurePath(filename or "").name
+        if not name:
+            raise InvalidInput("The upload has no file name.")
+        cls.check_upload_size(name, len(data))
+        source_format = format_for(name)
+        if source_format is None:
+            readable = ", ".join(sorted(set(SUPPORTED_FORMATS)))
+            raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
+        if not data:
+            raise InvalidInput(f"{name} is empty.")
+        if program := describe_program(data):
+            raise UnsupportedFormat(program_message(name, source_format, program))
+        return name, source_format
 
     @staticmethod
     def check_upload_size(name: str, size: int) -> None:
