@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -15,7 +13,7 @@ from knowledge.models import Document, DocumentStatus
 from knowledge.services.reindex import ReindexService
 from knowledge.services.tokens import ApiTokenService
 from search.services.chunks import ChunkService, StoredChunk
-from tests.factories import corpus, make_kb
+from tests.factories import corpus_pages, make_kb
 from tests.files import make_docx, make_pdf
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -23,17 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 client = TestAsyncClient(api)
 
 
-def corpus_paragraphs(word: str, count: int) -> list[str]:
-    """The first `count` paragraphs (no headings) of the corpus document whose title has this word."""
-    text = next(text for title, text in corpus() if word in title)
-    return [part for part in text.split("\n\n") if not part.startswith("#")][:count]
-
-
-# Three pages on three subjects, each a few printed lines of a corpus paragraph.
-PAGES = [
-    "\n".join(textwrap.wrap(" ".join(corpus_paragraphs(word, 2)), 90))
-    for word in ("Honeybee", "Tides", "Volcanoes")
-]
+# Three pages on three subjects.
+PAGES = corpus_pages("Honeybee", "Tides", "Volcanoes")
 
 
 def expected_pages(text: str, chunk: StoredChunk) -> tuple[int, int]:
