@@ -155,7 +155,7 @@ class ChunkOut(Schema):
     text: str
     char_start: int | None
     char_end: int | None
-    page_start: int | None = Field(description="The chunk's first page (from 1); null for a document without pages.")
+    page_start: int | None = Field(description="The chunk's first page (from 1); null without pages.")
     page_end: int | None
     archived: bool
 
@@ -182,7 +182,7 @@ class ChunkPreviewIn(InputSchema):
     """The form fields sent with a file to preview; left out, the knowledge base's own settings apply."""
 
     chunk_size: int | None = Field(None, ge=1, le=254, description="Tokens per chunk.")
-    chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the previous chunk.")
+    chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the chunk before.")
 
 
 class PreviewChunkOut(Schema):
@@ -190,7 +190,7 @@ class PreviewChunkOut(Schema):
     char_start: int = Field(description="Where the chunk starts in the extracted text.")
     char_end: int
     token_count: int
-    page_start: int | None = Field(description="The chunk's first page (from 1); null for a source without pages.")
+    page_start: int | None = Field(description="The chunk's first page (from 1); null without pages.")
     page_end: int | None
     text: str
 
@@ -202,7 +202,7 @@ class ChunkPreviewOut(Schema):
     chunk_size: int
     chunk_overlap: int
     characters: int = Field(description="Characters of extracted text.")
-    page_count: int | None = Field(description="Pages of a PDF or of a Word document with page breaks; else null.")
+    page_count: int | None = Field(description="Pages of a PDF or a Word file with page breaks, else null.")
     chunk_count: int = Field(description="How many chunks the file makes, all of them.")
     chunks: list[PreviewChunkOut] = Field(description="The first 50 chunks.")
 

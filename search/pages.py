@@ -1,4 +1,4 @@
-"""Where a chunk sits among its document's pages: its page range from the page starts, and how people read it."""
+"""Where a chunk sits among its document's pages: its range from the page starts, and how people read it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def page_range(
 
 
 def page_label(page_start: int | None, page_end: int | None) -> str:
-    """"p. 3" or "pp. 3–4"; empty when the page is not known."""
+    """The pages as people cite them, "p. 3" or "pp. 3–4"; empty when the page is not known."""
     if page_start is None:
         return ""
     if page_end is None or page_end == page_start:

@@ -99,7 +99,7 @@ class SearchResultOut(Schema):
     char_start: int | None = Field(description="Where the chunk starts in the document's text.")
     char_end: int | None
     page_start: int | None = Field(
-        description="The chunk's first page (from 1), for PDFs and Word documents with page breaks; else null."
+        description="The chunk's first page (from 1), for PDFs and Word files with page breaks; else null."
     )
     page_end: int | None = Field(description="The chunk's last page; null when page_start is.")
     highlights: list[HighlightOut] = Field(

@@ -586,7 +586,7 @@ def _docx_breaks_page_before(paragraph: Paragraph) -> bool:
 
 
 def _docx_page_parts(paragraph: Paragraph) -> list[str]:
-    """The paragraph's text cut at its explicit page breaks (w:br w:type="page"): one part more than breaks."""
+    """The paragraph's text cut at its explicit page breaks (`<w:br w:type="page"/>`), in order."""
     if not paragraph._p.xpath(_DOCX_PAGE_BREAK):
         return [paragraph.text]
     parts = [""]

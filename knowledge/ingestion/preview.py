@@ -1,4 +1,4 @@
-"""The chunks a file would make with a KB's (or given) chunk settings, read as ingestion reads it; nothing is stored."""
+"""The chunks a file would make with a KB's (or given) chunk settings, read as ingestion reads it."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class ChunkPreview:
 
 
 class ChunkPreviewService:
-    """Extracts an upload in the sandbox and chunks it as ingestion would, without a Document row or a Qdrant point."""
+    """Reads an upload in the sandbox and chunks it as ingestion would; no Document row, no Qdrant point."""
 
     def __init__(self, *, ingestion: IngestionService | None = None) -> None:
         self.ingestion = ingestion or IngestionService()

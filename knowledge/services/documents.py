@@ -131,7 +131,7 @@ class DocumentService:
 
     @classmethod
     def check_upload(cls, filename: str, data: bytes) -> tuple[str, str]:
-        """The upload's file name (without any path) and format, or the KnowledgeError saying why it is refused."""
+        """The upload's file name (without its path) and format; a KnowledgeError says why it is refused."""
         refuse_nul_characters(file_name=filename)
         name = PurePath(filename or "").name
         if not name:

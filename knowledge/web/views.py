@@ -109,8 +109,7 @@ def _more_link(request: HttpRequest, limit: int, shown: int) -> str:
 
 
 def _passage(document: Document, start: str | None, end: str | None) -> dict | None:
-    """The document's text cut around the passage [start, end) given in the query string, and the pages it
-    is on; None if the query string names no passage."""
+    """The text cut around the passage [start, end) named in the query string, and its pages; None if none."""
     text = document.text
     try:
         first, last = int(start or ""), int(end or "")
@@ -119,7 +118,9 @@ def _passage(document: Document, start: str | None, end: str | None) -> dict | N
     if not 0 <= first < last <= len(text):
         return None
     pages = page_range(document.page_starts, char_start=first, char_end=last)
-    return {"before": text[:first], "hit": text[first:last], "after": text[last:], "pages": page_label(*pages)}
+    return {
+        "before": text[:first], "hit": text[first:last], "after": text[last:], "pages": page_label(*pages)
+    }
 
 
 @login_required

@@ -87,7 +87,9 @@ async def test_an_editor_previews_a_pdfs_chunks_with_their_pages_and_nothing_is_
     await assert_nothing_stored(kb)
 
 
-async def test_the_preview_shows_the_chunks_ingestion_then_makes(kb, editor_headers, ingestion_service) -> None:
+async def test_the_preview_shows_the_chunks_ingestion_then_makes(
+    kb, editor_headers, ingestion_service
+) -> None:
     pdf = make_pdf(PAGES)
     previewed = (await preview(kb.id, editor_headers, "nature.pdf", pdf)).json()["chunks"]
 
@@ -102,9 +104,10 @@ async def test_the_preview_shows_the_chunks_ingestion_then_makes(kb, editor_head
     stored, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=document.pk, limit=500)
 
     assert document.status == DocumentStatus.READY
-    assert [(c["index"], c["char_start"], c["char_end"], c["page_start"], c["page_end"], c["text"]) for c in previewed] == [
-        (c.chunk_index, c.char_start, c.char_end, c.page_start, c.page_end, c.content) for c in stored
-    ]
+    assert [
+        (c["index"], c["char_start"], c["char_end"], c["page_start"], c["page_end"], c["text"])
+        for c in previewed
+    ] == [(c.chunk_index, c.char_start, c.char_end, c.page_start, c.page_end, c.content) for c in stored]
 
 
 async def test_given_chunk_settings_override_the_kbs_and_at_most_fifty_chunks_come_back(
@@ -138,7 +141,9 @@ async def test_a_reader_may_not_preview_and_gets_403(kb, reader_headers) -> None
 
 
 @pytest.mark.parametrize("whose", ["someone else's", "no one's"])
-async def test_a_kb_the_caller_cannot_read_or_that_does_not_exist_answers_404(kb, stranger_headers, whose) -> None:
+async def test_a_kb_the_caller_cannot_read_or_that_does_not_exist_answers_404(
+    kb, stranger_headers, whose
+) -> None:
     kb_id = kb.id if whose == "someone else's" else NOWHERE
 
     response = await preview(kb_id, stranger_headers, "notes.txt", b"Tides rise twice a day.")
@@ -149,7 +154,11 @@ async def test_a_kb_the_caller_cannot_read_or_that_does_not_exist_answers_404(kb
 
 @pytest.mark.parametrize(
     ("form", "field"),
-    [({"chunk_size": 0}, "chunk_size"), ({"chunk_size": 999}, "chunk_size"), ({"chunk_overlap": -1}, "chunk_overlap")],
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"chunk_size": 999}, "chunk_size"),
+        ({"chunk_overlap": -1}, "chunk_overlap"),
+    ],
 )
 async def test_chunk_settings_out_of_range_answer_422(kb, editor_headers, form, field) -> None:
     response = await preview(kb.id, editor_headers, "notes.txt", b"Tides rise twice a day.", **form)
@@ -163,7 +172,9 @@ async def test_an_overlap_not_below_the_size_answers_422_saying_so(kb, editor_he
     response = await preview(kb.id, editor_headers, "notes.txt", b"Tides rise twice a day.", chunk_size=8)
 
     assert response.status_code == 422
-    assert response.json()["message"] == "Chunk overlap must be at least 0 and below the chunk size (8), not 8."
+    assert (
+        response.json()["message"] == "Chunk overlap must be at least 0 and below the chunk size (8), not 8."
+    )
 
 
 async def test_a_file_that_cannot_be_read_answers_422_as_ingestion_would_fail_it(kb, editor_headers) -> None:

@@ -1,4 +1,4 @@
-"""The admin upload page's "Preview chunks" button: each file's chunks shown, no document made, nothing in Qdrant."""
+"""The admin upload page's "Preview chunks" button: each file's chunks shown, nothing stored."""
 
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ def test_previewing_a_pdf_shows_its_chunks_with_pages_and_stores_nothing(admin_c
 
     response = admin_client.post(
         UPLOAD,
-        {"knowledge_base": kb.pk, "files": [SimpleUploadedFile("nature.pdf", make_pdf(PAGES))], "preview": "1"},
+        {
+            "knowledge_base": kb.pk,
+            "files": [SimpleUploadedFile("nature.pdf", make_pdf(PAGES))],
+            "preview": "1",
+        },
     )
 
     assert response.status_code == 200
@@ -139,14 +143,21 @@ def test_preview_settings_the_chunker_cannot_take_are_shown_as_the_files_error(a
 def test_a_reader_cannot_preview_into_a_kb_they_only_read(client, admin_user):
     user = make_user(username="mixed", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="knowledge"))
-    readable, editable = make_kb(owner=admin_user, name="Read only"), make_kb(owner=admin_user, name="Editable")
+    readable, editable = (
+        make_kb(owner=admin_user, name="Read only"),
+        make_kb(owner=admin_user, name="Editable"),
+    )
     add_member(readable, user, Role.READER)
     add_member(editable, user, Role.EDITOR)
     client.force_login(user)
 
     response = client.post(
         UPLOAD,
-        {"knowledge_base": readable.pk, "files": [SimpleUploadedFile("a.txt", b"Some text.")], "preview": "1"},
+        {
+            "knowledge_base": readable.pk,
+            "files": [SimpleUploadedFile("a.txt", b"Some text.")],
+            "preview": "1",
+        },
     )
 
     assert "knowledge_base" in response.context["form"].errors

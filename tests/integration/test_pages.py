@@ -1,4 +1,4 @@
-"""Page ranges end to end: a paged file through the real pipeline, into Qdrant, the API, the pages, and reindexing."""
+"""Page ranges end to end: a paged file through the pipeline, into Qdrant, the API, the pages, reindexing."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ PAGES = corpus_pages("Honeybee", "Tides", "Volcanoes")
 
 
 def expected_pages(text: str, chunk: StoredChunk) -> tuple[int, int]:
-    """The pages a chunk spans, found from where each page's first line sits in the text (not from page_starts)."""
+    """The pages a chunk spans, from where each page's first words sit in the text (not from page_starts)."""
     starts = [text.index(page[:20]) for page in PAGES]
     first = sum(1 for start in starts if start <= chunk.char_start)
     last = sum(1 for start in starts if start < chunk.char_end)
@@ -73,7 +73,9 @@ async def test_a_pdfs_chunks_in_qdrant_carry_the_pages_they_come_from(pdf_docume
     chunks = await all_chunks(pdf_document)
 
     assert pdf_document.page_starts is not None and len(pdf_document.page_starts) == 3
-    assert [(c.page_start, c.page_end) for c in chunks] == [expected_pages(pdf_document.text, c) for c in chunks]
+    assert [(c.page_start, c.page_end) for c in chunks] == [
+        expected_pages(pdf_document.text, c) for c in chunks
+    ]
     # Every page has chunks of its own, and the overlap makes some chunk run from one page onto the next.
     assert {c.page_start for c in chunks} == {1, 2, 3}
     assert any(c.page_end == c.page_start + 1 for c in chunks)
@@ -152,7 +154,9 @@ async def test_the_search_page_the_admin_and_the_document_page_name_the_pages(
     await test_user.asave()
     await async_client.aforce_login(test_user)
 
-    results = await async_client.get(reverse("web:search"), {"q": "why high tide comes later each day", "limit": 1})
+    results = await async_client.get(
+        reverse("web:search"), {"q": "why high tide comes later each day", "limit": 1}
+    )
     admin = await async_client.get(reverse("admin:knowledge_document_change", args=[pdf_document.pk]))
     hit = results.context["results"][0]["result"]
     passage = await async_client.get(
