@@ -354,7 +354,12 @@ def test_a_chunk_preview_answers_as_the_schema_says(api_schema, site):
         media_type="multipart/form-data",
         body={"chunk_size": 32, "chunk_overlap": 4},
     )
-    files = {"file": ("jazz.md", (CORPUS_DIR / "jazz.md").read_bytes(), "text/markdown")}
+    # Given files, the request carries no other body: the form fields go as parts without a file name.
+    files = {
+        "file": ("jazz.md", (CORPUS_DIR / "jazz.md").read_bytes(), "text/markdown"),
+        "chunk_size": (None, "32"),
+        "chunk_overlap": (None, "4"),
+    }
     response = _call_and_validate(case, site, files=files)
     assert response.status_code == 200, response.text
     assert response.json()["chunk_count"] > 1 and response.json()["chunk_size"] == 32
