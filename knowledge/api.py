@@ -171,7 +171,7 @@ class MultipartFileModel(FileModel):
     def get_request_data(cls, request: HttpRequest, api, path_params: dict) -> dict | None:
         if request.content_type != "multipart/form-data":
             raise UnsupportedFormat(
-                "This endpoint takes multipart/form-data with a `file` (and an optional `title`). Text "
+                "This endpoint takes multipart/form-data with a `file` and its optional form fields. Text "
                 "documents go as JSON with `title` and `text` to POST /api/v1/kbs/{kb_id}/documents/text."
             )
         limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])

@@ -195,6 +195,18 @@ async def test_a_file_kbsite_cannot_read_answers_415(kb, editor_headers) -> None
     assert response.status_code == 415
 
 
+async def test_a_json_body_answers_415_saying_a_file_goes_as_multipart(kb, editor_headers) -> None:
+    response = await client.post(
+        f"/kbs/{kb.id}/chunk-preview",
+        json={"text": "Tides."},
+        content_type="application/json",
+        headers=editor_headers,
+    )
+
+    assert response.status_code == 415
+    assert response.json()["message"].startswith("This endpoint takes multipart/form-data with a `file`")
+
+
 async def test_hostile_files_meet_the_sandboxs_limits_and_budget(kb, editor_headers, settings) -> None:
     lying = docx_with_a_lying_index(padding=64 * 1024 * 1024)
     slow = pdf_of_pages_sharing_one_slow_stream(pages=1999, comment_bytes=10_000_000)
