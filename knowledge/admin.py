@@ -401,23 +401,11 @@ class DocumentAdmin(admin.ModelAdmin):
         form = UploadForm(request.POST or None, request.FILES or None, knowledge_bases=writable,
                           initial={"knowledge_base": request.GET.get("kb")})
         previews = None
-        if request.method == "POST" and form.is_valid() and "preview" in request.POST:
+        if request.method == "POST" and form.is_valid():
+            # "Preview chunks" shows the page again with each file's chunks; "Upload" queues the files.
+            if "preview" not in request.POST:
+                return self._upload(request, form.cleaned_data["knowledge_base"], form.cleaned_data["files"])
             previews = self._previews(form.cleaned_data)
-        elif request.method == "POST" and form.is_valid():
-            kb = form.cleaned_data["knowledge_base"]
-            added = self._add_uploads(request, kb, form.cleaned_data["files"])
-            if added:
-                messages.success(
-                    request,
-                    ngettext(
-                        "Queued %(count)d document in %(kb)s; watch it become ready here.",
-                        "Queued %(count)d documents in %(kb)s; watch them become ready here.",
-                        added,
-                    ) % {"count": added, "kb": kb.name},
-                )
-            return HttpResponseRedirect(
-                reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
-            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -447,6 +435,21 @@ class DocumentAdmin(admin.ModelAdmin):
             else:
                 previews.append({"filename": preview.filename, "preview": preview})
         return previews
+
+    def _upload(self, request, kb: KnowledgeBase, files) -> HttpResponseRedirect:
+        added = self._add_uploads(request, kb, files)
+        if added:
+            messages.success(
+                request,
+                ngettext(
+                    "Queued %(count)d document in %(kb)s; watch it become ready here.",
+                    "Queued %(count)d documents in %(kb)s; watch them become ready here.",
+                    added,
+                ) % {"count": added, "kb": kb.name},
+            )
+        return HttpResponseRedirect(
+            reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
+        )
 
     def _add_uploads(self, request, kb: KnowledgeBase, files) -> int:
         batch = DocumentService().add_uploads(kb=kb, files=files)
