@@ -18,6 +18,7 @@ from django.utils.translation import ngettext
 from knowledge.errors import KnowledgeError
 from knowledge.forms import DocumentForm, KnowledgeBaseForm, SearchForm, UploadForm
 from knowledge.highlighting import marked_html
+from knowledge.ingestion.preview import PREVIEW_CHUNKS, ChunkPreviewService
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
@@ -405,29 +406,56 @@ class DocumentAdmin(admin.ModelAdmin):
         writable = PermissionService().knowledge_bases_for(request.user, least=Role.EDITOR)
         form = UploadForm(request.POST or None, request.FILES or None, knowledge_bases=writable,
                           initial={"knowledge_base": request.GET.get("kb")})
+        previews = None
         if request.method == "POST" and form.is_valid():
-            kb = form.cleaned_data["knowledge_base"]
-            added = self._add_uploads(request, kb, form.cleaned_data)
-            if added:
-                messages.success(
-                    request,
-                    ngettext(
-                        "Queued %(count)d document in %(kb)s; watch it become ready here.",
-                        "Queued %(count)d documents in %(kb)s; watch them become ready here.",
-                        added,
-                    ) % {"count": added, "kb": kb.name},
-                )
-            return HttpResponseRedirect(
-                reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
-            )
+            # "Preview chunks" shows the page again with each file's chunks; "Upload" queues the files.
+            if "preview" not in request.POST:
+                return self._upload(request, form.cleaned_data["knowledge_base"], form.cleaned_data)
+            previews = self._previews(form.cleaned_data)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "form": form,
             "title": "Upload documents",
             "max_upload_size": form.max_upload_size,
+            "previews": previews,
+            "preview_chunks": PREVIEW_CHUNKS,
         }
         return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
+
+    @staticmethod
+    def _previews(cleaned: dict) -> list[dict]:
+        """Each file's chunk preview, or why it cannot be read; no document is made."""
+        service, previews = ChunkPreviewService(), []
+        for upload in cleaned["files"]:
+            try:
+                preview = service.preview(
+                    kb=cleaned["knowledge_base"],
+                    filename=upload.name,
+                    data=upload.read(),
+                    chunk_size=cleaned["preview_chunk_size"],
+                    chunk_overlap=cleaned["preview_chunk_overlap"],
+                )
+            except KnowledgeError as exc:
+                previews.append({"filename": upload.name, "error": exc.message})
+            else:
+                previews.append({"filename": preview.filename, "preview": preview})
+        return previews
+
+    def _upload(self, request, kb: KnowledgeBase, cleaned: dict) -> HttpResponseRedirect:
+        added = self._add_uploads(request, kb, cleaned)
+        if added:
+            messages.success(
+                request,
+                ngettext(
+                    "Queued %(count)d document in %(kb)s; watch it become ready here.",
+                    "Queued %(count)d documents in %(kb)s; watch them become ready here.",
+                    added,
+                ) % {"count": added, "kb": kb.name},
+            )
+        return HttpResponseRedirect(
+            reverse("admin:knowledge_document_changelist") + f"?knowledge_base__id__exact={kb.pk}"
+        )
 
     def _add_uploads(self, request, kb: KnowledgeBase, cleaned: dict) -> int:
         batch = DocumentService().add_uploads(

@@ -16,9 +16,12 @@ from ninja.params.models import FileModel
 from pydantic import field_validator
 
 from knowledge.errors import DocumentNotFound, InvalidInput, UnsupportedFormat, UploadTooLarge
+from knowledge.ingestion.preview import ChunkPreviewService
 from knowledge.models import Document, Membership, Role
 from knowledge.schemas import (
     ChunkPage,
+    ChunkPreviewIn,
+    ChunkPreviewOut,
     ChunkQuery,
     DocumentFileIn,
     DocumentFilters,
@@ -170,7 +173,7 @@ class MultipartFileModel(FileModel):
     def get_request_data(cls, request: HttpRequest, api, path_params: dict) -> dict | None:
         if request.content_type != "multipart/form-data":
             raise UnsupportedFormat(
-                "This endpoint takes multipart/form-data with a `file` (and an optional `title`). Text "
+                "This endpoint takes multipart/form-data with a `file` and its optional form fields. Text "
                 "documents go as JSON with `title` and `text` to POST /api/v1/kbs/{kb_id}/documents/text."
             )
         limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
@@ -224,6 +227,30 @@ async def upload_document(
         kb=kb, filename=file.name, data=data, title=form.title, tags=form.tags, metadata=metadata
     )
     return await _queued(added.document.pk, response)
+
+
+@documents.post(
+    "/kbs/{kb_id}/chunk-preview",
+    response={200: ChunkPreviewOut, **WRITE, 413: ErrorOut, 415: ErrorOut, 429: ErrorOut},
+    throttle=[UploadRateThrottle()],
+)
+async def preview_chunks(
+    request: HttpRequest,
+    kb_id: UUID,
+    file: Annotated[UploadedFile, MultipartFile(..., description=".txt .md .html .pdf .docx")],
+    form: Form[ChunkPreviewIn],
+):
+    """The chunks a file would make, with the knowledge base's chunk settings or those given (editors).
+
+    The file is read as an upload is, within the same limits, and nothing is stored: no document,
+    no chunk. Answers the chunk count and the first 50 chunks with their offsets, tokens and pages.
+    """
+    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    DocumentService.check_upload_size(file.name, file.size)
+    data = await sync_to_async(file.read, thread_sensitive=False)()
+    return await ChunkPreviewService().apreview(
+        kb=kb, filename=file.name, data=data, chunk_size=form.chunk_size, chunk_overlap=form.chunk_overlap
+    )
 
 
 @documents.post(

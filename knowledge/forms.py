@@ -117,6 +117,20 @@ class UploadForm(forms.Form):
     files = MultipleFileField(help_text=".txt, .md, .html, .pdf or .docx; several at once if you like.")
     tags = TagsField(help_text="For every file uploaded, separated by commas. Searches can filter on them.")
     metadata = MetadataField()
+    # Only "Preview chunks" reads these: uploads are always chunked with the knowledge base's settings.
+    preview_chunk_size = forms.IntegerField(
+        label="Preview chunk size",
+        min_value=1,
+        required=False,
+        help_text="Tokens per chunk to preview with; empty: the knowledge base's. Uploads always use the "
+        "knowledge base's settings.",
+    )
+    preview_chunk_overlap = forms.IntegerField(
+        label="Preview chunk overlap",
+        min_value=0,
+        required=False,
+        help_text="Tokens shared with the previous chunk, to preview with; empty: the knowledge base's.",
+    )
 
     def __init__(self, *args, knowledge_bases, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -195,6 +195,8 @@ class ChunkOut(Schema):
     text: str
     char_start: int | None
     char_end: int | None
+    page_start: int | None = Field(description="The chunk's first page (from 1); null without pages.")
+    page_end: int | None
     archived: bool
 
     @staticmethod
@@ -214,6 +216,35 @@ class ChunkPage(Schema):
 class ChunkQuery(Schema):
     cursor: str | None = Field(None, max_length=100)
     limit: int = Field(50, ge=1, le=500)
+
+
+class ChunkPreviewIn(InputSchema):
+    """The form fields sent with a file to preview; left out, the knowledge base's own settings apply."""
+
+    chunk_size: int | None = Field(None, ge=1, le=254, description="Tokens per chunk.")
+    chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the chunk before.")
+
+
+class PreviewChunkOut(Schema):
+    index: int
+    char_start: int = Field(description="Where the chunk starts in the extracted text.")
+    char_end: int
+    token_count: int
+    page_start: int | None = Field(description="The chunk's first page (from 1); null without pages.")
+    page_end: int | None
+    text: str
+
+
+class ChunkPreviewOut(Schema):
+    filename: str
+    format: str
+    title: str = Field(description="The title the document would get.")
+    chunk_size: int
+    chunk_overlap: int
+    characters: int = Field(description="Characters of extracted text.")
+    page_count: int | None = Field(description="Pages of a PDF or a Word file with page breaks, else null.")
+    chunk_count: int = Field(description="How many chunks the file makes, all of them.")
+    chunks: list[PreviewChunkOut] = Field(description="The first 50 chunks.")
 
 
 class StatsOut(Schema):

@@ -145,6 +145,10 @@ class SearchResultOut(Schema):
     chunk_index: int
     char_start: int | None = Field(description="Where the chunk starts in the document's text.")
     char_end: int | None
+    page_start: int | None = Field(
+        description="The chunk's first page (from 1), for PDFs and Word files with page breaks; else null."
+    )
+    page_end: int | None = Field(description="The chunk's last page; null when page_start is.")
     highlights: list[HighlightOut] = Field(
         description="The words of `text` that match query words as BM25 sees them (stemmed, no stopwords)."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import textwrap
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
@@ -22,6 +23,17 @@ def corpus() -> list[tuple[str, str]]:
         text = path.read_text(encoding="utf-8")
         documents.append((text.splitlines()[0].lstrip("# ").strip(), text))
     return documents
+
+
+def corpus_pages(*subjects: str) -> list[str]:
+    """One printed page per subject: the first two paragraphs of the corpus document whose title has the
+    word, in lines of 90 characters (as a PDF holds them)."""
+    pages = []
+    for subject in subjects:
+        text = next(text for title, text in corpus() if subject in title)
+        paragraphs = [part for part in text.split("\n\n") if not part.startswith("#")][:2]
+        pages.append("\n".join(textwrap.wrap(" ".join(paragraphs), 90)))
+    return pages
 
 
 def make_user(*, username: str | None = None, superuser: bool = False, **fields):

@@ -7,4 +7,5 @@
 - `worker`: takes due documents off the queue, in a process of its own or inside the web server.
 - `events`: wakes an in-process worker when work is queued.
 - `file_import`: files and folders from the command line, known by their relative path.
+- `preview`: the chunks an uploaded file would make, read in the sandbox, without storing anything.
 """

@@ -20,6 +20,7 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 from charset_normalizer import from_bytes
 from django.conf import settings
+from docx.oxml.text.run import CT_Br
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 from pypdf import DocumentInformation, PasswordType, PdfReader
@@ -74,6 +75,9 @@ _HTML_BLOCKS = frozenset(
 )  # fmt: skip
 
 _DOCX_HEADING = re.compile(r"Heading ([1-9])")
+# What python-docx reads as a run's text (Run.text), in document order; a page break among them reads as "".
+_DOCX_RUN_TEXT = "w:br | w:cr | w:noBreakHyphen | w:ptab | w:t | w:tab"
+_DOCX_PAGE_BREAK = "w:r/w:br[@w:type='page'] | w:hyperlink/w:r/w:br[@w:type='page']"
 # Each read of a zip member inflates at most about this much: the cap is checked between reads.
 _ZIP_READ_BYTES = 64 * 1024
 
@@ -111,6 +115,12 @@ class ExtractedText:
     text: str
     title: str | None
     format: str
+    #: Where each page begins in `text` (page 1 first); None for a source without pages.
+    page_starts: list[int] | None = None
+
+
+# What an extractor reads: the whole text, or a paged source's text page by page.
+RawText = str | list[str]
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,7 @@ def extract_text(*, data: bytes, filename: str) -> ExtractedText:
     if program := describe_program(data):
         raise ExtractionError(program_message(filename, format_name, program))
     try:
-        raw_text, title = _EXTRACTORS[format_name](data, filename)
+        raw, title = _EXTRACTORS[format_name](data, filename)
     except (ExtractionError, MemoryError):
         raise
     except Exception as error:
@@ -141,13 +151,13 @@ def extract_text(*, data: bytes, filename: str) -> ExtractedText:
             f"{filename} is not a valid {format_name.upper()} file (it may be damaged): "
             "open it in the program that made it, save it again and upload the new copy."
         ) from error
-    text = _normalise(raw_text)
+    text, page_starts = _joined_pages(raw) if isinstance(raw, list) else (_normalise(raw), None)
     if not text:
         raise ExtractionError(f"{filename} contains no text.")
     max_chars = _limits().max_chars
     if len(text) > max_chars:
         raise _too_much_text(filename, max_chars)
-    return ExtractedText(text=text, title=title, format=format_name)
+    return ExtractedText(text=text, title=title, format=format_name, page_starts=page_starts)
 
 
 def _limits() -> _Limits:
@@ -199,6 +209,23 @@ def _normalise(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
+def _joined_pages(pages: list[str]) -> tuple[str, list[int]]:
+    """The pages' text, normalised one by one and joined by blank lines, and where each page begins in it.
+
+    An empty page begins where the next page's text does, so a character offset always falls on
+    the last page beginning at or before it.
+    """
+    parts: list[str] = []
+    starts: list[int] = []
+    length = 0
+    for page in pages:
+        starts.append(length + 2 if parts else 0)
+        if page_text := _normalise(page):
+            length = starts[-1] + len(page_text)
+            parts.append(page_text)
+    return "\n\n".join(parts), starts
+
+
 def _clean_title(title: str | None) -> str | None:
     if not title:
         return None
@@ -241,11 +268,11 @@ def _guess_decoding(data: bytes) -> str | None:
     return str(best)
 
 
-def _extract_txt(data: bytes, filename: str) -> tuple[str, str | None]:
+def _extract_txt(data: bytes, filename: str) -> tuple[RawText, str | None]:
     return _decode_text(data, filename), None
 
 
-def _extract_md(data: bytes, filename: str) -> tuple[str, str | None]:
+def _extract_md(data: bytes, filename: str) -> tuple[RawText, str | None]:
     text = _LINE_BREAK.sub("\n", _decode_text(data, filename))
     front_matter = _FRONT_MATTER.match(text)
     if front_matter is None:
@@ -271,7 +298,7 @@ def _markdown_h1(text: str) -> str | None:
     return None
 
 
-def _extract_html(data: bytes, filename: str) -> tuple[str, str | None]:
+def _extract_html(data: bytes, filename: str) -> tuple[RawText, str | None]:
     # Given bytes, BeautifulSoup decodes them by the BOM, the <meta> charset or its own detection.
     soup = BeautifulSoup(data, "lxml")
     title = _clean_title(soup.title.get_text()) if soup.title else None
@@ -356,7 +383,7 @@ class _HtmlBlocks:
             self._prefix = ""
 
 
-def _extract_pdf(data: bytes, filename: str) -> tuple[str, str | None]:
+def _extract_pdf(data: bytes, filename: str) -> tuple[RawText, str | None]:
     limits = _limits()
     encrypted = f"{filename} is encrypted: remove its password and upload it again."
     with _summarised_pdf_warnings(filename):
@@ -384,7 +411,7 @@ def _extract_pdf(data: bytes, filename: str) -> tuple[str, str | None]:
     text = "\n\n".join(pages)
     if not text.strip():
         raise ExtractionError(f"{filename} has no text layer (is it a scanned image?): run OCR on it first.")
-    return text, _pdf_title(metadata, text, filename)
+    return pages, _pdf_title(metadata, text, filename)
 
 
 def _pdf_title(metadata: DocumentInformation | None, text: str, filename: str) -> str | None:
@@ -473,26 +500,35 @@ def _summarised_pdf_warnings(filename: str) -> Iterator[None]:
             )
 
 
-def _extract_docx(data: bytes, filename: str) -> tuple[str, str | None]:
+def _extract_docx(data: bytes, filename: str) -> tuple[RawText, str | None]:
+    """The document's blocks, page by page if it has explicit page breaks (Word's own layout is not known)."""
     document = docx.Document(io.BytesIO(_unpacked_docx(data, filename)))
-    blocks: list[str] = []
+    pages: list[list[str]] = [[]]
     # The first "Title" and "Heading 1" paragraphs, which stand in for a missing document title.
     title_candidates: dict[str, str] = {}
     for item in document.iter_inner_content():
         if isinstance(item, Table):
-            blocks.extend(_docx_rows(item))
+            pages[-1].extend(_docx_rows(item))
             continue
         style = _docx_style(item)
-        if block := _docx_paragraph(item, style):
-            blocks.append(block)
-            if style in ("Title", "Heading 1"):
-                title_candidates.setdefault(style, block.split(" ", 1)[1])
+        # A paragraph at the top of a page (nothing read on it yet) is on a new page already.
+        if pages[-1] and _docx_breaks_page_before(item):
+            pages.append([])
+        for position, text in enumerate(_docx_page_parts(item)):
+            if position:
+                pages.append([])
+            if block := _docx_paragraph(item, style, text):
+                pages[-1].append(block)
+                if style in ("Title", "Heading 1"):
+                    title_candidates.setdefault(style, block.split(" ", 1)[1])
     title = (
         _clean_title(document.core_properties.title)
         or title_candidates.get("Title")
         or title_candidates.get("Heading 1")
     )
-    return "\n\n".join(blocks), title
+    if len(pages) == 1:
+        return "\n\n".join(pages[0]), title
+    return ["\n\n".join(blocks) for blocks in pages], title
 
 
 def _unpacked_docx(data: bytes, filename: str) -> bytes:
@@ -537,8 +573,34 @@ def _docx_style(paragraph: Paragraph) -> str:
     return paragraph.style.name if paragraph.style is not None else ""
 
 
-def _docx_paragraph(paragraph: Paragraph, style: str) -> str:
-    text = paragraph.text.strip()
+def _docx_breaks_page_before(paragraph: Paragraph) -> bool:
+    """Whether the paragraph starts a new page (w:pageBreakBefore), set on it or inherited from its style."""
+    if (direct := paragraph.paragraph_format.page_break_before) is not None:
+        return direct
+    style = paragraph.style
+    while style is not None:
+        if (inherited := style.paragraph_format.page_break_before) is not None:
+            return inherited
+        style = style.base_style
+    return False
+
+
+def _docx_page_parts(paragraph: Paragraph) -> list[str]:
+    """The paragraph's text cut at its explicit page breaks (`<w:br w:type="page"/>`), in order."""
+    if not paragraph._p.xpath(_DOCX_PAGE_BREAK):
+        return [paragraph.text]
+    parts = [""]
+    for run in paragraph._p.xpath("w:r | w:hyperlink/w:r"):
+        for element in run.xpath(_DOCX_RUN_TEXT):
+            if isinstance(element, CT_Br) and element.type == "page":
+                parts.append("")
+            else:
+                parts[-1] += str(element)
+    return parts
+
+
+def _docx_paragraph(paragraph: Paragraph, style: str, text: str) -> str:
+    text = text.strip()
     if not text:
         return ""
     heading = _DOCX_HEADING.fullmatch(style)
@@ -563,7 +625,7 @@ def _docx_rows(table: Table) -> list[str]:
     return rows
 
 
-_EXTRACTORS: dict[str, Callable[[bytes, str], tuple[str, str | None]]] = {
+_EXTRACTORS: dict[str, Callable[[bytes, str], tuple[RawText, str | None]]] = {
     "txt": _extract_txt,
     "md": _extract_md,
     "html": _extract_html,

@@ -293,6 +293,7 @@ class IngestionService:
                 tags=document.tags,
                 metadata=document.metadata,
                 collection_name=collection_name,
+                page_starts=document.page_starts,
             )
             done += len(batch)
             await self._record_progress(document, worker_id, done, len(chunks))
@@ -342,7 +343,7 @@ class IngestionService:
         extracted = reading.result()
         if extracted.title and document.title == DocumentService.default_title(document.source_name):
             document.title = extracted.title[:500]
-        document.text = extracted.text
+        document.text, document.page_starts = extracted.text, extracted.page_starts
         await self._store_text(document, worker_id)
 
     async def _stop_when_withdrawn(self, document: Document, worker_id: str) -> None:
@@ -366,7 +367,10 @@ class IngestionService:
     def _store_text(self, document: Document, worker_id: str) -> None:
         with transaction.atomic():
             stored = Document.objects.filter(pk=document.pk, claimed_by=worker_id).update(
-                text=document.text, title=document.title, updated_at=timezone.now()
+                text=document.text,
+                title=document.title,
+                page_starts=document.page_starts,
+                updated_at=timezone.now(),
             )
             if not stored:
                 raise LostClaim(document.pk)

@@ -108,7 +108,9 @@ async def extract_text_in_sandbox(
         raise budget.too_big(filename)
     if "error" in reply:
         raise ExtractionError(reply["error"])
-    return ExtractedText(text=reply["text"], title=reply["title"], format=reply["format"])
+    return ExtractedText(
+        text=reply["text"], title=reply["title"], format=reply["format"], page_starts=reply["page_starts"]
+    )
 
 
 def _reply(returncode: int, stdout: bytes, stderr: bytes, filename: str, budget: ExtractionBudget) -> dict:
@@ -184,7 +186,12 @@ def main() -> None:
     try:
         data = sys.stdin.buffer.read()
         extracted = extract_text(data=data, filename=request["filename"])
-        reply = {"text": extracted.text, "title": extracted.title, "format": extracted.format}
+        reply = {
+            "text": extracted.text,
+            "title": extracted.title,
+            "format": extracted.format,
+            "page_starts": extracted.page_starts,
+        }
     except ExtractionError as error:
         reply = {"error": error.message}
     except MemoryError:

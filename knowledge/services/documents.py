@@ -114,18 +114,7 @@ class DocumentService:
         replaced document keeps its own) go with every chunk, for search filters.
         """
         refuse_nul_characters(file_name=filename, title=title, source_name=source_name)
-        name = PurePath(filename or "").name
-        if not name:
-            raise InvalidInput("The upload has no file name.")
-        self.check_upload_size(name, len(data))
-        source_format = format_for(name)
-        if source_format is None:
-            readable = ", ".join(sorted(set(SUPPORTED_FORMATS)))
-            raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
-        if not data:
-            raise InvalidInput(f"{name} is empty.")
-        if program := describe_program(data):
-            raise UnsupportedFormat(program_message(name, source_format, program))
+        name, source_format = self.check_upload(filename, data)
         return self._add(
             kb=kb,
             source_name=source_name or name,
@@ -184,6 +173,24 @@ class DocumentService:
         """The title a document gets from its file name until its own title is found in the text."""
         return PurePath(source_name).stem or "Untitled"
 
+    @classmethod
+    def check_upload(cls, filename: str, data: bytes) -> tuple[str, str]:
+        """The upload's file name (without its path) and format; a KnowledgeError says why it is refused."""
+        refuse_nul_characters(file_name=filename)
+        name = PurePath(filename or "").name
+        if not name:
+            raise InvalidInput("The upload has no file name.")
+        cls.check_upload_size(name, len(data))
+        source_format = format_for(name)
+        if source_format is None:
+            readable = ", ".join(sorted(set(SUPPORTED_FORMATS)))
+            raise UnsupportedFormat(f"{name} is not a file kbsite can read; it reads {readable}.")
+        if not data:
+            raise InvalidInput(f"{name} is empty.")
+        if program := describe_program(data):
+            raise UnsupportedFormat(program_message(name, source_format, program))
+        return name, source_format
+
     @staticmethod
     def check_upload_size(name: str, size: int) -> None:
         limit = int(settings.INGESTION["MAX_UPLOAD_BYTES"])
@@ -224,6 +231,8 @@ class DocumentService:
             document.source_size = size
             document.content_hash = digest
             document.text = text
+            # A file's pages are known once its text is extracted; typed text has none.
+            document.page_starts = None
             for field, value in {**REQUEUED, **labels}.items():
                 setattr(document, field, value)
             try:

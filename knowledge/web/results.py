@@ -60,10 +60,15 @@ def _item(
         f'<h3><a href="{href}">{escape(result.title)}</a></h3>'
         f'<p class="result-meta"><span class="kb-name">{escape(kb_names.get(result.kb_id, ""))}</span> '
         f'<span>score <span class="score">{result.score:.3f}</span></span> {where} '
-        f"<span>passage {result.chunk_index + 1}</span></p>"
+        f"<span>passage {result.chunk_index + 1}</span>{_pages(result)}</p>"
         f'<p class="passage">{marked_html(result.content, result.highlights)}</p>'
         f"{_further(further, document_path, back)}</li>"
     )
+
+
+def _pages(result: SearchResult) -> str:
+    """"p. 3" or "pp. 3–4" for a document with pages, else nothing."""
+    return f' <span class="pages">{result.pages}</span> ' if result.page_start is not None else ""
 
 
 def _further(passages: Sequence[SearchResult], document_path: str, back: str) -> str:
@@ -71,7 +76,7 @@ def _further(passages: Sequence[SearchResult], document_path: str, back: str) ->
         return ""
     items = "".join(
         f'<li><a href="{escape(_document_link(document_path, hit, back))}">passage {hit.chunk_index + 1}</a> '
-        f'<span>score <span class="score">{hit.score:.3f}</span></span>'
+        f'{_pages(hit)}<span>score <span class="score">{hit.score:.3f}</span></span>'
         f'<p class="passage">{marked_html(hit.content, hit.highlights)}</p></li>'
         for hit in passages
     )

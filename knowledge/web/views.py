@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from knowledge.errors import DocumentNotFound, KnowledgeBaseNotFound, PermissionDenied
 from knowledge.forms import UploadForm
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS
-from knowledge.models import DocumentStatus, Role
+from knowledge.models import Document, DocumentStatus, Role
 from knowledge.selectors import (
     knowledge_bases_with_roles,
     readable_document,
@@ -32,6 +32,7 @@ from knowledge.services.permissions import PermissionService
 from knowledge.web.forms import MemberSearchForm
 from knowledge.web.results import results_html
 from search.errors import SearchError
+from search.pages import page_label, page_range
 from search.services.search import MAX_KNOWLEDGE_BASES, MAX_QUERY_CHARS, get_search_service
 
 RECENT_DOCUMENTS = 30
@@ -111,15 +112,19 @@ def _more_link(request: HttpRequest, limit: int, shown: int) -> str:
     return f"?{urlencode([*query, ('limit', limit)])}#result-{shown + 1}"
 
 
-def _passage(text: str, start: str | None, end: str | None) -> tuple[str, str, str] | None:
-    """`text` cut around the passage [start, end) given in the query string, or None if it names none."""
+def _passage(document: Document, start: str | None, end: str | None) -> dict | None:
+    """The text cut around the passage [start, end) named in the query string, and its pages; None if none."""
+    text = document.text
     try:
         first, last = int(start or ""), int(end or "")
     except ValueError:
         return None
     if not 0 <= first < last <= len(text):
         return None
-    return text[:first], text[first:last], text[last:]
+    pages = page_range(document.page_starts, char_start=first, char_end=last)
+    return {
+        "before": text[:first], "hit": text[first:last], "after": text[last:], "pages": page_label(*pages)
+    }
 
 
 @login_required
@@ -133,7 +138,7 @@ async def document(request: HttpRequest, document_id: UUID) -> HttpResponse:
     context = {
         "viewer": user,
         "document": found,
-        "passage": _passage(found.text, request.GET.get("start"), request.GET.get("end")),
+        "passage": _passage(found, request.GET.get("start"), request.GET.get("end")),
         "back_url": reverse("web:search") + (f"?{back}" if back else ""),
     }
     return render(request, "knowledge/web/document.html", context)

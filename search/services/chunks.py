@@ -12,6 +12,7 @@ from qdrant_client import models
 
 from search.chunking import TextChunk
 from search.filters import METADATA_FIELD, TAGS_FIELD, CompiledFilter
+from search.pages import page_label, page_range
 from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
 from search.query_batching import QueryBatcher
 from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
@@ -52,6 +53,13 @@ class StoredChunk:
     score: float | None = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The pages (from 1) the chunk spans, for documents with pages (PDF, DOCX with page breaks).
+    page_start: int | None = None
+    page_end: int | None = None
+
+    @property
+    def pages(self) -> str:
+        return page_label(self.page_start, self.page_end)
 
     @classmethod
     def from_point(cls, point: Any) -> StoredChunk:
@@ -69,6 +77,8 @@ class StoredChunk:
             score=getattr(point, "score", None),
             tags=tuple(payload.get(TAGS_FIELD) or ()),
             metadata=dict(payload.get(METADATA_FIELD) or {}),
+            page_start=payload.get("page_start"),
+            page_end=payload.get("page_end"),
         )
 
 
@@ -90,6 +100,11 @@ def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
 def _labels_payload(tags: Sequence[str], metadata: dict[str, Any]) -> dict[str, Any]:
     """A document's tags and metadata as every one of its chunks carries them, for filters to read."""
     return {TAGS_FIELD: list(tags), METADATA_FIELD: dict(metadata)}
+
+
+def _page_payload(page_starts: Sequence[int] | None, chunk: TextChunk) -> dict[str, int | None]:
+    first, last = page_range(page_starts, char_start=chunk.char_start, char_end=chunk.char_end)
+    return {"page_start": first, "page_end": last}
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:
@@ -365,14 +380,15 @@ class ChunkService:
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
         collection_name: str | None = None,
+        page_starts: Sequence[int] | None = None,
     ) -> int:
         """Write chunks with their vectors; the KB's collection is created on first write.
 
         `keyword_vectors` (BM25, one per chunk) go with the dense ones into a collection of named
         vectors; without them the chunks go to a collection made before hybrid search, as one
-        unnamed vector. Each chunk carries the document's `tags` and `metadata`, which filters read.
-        `collection_name` writes into a given collection version instead (a
-        rebuild in progress).
+        unnamed vector. Each chunk carries the document's `tags` and `metadata`, which filters read, and,
+        from `page_starts` (the document's, see `search.pages`), its page range. `collection_name` writes
+        into a given collection version instead (a rebuild in progress).
         """
         if len(chunks) != len(vectors) or (keyword_vectors is not None and len(keyword_vectors) != len(chunks)):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
@@ -396,6 +412,7 @@ class ChunkService:
                     "title": title,
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
+                    **_page_payload(page_starts, chunk),
                     **_archive_payload(archived_at),
                     **_labels_payload(tags, metadata or {}),
                 },

@@ -33,6 +33,7 @@ from search.errors import (
 )
 from search.filters import compile_filter
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
+from search.pages import page_label
 from search.services.chunks import ChunkService, StoredChunk
 
 MAX_LIMIT = 100
@@ -101,6 +102,13 @@ class SearchResult:
     context: str | None = None
     context_start: int | None = None
     context_end: int | None = None
+    page_start: int | None = None
+    page_end: int | None = None
+
+    @property
+    def pages(self) -> str:
+        """"p. 3" or "pp. 3–4", empty for a document without pages."""
+        return page_label(self.page_start, self.page_end)
 
     @classmethod
     def from_chunk(cls, chunk: StoredChunk, highlights: Sequence[tuple[int, int]] = ()) -> SearchResult:
@@ -114,6 +122,8 @@ class SearchResult:
             score=float(chunk.score or 0.0),
             char_start=chunk.char_start,
             char_end=chunk.char_end,
+            page_start=chunk.page_start,
+            page_end=chunk.page_end,
         )
 
 

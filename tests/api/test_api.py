@@ -1303,6 +1303,8 @@ async def test_search_results_carry_the_chunk_and_where_it_comes_from(two_kbs, r
         "chunk_index",
         "char_start",
         "char_end",
+        "page_start",
+        "page_end",
         "highlights",
         "context",
         "context_start",
@@ -1314,6 +1316,7 @@ async def test_search_results_carry_the_chunk_and_where_it_comes_from(two_kbs, r
     assert marked and marked <= {"bee", "bees", "tell", "tells", "flower", "flowers"}
     assert 0 <= best["chunk_index"] < bees.chunk_count
     assert best["text"] and best["text"] == bees.text[best["char_start"] : best["char_end"]]
+    assert (best["page_start"], best["page_end"]) == (None, None)  # typed text has no pages
 
 
 async def test_a_search_may_be_limited_to_some_documents(two_kbs, owner_headers) -> None:

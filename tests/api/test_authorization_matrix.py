@@ -70,6 +70,7 @@ KB_CALLS = [
     Call("GET", "/kbs/{kb}/documents", Role.READER, 200),
     Call("POST", "/kbs/{kb}/documents/text", Role.EDITOR, 202, body={"title": "Planted", "text": "Planted here."}),
     Call("POST", "/kbs/{kb}/documents", Role.EDITOR, 202, multipart=True),
+    Call("POST", "/kbs/{kb}/chunk-preview", Role.EDITOR, 200, multipart=True),
 ]
 DOCUMENT_CALLS = [
     Call("GET", DOCUMENT, Role.READER, 200),

@@ -33,6 +33,7 @@ OPERATION_IDS = {
     "set_member",
     "remove_member",
     "upload_document",
+    "preview_chunks",
     "create_text_document",
     "list_documents",
     "get_document",

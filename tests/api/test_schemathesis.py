@@ -345,6 +345,26 @@ def test_a_file_upload_answers_as_the_schema_says(api_schema, site):
     assert response.headers["location"] == [response.json()["url"]]
 
 
+def test_a_chunk_preview_answers_as_the_schema_says(api_schema, site):
+    case = _case(
+        api_schema,
+        "POST",
+        KB + "/chunk-preview",
+        path_parameters={"kb_id": site.kb_id},
+        media_type="multipart/form-data",
+        body={"chunk_size": 32, "chunk_overlap": 4},
+    )
+    # Given files, the request carries no other body: the form fields go as parts without a file name.
+    files = {
+        "file": ("jazz.md", (CORPUS_DIR / "jazz.md").read_bytes(), "text/markdown"),
+        "chunk_size": (None, "32"),
+        "chunk_overlap": (None, "4"),
+    }
+    response = _call_and_validate(case, site, files=files)
+    assert response.status_code == 200, response.text
+    assert response.json()["chunk_count"] > 1 and response.json()["chunk_size"] == 32
+
+
 # Defects the fuzzing once found, kept as regression tests.
 
 

@@ -11,6 +11,7 @@ import tracemalloc
 import zipfile
 
 import pytest
+from docx.enum.text import WD_BREAK
 from pypdf import PageObject, PdfReader, PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
@@ -199,7 +200,10 @@ def test_pdf_text_comes_out_page_by_page() -> None:
     result = extract_text(data=pdf, filename="bees.pdf")
 
     assert result == ExtractedText(
-        text="Bees make honey.\nThey live in hives.\n\nA hive holds one queen.", title=None, format="pdf"
+        text="Bees make honey.\nThey live in hives.\n\nA hive holds one queen.",
+        title=None,
+        format="pdf",
+        page_starts=[0, 38],
     )
 
 
@@ -321,6 +325,71 @@ def test_docx_without_core_or_title_paragraph_takes_the_first_heading_1() -> Non
         document.add_heading("Chapter one", level=1)
 
     assert extract_text(data=make_docx(build), filename="book.docx").title == "Chapter one"
+
+
+def test_pdf_page_starts_say_where_each_page_begins_and_a_blank_page_shares_the_next_ones() -> None:
+    result = extract_text(data=make_pdf(["Page one.", "", "Page three.\nStill three."]), filename="gap.pdf")
+
+    assert result.text == "Page one.\n\nPage three.\nStill three."
+    assert result.page_starts == [0, 11, 11]
+
+
+def test_docx_explicit_page_breaks_start_pages_and_cut_a_paragraph_in_two() -> None:
+    def build(document) -> None:
+        document.add_heading("Hives", level=1)
+        document.add_paragraph("Bees live in hives.")
+        document.add_page_break()
+        document.add_paragraph("Tides rise twice a day.")
+        broken = document.add_paragraph("Before the break")
+        broken.add_run().add_break(WD_BREAK.PAGE)
+        broken.add_run("after the break.")
+
+    result = extract_text(data=make_docx(build), filename="pages.docx")
+
+    assert result.text == (
+        "# Hives\n\nBees live in hives.\n\nTides rise twice a day.\n\nBefore the break\n\nafter the break."
+    )
+    assert [result.text[start:].split("\n")[0] for start in result.page_starts] == [
+        "# Hives",
+        "Tides rise twice a day.",
+        "after the break.",
+    ]
+
+
+def test_docx_page_break_before_a_paragraph_starts_a_page_set_directly_or_by_its_style() -> None:
+    def build(document) -> None:
+        document.styles["Heading 2"].paragraph_format.page_break_before = True
+        document.add_paragraph("Introduction.")
+        document.add_heading("Chapter one", level=2)
+        document.add_paragraph("Chapter one text.")
+        document.add_paragraph("Appendix.").paragraph_format.page_break_before = True
+
+    result = extract_text(data=make_docx(build), filename="book.docx")
+
+    assert [result.text[start:].split("\n")[0] for start in result.page_starts] == [
+        "Introduction.",
+        "## Chapter one",
+        "Appendix.",
+    ]
+
+
+def test_docx_break_before_the_first_paragraph_or_right_after_a_page_break_adds_no_blank_page() -> None:
+    def build(document) -> None:
+        document.add_paragraph("Title page.").paragraph_format.page_break_before = True
+        document.add_page_break()
+        document.add_paragraph("Body.").paragraph_format.page_break_before = True
+
+    assert extract_text(data=make_docx(build), filename="book.docx").page_starts == [0, 13]
+
+
+def test_docx_without_explicit_page_breaks_has_no_pages() -> None:
+    assert extract_text(data=make_docx(build_report), filename="report.docx").page_starts is None
+
+
+def test_text_formats_have_no_pages() -> None:
+    # Not even a form feed, which plain text may use between printed pages but seldom does with care.
+    text = b"The first line of the notes, long enough to read as text.\fThe second line of the notes."
+    assert extract_text(data=text, filename="notes.txt").page_starts is None
 
 
 def test_docx_expanding_past_the_limit_is_refused(settings) -> None:
