@@ -334,7 +334,7 @@ class ChunkService:
         kb_id: UUID | str,
         include_archived: bool,
         document_ids: Sequence[UUID | str] | None,
-        metadata_filter: CompiledFilter | None,
+        metadata_filter: CompiledFilter | None = None,
     ) -> models.Filter:
         # The tenant guard stands should an alias ever point at a wrong collection.
         must: list[models.Condition] = [_match("kb_id", str(kb_id))]
