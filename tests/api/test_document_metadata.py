@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
@@ -287,3 +289,47 @@ async def test_a_rebuild_carries_the_labels_into_the_new_collection(kb, labelled
         SOURDOUGH[0],
     }
     assert await titles_found(owner_headers, kb, {"tag": {"any": ["ocean"]}}) == {TIDES[0]}
+
+
+LEAVE_TEXT = (
+    "Parents may take up to twenty-six weeks of parental leave after a birth or an adoption. "
+    "The first ten weeks are paid in full, the rest at half pay. Leave may be split into at most three "
+    "blocks, each announced four weeks ahead. Fathers and mothers have the same rights under this policy. "
+    "Holidays are not reduced by parental leave, and the job is kept for the whole of it. "
+    "Questions go to the people team, who answer within two working days."
+)
+
+
+def readme_combined_search() -> dict:
+    """The request of the README's "All of it in one search", as the README shows it."""
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    section = readme.split("### All of it in one search", 1)[1]
+    return json.loads(re.search(r"-d '(\{.*?\})'", section, re.S).group(1))
+
+
+async def test_the_readmes_combined_search_filters_groups_and_gives_context(kb, ingestion_service, reader_headers):
+    request = readme_combined_search()
+    assert {"filter", "group_by_document", "group_size", "context_chunks"} <= set(request)
+    shelf = [
+        ("Leave policy 2024", ["hr", "policy"], {"year": 2024, "status": "final"}),
+        ("Leave policy draft", ["hr"], {"year": 2025, "status": "draft"}),
+        ("Leave policy 2012", ["policy"], {"year": 2012, "status": "final"}),
+        ("Travel expenses", ["finance"], {"year": 2024, "status": "final"}),
+    ]
+    for title, tags, metadata in shelf:
+        document = await sync_to_async(make_document)(
+            kb=kb, title=title, text=f"{title}. {LEAVE_TEXT}", tags=tags, metadata=metadata
+        )
+        assert (await ingestion_service.ingest_now(document_id=document.id, worker_id="t")).status == "ready"
+
+    response = await client.post("/search", json={**request, "kb_ids": [str(kb.id)]}, headers=reader_headers)
+
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert [document["title"] for document in body["documents"]] == ["Leave policy 2024"]
+    hits = body["documents"][0]["hits"]
+    assert 1 <= len(hits) <= request["group_size"]
+    for hit in hits:
+        assert hit["page_start"] is None and hit["page_end"] is None  # typed text has no pages
+        assert hit["context_start"] <= hit["char_start"] < hit["char_end"] <= hit["context_end"]
+        assert f"Leave policy 2024. {LEAVE_TEXT}"[hit["context_start"]:hit["context_end"]] == hit["context"]
