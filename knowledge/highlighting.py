@@ -26,24 +26,25 @@ def _pieces(content: str, spans) -> list[tuple[int, int, bool]]:
 
 
 # Markdown's markers: a pattern with a `text` group keeps it and drops the rest; the others are replaced.
+# Each comes with the characters it cannot match without: a pattern is only run on text holding one.
 MARKDOWN_MARKERS = [
     # Whole lines that only shape the page: table separators, rules, code fences.
-    (re.compile(r"^[ \t]*\|?(?:[ \t]*:?-+:?[ \t]*\|)+[ \t]*(?::?-+:?)?[ \t]*(?:\n|$)", re.M), ""),
-    (re.compile(r"^[ \t]{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})(?:\n|$)", re.M), ""),
-    (re.compile(r"^[ \t]{0,3}(?:```|~~~).*(?:\n|$)", re.M), ""),
+    (re.compile(r"^[ \t]*\|?(?:[ \t]*:?-+:?[ \t]*\|)+[ \t]*(?::?-+:?)?[ \t]*(?:\n|$)", re.M), "", "|"),
+    (re.compile(r"^[ \t]{0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})(?:\n|$)", re.M), "", "-*_"),
+    (re.compile(r"^[ \t]{0,3}(?:```|~~~).*(?:\n|$)", re.M), "", "`~"),
     # Line starts: headings and quotes.
-    (re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.M), ""),
-    (re.compile(r"^[ \t]{0,3}>[ \t]?", re.M), ""),
+    (re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.M), "", "#"),
+    (re.compile(r"^[ \t]{0,3}>[ \t]?", re.M), "", ">"),
     # Table rows: the outer pipes go, the inner ones separate the cells.
-    (re.compile(r"^[ \t]*\|[ \t]*", re.M), ""),
-    (re.compile(r"[ \t]*\|[ \t]*$", re.M), ""),
-    (re.compile(r"(?<=\S)[ \t]*(?<!\\)\|[ \t]*(?=\S)"), " · "),
+    (re.compile(r"^[ \t]*\|[ \t]*", re.M), "", "|"),
+    (re.compile(r"[ \t]*\|[ \t]*$", re.M), "", "|"),
+    (re.compile(r"(?<=\S)[ \t]*(?<!\\)\|[ \t]*(?=\S)"), " · ", "|"),
     # Inline: images and links keep their text, emphasis and code their words.
-    (re.compile(r"!?\[(?P<text>[^\]\n]*)\]\([^)\n]*\)"), None),
-    (re.compile(r"(?P<mark>\*\*|__)(?=\S)(?P<text>[^\n]+?)(?<=\S)(?P=mark)"), None),
-    (re.compile(r"(?<![\w*])\*(?=[^\s*])(?P<text>[^\n*]+?)(?<=[^\s*])\*(?![\w*])"), None),
-    (re.compile(r"(?<![\w_])_(?=[^\s_])(?P<text>[^\n_]+?)(?<=[^\s_])_(?![\w_])"), None),
-    (re.compile(r"`(?P<text>[^`\n]+)`"), None),
+    (re.compile(r"!?\[(?P<text>[^\]\n]*)\]\([^)\n]*\)"), None, "["),
+    (re.compile(r"(?P<mark>\*\*|__)(?=\S)(?P<text>[^\n]+?)(?<=\S)(?P=mark)"), None, "*_"),
+    (re.compile(r"(?<![\w*])\*(?=[^\s*])(?P<text>[^\n*]+?)(?<=[^\s*])\*(?![\w*])"), None, "*"),
+    (re.compile(r"(?<![\w_])_(?=[^\s_])(?P<text>[^\n_]+?)(?<=[^\s_])_(?![\w_])"), None, "_"),
+    (re.compile(r"`(?P<text>[^`\n]+)`"), None, "`"),
 ]
 
 
@@ -59,7 +60,9 @@ def markdown_edits(content: str) -> list[tuple[int, int, str]]:
     if not MAYBE_MARKDOWN.search(content):
         return []
     edits = []
-    for pattern, replacement in MARKDOWN_MARKERS:
+    for pattern, replacement, needs in MARKDOWN_MARKERS:
+        if not any(char in content for char in needs):
+            continue
         for match in pattern.finditer(content):
             if replacement is not None:
                 edits.append((match.start(), match.end(), replacement))

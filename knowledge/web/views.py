@@ -60,7 +60,6 @@ async def search(request: HttpRequest) -> HttpResponse:
         "per_document": form.is_bound and form["per_document"].value(),
         "limit": (form.cleaned_data["limit"] if form.is_bound and form.is_valid() else None) or 10,
         "max_query_chars": MAX_QUERY_CHARS,
-        "search_url": reverse("web:search"),
         "searched": False,
     }
     if form.is_bound and not form.is_valid():
