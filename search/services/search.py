@@ -339,8 +339,10 @@ class SearchService:
             )
             every_hit = (hit for hits in hits_per_kb for hit in hits)
             hits = sorted(every_hit, key=lambda hit: hit.score or 0.0, reverse=True)[:limit]
+        # One encoder per KB, not per hit: reading a KB's settings costs more than marking a hit.
+        encoders = {kb_id: self._encoder_for(found[kb_id]) for kb_id in {hit.kb_id for hit in hits}}
         found_hits = [
-            SearchResult.from_chunk(hit, self._encoder_for(found[hit.kb_id]).highlights(query, hit.content))
+            SearchResult.from_chunk(hit, encoders[hit.kb_id].highlights(query, hit.content))
             for hit in hits
         ]
         if context_chunks:
