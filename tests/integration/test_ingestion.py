@@ -28,6 +28,7 @@ from search.services.chunks import ChunkService
 from search.services.search import SearchService
 from tests.factories import corpus, make_kb
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
+from tests.support.waiting import await_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -72,6 +73,10 @@ def kb(test_user):
 
 def upload(kb, name: str, data: bytes) -> Document:
     return DocumentService().add_upload(kb=kb, filename=name, data=data).document
+
+
+def is_settled(document: Document) -> bool:
+    return document.status not in (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
 
 
 async def search(kb, user, query: str, **options):
@@ -304,13 +309,11 @@ async def test_the_embedded_server_takes_back_at_once_what_its_killed_predecesso
     await start_in_process()
     try:
         # The lease has minutes to run: only taking the claim back finishes the document in time.
-        async with asyncio.timeout(30):
-            while (await Document.objects.aget(pk=stranded.pk)).status != DocumentStatus.READY:
-                await asyncio.sleep(0.05)
+        finished = await await_until(lambda: Document.objects.aget(pk=stranded.pk), is_settled, seconds=30)
     finally:
         await stop_in_process()
 
-    finished = await Document.objects.aget(pk=stranded.pk)
+    assert finished.status == DocumentStatus.READY, f"{finished.status} after 30 s: {finished.error}"
     chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=finished.id, limit=500)
     assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
 
@@ -457,17 +460,21 @@ async def test_deleting_a_document_or_a_kb_removes_its_points(kb) -> None:
     assert not await Document.objects.filter(pk=guide.pk).aexists()
 
 
-async def test_the_in_process_worker_indexes_what_is_uploaded(kb, settings) -> None:
+async def test_the_in_process_worker_indexes_what_is_uploaded(kb, test_user, settings) -> None:
     settings.INGESTION = {**settings.INGESTION, "IN_PROCESS_WORKER": "true", "POLL_SECONDS": 30}
     await start_in_process()
     try:
         document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
-        # The upload wakes the worker; its 30 s poll would be far too late for this wait.
-        async with asyncio.timeout(20):
-            while (await Document.objects.aget(pk=document.pk)).status != DocumentStatus.READY:
-                await asyncio.sleep(0.05)
+        # The upload wakes the worker; its 30 s poll would come after this wait's 20 s.
+        settled = await await_until(lambda: Document.objects.aget(pk=document.pk), is_settled, seconds=20)
     finally:
         await stop_in_process()
+
+    assert settled.status == DocumentStatus.READY, f"{settled.status} after 20 s: {settled.error or 'not woken'}"
+    assert settled.chunk_count > 0 and settled.claimed_by == ""
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.pk) == settled.chunk_count
+    results = await search(kb, test_user, "folding dough while it rises", limit=1)
+    assert results[0].document_id == document.pk
 
 
 async def test_a_new_version_uploaded_while_the_old_one_is_indexed_is_indexed_next(kb, test_user) -> None:
