@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# Processes for the tests that may run side by side: one per core.
+TEST_WORKERS ?= auto
 # The browser test drives Debian's Chromium; nothing downloads a browser of its own.
 CHROMIUM := /usr/bin/chromium
 
@@ -37,5 +39,13 @@ run: setup
 	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)/
 	$(BIN)/uvicorn kbsite.asgi:application --host $(HOST) --port $(PORT)
 
+# Two parts: the independent tests in TEST_WORKERS processes at once (pytest-xdist), then the timed load,
+# browser and drill tests alone (tests/conftest.py: --run-part); each prints its 30 slowest tests. Both
+# parts always run. pytest exits 5 when PYTEST_ARGS leave a part no test: fine, unless both are empty.
 test: setup-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest --run-part=parallel -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS); \
+	parallel=$$?; \
+	$(BIN)/python -m pytest --run-part=alone --durations=30 $(PYTEST_ARGS); \
+	alone=$$?; \
+	echo "make test: the parallel part exited $$parallel, the part run alone $$alone (0 passed, 5 no test chosen)"; \
+	case $$parallel:$$alone in 0:0|0:5|5:0) exit 0 ;; 5:5) exit 5 ;; 0:*|5:*) exit $$alone ;; *) exit $$parallel ;; esac

@@ -17,6 +17,44 @@ from search.services.collections import CollectionService
 from tests.factories import corpus, make_document, make_kb, make_user
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
+#: Tests `make test` runs alone, after the others (`--run-part`): the timed load tests, the browser
+#: tests (Chromium against a live server) and the crash and outage drills, whose timings a neighbour
+#: sharing the CPU would distort. Every other test is independent of the tests beside it: its own
+#: in-memory Qdrant store and test database per process, free ports, files in tmp dirs.
+RUN_ALONE_MARKERS = ("performance", "browser", "drill")
+SHARED_SCOPES = ("package", "module", "class")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-part",
+        choices=("all", "parallel", "alone"),
+        default="all",
+        help=f"all tests; only those that may run in parallel (-n); or only those run alone ({', '.join(RUN_ALONE_MARKERS)})",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    part = config.getoption("run_part")
+    kept, dropped = [], []
+    for item in items:
+        alone = any(item.get_closest_marker(marker) for marker in RUN_ALONE_MARKERS)
+        (kept if part == "all" or alone == (part == "alone") else dropped).append(item)
+        # A fixture built once per module or class (a live server, say) stays once: under pytest-xdist's
+        # --dist loadgroup, the tests sharing it go to one process.
+        if _shares_a_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return False
+    return any(definitions[-1].scope in SHARED_SCOPES for definitions in fixtures.name2fixturedefs.values())
+
 
 class MemoisingEmbeddings:
     """The real embedding service, remembering document vectors so each corpus text is embedded once per run."""

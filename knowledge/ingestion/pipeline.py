@@ -1,7 +1,6 @@
-"""The ingestion queue and pipeline: claim a document, extract its text, chunk, embed, store, record the outcome.
+"""The ingestion pipeline: extract a claimed document's text, chunk, embed, store, and record the outcome.
 
-The document rows are the queue. A worker claims one with a lease it keeps renewing; a worker that
-dies stops renewing, and once the lease runs out any worker may claim the document again. Point
+The queue it takes documents from and records outcomes in is `knowledge.ingestion.queue`. Point
 ids are derived from (document, chunk index), so doing a document again never duplicates chunks.
 """
 
@@ -9,20 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import PurePath
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
-from django.db.models import Case, F, Q, When
+from django.db import DatabaseError
 from django.utils import timezone
 
 from knowledge.errors import InvalidInput
 from knowledge.ingestion.extraction import ExtractionError
+from knowledge.ingestion.queue import DocumentQueue, LostClaim
 from knowledge.ingestion.sandbox import extract_text_in_sandbox
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import labels_fingerprint
@@ -40,10 +38,6 @@ ProgressCallback = Callable[[Document, int, int], None]
 # Retrying cannot help these: the file or the settings must change first.
 PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError)
 STORE_WAIT = "Waiting for the vector store"
-
-
-class LostClaim(Exception):
-    """The document is no longer this worker's: deleted, queued again, or reclaimed after a lapse."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +80,7 @@ class IngestionService:
         self.chunk_service = chunk_service or ChunkService()
         self.embeddings = embeddings or embedding_service
         self.config = config or IngestionSettings.from_settings()
+        self.queue = DocumentQueue(lease_seconds=self.config.lease_seconds)
 
     def chunker_for(self, kb: KnowledgeBase) -> TokenChunker:
         embedder = self.embeddings.embedder
@@ -105,7 +100,7 @@ class IngestionService:
         collection_name: str | None = None,
     ) -> Document | None:
         """Claim one document and process it here and now; None if another worker holds it."""
-        document = await self.aclaim(document_id=document_id, worker_id=worker_id)
+        document = await self.queue.aclaim(document_id=document_id, worker_id=worker_id)
         if document is None:
             return None
         return await self.process(
@@ -128,100 +123,6 @@ class IngestionService:
                 return document
             await asyncio.sleep(max((document.next_attempt_at - timezone.now()).total_seconds(), 0))
 
-    # The queue. Each is one short transaction in sync code, wrapped once for async callers.
-
-    def claim_next(
-        self,
-        *,
-        worker_id: str,
-        knowledge_base_ids: Sequence[UUID] | None = None,
-        busy_knowledge_base_ids: Collection[UUID] = (),
-    ) -> Document | None:
-        """Claim the oldest document that is due: pending, or processing under a lapsed lease.
-
-        Documents of knowledge bases not in `busy_knowledge_base_ids` (those the worker has in
-        work) come first, so one KB's big upload does not hold up the others.
-        """
-        now = timezone.now()
-        due = Q(status=DocumentStatus.PENDING) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        lapsed = Q(status=DocumentStatus.PROCESSING, lease_expires_at__lt=now)
-        candidates = Document.objects.filter(due | lapsed)
-        if knowledge_base_ids is not None:
-            candidates = candidates.filter(knowledge_base_id__in=list(knowledge_base_ids))
-        with transaction.atomic():
-            if connection.features.has_select_for_update_skip_locked:
-                # Workers pass over rows another worker is claiming instead of queueing behind it.
-                candidates = candidates.select_for_update(skip_locked=True)
-            order = ["created_at"]
-            if busy_knowledge_base_ids:
-                busy = Case(When(knowledge_base_id__in=list(busy_knowledge_base_ids), then=1), default=0)
-                candidates, order = candidates.annotate(busy=busy), ["busy", "created_at"]
-            for document_id in candidates.order_by(*order).values_list("id", flat=True)[:5]:
-                if self._take(document_id, worker_id, due | lapsed):
-                    return self._claimed(document_id)
-        return None
-
-    def claim(self, *, document_id: UUID, worker_id: str) -> Document | None:
-        """Claim one given document unless another worker holds it under a live lease."""
-        free = ~Q(status=DocumentStatus.PROCESSING) | Q(lease_expires_at__lt=timezone.now())
-        with transaction.atomic():
-            if self._take(document_id, worker_id, free):
-                return self._claimed(document_id)
-        return None
-
-    def _take(self, document_id: UUID, worker_id: str, condition: Q) -> bool:
-        # The conditional UPDATE is what makes a claim exclusive, on SQLite as on PostgreSQL.
-        taken = Document.objects.filter(condition, pk=document_id).update(
-            status=DocumentStatus.PROCESSING,
-            claimed_by=worker_id,
-            lease_expires_at=timezone.now() + timedelta(seconds=self.config.lease_seconds),
-            attempts=F("attempts") + 1,
-            chunks_done=0,
-            chunks_total=0,
-            updated_at=timezone.now(),
-        )
-        return taken == 1
-
-    @staticmethod
-    def _claimed(document_id: UUID) -> Document:
-        return Document.objects.select_related("knowledge_base").get(pk=document_id)
-
-    def release(self, *, document_id: UUID, worker_id: str) -> None:
-        """Give a claimed document back to the queue untouched (a worker shutting down)."""
-        Document.objects.filter(pk=document_id, claimed_by=worker_id).update(
-            status=DocumentStatus.PENDING, claimed_by="", lease_expires_at=None, attempts=0, updated_at=timezone.now()
-        )
-
-    def release_stale_claims(self, *, keep_worker_id: str) -> int:
-        """Give every document claimed by another worker back to the queue at once, whatever its lease says.
-
-        Only for a process that alone may work on the queue: the holder of the embedded store's
-        folder lock, whose predecessor was killed before it could give its documents back. Where
-        several workers share the queue (a Qdrant server), a live lease belongs to a live worker:
-        there, only lapsed leases may be taken, which `claim_next` does. The interrupted attempt
-        still counts, as it does when a lease lapses. Returns how many documents were released.
-        """
-        return (
-            Document.objects.filter(status=DocumentStatus.PROCESSING)
-            .exclude(claimed_by=keep_worker_id)
-            .update(
-                status=DocumentStatus.PENDING,
-                claimed_by="",
-                lease_expires_at=None,
-                next_attempt_at=None,
-                chunks_done=0,
-                chunks_total=0,
-                updated_at=timezone.now(),
-            )
-        )
-
-    aclaim_next = sync_to_async(claim_next)
-    aclaim = sync_to_async(claim)
-    arelease = sync_to_async(release)
-    arelease_stale_claims = sync_to_async(release_stale_claims)
-
-    # The pipeline.
-
     async def process(
         self,
         document: Document,
@@ -240,7 +141,7 @@ class IngestionService:
             # Deleted while this run wrote its chunks: whatever it wrote after the delete must go.
             await self._drop_points_if_deleted(document, collection_name)
         except asyncio.CancelledError:
-            await asyncio.shield(self.arelease(document_id=document.pk, worker_id=worker_id))
+            await asyncio.shield(self.queue.arelease(document_id=document.pk, worker_id=worker_id))
             raise
         except EmbeddingModelMismatch as exc:
             # The document is fine; the KB needs rebuilding. Its chunks stay for that rebuild to replace.
@@ -275,7 +176,7 @@ class IngestionService:
         chunks: list[TextChunk] = await sync_to_async(chunker.split, thread_sensitive=False)(document.text)
         if not chunks:
             raise ExtractionError(f"{document.source_name or document.title} contains no text.")
-        await self._record_progress(document, worker_id, 0, len(chunks))
+        await self.queue.arecord_progress(document_id=document.pk, worker_id=worker_id, done=0, total=len(chunks))
         keywords = await self._keyword_encoder(kb, collection_name)
         done = 0
         for start in range(0, len(chunks), self.config.batch_size):
@@ -296,7 +197,9 @@ class IngestionService:
                 page_starts=document.page_starts,
             )
             done += len(batch)
-            await self._record_progress(document, worker_id, done, len(chunks))
+            await self.queue.arecord_progress(
+                document_id=document.pk, worker_id=worker_id, done=done, total=len(chunks)
+            )
             if on_progress is not None:
                 on_progress(document, done, len(chunks))
         # A shorter new version leaves the old version's tail behind.
@@ -344,7 +247,7 @@ class IngestionService:
         if extracted.title and document.title == DocumentService.default_title(document.source_name):
             document.title = extracted.title[:500]
         document.text, document.page_starts = extracted.text, extracted.page_starts
-        await self._store_text(document, worker_id)
+        await self.queue.astore_text(document=document, worker_id=worker_id)
 
     async def _stop_when_withdrawn(self, document: Document, worker_id: str) -> None:
         """Raise once the document is deleted, queued again or archived; until then, wait."""
@@ -363,43 +266,21 @@ class IngestionService:
                     "so kbsite stopped reading it: restore it and index it again to make it searchable."
                 )
 
-    @sync_to_async
-    def _store_text(self, document: Document, worker_id: str) -> None:
-        with transaction.atomic():
-            stored = Document.objects.filter(pk=document.pk, claimed_by=worker_id).update(
-                text=document.text,
-                title=document.title,
-                page_starts=document.page_starts,
-                updated_at=timezone.now(),
-            )
-            if not stored:
-                raise LostClaim(document.pk)
-            DocumentSource.objects.filter(document_id=document.pk).delete()
-
-    async def _record_progress(self, document: Document, worker_id: str, done: int, total: int) -> None:
-        updated = await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
-            chunks_done=done,
-            chunks_total=total,
-            lease_expires_at=timezone.now() + timedelta(seconds=self.config.lease_seconds),
-        )
-        if not updated:
-            raise LostClaim(document.pk)
-
     async def _keep_lease(self, document: Document, worker_id: str) -> None:
         """Renew the lease while long steps (extraction, chunking) run between progress records."""
         while True:
             await asyncio.sleep(self.config.lease_seconds / 3)
             try:
-                await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
-                    lease_expires_at=timezone.now() + timedelta(seconds=self.config.lease_seconds)
-                )
+                await self.queue.arenew(document_id=document.pk, worker_id=worker_id)
             except DatabaseError:
                 logger.warning("Could not renew the lease on %s; will try again", document.pk)
 
     async def _finish(
         self, document: Document, worker_id: str, chunk_count: int, collection_name: str | None
     ) -> None:
-        archived_at, title, tags, metadata = await self._mark_ready(document, worker_id, chunk_count)
+        archived_at, title, tags, metadata = await self.queue.amark_ready(
+            document_id=document.pk, worker_id=worker_id, chunk_count=chunk_count
+        )
         # Archived, restored, renamed or relabelled while it was being indexed: later batches carry the
         # old state.
         where = {"kb_id": document.knowledge_base_id, "document_id": document.id, "collection_name": collection_name}
@@ -409,26 +290,6 @@ class IngestionService:
             await self.chunk_service.set_title(title=title, **where)
         if labels_fingerprint(tags, metadata) != labels_fingerprint(document.tags, document.metadata):
             await self.chunk_service.set_labels(tags=tags, metadata=metadata, **where)
-
-    @sync_to_async
-    def _mark_ready(self, document: Document, worker_id: str, chunk_count: int):
-        with transaction.atomic():
-            finished = Document.objects.filter(pk=document.pk, claimed_by=worker_id).update(
-                status=DocumentStatus.READY,
-                chunk_count=chunk_count,
-                chunks_done=chunk_count,
-                chunks_total=chunk_count,
-                error="",
-                attempts=0,
-                next_attempt_at=None,
-                claimed_by="",
-                lease_expires_at=None,
-                updated_at=timezone.now(),
-            )
-            if not finished:
-                raise LostClaim(document.pk)
-            fields = ("archived_at", "title", "tags", "metadata")
-            return Document.objects.filter(pk=document.pk).values_list(*fields).get()
 
     async def _fail(
         self,
@@ -450,14 +311,8 @@ class IngestionService:
             except Exception:
                 logger.exception("Could not remove the chunks of failed document %s", document.pk)
                 message += " (Its earlier chunks could not be removed from Qdrant; reindex or delete it.)"
-        await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
-            **({} if keep_chunks else {"chunk_count": 0}),
-            status=DocumentStatus.FAILED,
-            error=message,
-            claimed_by="",
-            lease_expires_at=None,
-            next_attempt_at=None,
-            updated_at=timezone.now(),
+        await self.queue.afail(
+            document_id=document.pk, worker_id=worker_id, error=message, chunks_removed=not keep_chunks
         )
 
     async def _retry_later(
@@ -465,21 +320,19 @@ class IngestionService:
     ) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         if store_down:
-            delay, attempts = self.config.store_retry_seconds, F("attempts") - 1
+            delay = self.config.store_retry_seconds
             recorded = f"{STORE_WAIT}, tried again every {delay:.0f}s: {message}"
         else:
-            delay, attempts = self.config.retry_delay(document.attempts), F("attempts")
+            delay = self.config.retry_delay(document.attempts)
             recorded = f"Attempt {document.attempts} of {self.config.max_attempts} failed: {message}"
         logger.warning("Indexing %s did not finish, retrying in %.0fs: %s", document.pk, delay, message)
         try:
-            await Document.objects.filter(pk=document.pk, claimed_by=worker_id).aupdate(
-                status=DocumentStatus.PENDING,
+            await self.queue.aretry_later(
+                document_id=document.pk,
+                worker_id=worker_id,
                 error=recorded,
-                attempts=attempts,
-                next_attempt_at=timezone.now() + timedelta(seconds=delay),
-                claimed_by="",
-                lease_expires_at=None,
-                updated_at=timezone.now(),
+                delay_seconds=delay,
+                count_attempt=not store_down,
             )
         except DatabaseError:
             logger.exception("Could not record the failed attempt on %s; its lease will lapse", document.pk)

@@ -59,7 +59,7 @@ class IngestionWorker:
                     processed += await self._settle(in_work, stop)
                     continue
                 try:
-                    document = await self.service.aclaim_next(
+                    document = await self.service.queue.aclaim_next(
                         worker_id=self.worker_id, busy_knowledge_base_ids=set(in_work.values())
                     )
                 except DatabaseError:
@@ -176,7 +176,7 @@ async def take_back_claims_of_earlier_processes(worker: IngestionWorker) -> int:
     try:
         # Opens the store, taking its folder lock, before anything is released.
         await qdrant_service.check_available()
-        released = await worker.service.arelease_stale_claims(keep_worker_id=worker.worker_id)
+        released = await worker.service.queue.arelease_stale_claims(keep_worker_id=worker.worker_id)
     except (VectorStoreUnavailable, DatabaseError):
         logger.exception("Could not take back the documents an earlier server held; their leases will lapse")
         return 0

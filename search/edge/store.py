@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import importlib.metadata
 import itertools
 import json
 import os
@@ -338,14 +337,6 @@ class EdgeStore(AsyncQdrantBase):
             ]
         )
 
-    async def get_collection_aliases(
-        self, collection_name: str, **kwargs: Any
-    ) -> models.CollectionsAliasesResponse:
-        response = await self.get_aliases()
-        return models.CollectionsAliasesResponse(
-            aliases=[alias for alias in response.aliases if alias.collection_name == collection_name]
-        )
-
     # --- points: writes ----------------------------------------------------------------------
 
     async def upsert(
@@ -393,44 +384,6 @@ class EdgeStore(AsyncQdrantBase):
             operation = edge.UpdateOperation.set_payload_by_filter(filter_, dict(payload), key=key)
         return self._apply(collection_name, operation)
 
-    async def overwrite_payload(
-        self,
-        collection_name: str,
-        payload: models.Payload,
-        points: models.PointsSelector | models.Filter | Sequence[Any],
-        **kwargs: Any,
-    ) -> models.UpdateResult:
-        ids, filter_ = _selection(points)
-        if ids is not None:
-            operation = edge.UpdateOperation.overwrite_payload(ids, dict(payload))
-        else:
-            operation = edge.UpdateOperation.overwrite_payload_by_filter(filter_, dict(payload))
-        return self._apply(collection_name, operation)
-
-    async def delete_payload(
-        self,
-        collection_name: str,
-        keys: Sequence[str],
-        points: models.PointsSelector | models.Filter | Sequence[Any],
-        **kwargs: Any,
-    ) -> models.UpdateResult:
-        ids, filter_ = _selection(points)
-        if ids is not None:
-            operation = edge.UpdateOperation.delete_payload(ids, list(keys))
-        else:
-            operation = edge.UpdateOperation.delete_payload_by_filter(filter_, list(keys))
-        return self._apply(collection_name, operation)
-
-    async def clear_payload(
-        self, collection_name: str, points_selector: models.PointsSelector | Sequence[Any], **kwargs: Any
-    ) -> models.UpdateResult:
-        ids, filter_ = _selection(points_selector)
-        if ids is not None:
-            operation = edge.UpdateOperation.clear_payload(ids)
-        else:
-            operation = edge.UpdateOperation.clear_payload_by_filter(filter_)
-        return self._apply(collection_name, operation)
-
     async def create_payload_index(
         self,
         collection_name: str,
@@ -446,11 +399,6 @@ class EdgeStore(AsyncQdrantBase):
             field_name, convert.payload_schema_to_edge(schema)
         )
         return self._apply(collection_name, operation)
-
-    async def delete_payload_index(
-        self, collection_name: str, field_name: str, **kwargs: Any
-    ) -> models.UpdateResult:
-        return self._apply(collection_name, edge.UpdateOperation.delete_field_index(field_name))
 
     # --- points: reads -----------------------------------------------------------------------
 
@@ -674,9 +622,6 @@ class EdgeStore(AsyncQdrantBase):
         return [convert.record_from_edge(record) for record in records]
 
     # --- store -------------------------------------------------------------------------------
-
-    async def info(self) -> models.VersionInfo:
-        return models.VersionInfo(title="qdrant-edge", version=importlib.metadata.version("qdrant-edge-py"))
 
     async def close(self, **kwargs: Any) -> None:
         self.close_now()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-import time
 import uuid
 from io import BytesIO
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.live_server import live_server, manage, site_environment
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.browser  # a live uvicorn server, like the README session
 
@@ -147,16 +147,16 @@ def test_the_readme_session_runs_through_the_generated_client(generated) -> None
         )
         assert isinstance(text, models.DocumentOut), text
 
-        deadline = time.monotonic() + READY_SECONDS
-        statuses = {}
-        while time.monotonic() < deadline:
-            for document in (uploaded.parsed, text):
-                polled = documents.get_document.sync(kb_id=kb.id, document_id=document.id, client=client)
-                statuses[document.id] = polled.status.value
-            if not {"pending", "processing"} & set(statuses.values()):
-                break
-            time.sleep(0.2)  # the worker polls on its own clock; nothing here to wait on but the answer
-        assert set(statuses.values()) == {"ready"}, statuses
+        def statuses() -> dict:
+            return {
+                document.id: documents.get_document.sync(kb_id=kb.id, document_id=document.id, client=client).status.value
+                for document in (uploaded.parsed, text)
+            }
+
+        settled = wait_until(
+            statuses, lambda seen: not {"pending", "processing"} & set(seen.values()), seconds=READY_SECONDS
+        )
+        assert set(settled.values()) == {"ready"}, settled
 
         found = search_api.search.sync(
             client=client, body=models.SearchIn(query="when is high tide", limit=5, kb_ids=[kb.id])

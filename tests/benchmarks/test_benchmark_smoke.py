@@ -25,14 +25,31 @@ def test_quick_suite_writes_every_part_table_and_figure(tmp_path):
     print(done.stdout[-3000:])  # shown when the test fails, or with -s
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
+    table = (tmp_path / "table.txt").read_text()
     assert results["failed"] == {}
-    assert {row["concurrency"] for row in results["grpc"]["rows"]} >= {100, 500}
-    assert {row["latency_ms"] for row in results["grpc"]["rows"]} == {0, 5, 20}
-    assert all(row["before"]["p99_ms"] > 0 and row["after"]["p99_ms"] > 0 for row in results["grpc"]["rows"])
-    assert len([row for row in results["service"]["results"] if not row.get("skipped")]) >= 2
-    assert results["ingestion"]["worker_chunks_per_s"] > 0
-    assert all(results["http"][name]["errors"] == 0 for name in ("health", "semantic", "hybrid"))
+    # The quick plan's grid, each cell measured both ways, its ratios those of its own figures and in the table.
+    grpc = results["grpc"]["rows"]
+    assert {(row["latency_ms"], row["concurrency"]) for row in grpc} == {
+        (latency, concurrency) for latency in (0, 5, 20) for concurrency in (10, 100, 500)
+    }
+    for row in grpc:
+        for design in (row["before"], row["after"]):
+            assert 0 < design["p50_ms"] <= design["p99_ms"] and design["throughput_per_s"] > 0
+        assert row["p99_ratio"] == pytest.approx(row["before"]["p99_ms"] / row["after"]["p99_ms"])
+        assert f"{row['p99_ratio']:>6.2f}x" in table
+    # Both quick sizes measured, each p99 against a floor measured in the same run.
+    service = [row for row in results["service"]["results"] if not row.get("skipped")]
+    assert sorted(row["size"] for row in service) == [1000, 5000]
+    for row in service:
+        concurrent = row["concurrent"]
+        assert concurrent["p50_ms"] <= concurrent["p99_ms"]
+        assert concurrent["ratio"] == pytest.approx(concurrent["p99_ms"] / concurrent["floor_ms"])
+    ingestion = results["ingestion"]
+    assert ingestion["documents"] == 3 and ingestion["chunks"] > 0
+    assert ingestion["ratio"] == pytest.approx(ingestion["worker_chunks_per_s"] / ingestion["embedder_chunks_per_s"])
+    for name in ("health", "semantic", "hybrid"):
+        http = results["http"][name]
+        assert http["errors"] == 0 and http["requests"] > 0 and http["p50_ms"] <= http["p99_ms"]
     assert set(results["figures"]) == FIGURES
     for name in FIGURES:
         assert (tmp_path / name).read_bytes().startswith(PNG_SIGNATURE)
-    assert "p99 b/a" in (tmp_path / "table.txt").read_text()

@@ -181,7 +181,7 @@ def test_labels_changed_while_a_document_is_indexed_reach_its_chunks(test_user, 
     kb = make_kb(owner=test_user, chunk_size=64, chunk_overlap=12)
     document = make_document(kb=kb, title="Tides", text="The tide rises twice a day.", tags=["old"])
     service = DocumentService()
-    claimed = ingestion_service.claim(document_id=document.pk, worker_id="tests")
+    claimed = ingestion_service.queue.claim(document_id=document.pk, worker_id="tests")
 
     # Relabelled after the claim: the run writes its chunks with the labels it read, then corrects them.
     service.set_labels(document=Document.objects.get(pk=document.pk), tags=["new"], metadata={"year": 2026})

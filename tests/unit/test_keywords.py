@@ -52,9 +52,16 @@ def test_invalid_settings_say_what_is_allowed(field: str, value: object, message
         KeywordSettings(**{field: value})
 
 
-def test_every_listed_language_builds_an_encoder() -> None:
+def test_every_listed_language_reaches_qdrants_encoder_with_its_own_stopwords() -> None:
+    # A stopword of English, of German and of French, and a word no language lists.
+    text = "the und les kbsite"
+    tokens = {}
     for language in LANGUAGES:
-        KeywordEncoder(KeywordSettings(language=language))
+        vector = KeywordEncoder(KeywordSettings(language=language)).encode_query(text)
+        assert vector.indices == qdrant_edge.Bm25(qdrant_edge.Bm25Config(language=language)).embed_query(text).indices
+        tokens[language] = len(vector.indices)
+
+    assert (tokens["english"], tokens["german"], tokens["french"], tokens["arabic"]) == (3, 3, 3, 4)
 
 
 def test_the_settings_reach_the_encoder_config() -> None:

@@ -9,8 +9,7 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.errors import KnowledgeError
-from knowledge.management.progress import Progress
-from knowledge.services.evaluation import (
+from knowledge.evaluation.retrieval import (
     CUTOFF,
     DEFAULT_DEPTH,
     BeirDataset,
@@ -19,6 +18,7 @@ from knowledge.services.evaluation import (
     RetrievalEvaluationService,
     parse_modes,
 )
+from knowledge.management.progress import Progress
 from search.errors import SearchError
 from search.qdrant import qdrant_service
 from search.services.search import MAX_LIMIT, SearchMode
