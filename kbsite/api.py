@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django.core.exceptions import RequestDataTooBig
@@ -18,6 +19,7 @@ from knowledge.auth import SessionAuth, TokenAuth
 from knowledge.ingestion.extraction import ExtractionError
 from search import errors as search_errors
 from search.api import router as search_router
+from search.plurals import counted
 
 logger = logging.getLogger("kbsite")
 
@@ -88,9 +90,48 @@ def domain_error(request: HttpRequest, exc: search_errors.KbsiteError):
 
 @api.exception_handler(ValidationError)
 def invalid_request(request: HttpRequest, exc: ValidationError):
-    return error_response(
-        request, 422, "validation_error", "The request does not match the API's schema.", exc.errors
-    )
+    return error_response(request, 422, "validation_error", validation_message(exc.errors), exc.errors)
+
+
+# Bounds pydantic checks, said as what is allowed: a caller over a maximum learns the maximum.
+BOUNDS = {
+    "less_than_equal": ("le", "at most {}"),
+    "less_than": ("lt", "less than {}"),
+    "greater_than_equal": ("ge", "at least {}"),
+    "greater_than": ("gt", "more than {}"),
+    "string_too_long": ("max_length", "at most {} characters long"),
+    "string_too_short": ("min_length", "at least {} characters long"),
+    "too_long": ("max_length", "a list of at most {} items"),
+    "too_short": ("min_length", "a list of at least {} items"),
+}
+SHOWN_ERRORS = 3
+
+
+def validation_message(errors: list[dict]) -> str:
+    """The first few problems, each naming where it is: "limit must be at most 100; kb_id: …"."""
+    parts = [_problem(error) for error in errors[:SHOWN_ERRORS]]
+    more = len(errors) - SHOWN_ERRORS
+    rest = f" ({counted(more, 'more problem')} in `detail`)" if more > 0 else ""
+    return f"The request does not match the API's schema: {'; '.join(parts)}{rest}."
+
+
+def _problem(error: dict) -> str:
+    where = _where(error.get("loc") or ())
+    bound = BOUNDS.get(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    if bound and bound[0] in ctx:
+        return f"{where} must be {bound[1].format(ctx[bound[0]])}"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def _where(loc: tuple | list) -> str:
+    """`limit` or `filter.and[1]` in a JSON body (ninja's loc names the view's argument second: left out);
+    `the path's kb_id`, `the query's limit` elsewhere."""
+    source, names = (loc[0], list(loc[1:])) if loc else ("body", [])
+    if source != "body":
+        return f"the {source}'s {names[-1]}" if names else f"the {source}"
+    dotted = "".join(f"[{name}]" if isinstance(name, int) else f".{name}" for name in names[1:]).lstrip(".")
+    return dotted or "the body"
 
 
 @api.exception_handler(AuthenticationError)
@@ -161,7 +202,23 @@ HTTP_CODES = {
 @api.exception_handler(HttpError)
 def http_error(request: HttpRequest, exc: HttpError):
     # Ninja's own refusals: an unparsable body (400), a failed CSRF check (403), and the like.
+    if isinstance(exc.__cause__, (json.JSONDecodeError, UnicodeDecodeError)):
+        return unparsable_json(request, exc.__cause__)
     return error_response(request, exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc))
+
+
+def unparsable_json(request: HttpRequest, cause: json.JSONDecodeError | UnicodeDecodeError) -> HttpResponse:
+    """What is wrong with a JSON body and where: ninja's own answer says only that it cannot be parsed."""
+    if isinstance(cause, UnicodeDecodeError):
+        message = f"The body is not UTF-8 text (byte {cause.start + 1} is not valid UTF-8). Send JSON in UTF-8."
+        detail = {"position": cause.start}
+    else:
+        message = (
+            f"The body is not valid JSON: {cause.msg} at line {cause.lineno}, column {cause.colno} "
+            f"(character {cause.pos + 1}). Check the quotes, commas and brackets there."
+        )
+        detail = {"line": cause.lineno, "column": cause.colno, "position": cause.pos}
+    return error_response(request, 400, "bad_request", message, detail)
 
 
 @api.exception_handler(Exception)

@@ -20,14 +20,13 @@ from knowledge.forms import DocumentForm, KnowledgeBaseForm, SearchForm, UploadF
 from knowledge.highlighting import marked_html
 from knowledge.ingestion.preview import PREVIEW_CHUNKS, ChunkPreviewService
 from knowledge.models import ApiToken, Document, DocumentStatus, KnowledgeBase, Membership, Role
-from knowledge.selectors import chunk_counts, knowledge_bases_with_counts
+from knowledge.selectors import chunk_counts, document_chunks, knowledge_bases_with_counts
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import EDITABLE_KB_FIELDS, KnowledgeBaseService
 from knowledge.services.members import MembershipService
 from knowledge.services.permissions import ROLE_RANK, PermissionService
 from knowledge.services.tokens import ApiTokenService
 from search.errors import SearchError
-from search.services.chunks import ChunkService
 from search.services.search import get_search_service
 
 CHUNKS_PER_PAGE = 20
@@ -41,7 +40,7 @@ def role_on(request: HttpRequest, kb: KnowledgeBase) -> Role | None:
     """The user's role on a KB, asked once per request."""
     cache = request.__dict__.setdefault("_kb_roles", {})
     if kb.pk not in cache:
-        cache[kb.pk] = async_to_sync(PermissionService().role_for)(user=request.user, kb=kb)
+        cache[kb.pk] = PermissionService().role_for(user=request.user, kb=kb)
     return cache[kb.pk]
 
 
@@ -69,7 +68,7 @@ class KnowledgeBaseChangeList(ChangeList):
     def get_results(self, request):
         super().get_results(request)
         # One concurrent round of Qdrant counts for the page, not one call per row.
-        counts = async_to_sync(chunk_counts)([kb.pk for kb in self.result_list])
+        counts = chunk_counts([kb.pk for kb in self.result_list])
         for kb in self.result_list:
             kb.chunks_in_qdrant = counts[kb.pk]
 
@@ -388,9 +387,7 @@ class DocumentAdmin(admin.ModelAdmin):
         except ValueError:
             offset = 0
         try:
-            chunks, next_offset = async_to_sync(ChunkService().get_chunks_by_document)(
-                kb_id=document.knowledge_base_id, document_id=document.pk, offset=offset, limit=CHUNKS_PER_PAGE
-            )
+            chunks, next_offset = document_chunks(document, offset=offset, limit=CHUNKS_PER_PAGE)
         except SearchError as exc:
             return {"chunks_error": exc.message}
         return {

@@ -60,6 +60,18 @@ READ = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 422: ErrorOut}
 WRITE = {**READ, 403: ErrorOut, 409: ErrorOut}
 permissions = PermissionService()
 
+# A knowledge base in a path: its id or its slug, told apart by PermissionService.knowledge_base_lookup.
+KbRef = Annotated[
+    str,
+    PathParam(
+        ...,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[-a-zA-Z0-9_]+$",
+        description="The knowledge base's id or its slug (`research`).",
+    ),
+]
+
 
 def _errors(*codes: int) -> dict[int, type[ErrorOut]]:
     return {code: ErrorOut for code in codes}
@@ -73,7 +85,7 @@ class BoundedPagination(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=2**31 - 1)
 
 
-async def _document(kb_id: UUID, document_id: UUID, request: HttpRequest, least: Role) -> Document:
+async def _document(kb_id: str, document_id: UUID, request: HttpRequest, least: Role) -> Document:
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=least)
     document = (
         await Document.objects.filter(knowledge_base=kb, pk=document_id)
@@ -103,19 +115,19 @@ async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
 
 
 @kbs.get("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **READ})
-async def get_knowledge_base(request: HttpRequest, kb_id: UUID):
+async def get_knowledge_base(request: HttpRequest, kb_id: KbRef):
     return await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
 
 
 @kbs.patch("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **WRITE})
-async def update_knowledge_base(request: HttpRequest, kb_id: UUID, payload: KnowledgeBasePatch):
+async def update_knowledge_base(request: HttpRequest, kb_id: KbRef, payload: KnowledgeBasePatch):
     """Change the name, description or chunk settings (owners; new settings apply to documents indexed from now on)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     return await KnowledgeBaseService().aupdate_knowledge_base(kb=kb, **payload.dict(exclude_unset=True))
 
 
 @kbs.delete("/kbs/{kb_id}", response={204: None, **WRITE, 503: ErrorOut})
-async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
+async def delete_knowledge_base(request: HttpRequest, kb_id: KbRef):
     """Delete the knowledge base, its documents and its Qdrant collections (owners)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await KnowledgeBaseService().adelete_knowledge_base(kb=kb)
@@ -123,7 +135,7 @@ async def delete_knowledge_base(request: HttpRequest, kb_id: UUID):
 
 
 @kbs.get("/kbs/{kb_id}/stats", response={200: StatsOut, **READ, 503: ErrorOut})
-async def get_knowledge_base_stats(request: HttpRequest, kb_id: UUID):
+async def get_knowledge_base_stats(request: HttpRequest, kb_id: KbRef):
     """Documents by status, archived documents, and chunks in Qdrant."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
     return await knowledge_base_stats(kb)
@@ -133,7 +145,7 @@ async def get_knowledge_base_stats(request: HttpRequest, kb_id: UUID):
 
 
 @members.get("/kbs/{kb_id}/members", response={200: list[MemberOut], **WRITE})
-async def list_members(request: HttpRequest, kb_id: UUID):
+async def list_members(request: HttpRequest, kb_id: KbRef):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     return [
         m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("pk")
@@ -141,7 +153,7 @@ async def list_members(request: HttpRequest, kb_id: UUID):
 
 
 @members.post("/kbs/{kb_id}/members", response={200: MemberOut, 201: MemberOut, **WRITE})
-async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
+async def set_member(request: HttpRequest, kb_id: KbRef, payload: MemberIn):
     """Add a member, or change a member's role (owners). 201 when added, 200 when changed."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     membership, created = await MembershipService().aset_member(
@@ -152,7 +164,7 @@ async def set_member(request: HttpRequest, kb_id: UUID, payload: MemberIn):
 
 
 @members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
-async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int = PathParam(..., ge=1, le=2**63 - 1)):
+async def remove_member(request: HttpRequest, kb_id: KbRef, user_id: int = PathParam(..., ge=1, le=2**63 - 1)):
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await MembershipService().aremove_member(kb=kb, user_id=user_id)
     return Status(204, None)
@@ -206,7 +218,7 @@ class MultipartFile(FileParam):
 )
 async def upload_document(
     request: HttpRequest,
-    kb_id: UUID,
+    kb_id: KbRef,
     file: Annotated[UploadedFile, MultipartFile(..., description=".txt .md .html .pdf .docx")],
     form: Form[DocumentFileIn],
     response: HttpResponse,
@@ -236,7 +248,7 @@ async def upload_document(
 )
 async def preview_chunks(
     request: HttpRequest,
-    kb_id: UUID,
+    kb_id: KbRef,
     file: Annotated[UploadedFile, MultipartFile(..., description=".txt .md .html .pdf .docx")],
     form: Form[ChunkPreviewIn],
 ):
@@ -259,7 +271,7 @@ async def preview_chunks(
     throttle=[UploadRateThrottle()],
 )
 async def create_text_document(
-    request: HttpRequest, kb_id: UUID, payload: DocumentTextIn, response: HttpResponse
+    request: HttpRequest, kb_id: KbRef, payload: DocumentTextIn, response: HttpResponse
 ):
     """Queue a document given as text, in JSON with `title` and `text`.
 
@@ -278,7 +290,7 @@ async def _queued(document_id: UUID, response: HttpResponse) -> Status:
 
 @documents.get("/kbs/{kb_id}/documents", response={200: list[DocumentOut], **READ})
 @paginate(BoundedPagination)
-async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[DocumentFilters]):
+async def list_documents(request: HttpRequest, kb_id: KbRef, filters: Query[DocumentFilters]):
     """Newest first; filter by `status` and `archived`."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
     rows = Document.objects.filter(knowledge_base=kb).select_related("knowledge_base").defer("text")
@@ -292,13 +304,13 @@ async def list_documents(request: HttpRequest, kb_id: UUID, filters: Query[Docum
 @documents.get(
     "/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **READ}, url_name="document"
 )
-async def get_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+async def get_document(request: HttpRequest, kb_id: KbRef, document_id: UUID):
     """The document's status, progress (chunks done of total) and error, if any."""
     return await _document(kb_id, document_id, request, Role.READER)
 
 
 @documents.patch("/kbs/{kb_id}/documents/{document_id}", response={200: DocumentOut, **WRITE, 503: ErrorOut})
-async def update_document(request: HttpRequest, kb_id: UUID, document_id: UUID, payload: DocumentPatch):
+async def update_document(request: HttpRequest, kb_id: KbRef, document_id: UUID, payload: DocumentPatch):
     """Change the title, tags or metadata (editors): payload changes in Qdrant, nothing is embedded again.
 
     `tags` and `metadata` each replace the document's own whole; the next search filters by them.
@@ -316,7 +328,7 @@ async def update_document(request: HttpRequest, kb_id: UUID, document_id: UUID, 
 @documents.post(
     "/kbs/{kb_id}/documents/{document_id}/archive", response={200: DocumentOut, **WRITE, 503: ErrorOut}
 )
-async def archive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+async def archive_document(request: HttpRequest, kb_id: KbRef, document_id: UUID):
     """Hide the document from default searches: a payload change in Qdrant, nothing is embedded again."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     return await DocumentService().aset_archived(document=document, archived=True)
@@ -325,13 +337,13 @@ async def archive_document(request: HttpRequest, kb_id: UUID, document_id: UUID)
 @documents.post(
     "/kbs/{kb_id}/documents/{document_id}/unarchive", response={200: DocumentOut, **WRITE, 503: ErrorOut}
 )
-async def unarchive_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+async def unarchive_document(request: HttpRequest, kb_id: KbRef, document_id: UUID):
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     return await DocumentService().aset_archived(document=document, archived=False)
 
 
 @documents.post("/kbs/{kb_id}/documents/{document_id}/reindex", response={202: DocumentOut, **WRITE})
-async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+async def reindex_document(request: HttpRequest, kb_id: KbRef, document_id: UUID):
     """Queue the document to be chunked and embedded again from its stored text."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     await DocumentService().aqueue_for_reindex(documents=[document])
@@ -339,7 +351,7 @@ async def reindex_document(request: HttpRequest, kb_id: UUID, document_id: UUID)
 
 
 @documents.delete("/kbs/{kb_id}/documents/{document_id}", response={204: None, **WRITE, 503: ErrorOut})
-async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
+async def delete_document(request: HttpRequest, kb_id: KbRef, document_id: UUID):
     """Delete the document and its points in Qdrant."""
     document = await _document(kb_id, document_id, request, Role.EDITOR)
     await DocumentService().adelete_document(document=document)
@@ -349,11 +361,11 @@ async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID):
 @documents.get(
     "/kbs/{kb_id}/documents/{document_id}/chunks", response={200: ChunkPage, **READ, 503: ErrorOut}
 )
-async def list_chunks(request: HttpRequest, kb_id: UUID, document_id: UUID, page: Query[ChunkQuery]):
+async def list_chunks(request: HttpRequest, kb_id: KbRef, document_id: UUID, page: Query[ChunkQuery]):
     """The document's chunks in order, as Qdrant holds them; pass `next_cursor` back as `cursor`."""
     document = await _document(kb_id, document_id, request, Role.READER)
     chunks, next_offset = await ChunkService().get_chunks_by_document(
-        kb_id=kb_id, document_id=document.pk, offset=_offset_of(page.cursor), limit=page.limit
+        kb_id=document.knowledge_base_id, document_id=document.pk, offset=_offset_of(page.cursor), limit=page.limit
     )
     return {"items": chunks, "next_cursor": _cursor_for(next_offset)}
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
+from asgiref.sync import async_to_sync
 from axes.helpers import get_cool_off
 from axes.models import AccessAttempt
 from django.contrib.auth.models import AbstractBaseUser
@@ -15,7 +16,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from knowledge.errors import DocumentNotFound
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.permissions import PermissionService
-from search.services.chunks import ChunkService
+from search.services.chunks import ChunkService, StoredChunk
 
 
 def knowledge_bases_with_counts(user: AbstractBaseUser, *, least: Role = Role.READER) -> QuerySet[KnowledgeBase]:
@@ -31,12 +32,24 @@ def knowledge_bases_with_counts(user: AbstractBaseUser, *, least: Role = Role.RE
     return PermissionService().knowledge_bases_for(user, least=least).select_related("owner").annotate(**counts)
 
 
-async def chunk_counts(kb_ids: Iterable[UUID]) -> dict[UUID, int]:
+async def achunk_counts(kb_ids: Iterable[UUID]) -> dict[UUID, int]:
     """Chunks in Qdrant per KB, asked for all at once."""
     ids = list(kb_ids)
     service = ChunkService()
     counts = await asyncio.gather(*(service.count_chunks(kb_id=kb_id) for kb_id in ids))
     return dict(zip(ids, counts))
+
+
+async def adocument_chunks(document: Document, *, offset: int | None, limit: int) -> tuple[list[StoredChunk], int | None]:
+    """A page of the document's chunks as Qdrant holds them, in order, and the offset of the next page."""
+    return await ChunkService().get_chunks_by_document(
+        kb_id=document.knowledge_base_id, document_id=document.pk, offset=offset, limit=limit
+    )
+
+
+# The sync forms, for the admin (see README, "How it is built").
+chunk_counts = async_to_sync(achunk_counts)
+document_chunks = async_to_sync(adocument_chunks)
 
 
 async def knowledge_base_stats(kb: KnowledgeBase) -> dict:

@@ -65,7 +65,8 @@ class SearchIn(InputSchema):
         }
     )
 
-    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for, in words.")
+    # No min_length: "" gets the service's own `empty_query` answer, like a query of spaces.
+    query: str = Field(max_length=MAX_QUERY_CHARS, description="What to look for, in words.")
     kb_ids: list[UUID] | None = Field(
         None,
         min_length=1,

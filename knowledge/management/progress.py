@@ -6,6 +6,8 @@ import time
 
 from django.core.management.base import OutputWrapper
 
+from search.plurals import noun
+
 BAR_WIDTH = 30
 
 
@@ -27,7 +29,9 @@ class Progress:
         if self.on_terminal:
             filled = int(BAR_WIDTH * self.done / self.total) if self.total else BAR_WIDTH
             bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            self.stdout.write(f"\r[{bar}] {self.done}/{self.total} {self.unit} {detail[:40]:<40}", ending="")
+            # `unit` is the plural the callers name ("files", "chunks"); one of one reads "1/1 file".
+            unit = noun(self.total, self.unit.removesuffix("s"), self.unit)
+            self.stdout.write(f"\r[{bar}] {self.done}/{self.total} {unit} {detail[:40]:<40}", ending="")
             self.stdout.flush()
             self._drawn = True
 

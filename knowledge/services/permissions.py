@@ -104,16 +104,41 @@ class PermissionService:
             if row[0] is not None
         ]
 
-    async def get_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID, least: Role) -> KnowledgeBase:
-        """The KB if the user holds at least `least` on it; one they may not read does not exist for them."""
-        kb = await KnowledgeBase.objects.select_related("owner").filter(pk=kb_id).afirst()
-        if kb is None:
+    @staticmethod
+    def knowledge_base_lookup(kb_ref: UUID | str) -> Q:
+        """A knowledge base named by its id or by its slug: the one place that tells them apart.
+
+        Paths and forms may name a KB either way; anything that is not a UUID is taken for a slug.
+        """
+        if isinstance(kb_ref, UUID):
+            return Q(pk=kb_ref)
+        try:
+            return Q(pk=UUID(kb_ref))
+        except ValueError:
+            return Q(slug=kb_ref)
+
+    async def get_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID | str, least: Role) -> KnowledgeBase:
+        """The KB, named by id or slug, if the user holds at least `least` on it; one they may not read does not
+        exist for them."""
+        kb = await KnowledgeBase.objects.select_related("owner").filter(self.knowledge_base_lookup(kb_id)).afirst()
+        role = await self.arole_for(user=user, kb=kb) if kb is not None else None
+        if role is None:
+            # Named as the caller named it: a KB reached by slug must not give its id away.
             raise KnowledgeBaseNotFound(f"There is no knowledge base {kb_id} you may read.")
-        await self.require(user=user, kb=kb, least=least)
+        self._at_least(role, kb=kb, least=least)
         return kb
 
-    async def role_for(self, *, user: AbstractBaseUser, kb: KnowledgeBase) -> Role | None:
+    def role_for(self, *, user: AbstractBaseUser, kb: KnowledgeBase) -> Role | None:
         """The user's effective role on the KB: owner for superusers and the KB's owner, else the membership's."""
+        if not user.is_active:
+            return None
+        if user.is_superuser or kb.owner_id == user.pk:
+            return Role.OWNER
+        membership = Membership.objects.filter(knowledge_base=kb, user_id=user.pk).only("role").first()
+        return Role(membership.role) if membership else None
+
+    async def arole_for(self, *, user: AbstractBaseUser, kb: KnowledgeBase) -> Role | None:
+        """`role_for` for async callers, on the async ORM."""
         if not user.is_active:
             return None
         if user.is_superuser or kb.owner_id == user.pk:
@@ -121,12 +146,19 @@ class PermissionService:
         membership = await Membership.objects.filter(knowledge_base=kb, user_id=user.pk).only("role").afirst()
         return Role(membership.role) if membership else None
 
-    async def require(self, *, user: AbstractBaseUser, kb: KnowledgeBase, least: Role) -> Role:
+    def require(self, *, user: AbstractBaseUser, kb: KnowledgeBase, least: Role) -> Role:
         """The user's role on the KB if it is at least `least`.
 
         A user who may not even read the KB is told it does not exist, so KB ids do not leak.
         """
-        role = await self.role_for(user=user, kb=kb)
+        return self._at_least(self.role_for(user=user, kb=kb), kb=kb, least=least)
+
+    async def arequire(self, *, user: AbstractBaseUser, kb: KnowledgeBase, least: Role) -> Role:
+        """`require` for async callers."""
+        return self._at_least(await self.arole_for(user=user, kb=kb), kb=kb, least=least)
+
+    @staticmethod
+    def _at_least(role: Role | None, *, kb: KnowledgeBase, least: Role) -> Role:
         if role is None:
             raise KnowledgeBaseNotFound(f"There is no knowledge base {kb.id} you may read.")
         if ROLE_RANK[role] < ROLE_RANK[least]:

@@ -41,18 +41,7 @@ class ReindexService:
 
         KBs indexed with another model than the site's are refused: only a rebuild can move them.
         """
-        stale = [
-            slug
-            async for slug in KnowledgeBase.objects.filter(documents__in=list(document_ids))
-            .exclude(embedding_model=self.ingestion.embeddings.model_id)
-            .values_list("slug", flat=True)
-            .distinct()
-        ]
-        if stale:
-            raise EmbeddingModelMismatch(
-                f"{', '.join(stale)} hold vectors of another model than the site's "
-                f"({self.ingestion.embeddings.model_id}); rebuild them with `manage.py reindex --recreate`."
-            )
+        self._refuse_other_models([slug async for slug in self._other_model_slugs(document_ids)])
         report, started = ReindexReport(), time.monotonic()
         for document_id in document_ids:
             document = await self.ingestion.ingest_until_settled(
@@ -61,6 +50,30 @@ class ReindexService:
             self._count(report, document)
         report.seconds = time.monotonic() - started
         return report
+
+    def queue_in_place(self, *, document_ids: Sequence[UUID]) -> int:
+        """Send these documents to the workers to be chunked and embedded again; returns how many.
+
+        Needs no access to the store, so it works while the web server holds the embedded one.
+        KBs indexed with another model than the site's are refused, as in `reindex_in_place`.
+        """
+        self._refuse_other_models(list(self._other_model_slugs(document_ids)))
+        return self.documents.queue_for_reindex(documents=Document.objects.filter(pk__in=list(document_ids)).only("pk"))
+
+    def _other_model_slugs(self, document_ids: Sequence[UUID]):
+        return (
+            KnowledgeBase.objects.filter(documents__in=list(document_ids))
+            .exclude(embedding_model=self.ingestion.embeddings.model_id)
+            .values_list("slug", flat=True)
+            .distinct()
+        )
+
+    def _refuse_other_models(self, slugs: list[str]) -> None:
+        if slugs:
+            raise EmbeddingModelMismatch(
+                f"{', '.join(slugs)} hold vectors of another model than the site's "
+                f"({self.ingestion.embeddings.model_id}); rebuild them with `manage.py reindex --recreate`."
+            )
 
     async def rebuild(
         self, *, kb: KnowledgeBase, worker_id: str, on_progress: ProgressCallback | None = None

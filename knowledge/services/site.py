@@ -17,7 +17,8 @@ from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 
 DEMO_SLUG = "kbsite-docs"
-DEMO_SOURCES = ("README.md",)
+# The files of the demo KB and the titles its searches show (the README's own heading is only "kbsite").
+DEMO_SOURCES = {"README.md": "kbsite README"}
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ class SiteSetupService:
             owner=owner,
             description="kbsite's own README, loaded on first start so there is something to search.",
         )
-        for name in DEMO_SOURCES:
+        for name, title in DEMO_SOURCES.items():
             path = Path(settings.BASE_DIR) / name
             if path.is_file():
-                DocumentService().add_upload(kb=kb, filename=path.name, data=path.read_bytes())
+                DocumentService().add_upload(kb=kb, filename=path.name, data=path.read_bytes(), title=title)
         return kb

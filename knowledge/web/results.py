@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 
 from knowledge.highlighting import marked_html
+from search.plurals import counted
 from search.services.search import SearchResult
 
 PLACEHOLDER_ID = UUID(int=0)
@@ -52,35 +53,39 @@ def _item(
     further: Sequence[SearchResult],
 ) -> str:
     href = escape(_document_link(document_path, result, back))
-    where = (
-        f"<span>characters {result.char_start}–{result.char_end}</span>" if result.char_start is not None else ""
-    )
     return (
         f'<li class="result" id="result-{n}">'
         f'<h3><a href="{href}">{escape(result.title)}</a></h3>'
-        f'<p class="result-meta"><span class="kb-name">{escape(kb_names.get(result.kb_id, ""))}</span> '
-        f'<span>score <span class="score">{result.score:.3f}</span></span> {where} '
-        f"<span>passage {result.chunk_index + 1}</span>{_pages(result)}</p>"
+        f'<p class="result-meta"><span class="kb-name">{escape(kb_names.get(result.kb_id, ""))}</span>{_pages(result)}</p>'
         f'<p class="passage">{marked_html(result.content, result.highlights)}</p>'
-        f"{_further(further, document_path, back)}</li>"
+        f"{_details(result)}{_further(further, document_path, back)}</li>"
+    )
+
+
+def _details(result: SearchResult) -> str:
+    """Score, passage number and offsets: for the curious, folded away so the result line reads as prose."""
+    where = f", characters {result.char_start}–{result.char_end}" if result.char_start is not None else ""
+    return (
+        '<details class="result-details"><summary>Details</summary>'
+        f'<p>Score <span class="score">{result.score:.3f}</span>, passage {result.chunk_index + 1}{where}</p></details>'
     )
 
 
 def _pages(result: SearchResult) -> str:
     """"p. 3" or "pp. 3–4" for a document with pages, else nothing."""
-    return f' <span class="pages">{result.pages}</span> ' if result.page_start is not None else ""
+    return f' <span class="pages">{result.pages}</span>' if result.page_start is not None else ""
 
 
 def _further(passages: Sequence[SearchResult], document_path: str, back: str) -> str:
     if not passages:
         return ""
     items = "".join(
-        f'<li><a href="{escape(_document_link(document_path, hit, back))}">passage {hit.chunk_index + 1}</a> '
-        f'{_pages(hit)}<span>score <span class="score">{hit.score:.3f}</span></span>'
-        f'<p class="passage">{marked_html(hit.content, hit.highlights)}</p></li>'
+        f'<li><p class="passage">{marked_html(hit.content, hit.highlights)}</p>'
+        f'<p class="result-meta"><a href="{escape(_document_link(document_path, hit, back))}">Read it in the document</a>'
+        f"{_pages(hit)}</p>{_details(hit)}</li>"
         for hit in passages
     )
-    more = f"{len(passages)} more passage{'' if len(passages) == 1 else 's'} from this document"
+    more = f"{counted(len(passages), 'more passage')} from this document"
     return f'<details class="further-passages"><summary>{more}</summary><ul>{items}</ul></details>'
 
 

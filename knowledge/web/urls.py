@@ -1,7 +1,9 @@
 """The members' pages, at the site's root."""
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from knowledge.web import views
 
@@ -22,4 +24,6 @@ urlpatterns = [
     path("documents/<uuid:document_id>/archive/", views.archive_document, name="archive_document"),
     path("kbs/", views.knowledge_bases, name="knowledge_bases"),
     path("kbs/upload/", views.upload, name="upload"),
+    # Browsers and feed readers ask for /favicon.ico whatever the page's <link rel="icon"> says.
+    path("favicon.ico", RedirectView.as_view(url=static("kbsite/favicon.svg"), permanent=True), name="favicon"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -122,8 +123,30 @@ def _passage(document: Document, start: str | None, end: str | None) -> dict | N
         return None
     pages = page_range(document.page_starts, char_start=first, char_end=last)
     return {
-        "before": text[:first], "hit": text[first:last], "after": text[last:], "pages": page_label(*pages)
+        "before": text[:first],
+        "hit": _marked_lines(text[first:last]),
+        "after": text[last:],
+        "pages": page_label(*pages),
+        "start": first,
+        "end": last,
     }
+
+
+# A line break with the blank space around it: marked, it would show as a stub of highlight on an empty line.
+LINE_BREAK = re.compile(r"[ \t]*\n\s*")
+
+
+def _marked_lines(hit: str) -> list[tuple[str, bool]]:
+    """The passage as (text, marked) pieces: each line's words marked, the line breaks between them not."""
+    pieces, at = [], 0
+    for match in LINE_BREAK.finditer(hit):
+        if match.start() > at:
+            pieces.append((hit[at : match.start()], True))
+        pieces.append((match.group(), False))
+        at = match.end()
+    if at < len(hit):
+        pieces.append((hit[at:], True))
+    return pieces
 
 
 @login_required

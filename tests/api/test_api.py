@@ -1363,7 +1363,7 @@ async def test_a_score_threshold_leaves_out_weaker_chunks(two_kbs, owner_headers
 @pytest.mark.parametrize(
     ("change", "code"),
     [
-        ({"query": ""}, "validation_error"),
+        ({"query": ""}, "empty_query"),
         ({"query": "   "}, "empty_query"),
         ({"query": "x" * 2001}, "validation_error"),
         ({"limit": 0}, "validation_error"),
@@ -1558,3 +1558,107 @@ def test_an_unknown_api_path_answers_the_json_error_shape(path, owner_headers) -
 
     assert response.status_code == 404 and response["Content-Type"] == "application/json"
     assert response.json()["code"] == "not_found" and "/api/v1/docs" in response.json()["message"]
+
+
+# The first hour, as met (issue 27): a knowledge base by its slug, and errors that say what to fix.
+
+
+@pytest.mark.parametrize("path", ["/kbs/{kb}", "/kbs/{kb}/documents", "/kbs/{kb}/stats"])
+async def test_a_knowledge_base_is_reached_by_its_slug_as_by_its_id(kb, ready_document, reader_headers, path) -> None:
+    by_id = await client.get(path.format(kb=kb.id), headers=reader_headers)
+    by_slug = await client.get(path.format(kb=kb.slug), headers=reader_headers)
+
+    assert by_id.status_code == by_slug.status_code == 200, by_slug.json()
+    assert by_slug.json() == by_id.json()
+
+
+async def test_a_document_and_its_chunks_are_reached_through_the_kbs_slug(kb, ready_document, reader_headers) -> None:
+    document = await client.get(f"/kbs/{kb.slug}/documents/{ready_document.id}", headers=reader_headers)
+    chunks = await client.get(f"/kbs/{kb.slug}/documents/{ready_document.id}/chunks", headers=reader_headers)
+
+    assert document.status_code == 200 and document.json()["id"] == str(ready_document.id)
+    assert chunks.status_code == 200
+    assert len(chunks.json()["items"]) == ready_document.chunk_count > 0
+
+
+async def test_an_editor_uploads_text_through_the_kbs_slug(kb, editor_headers) -> None:
+    response = await client.post(
+        f"/kbs/{kb.slug}/documents/text", json={"title": "Notes", "text": "Slack water."}, headers=editor_headers
+    )
+
+    assert response.status_code == 202, response.json()
+    assert await Document.objects.filter(knowledge_base=kb, title="Notes").aexists()
+
+
+async def test_the_slug_of_a_kb_the_caller_may_not_read_answers_404_like_one_that_does_not_exist(
+    kb, stranger_headers
+) -> None:
+    hidden = await client.get(f"/kbs/{kb.slug}/documents", headers=stranger_headers)
+    missing = await client.get("/kbs/no-such-kb/documents", headers=stranger_headers)
+
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["code"] == missing.json()["code"] == "kb_not_found"
+    assert hidden.json()["message"] == f"There is no knowledge base {kb.slug} you may read."
+
+
+async def test_a_reader_using_the_slug_is_still_refused_an_owners_change(kb, reader_headers) -> None:
+    response = await client.patch(f"/kbs/{kb.slug}", json={"name": "Mine now"}, headers=reader_headers)
+
+    assert response.status_code == 403
+    await kb.arefresh_from_db()
+    assert kb.name == "Field notes"
+
+
+async def test_a_kb_reference_that_is_neither_an_id_nor_a_slug_answers_422_naming_the_path(owner_headers) -> None:
+    response = await client.get("/kbs/field%20notes!/documents", headers=owner_headers)
+
+    assert response.status_code == 422
+    assert "the path's kb_id" in response.json()["message"]
+
+
+async def test_an_empty_query_gets_the_same_answer_as_a_query_of_spaces(kb, owner_headers) -> None:
+    empty = await client.post("/search", json={"query": "", "kb_ids": [str(kb.id)]}, headers=owner_headers)
+    spaces = await client.post("/search", json={"query": "   ", "kb_ids": [str(kb.id)]}, headers=owner_headers)
+
+    assert empty.status_code == spaces.status_code == 422
+    assert empty.json() == spaces.json()
+    assert empty.json()["code"] == "empty_query" and "send some words" in empty.json()["message"]
+
+
+async def test_malformed_json_says_what_is_wrong_and_where(owner_headers) -> None:
+    sent = '{"query": "tides",\n "limit": 5,}'  # the trailing comma: a property name is due at the brace
+
+    response = await client.post("/search", data=sent, headers=owner_headers)
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "bad_request"
+    brace = sent.rindex("}")
+    column = brace - sent.index("\n")
+    assert f"not valid JSON: Expecting property name enclosed in double quotes at line 2, column {column}" in body["message"]
+    assert body["detail"] == {"line": 2, "column": column, "position": brace}
+
+
+async def test_a_body_that_is_not_utf8_says_so(owner_headers) -> None:
+    response = await client.post("/search", data=b'{"query": "caf\xe9"}', headers=owner_headers)
+
+    assert response.status_code == 400
+    assert "not UTF-8" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "says"),
+    [
+        ("post", "/search", {"query": "tides", "limit": 101}, "limit must be at most 100"),
+        ("post", "/search", {"query": "tides", "group_by_document": True, "group_size": 11}, "group_size must be at most 10"),
+        ("get", "/search/history?limit=500", None, "the query's limit must be at most 200"),
+        ("get", "/kbs?limit=501", None, "the query's limit must be at most 500"),
+    ],
+)
+async def test_a_number_over_its_maximum_is_answered_with_the_maximum(owner_headers, method, path, body, says) -> None:
+    call = getattr(client, method)
+    response = await (call(path, json=body, headers=owner_headers) if body else call(path, headers=owner_headers))
+
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert says in response.json()["message"]

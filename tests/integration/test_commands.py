@@ -443,7 +443,7 @@ class TestReindex:
             unchanged = Document.objects.get(pk=other.pk)
             assert (unchanged.chunk_count, unchanged.updated_at) == (other.chunk_count, other.updated_at)
             assert_indexed(unchanged)
-        assert "Reindexed 1 documents" in output
+        assert "Reindexed 1 document (" in output
 
     def test_an_unknown_kb_is_refused_with_the_known_slugs(self, corpus_kb):
         kb, _ = corpus_kb
@@ -532,6 +532,52 @@ class TestReindex:
         for document in documents:
             assert_indexed(Document.objects.get(pk=document.pk))
 
+    def test_while_the_store_is_held_elsewhere_it_says_to_enqueue_and_changes_nothing(
+        self, corpus_kb, store_held_elsewhere
+    ):
+        kb, documents = corpus_kb
+
+        message = command_error("reindex", "--kb", kb.slug, "--no-input")
+
+        assert store_held_elsewhere in message and "`manage.py reindex --enqueue`" in message
+        assert all(Document.objects.get(pk=d.pk).updated_at == d.updated_at for d in documents)
+
+    def test_enqueue_queues_the_documents_for_the_workers_without_the_store(self, corpus_kb, store_held_elsewhere):
+        kb, documents = corpus_kb
+
+        output = run("reindex", "--kb", kb.slug, "--enqueue", "--no-input")
+
+        assert {d.status for d in Document.objects.filter(knowledge_base=kb)} == {DocumentStatus.PENDING}
+        assert f"Queued {len(documents)} documents;" in output
+
+    def test_enqueue_of_one_document_queues_only_it_and_says_document(self, corpus_kb):
+        kb, documents = corpus_kb
+
+        output = run("reindex", "--document", str(documents[0].pk), "--enqueue", "--no-input")
+
+        statuses = {d.pk: d.status for d in Document.objects.filter(knowledge_base=kb)}
+        assert statuses.pop(documents[0].pk) == DocumentStatus.PENDING
+        assert set(statuses.values()) == {DocumentStatus.READY}
+        assert "Queued 1 document;" in output
+
+    def test_enqueue_with_recreate_is_refused_saying_the_store_is_needed(self, corpus_kb):
+        kb, _ = corpus_kb
+
+        message = command_error("reindex", "--kb", kb.slug, "--enqueue", "--recreate", "--no-input")
+
+        assert "stop the server" in message
+        assert {d.status for d in Document.objects.filter(knowledge_base=kb)} == {DocumentStatus.READY}
+        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+
+    def test_enqueue_on_a_kb_of_another_model_is_refused_and_queues_nothing(self, corpus_kb):
+        kb, _ = corpus_kb
+        KnowledgeBase.objects.filter(pk=kb.pk).update(embedding_model="old-model")
+
+        message = command_error("reindex", "--kb", kb.slug, "--enqueue", "--no-input")
+
+        assert "--recreate" in message
+        assert {d.status for d in Document.objects.filter(knowledge_base=kb)} == {DocumentStatus.READY}
+
     async def test_searches_keep_answering_while_a_kb_is_rebuilt(self, test_user, ingestion_service):
         kb, documents = await index_corpus(
             owner=test_user, ingestion=ingestion_service, chunk_size=32, chunk_overlap=0
@@ -563,6 +609,50 @@ class TestReindex:
         assert after and after[0].document_id == answers[0][0].document_id
 
 
+class TestOneEventLoopPerCommand:
+    """Each command reaches Qdrant from one event loop, and so through one client, however many steps it takes."""
+
+    @pytest.fixture
+    def loops(self, monkeypatch) -> list:
+        seen: list = []
+        client = QdrantService.client
+
+        def recording(service):
+            try:
+                seen.append(asyncio.get_running_loop())
+            except RuntimeError:
+                seen.append(None)
+            return client.fget(service)
+
+        monkeypatch.setattr(QdrantService, "client", property(recording))
+        return seen
+
+    def test_reindex(self, corpus_kb, loops):
+        kb, _ = corpus_kb
+
+        run("reindex", "--kb", kb.slug, "--no-input")
+
+        assert len(loops) > 1 and len(set(loops)) == 1 and None not in loops
+
+    def test_reindex_recreate(self, corpus_kb, loops):
+        kb, _ = corpus_kb
+
+        run("reindex", "--kb", kb.slug, "--recreate", "--no-input")
+
+        assert len(loops) > 1 and len(set(loops)) == 1 and None not in loops
+
+    def test_export_and_import(self, corpus_kb, loops, tmp_path):
+        kb, _ = corpus_kb
+        archive = tmp_path / "kb.zip"
+
+        run("export_kb", kb.slug, "--output", str(archive), "--no-input")
+        exporting, loops[:] = list(loops), []
+        run("import_kb", str(archive), "--slug", "copy")
+
+        for seen in (exporting, loops):
+            assert len(seen) > 1 and len(set(seen)) == 1 and None not in seen
+
+
 class TestBootstrap:
     @pytest.fixture(autouse=True)
     def var_dir(self, settings, tmp_path, monkeypatch):
@@ -585,7 +675,25 @@ class TestBootstrap:
         assert demo.owner == admin
         readme = Document.objects.get(knowledge_base=demo)
         assert readme.source_name == "README.md" and readme.status == DocumentStatus.PENDING
+        assert readme.title == "kbsite README"
         assert "Queued the demo knowledge base" in output
+
+    @pytest.mark.parametrize("args", [(), ("--no-demo",)])
+    def test_the_output_ends_with_one_next_step_at_the_url_given(self, var_dir, args):
+        output = run("bootstrap", "--url", "http://127.0.0.1:9000/", *args)
+
+        steps = [line for line in output.splitlines() if "http://" in line or line.startswith("Next")]
+        assert steps == [output.splitlines()[-1]]
+        assert steps[0].startswith("Next: open http://127.0.0.1:9000/ and sign in as admin to search")
+        assert steps[0].endswith("the admin is at http://127.0.0.1:9000/admin/.")
+        assert ("'kbsite documentation'" in steps[0]) == (not args)
+
+    def test_without_a_url_the_next_step_names_the_port_in_port(self, var_dir, monkeypatch):
+        monkeypatch.setenv("PORT", "9123")
+
+        output = run("bootstrap", "--no-demo")
+
+        assert "Next: open http://127.0.0.1:9123/ and sign in" in output.splitlines()[-1]
 
     def test_first_run_without_a_password_generates_one_saved_for_the_owner_only(self, var_dir):
         output = run("bootstrap", "--username", "root")

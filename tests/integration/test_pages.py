@@ -167,4 +167,4 @@ async def test_the_search_page_the_admin_and_the_document_page_name_the_pages(
     labels = [c.pages for c in await all_chunks(pdf_document)]
     assert "pp. 1–2" in labels
     assert all(f'<td class="pages">{label}</td>' in admin.content.decode() for label in labels)
-    assert '(<span class="pages">p. 2</span>)' in passage.content.decode()
+    assert f'(<span class="pages">p. 2</span>, characters {start}–{end}) is marked' in passage.content.decode()

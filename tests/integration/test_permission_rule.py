@@ -53,7 +53,7 @@ async def test_the_three_ways_of_the_read_rule_agree(people_and_kbs, who) -> Non
     user, service = people[who], PermissionService()
 
     listed = {kb.name async for kb in service.knowledge_bases_for(user)}
-    by_role = {kb.name for kb in kbs if await service.role_for(user=user, kb=kb) is not None}
+    by_role = {kb.name for kb in kbs if await service.arole_for(user=user, kb=kb) is not None}
     if user.is_active:
         searchable = {
             kb.name for kb in await service.readable_knowledge_bases(user_id=user.pk, kb_ids=[kb.pk for kb in kbs])
@@ -77,7 +77,7 @@ async def test_roles_rank_as_documented(people_and_kbs) -> None:
     people, kbs = people_and_kbs
     service = PermissionService()
 
-    roles = {who: await service.role_for(user=people[who], kb=kbs[0]) for who in EXPECTED}
+    roles = {who: await service.arole_for(user=people[who], kb=kbs[0]) for who in EXPECTED}
 
     assert roles == {
         "superuser": Role.OWNER,

@@ -98,6 +98,31 @@ class TestSearching:
         assert re.search(r"<mark>(?i:honeybee|colony|sourdough|starter)\w*</mark>", html)
         assert re.search(r'href="/documents/[0-9a-f-]+/\?start=\d+&amp;end=\d+&amp;back=[^"]*#hit"', html)
 
+    def test_a_result_line_keeps_scores_passage_numbers_and_offsets_in_its_details(self, client, two_kbs):
+        owner, *_ = two_kbs
+        html = signed_in(client, owner).get(SEARCH, {"q": TWO_KB_QUERY, "per_document": "on"}).content.decode()
+
+        results = re.findall(r'<li class="result".*?</li>', html, re.S)
+        assert results
+        for result in results:
+            shown = re.sub(r'<details class="result-details">.*?</details>', "", result, flags=re.S)
+            assert "characters" not in shown and "passage " not in shown.lower().replace('class="passage"', "")
+            assert "score" not in shown.lower()
+            details = re.search(r'<details class="result-details"><summary>Details</summary>(.*?)</details>', result, re.S)
+            assert re.search(r"Score <span class=\"score\">\d\.\d{3}</span>, passage \d+, characters \d+–\d+", details.group(1))
+
+    def test_every_members_page_names_its_icon_and_favicon_ico_leads_to_it(self, client, two_kbs):
+        owner, _, _, documents = two_kbs
+        icon = '<link rel="icon" href="/static/kbsite/favicon.svg" type="image/svg+xml">'
+        assert icon in client.get(reverse("web:login")).content.decode()
+        signed_in(client, owner)
+        for url in (SEARCH, KBS, document_url(documents[BEE_TITLE])):
+            assert icon in client.get(url).content.decode(), url
+
+        response = client.get("/favicon.ico")
+
+        assert response.status_code == 301 and response["Location"] == "/static/kbsite/favicon.svg"
+
     def test_one_result_per_document_names_each_document_once_with_its_further_passages(self, client, two_kbs):
         owner, *_ = two_kbs
         page = signed_in(client, owner).get(SEARCH, {"q": TWO_KB_QUERY, "per_document": "on", "limit": 10})
@@ -129,12 +154,28 @@ class TestSearching:
         )
         html = response.content.decode()
         assert response.status_code == 200
-        passage = re.search(r'<mark id="hit" tabindex="-1">(.*?)</mark>', html, re.S).group(1)
-        assert passage == bees.text[start:end].replace("&", "&amp;").replace("'", "&#x27;").replace(
-            '"', "&quot;"
-        )
+        passage = re.search(r'<span class="hit" id="hit" tabindex="-1">(.*?)</span>', html, re.S).group(1)
+        assert re.sub(r"</?mark>", "", passage) == bees.text[start:end].replace("&", "&amp;").replace(
+            "'", "&#x27;"
+        ).replace('"', "&quot;")
+        assert "<mark>" in passage
+        assert f"characters {start}–{end}) is marked" in html
         assert 'href="/search/?q=bees"' in html
         assert "Nature notes" in html and "Ready" in html
+
+    def test_blank_lines_in_the_passage_found_are_not_marked(self, client, two_kbs):
+        owner, nature, _, _ = two_kbs
+        text = "Intro.\n\nFirst paragraph of the hit.\n\n   \nSecond one,\nwith a second line.\n\nOutro."
+        document = make_document(kb=nature, title="Paragraphs", text=text)
+        start, end = text.index("First"), text.index("Outro")
+
+        html = signed_in(client, owner).get(document_url(document), {"start": start, "end": end}).content.decode()
+
+        passage = re.search(r'<span class="hit" id="hit" tabindex="-1">(.*?)</span>', html, re.S).group(1)
+        assert re.findall(r"<mark>(.*?)</mark>", passage, re.S) == [
+            "First paragraph of the hit.", "Second one,", "with a second line."
+        ]
+        assert re.sub(r"</?mark>", "", passage) == text[start:end]
 
 
 class TestWhoSeesWhat:

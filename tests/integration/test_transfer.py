@@ -260,7 +260,7 @@ class TestRoundTrip:
         assert (
             bytes(DocumentSource.objects.get(document=queued).data) == b"# Later\n\nKelp forests grow fast."
         )
-        assert "1 documents are queued for the workers" in output
+        assert "1 document is queued for the workers" in output
         indexed = asyncio.run(ingestion_service.ingest_now(document_id=queued.pk, worker_id="tests"))
         assert indexed.status == DocumentStatus.READY and indexed.text.startswith("# Later")
 

@@ -24,7 +24,11 @@ class Command(BaseCommand):
             default="KBSITE_ADMIN_PASSWORD",
             help="Environment variable holding the password; unset means generate one (default: %(default)s).",
         )
-        parser.add_argument("--url", default="http://127.0.0.1:8000/", help="Where the site will be served.")
+        parser.add_argument(
+            "--url",
+            default=f"http://127.0.0.1:{os.environ.get('PORT') or 8000}/",
+            help="Where the site will be served (default: port $PORT, else 8000, on 127.0.0.1).",
+        )
         parser.add_argument("--no-demo", action="store_true", help="Do not load the demo knowledge base.")
 
     def handle(self, *args, username: str, password_env: str, url: str, no_demo: bool, **options) -> None:
@@ -56,12 +60,17 @@ class Command(BaseCommand):
                 else "use its password, or `manage.py changepassword`"
             )
             self.stdout.write(f"Superuser {account.username!r} exists; {hint}.")
+        demo = None
         if account.created and not no_demo:
             owner = get_user_model().objects.get(username=account.username)
             demo = service.load_demo(owner=owner)
             if demo is not None:
                 self.stdout.write(
-                    f"Queued the demo knowledge base {demo.name!r}: the server indexes it in a few seconds, "
-                    "then try a search on its page in the admin."
+                    f"Queued the demo knowledge base {demo.name!r}: the server indexes it in its first seconds."
                 )
-        self.stdout.write(f"Log in at {url} to search; the admin is at {url.rstrip('/')}/admin/")
+        # One next step, whatever happened above: the members' search page is where a new user starts.
+        site = url.rstrip("/")
+        what = f"search {demo.name!r}" if demo is not None else "search"
+        self.stdout.write(
+            self.style.SUCCESS(f"Next: open {site}/ and sign in as {account.username} to {what}; the admin is at {site}/admin/.")
+        )

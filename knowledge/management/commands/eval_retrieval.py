@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.errors import KnowledgeError
@@ -20,6 +20,7 @@ from knowledge.evaluation.retrieval import (
 )
 from knowledge.management.progress import Progress
 from search.errors import SearchError
+from search.plurals import counted
 from search.qdrant import qdrant_service
 from search.services.search import MAX_LIMIT, SearchMode
 
@@ -86,32 +87,56 @@ class Command(BaseCommand):
             dataset = BeirDataset.load(path, split=split)
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
-        try:
-            async_to_sync(qdrant_service.check_available)()
-        except SearchError as exc:
-            raise CommandError(f"{exc.message}\nNothing was indexed.") from exc
-
-        service = RetrievalEvaluationService()
-        try:
-            index = service.create_index(dataset=dataset, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-        except KnowledgeError as exc:
-            raise CommandError(exc.message) from exc
-        try:
-            scores = self._run(service, index, dataset, wanted, limit, verbosity)
-        finally:
-            if keep:
-                self.stdout.write(
-                    f"Kept the knowledge base {index.kb.slug!r} and its owner {index.owner.get_username()!r}."
-                )
-            else:
-                async_to_sync(service.adelete)(index)
+        # One event loop for the whole run, so one Qdrant client serves every step.
+        index, scores = async_to_sync(self._evaluate)(
+            dataset=dataset,
+            modes=wanted,
+            depth=limit,
+            keep=keep,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            verbosity=verbosity,
+        )
         self._print_table(scores)
         if json_file is not None:
             json_file.write_text(self._as_json(dataset, split, index, scores, limit), encoding="utf-8")
             if verbosity >= 1:
                 self.stdout.write(f"Wrote the figures to {json_file}.")
 
-    def _run(
+    async def _evaluate(
+        self,
+        *,
+        dataset: BeirDataset,
+        modes: list[SearchMode],
+        depth: int,
+        keep: bool,
+        chunk_size: int | None,
+        chunk_overlap: int | None,
+        verbosity: int,
+    ) -> tuple[EvaluationIndex, list[ModeScores]]:
+        try:
+            await qdrant_service.check_available()
+        except SearchError as exc:
+            raise CommandError(f"{exc.message}\nNothing was indexed.") from exc
+        service = RetrievalEvaluationService()
+        try:
+            # Rows for the throwaway KB and its owner: the service's sync form is its only one.
+            index = await sync_to_async(service.create_index)(
+                dataset=dataset, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+            )
+        except KnowledgeError as exc:
+            raise CommandError(exc.message) from exc
+        try:
+            return index, await self._index_and_search(service, index, dataset, modes, depth, verbosity)
+        finally:
+            if keep:
+                self.stdout.write(
+                    f"Kept the knowledge base {index.kb.slug!r} and its owner {index.owner.get_username()!r}."
+                )
+            else:
+                await service.adelete(index)
+
+    async def _index_and_search(
         self,
         service: RetrievalEvaluationService,
         index: EvaluationIndex,
@@ -120,7 +145,7 @@ class Command(BaseCommand):
         depth: int,
         verbosity: int,
     ) -> list[ModeScores]:
-        service.add_corpus(index, dataset)
+        await sync_to_async(service.add_corpus)(index, dataset)
         total = len(index.corpus_ids)
         progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
         # In a log, a line per tenth rather than one per document.
@@ -129,9 +154,9 @@ class Command(BaseCommand):
         def advance(done: int, total: int, corpus_id: str) -> None:
             progress.advance(1, detail=corpus_id)
             if not progress.on_terminal and (done % every == 0 or done == total):
-                progress.line(f"Indexed {done} of {total} documents")
+                progress.line(f"Indexed {done} of {counted(total, 'document')}")
 
-        async_to_sync(service.aindex)(index, on_progress=advance)
+        await service.aindex(index, on_progress=advance)
         progress.finish()
         for failure in index.failed:
             self.stderr.write(f"Not indexed: {failure}")
@@ -139,14 +164,16 @@ class Command(BaseCommand):
             raise CommandError("No document of the corpus could be indexed; the reasons are above.")
         if verbosity >= 1:
             self.stdout.write(
-                f"Indexed {index.documents} documents as {index.chunks} chunks ({index.kb.chunk_size} tokens, "
-                f"overlap {index.kb.chunk_overlap}) in {index.seconds:.0f}s; searching {len(dataset.queries)} queries."
+                f"Indexed {counted(index.documents, 'document')} as {counted(index.chunks, 'chunk')} "
+                f"({index.kb.chunk_size} tokens, overlap {index.kb.chunk_overlap}) in {index.seconds:.0f}s; "
+                f"searching {counted(len(dataset.queries), 'query', 'queries')}."
             )
         scores = []
         for mode in modes:
-            scores.append(async_to_sync(service.aevaluate)(index, dataset, mode=mode, depth=depth))
+            scores.append(await service.aevaluate(index, dataset, mode=mode, depth=depth))
             if scores[-1].fell_back:
-                self.stderr.write(f"{scores[-1].fell_back} {mode} searches ran in another mode.")
+                fell_back = scores[-1].fell_back
+                self.stderr.write(f"{counted(fell_back, f'{mode} search')} ran in another mode.")
         return scores
 
     def _print_table(self, scores: list[ModeScores]) -> None:

@@ -10,8 +10,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from knowledge.management.progress import Progress
 from knowledge.management.prompts import confirm
 from knowledge.models import DocumentStatus, KnowledgeBase
-from knowledge.transfer.export import ExportService
+from knowledge.transfer.export import ExportReport, ExportService
 from search.errors import KbsiteError
+from search.plurals import counted
 from search.qdrant import qdrant_service
 
 
@@ -46,20 +47,10 @@ class Command(BaseCommand):
             raise CommandError(f"There is no folder {path.parent} to write {path.name} into.")
         if path.exists() and interactive:
             confirm(f"{path} exists. Replace it?", command="export_kb")
-        try:
-            async_to_sync(qdrant_service.check_available)()
-        except KbsiteError as exc:
-            raise CommandError(exc.message) from exc
-
         total = sum(kb.documents.filter(status=DocumentStatus.READY).values_list("chunk_count", flat=True))
         progress = Progress(self.stdout, total=total, unit="chunks", verbosity=verbosity)
-        try:
-            report = async_to_sync(ExportService().export_knowledge_base)(
-                kb=kb, path=path, on_progress=lambda done, _: progress.advance(done - progress.done)
-            )
-        except KbsiteError as exc:
-            progress.finish()
-            raise CommandError(f"{exc.message}\nNo archive was written.") from exc
+        # One event loop for the whole export, so one Qdrant client serves every step.
+        report = async_to_sync(self._export)(kb=kb, path=path, progress=progress)
         progress.finish()
         for title in report.changed if verbosity >= 1 else ():
             self.stdout.write(
@@ -68,8 +59,21 @@ class Command(BaseCommand):
         rate = report.chunks / report.seconds if report.seconds else 0
         self.stdout.write(
             self.style.SUCCESS(
-                f"Exported {kb.slug!r} to {path}: {report.documents} documents ({report.ready} with their "
-                f"{report.chunks} chunks), {report.memberships} members, in {report.seconds:.1f}s "
+                f"Exported {kb.slug!r} to {path}: {counted(report.documents, 'document')} ({report.ready} with their "
+                f"{counted(report.chunks, 'chunk')}), {counted(report.memberships, 'member')}, in {report.seconds:.1f}s "
                 f"({rate:.0f} chunks/s)."
             )
         )
+
+    async def _export(self, *, kb: KnowledgeBase, path: Path, progress: Progress) -> ExportReport:
+        try:
+            await qdrant_service.check_available()
+        except KbsiteError as exc:
+            raise CommandError(exc.message) from exc
+        try:
+            return await ExportService().export_knowledge_base(
+                kb=kb, path=path, on_progress=lambda done, _: progress.advance(done - progress.done)
+            )
+        except KbsiteError as exc:
+            progress.finish()
+            raise CommandError(f"{exc.message}\nNo archive was written.") from exc

@@ -8,8 +8,9 @@ from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.management.progress import Progress
-from knowledge.transfer.import_ import BATCH_SIZE, ImportService
+from knowledge.transfer.import_ import BATCH_SIZE, ImportReport, ImportService
 from search.errors import KbsiteError
+from search.plurals import counted, noun
 from search.qdrant import qdrant_service
 
 
@@ -49,26 +50,14 @@ class Command(BaseCommand):
     ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        try:
-            async_to_sync(qdrant_service.check_available)()
-        except KbsiteError as exc:
-            raise CommandError(exc.message) from exc
         service = ImportService(batch_size=batch_size)
         progress = Progress(
             self.stdout, total=0, unit="documents" if re_embed else "chunks", verbosity=verbosity
         )
-
-        def on_progress(done: int, total: int) -> None:
-            progress.total = total
-            progress.advance(done - progress.done)
-
-        try:
-            report = async_to_sync(service.import_knowledge_base)(
-                path=Path(archive), slug=slug, re_embed=re_embed, on_progress=on_progress
-            )
-        except KbsiteError as exc:
-            progress.finish()
-            raise CommandError(exc.message) from exc
+        # One event loop for the whole import, so one Qdrant client serves every step.
+        report = async_to_sync(self._import)(
+            service=service, path=Path(archive), slug=slug, re_embed=re_embed, progress=progress
+        )
         progress.finish()
         if report.unknown_users and verbosity >= 1:
             self.stdout.write(
@@ -80,12 +69,31 @@ class Command(BaseCommand):
             )
         rate = report.chunks / report.seconds if report.seconds else 0
         summary = (
-            f"Imported {report.kb.slug!r}: {report.ready} documents ready with {report.chunks} chunks, "
-            f"{report.members} members, in {report.seconds:.1f}s ({rate:.0f} chunks/s)"
+            f"Imported {report.kb.slug!r}: {counted(report.ready, 'document')} ready with "
+            f"{counted(report.chunks, 'chunk')}, {counted(report.members, 'member')}, in {report.seconds:.1f}s "
+            f"({rate:.0f} chunks/s)"
         )
         if report.queued:
-            summary += f"; {report.queued} documents are queued for the workers"
+            summary += f"; {counted(report.queued, 'document')} {noun(report.queued, 'is', 'are')} queued for the workers"
         self.stdout.write(self.style.SUCCESS(summary + "."))
         if report.failed:
             reasons = "\n".join(f"  {d.title} ({d.pk}): {d.error}" for d in report.failed)
-            raise CommandError(f"{len(report.failed)} documents failed:\n{reasons}")
+            raise CommandError(f"{counted(len(report.failed), 'document')} failed:\n{reasons}")
+
+    async def _import(
+        self, *, service: ImportService, path: Path, slug: str | None, re_embed: bool, progress: Progress
+    ) -> ImportReport:
+        try:
+            await qdrant_service.check_available()
+        except KbsiteError as exc:
+            raise CommandError(exc.message) from exc
+
+        def on_progress(done: int, total: int) -> None:
+            progress.total = total
+            progress.advance(done - progress.done)
+
+        try:
+            return await service.import_knowledge_base(path=path, slug=slug, re_embed=re_embed, on_progress=on_progress)
+        except KbsiteError as exc:
+            progress.finish()
+            raise CommandError(exc.message) from exc

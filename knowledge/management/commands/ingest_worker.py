@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.ingestion.worker import IngestionWorker
 from search.errors import SearchError
+from search.plurals import counted
 from search.qdrant import qdrant_service
 
 
@@ -25,7 +26,7 @@ class Command(BaseCommand):
     def handle(self, *args, until_idle: bool, poll: float | None, verbosity: int, **options) -> None:
         worker = IngestionWorker(poll_seconds=poll)
         processed = asyncio.run(self._run(worker, until_idle))
-        self.stdout.write(self.style.SUCCESS(f"Worker {worker.worker_id} processed {processed} documents."))
+        self.stdout.write(self.style.SUCCESS(f"Worker {worker.worker_id} processed {counted(processed, 'document')}."))
 
     async def _run(self, worker: IngestionWorker, until_idle: bool) -> int:
         try:

@@ -14,6 +14,7 @@ from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.reindex import ReindexReport, ReindexService
 from search.errors import SearchError
+from search.plurals import counted, noun
 from search.qdrant import qdrant_service
 
 
@@ -21,22 +22,33 @@ class Command(BaseCommand):
     help = (
         "Chunk and embed documents again from their stored text (after changing chunk settings, say). "
         "With --recreate, build each knowledge base into a new collection and switch to it at once, "
-        "as needed after changing the embedding model; searches keep working meanwhile."
+        "as needed after changing the embedding model; searches keep working meanwhile. With --enqueue, "
+        "only queue the documents for a running server's worker."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--kb", action="append", default=[], metavar="SLUG", help="A KB to reindex (repeatable); default all.")
         parser.add_argument("--document", type=uuid.UUID, metavar="ID", help="Reindex only this document.")
         parser.add_argument("--recreate", action="store_true", help="Build new collections and switch the KBs to them.")
+        parser.add_argument(
+            "--enqueue",
+            action="store_true",
+            help="Only queue the documents for the workers (the server's, with the embedded store): needs no store.",
+        )
         parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="Chunks embedded and written at a time (default 64).")
         parser.add_argument("--no-input", "--noinput", action="store_false", dest="interactive", help="Do not ask for confirmation.")
 
-    def handle(self, *args, kb: list[str], document: uuid.UUID | None, recreate: bool, batch_size: int,
+    def handle(self, *args, kb: list[str], document: uuid.UUID | None, recreate: bool, enqueue: bool, batch_size: int,
                interactive: bool, verbosity: int, **options) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         if document and (recreate or kb):
             raise CommandError("--document reindexes one document in place: use it without --kb and --recreate.")
+        if enqueue and recreate:
+            raise CommandError(
+                "--recreate builds new collections, which needs the store: stop the server and run it without "
+                "--enqueue. --enqueue alone queues the documents to be chunked and embedded again in place."
+            )
         knowledge_bases = self._knowledge_bases(kb)
         documents = Document.objects.filter(knowledge_base__in=knowledge_bases)
         if document:
@@ -46,59 +58,84 @@ class Command(BaseCommand):
         total = documents.count()
         if interactive:
             what = (
-                f"Rebuild {len(knowledge_bases)} knowledge bases ({total} documents) into new collections?"
+                f"Rebuild {counted(len(knowledge_bases), 'knowledge base')} ({counted(total, 'document')}) "
+                "into new collections?"
                 if recreate
-                else f"Chunk and embed {total} documents again?"
+                else f"{'Queue' if enqueue else 'Chunk and embed'} {counted(total, 'document')} again?"
             )
             confirm(what, command="reindex")
+        service = ReindexService(ingestion=IngestionService(config=IngestionSettings.from_settings(batch_size=batch_size)))
+        ids = list(documents.order_by("knowledge_base_id", "pk").values_list("pk", flat=True))
+        if enqueue:
+            try:
+                queued = service.queue_in_place(document_ids=ids)
+            except SearchError as exc:
+                raise CommandError(exc.message) from exc
+            self.stdout.write(
+                self.style.SUCCESS(f"Queued {counted(queued, 'document')}; the workers chunk and embed them again.")
+            )
+            return
+        progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
+        # One event loop for the whole run, so one Qdrant client serves every step.
+        reports = async_to_sync(self._reindex)(
+            service=service, knowledge_bases=knowledge_bases if recreate else None, ids=ids, progress=progress
+        )
+        seconds = progress.finish()
+        indexed, chunks = sum(r.indexed for r in reports), sum(r.chunks for r in reports)
+        failed = [d for r in reports for d in r.failed]
+        busy = sum(r.busy for r in reports)
+        summary = f"Reindexed {counted(indexed, 'document')} ({counted(chunks, 'chunk')}) in {seconds:.1f}s"
+        if busy:
+            summary += f"; {busy} {noun(busy, 'was', 'were')} being processed by a worker and left to it"
+        self.stdout.write(self.style.SUCCESS(summary + "."))
+        if failed:
+            reasons = "\n".join(f"  {d.title} ({d.pk}): {d.error}" for d in failed)
+            raise CommandError(f"{counted(len(failed), 'document')} failed:\n{reasons}")
+
+    async def _reindex(
+        self,
+        *,
+        service: ReindexService,
+        knowledge_bases: list[KnowledgeBase] | None,
+        ids: list[uuid.UUID],
+        progress: Progress,
+    ) -> list[ReindexReport]:
+        """Every knowledge base rebuilt (`knowledge_bases` given) or the documents reindexed in place."""
         try:
-            async_to_sync(qdrant_service.check_available)()
+            await qdrant_service.check_available()
         except SearchError as exc:
             hint = (
-                "\nWhile the server holds the embedded store, queue documents for its worker with the admin's "
-                "“Chunk and embed again” action (or POST …/reindex in the API); --recreate needs the server stopped."
+                "\nWhile the server holds the embedded store, queue the documents for its worker instead: "
+                "`manage.py reindex --enqueue` with the same --kb or --document (or the admin's “Chunk and "
+                "embed again” action); --recreate needs the server stopped."
                 if qdrant_service.config.is_local
                 else ""
             )
             raise CommandError(exc.message + hint) from exc
-
-        service = ReindexService(ingestion=IngestionService(config=IngestionSettings.from_settings(batch_size=batch_size)))
-        progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
         worker_id = new_worker_id()
 
         def on_progress(doc, done, chunks_total):
             if done == chunks_total:
                 progress.advance(1, detail=doc.title)
             else:
-                progress.advance(0, detail=f"{doc.title} {done}/{chunks_total} chunks")
+                progress.advance(0, detail=f"{doc.title} {done}/{counted(chunks_total, 'chunk')}")
 
         reports: list[ReindexReport] = []
         try:
-            if recreate:
-                for knowledge_base in knowledge_bases:
-                    report = async_to_sync(service.rebuild)(kb=knowledge_base, worker_id=worker_id, on_progress=on_progress)
-                    reports.append(report)
-                    progress.line(
-                        f"{knowledge_base.slug}: switched to {report.collection}, {report.indexed} documents, "
-                        f"{report.chunks} chunks; {report.requeued} changed meanwhile and were queued again"
-                    )
-            else:
-                ids = list(documents.order_by("knowledge_base_id", "pk").values_list("pk", flat=True))
-                reports.append(async_to_sync(service.reindex_in_place)(document_ids=ids, worker_id=worker_id, on_progress=on_progress))
+            if knowledge_bases is None:
+                reports.append(await service.reindex_in_place(document_ids=ids, worker_id=worker_id, on_progress=on_progress))
+            for knowledge_base in knowledge_bases or ():
+                report = await service.rebuild(kb=knowledge_base, worker_id=worker_id, on_progress=on_progress)
+                reports.append(report)
+                progress.line(
+                    f"{knowledge_base.slug}: switched to {report.collection}, {counted(report.indexed, 'document')}, "
+                    f"{counted(report.chunks, 'chunk')}; {report.requeued} changed meanwhile and "
+                    f"{noun(report.requeued, 'was', 'were')} queued again"
+                )
         except SearchError as exc:
             progress.finish()
             raise CommandError(f"{exc.message}\nThe knowledge bases keep their previous collections.") from exc
-        seconds = progress.finish()
-        indexed, chunks = sum(r.indexed for r in reports), sum(r.chunks for r in reports)
-        failed = [d for r in reports for d in r.failed]
-        busy = sum(r.busy for r in reports)
-        summary = f"Reindexed {indexed} documents ({chunks} chunks) in {seconds:.1f}s"
-        if busy:
-            summary += f"; {busy} were being processed by a worker and left to it"
-        self.stdout.write(self.style.SUCCESS(summary + "."))
-        if failed:
-            reasons = "\n".join(f"  {d.title} ({d.pk}): {d.error}" for d in failed)
-            raise CommandError(f"{len(failed)} documents failed:\n{reasons}")
+        return reports
 
     def _knowledge_bases(self, slugs: list[str]) -> list[KnowledgeBase]:
         if not slugs:

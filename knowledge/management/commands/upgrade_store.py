@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.store_upgrade import StoreUpgradeService
+from search.plurals import counted
 from search.qdrant import qdrant_service
 
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         kbs, documents = KnowledgeBase.objects.count(), Document.objects.count()
         if interactive:
             confirm(
-                f"Move {config.path} aside and rebuild {kbs} knowledge bases ({documents} documents) "
+                f"Move {config.path} aside and rebuild {counted(kbs, 'knowledge base')} ({counted(documents, 'document')}) "
                 "into Qdrant Edge? Searches return nothing until each is rebuilt.",
                 command="upgrade_store",
             )
@@ -47,7 +48,7 @@ class Command(BaseCommand):
             ) from exc
         self.stdout.write(
             self.style.SUCCESS(
-                f"Upgraded {kbs} knowledge bases to Qdrant Edge at {config.path}. "
+                f"Upgraded {counted(kbs, 'knowledge base')} to Qdrant Edge at {config.path}. "
                 f"Delete {kept} once you are satisfied."
             )
         )
