@@ -65,6 +65,9 @@ _STDERR_TAIL = 2000
 _FILES_PER_CHILD = 500
 # Warm children reading files at once in a job: the machine's cores, which the embedder shares.
 DEFAULT_WARM_CHILDREN = 2
+# How long a warm child may take to start and import the parsers, and what it says once it has.
+_START_SECONDS = 60.0
+_READY = b"ready\n"
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,20 @@ class WarmExtractionPool:
         self._started += 1
         child = _WarmChild(process=process)
         child.drain = asyncio.ensure_future(child.keep_stderr_tail())
+        try:
+            # A file's budget starts once the child is ready: on a busy machine, starting Python
+            # alone can take seconds, which no file should be failed for.
+            ready = await asyncio.wait_for(process.stdout.readline(), timeout=_START_SECONDS)
+        except BaseException:
+            await asyncio.shield(self._stop(child))
+            raise
+        if ready != _READY:
+            await self._stop(child)
+            # Not the file's fault: the pipeline tries the document again later.
+            raise RuntimeError(
+                f"The file reader could not start: {bytes(child.stderr_tail).decode('utf-8', 'replace')[-300:]}"
+                " Check that KBSITE_EXTRACTION_MEMORY_MB leaves room for Python and the parsers."
+            )
         return child
 
     @staticmethod
@@ -413,6 +430,8 @@ def serve(start: dict) -> None:
     settings.configure(INGESTION={})
     collected = _collecting_logs()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)
+    stdout.flush()
     while header := stdin.readline():
         request = json.loads(header)
         data = stdin.read(request["size"])
