@@ -103,6 +103,11 @@ class Document(models.Model):
     source_name = models.CharField(max_length=500, blank=True, help_text="The file name it came from.")
     source_format = models.CharField(max_length=10, blank=True, help_text="txt, md, html, pdf, docx or text.")
     source_size = models.PositiveBigIntegerField(default=0, help_text="Bytes uploaded.")
+    source_folder = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="The folder `manage.py sync_folder` keeps it in step with (its source name is its path there).",
+    )
     content_hash = models.CharField(
         max_length=64, help_text="sha256 of what was uploaded, to recognise the same content twice."
     )

@@ -154,6 +154,14 @@ class DocumentOut(Schema):
     source_name: str
     source_format: str
     source_size: int
+    content_hash: str = Field(
+        description="SHA-256 of the bytes uploaded (of the UTF-8 text for a text document): a file whose hash "
+        "differs is a new version, which `manage.py sync_folder` indexes again."
+    )
+    source_folder: str = Field(
+        description="The folder `manage.py sync_folder` keeps this document in step with, where source_name is "
+        "its path; empty for a document not synced from a folder."
+    )
     status: StatusName
     progress: ProgressOut
     chunk_count: int

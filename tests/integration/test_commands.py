@@ -168,7 +168,7 @@ class TestIngest:
         documents = documents_by_file(kb)
         assert sorted(documents) == ["sub/inner.md", "top.txt"]
         assert_indexed(documents["sub/inner.md"])
-        assert "1 of 2 files are ready" in output and "1 were already there" in output
+        assert "1 of 2 files are ready" in output and "1 was already there" in output
 
     def test_hidden_files_and_folders_are_passed_over(self, tmp_path, test_user):
         folder = tmp_path / "docs"
@@ -241,7 +241,7 @@ class TestIngest:
         output = run("ingest", str(path), "--kb", "docs")
 
         assert "duplicate: tides.txt is already in" in output
-        assert "0 of 1 files are ready in 'docs'; 1 were already there" in output
+        assert "0 of 1 file is ready in 'docs'; 1 was already there" in output
         again = Document.objects.get(knowledge_base=kb)
         assert again.pk == first.pk and again.updated_at == first.updated_at
         assert_indexed(again)
@@ -271,7 +271,7 @@ class TestIngest:
         assert after["tides.txt"].updated_at == before["tides.txt"].updated_at
         assert_indexed(after["tides.txt"])
         assert "notes.txt: ready" in output and "tides.txt: ready" not in output
-        assert "1 of 2 files are ready in 'docs'; 1 were already there" in output
+        assert "1 of 2 files are ready in 'docs'; 1 was already there" in output
 
     def test_enqueue_records_pending_documents_and_indexes_nothing(self, tmp_path):
         folder = write_every_format(tmp_path / "docs")

@@ -7,11 +7,17 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.errors import KnowledgeError
-from knowledge.ingestion.file_import import FileImportService
-from knowledge.ingestion.pipeline import IngestionService
+from knowledge.ingestion.file_import import (
+    FileImportService,
+    FileOutcome,
+    FoundFile,
+    PassedOver,
+    PipelinedIndexing,
+    Problems,
+)
 from knowledge.ingestion.worker import new_worker_id
 from knowledge.management.progress import Progress
-from knowledge.models import DocumentStatus, KnowledgeBase
+from knowledge.models import KnowledgeBase
 from knowledge.services.document_metadata import clean_tags, parse_metadata_pairs
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from search.errors import SearchError
@@ -64,45 +70,62 @@ class Command(BaseCommand):
                 "tags": clean_tags(tags) if tags else None,
                 "metadata": parse_metadata_pairs(meta) if meta else None,
             }
-            files, passed_over = importer.collect(paths, recursive=recursive)
+            # A first walk counts the files (for the progress bar) and finds a missing path before
+            # anything is loaded; the second loads them, reading each in its turn.
+            file_count, passed_over, example = 0, 0, None
+            for item in importer.sources(paths, recursive=recursive):
+                if isinstance(item, FoundFile):
+                    file_count += 1
+                elif item.reason != PassedOver.HIDDEN:
+                    passed_over += 1
+                    example = example or item
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
         if passed_over and verbosity >= 1:
-            self.stdout.write(f"Passed over {len(passed_over)} files kbsite cannot read, e.g. {passed_over[0]}.")
-        if not files:
+            self.stdout.write(
+                f"Passed over {_count(passed_over, 'file')} kbsite cannot read, "
+                f"e.g. {example.path} ({example.reason})."
+            )
+        if not file_count:
             raise CommandError("Found no files to load (.txt .md .html .pdf .docx); use --recursive for sub-folders.")
         if not enqueue:
             self._check_qdrant()
         # Only now, with files to load and a Qdrant to load them into, may --create make the KB.
         knowledge_base = self._knowledge_base(kb, create=create, name=name, owner=owner)
 
-        outcomes = importer.add_files(kb=knowledge_base, files=files, **labels)
-        queued = [o for o in outcomes if o.document is not None]
-        rejected = [o for o in outcomes if o.status == "rejected"]
-        problems = list(rejected)
-        for outcome in outcomes:
-            if outcome.status in ("duplicate", "rejected") and verbosity >= 1:
-                self.stdout.write(f"{outcome.status}: {outcome.message}")
-
+        run = _Run(self, total=file_count, verbosity=verbosity)
+        async_to_sync(run.load)(importer, knowledge_base, importer.sources(paths, recursive=recursive), labels, enqueue)
+        seconds = run.progress.finish()
+        tally = run.tally
+        added = tally["queued"] + tally["updated"]
         if enqueue:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Queued {len(queued)} documents in {knowledge_base.slug!r} for the workers "
-                    f"({len(outcomes) - len(queued) - len(rejected)} duplicates, {len(rejected)} rejected)."
+                    f"Queued {_count(added, 'document')} in {knowledge_base.slug!r} for the "
+                    f"workers ({_count(tally['duplicate'], 'duplicate')}, {tally['rejected']} rejected)."
                 )
             )
         else:
-            failed = self._process(queued, verbosity)
-            problems += failed
-            ready = len(queued) - len(failed)
-            duplicates = len(outcomes) - len(queued) - len(rejected)
-            summary = f"{ready} of {len(files)} files are ready in {knowledge_base.slug!r}"
-            if duplicates:
-                summary += f"; {duplicates} were already there"
-            self.stdout.write(self.style.SUCCESS(summary + "."))
-        if problems:
-            reasons = "\n".join(f"  {o.path}: {o.message}" for o in problems)
-            raise CommandError(f"{len(problems)} of {len(files)} files failed:\n{reasons}")
+            verb = "is" if file_count == 1 else "are"
+            summary = (
+                f"{tally['ready']} of {_count(file_count, 'file')} {verb} ready in "
+                f"{knowledge_base.slug!r}"
+            )
+            if tally["duplicate"]:
+                summary += f"; {tally['duplicate']} {'was' if tally['duplicate'] == 1 else 'were'} already there"
+            if tally["elsewhere"]:
+                summary += f"; {tally['elsewhere']} being indexed by another worker"
+            self.stdout.write(
+                self.style.SUCCESS(f"{summary}. {_count(run.chunks, 'chunk')} embedded in {seconds:.1f}s.")
+            )
+        problems = run.problems
+        if problems.count:
+            reasons = "\n".join(f"  {o.path}: {o.message}" for o in problems.listed)
+            if problems.count > len(problems.listed):
+                reasons += f"\n  … and {problems.count - len(problems.listed)} more (see the lines above)."
+            raise CommandError(
+                f"{problems.count} of {_count(file_count, 'file')} failed:\n{reasons}"
+            )
 
     def _knowledge_base(self, slug: str, *, create: bool, name: str | None, owner: str | None) -> KnowledgeBase:
         existing = KnowledgeBase.objects.filter(slug=slug).first()
@@ -132,33 +155,56 @@ class Command(BaseCommand):
                 f"{exc.message}\nNothing was loaded. To queue the files for the server's worker instead, add --enqueue."
             ) from exc
 
-    def _process(self, outcomes, verbosity: int):
-        """Index the queued documents here; returns the outcomes of those that failed, with the reason."""
-        service, worker_id = IngestionService(), new_worker_id()
-        progress = Progress(self.stdout, total=len(outcomes), unit="files", verbosity=verbosity)
-        failed = []
 
-        async def run() -> None:
-            for outcome in outcomes:
-                name = outcome.document.source_name
-                document = await service.ingest_until_settled(
-                    document_id=outcome.document.pk,
-                    worker_id=worker_id,
-                    on_progress=lambda _, done, total, name=name: progress.advance(
-                        0, detail=f"{name} {done}/{total} chunks"
-                    ),
-                )
-                if document is None:
-                    progress.line(f"{name}: taken by another worker, which will finish it")
-                elif document.status != DocumentStatus.READY:
-                    failed.append(type(outcome)(path=outcome.path, status="failed", message=document.error))
-                    progress.line(f"{name}: {document.status}: {document.error}")
-                elif not progress.on_terminal:
-                    progress.line(f"{name}: ready, {document.chunk_count} chunks")
-                progress.advance(1, detail=name)
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun if number == 1 else noun + 's'}"
 
-        async_to_sync(run)()
-        seconds = progress.finish()
-        if verbosity >= 2:
-            self.stdout.write(f"Indexed {len(outcomes)} files in {seconds:.1f}s.")
-        return failed
+
+class _Run:
+    """One ingest's loading and indexing, with its progress bar (files and chunks) and its tally."""
+
+    def __init__(self, command: Command, *, total: int, verbosity: int) -> None:
+        self.progress = Progress(command.stdout, total=total, unit="files", verbosity=verbosity)
+        self.verbosity = verbosity
+        self.tally = dict.fromkeys(("queued", "updated", "duplicate", "rejected", "ready", "elsewhere"), 0)
+        self.problems = Problems()
+        self.chunks = 0
+
+    async def load(self, importer: FileImportService, kb: KnowledgeBase, sources, labels: dict, enqueue: bool) -> None:
+        async def added(item: FileOutcome | PassedOver) -> None:
+            if isinstance(item, PassedOver):
+                return
+            self.tally[item.status] += 1
+            if item.status in ("duplicate", "rejected"):
+                if item.status == "rejected":
+                    self.problems.add(item)
+                if self.verbosity >= 1:
+                    self.progress.line(f"{item.status}: {item.message}")
+                self.progress.advance(1, detail=item.path.name)
+            elif indexing is None:
+                self.progress.advance(1, detail=item.path.name)
+            else:
+                await indexing.add(item)
+
+        if enqueue:
+            indexing = None
+            await importer.aadd_files(kb=kb, sources=sources, on_added=added, **labels)
+            return
+        async with PipelinedIndexing(on_done=self._done, on_chunks=self._embedded, worker_id=new_worker_id()) as indexing:
+            await importer.aadd_files(kb=kb, sources=sources, on_added=added, **labels)
+
+    def _done(self, outcome: FileOutcome) -> None:
+        name = outcome.document.source_name
+        self.tally[outcome.status] = self.tally.get(outcome.status, 0) + 1
+        if outcome.status == "elsewhere":
+            self.progress.line(f"{name}: taken by another worker, which will finish it")
+        elif outcome.status == "failed":
+            self.problems.add(outcome)
+            self.progress.line(f"{name}: {outcome.document.status}: {outcome.message}")
+        elif not self.progress.on_terminal:
+            self.progress.line(f"{name}: ready, {_count(outcome.document.chunk_count, 'chunk')}")
+        self.progress.advance(1, detail=f"{_count(self.chunks, 'chunk')} | {name}")
+
+    def _embedded(self, count: int) -> None:
+        self.chunks += count
+        self.progress.advance(0, detail=f"{_count(self.chunks, 'chunk')}")
