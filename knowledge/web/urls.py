@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from knowledge.web import views
+from knowledge.web import manage, views
 
 app_name = "web"
 
@@ -22,4 +22,16 @@ urlpatterns = [
     path("documents/<uuid:document_id>/archive/", views.archive_document, name="archive_document"),
     path("kbs/", views.knowledge_bases, name="knowledge_bases"),
     path("kbs/upload/", views.upload, name="upload"),
+    path("kbs/new/", manage.new_knowledge_base, name="kb_new"),
+    path("kbs/<uuid:kb_id>/", manage.knowledge_base, name="kb"),
+    path("kbs/<uuid:kb_id>/members/", manage.members, name="kb_members"),
+    path("kbs/<uuid:kb_id>/members/<int:user_id>/role/", manage.member_role, name="kb_member_role"),
+    path("kbs/<uuid:kb_id>/members/<int:user_id>/remove/", manage.remove_member, name="kb_member_remove"),
+    path("kbs/<uuid:kb_id>/settings/", manage.kb_settings, name="kb_settings"),
+    path("kbs/<uuid:kb_id>/delete/", manage.delete_knowledge_base, name="kb_delete"),
+    path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/labels/", manage.document_labels, name="kb_document_labels"),
+    path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/delete/", manage.delete_document, name="kb_document_delete"),
+    path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/retry/", manage.document_action, {"action": "retry"}, name="kb_document_retry"),
+    path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/archive/", manage.document_action, {"action": "archive"}, name="kb_document_archive"),
+    path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/restore/", manage.document_action, {"action": "restore"}, name="kb_document_restore"),
 ]
