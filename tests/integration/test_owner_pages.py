@@ -13,6 +13,8 @@ from asgiref.sync import async_to_sync
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from ninja.testing import TestAsyncClient
 
@@ -140,6 +142,18 @@ class TestAKnowledgeBasesDocuments:
         assert "No document matches" in html_of(client.get(kb_url(kb), {"tag": "none-such"}))
         # Page links keep the filter.
         assert "?tag=all&amp;page=2" in html_of(client.get(kb_url(kb), {"tag": "all"}))
+
+    def test_the_page_costs_as_many_queries_for_twenty_five_documents_as_for_two(self, client, owner):
+        kb = make_kb(owner=owner, name="Counted")
+        client.force_login(owner)
+        counts = []
+        for total in (2, 30):
+            while Document.objects.filter(knowledge_base=kb).count() < total:
+                make_document(kb=kb, tags=["a"], metadata={"n": 1})
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(kb_url(kb), {"tag": "a"}).status_code == 200
+            counts.append(len(queries))
+        assert counts[0] == counts[1] > 0
 
     def test_a_reader_sees_the_documents_without_actions_and_an_outsider_sees_nothing(self, client, bees):
         kb, document = bees
@@ -314,7 +328,7 @@ class TestSettings:
         kb, document = bees
         client.force_login(kb.owner)
         page = html_of(client.get(kb_url(kb, "web:kb_settings")))
-        assert "removes its 1 document with their text" in page and "its 1 member." in page
+        assert "removes its 1 document (text, labels and indexed passages)" in page and "its 1 member." in page
 
         refused = client.post(kb_url(kb, "web:kb_delete"), {"confirm_name": "nature notes"})
         assert refused.status_code == 422 and "Type the knowledge base&#x27;s name, Nature notes, exactly" in html_of(refused)
