@@ -222,6 +222,9 @@ CHUNKING = {
     "OVERLAP": env_number("CHUNK_OVERLAP", 40),
 }
 
+# Who may create knowledge bases (members' pages and API): everyone signed in, "staff", or "group:<name>".
+KB_CREATORS = env_str("KBSITE_KB_CREATORS", "everyone")
+
 # Ingestion: what an upload may be, and how the worker retries and holds documents.
 INGESTION = {
     "MAX_UPLOAD_BYTES": env_number("KBSITE_MAX_UPLOAD_MB", 20, float) * 1024 * 1024,

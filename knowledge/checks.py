@@ -64,3 +64,17 @@ def check_secret_key(app_configs=None, **kwargs) -> list:
             )
         ]
     return []
+
+
+@register("knowledge")
+def check_kb_creators_setting(app_configs=None, **kwargs) -> list:
+    """A misspelt rule would otherwise refuse everyone's "New knowledge base" with a puzzling message."""
+    rule = settings.KB_CREATORS
+    if rule in ("everyone", "staff") or (rule.startswith("group:") and rule.removeprefix("group:").strip()):
+        return []
+    return [
+        Error(
+            f"KBSITE_KB_CREATORS={rule!r} must be everyone, staff or group:<name of a group>.",
+            id="knowledge.E011",
+        )
+    ]

@@ -11,10 +11,12 @@ from asgiref.sync import async_to_sync
 from axes.helpers import get_cool_off
 from axes.models import AccessAttempt
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Max, Q, QuerySet
+from django.db import connection
+from django.db.models import BooleanField, Count, Max, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from knowledge.errors import DocumentNotFound
-from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
+from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.permissions import PermissionService
 from search.services.chunks import ChunkService, StoredChunk
 
@@ -67,12 +69,19 @@ async def readable_knowledge_bases(user: AbstractBaseUser) -> list[KnowledgeBase
     return [kb async for kb in PermissionService().knowledge_bases_for(user).only("id", "name").order_by("name", "id")]
 
 
-async def knowledge_bases_with_roles(user: AbstractBaseUser) -> list[tuple[KnowledgeBase, bool]]:
-    """(KB with its counts, whether the user may edit it) for each KB the user may read, by name."""
-    editable = {
-        pk async for pk in PermissionService().knowledge_bases_for(user, least=Role.EDITOR).values_list("pk", flat=True)
+async def knowledge_bases_with_roles(user: AbstractBaseUser) -> list[tuple[KnowledgeBase, Role]]:
+    """(KB with its counts, the user's role on it) for each KB the user may read, by name.
+
+    The role is PermissionService.role_for's, worked out for all of them in two queries.
+    """
+    roles = {
+        kb_id: Role(role)
+        async for kb_id, role in Membership.objects.filter(user_id=user.pk).values_list("knowledge_base_id", "role")
     }
-    return [(kb, kb.pk in editable) async for kb in knowledge_bases_with_counts(user).order_by("name", "id")]
+    return [
+        (kb, Role.OWNER if user.is_superuser or kb.owner_id == user.pk else roles[kb.pk])
+        async for kb in knowledge_bases_with_counts(user).order_by("name", "id")
+    ]
 
 
 async def recent_documents(user: AbstractBaseUser, *, limit: int) -> list[Document]:
@@ -108,3 +117,35 @@ def login_lockout_ends(*, username: str | None, ip_address: str | None) -> datet
     )["last"]
     cool_off = get_cool_off()
     return last_failure + cool_off if last_failure and cool_off else None
+
+
+def kb_documents(kb: KnowledgeBase, *, status: str = "", tag: str = "") -> QuerySet[Document]:
+    """A KB's documents without their text, newest first, of one status and/or carrying one tag."""
+    rows = Document.objects.filter(knowledge_base=kb).defer("text").order_by("-created_at", "pk")
+    if status == "archived":
+        rows = rows.filter(archived_at__isnull=False)
+    elif status:
+        rows = rows.filter(status=status)
+    if tag:
+        rows = rows.filter(_has_tag(tag))
+    return rows
+
+
+def _has_tag(tag: str) -> RawSQL:
+    """True for a document whose tags hold `tag`: JSONField's `contains` is not there on SQLite."""
+    column = f"{connection.ops.quote_name(Document._meta.db_table)}.{connection.ops.quote_name('tags')}"
+    if connection.vendor == "postgresql":
+        return RawSQL(f"{column} @> jsonb_build_array(%s::text)", [tag], output_field=BooleanField())
+    return RawSQL(
+        f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = %s)", [tag], output_field=BooleanField()
+    )
+
+
+async def kb_indexing_progress(kb: KnowledgeBase) -> dict[str, int]:
+    """How many of the KB's documents are settled (ready or failed) and how many are still waiting or in work."""
+    by_status = dict.fromkeys(DocumentStatus.values, 0)
+    rows = Document.objects.filter(knowledge_base=kb).values("status").annotate(count=Count("pk")).order_by()
+    async for row in rows:
+        by_status[row["status"]] = row["count"]
+    waiting = by_status[DocumentStatus.PENDING] + by_status[DocumentStatus.PROCESSING]
+    return {**by_status, "waiting": waiting, "total": sum(by_status.values()), "settled": sum(by_status.values()) - waiting}

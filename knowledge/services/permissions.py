@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
@@ -167,3 +168,25 @@ class PermissionService:
                 "Ask the KB's owner to change your role."
             )
         return role
+
+    def may_create_knowledge_bases(self, user: AbstractBaseUser) -> bool:
+        """Whether the user may create KBs: anyone signed in, unless KBSITE_KB_CREATORS names staff or a group."""
+        if not user.is_active:
+            return False
+        rule = settings.KB_CREATORS
+        if user.is_superuser or rule == "everyone":
+            return True
+        if rule == "staff":
+            return user.is_staff
+        return user.groups.filter(name=rule.removeprefix("group:").strip()).exists()
+
+    def require_may_create_knowledge_bases(self, user: AbstractBaseUser) -> None:
+        if not self.may_create_knowledge_bases(user):
+            who = "staff" if settings.KB_CREATORS == "staff" else f"the group {settings.KB_CREATORS[6:].strip()!r}"
+            raise PermissionDenied(
+                f"On this site only {who} may create knowledge bases: ask an administrator for one, "
+                "or to add you."
+            )
+
+    amay_create_knowledge_bases = sync_to_async(may_create_knowledge_bases)
+    arequire_may_create_knowledge_bases = sync_to_async(require_may_create_knowledge_bases)

@@ -37,6 +37,7 @@ from search.pages import page_label, page_range
 from search.services.search import MAX_KNOWLEDGE_BASES, MAX_QUERY_CHARS, get_search_service
 
 RECENT_DOCUMENTS = 30
+UPLOAD_KB_SESSION_KEY = "upload_kb"
 UNFINISHED = {DocumentStatus.PENDING, DocumentStatus.PROCESSING}
 
 
@@ -170,9 +171,11 @@ async def document(request: HttpRequest, document_id: UUID) -> HttpResponse:
 async def knowledge_bases(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     kbs = await knowledge_bases_with_roles(user)
-    editable = [kb for kb, can_edit in kbs if can_edit]
+    editable = [kb for kb, role in kbs if role != Role.READER]
     documents = await recent_documents(user, limit=RECENT_DOCUMENTS)
     editable_ids = {kb.pk for kb in editable}
+    # The KB named in the link, else the one last uploaded to: a second upload goes where the first went.
+    chosen = request.GET.get("kb") or await request.session.aget(UPLOAD_KB_SESSION_KEY, "")
     context = {
         "viewer": user,
         "section": "kbs",
@@ -181,6 +184,8 @@ async def knowledge_bases(request: HttpRequest) -> HttpResponse:
         "unfinished": any(doc.status in UNFINISHED for doc in documents),
         # The form is written out in the template: a bound queryset cannot be read from async code.
         "editable": editable,
+        "chosen_kb": chosen,
+        "may_create": await PermissionService().amay_create_knowledge_bases(user),
         "accepted_formats": ",".join(SUPPORTED_FORMATS),
         "max_upload_size": filesizeformat(int(settings.INGESTION["MAX_UPLOAD_BYTES"])),
     }
@@ -204,12 +209,13 @@ def _editable_kb(user, kb_id: str):
 def upload(request: HttpRequest) -> HttpResponse:
     # Sync, like the admin's upload: each file is one transaction of DocumentService.add_upload.
     kb = _editable_kb(request.user, request.POST.get("knowledge_base", ""))
+    request.session[UPLOAD_KB_SESSION_KEY] = str(kb.pk)
     writable = PermissionService().knowledge_bases_for(request.user, least=Role.EDITOR)
     form = UploadForm(request.POST, request.FILES, knowledge_bases=writable)
     if not form.is_valid():
         for errors in form.errors.values():
             messages.error(request, " ".join(errors))
-        return HttpResponseRedirect(reverse("web:knowledge_bases") + "#upload")
+        return HttpResponseRedirect(reverse("web:knowledge_bases") + "#messages")
     batch = DocumentService().add_uploads(kb=kb, files=form.cleaned_data["files"])
     for refusal in batch.refused:
         messages.warning(request, refusal)
@@ -225,7 +231,8 @@ def upload(request: HttpRequest) -> HttpResponse:
             )
             % {"count": len(batch.added), "kb": kb.name},
         )
-    return HttpResponseRedirect(reverse("web:knowledge_bases") + "#documents")
+    # To the messages, which the documents' list follows: a refusal must not scroll out of view.
+    return HttpResponseRedirect(reverse("web:knowledge_bases") + "#messages")
 
 
 @login_required
