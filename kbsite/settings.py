@@ -214,6 +214,9 @@ EMBEDDING = {
     "THREADS": env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4)),
     "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
     "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
+    # Indexing yields the CPU to searches: its model threads run this many nice steps lower (Linux).
+    "DOCUMENT_NICENESS": env_number("EMBEDDING_DOCUMENT_NICENESS", 10),
+    "QUERY_CACHE_SIZE": env_number("EMBEDDING_QUERY_CACHE_SIZE", 1024),
 }
 
 # Chunking defaults, in tokens of the embedder's tokenizer.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,9 +25,10 @@ from search.edge import convert
 
 MEMORY_LOCATION = ":memory:"
 
-# Edge has no background optimizer and its optimize() holds the GIL while it runs, so each
-# upsert/delete ends with an optimize() that must stay short: small segments keep every HNSW
-# build small. Sizes are in KB of vector data.
+logger = logging.getLogger(__name__)
+
+# Edge has no background optimizer and its optimize() holds the GIL while it runs (seconds for an
+# HNSW build): small segments keep every build small. Sizes are in KB of vector data.
 INDEXING_THRESHOLD_KB = 3_000
 MAX_SEGMENT_SIZE_KB = 6_000
 DEFAULT_SEGMENT_NUMBER = 16
@@ -42,6 +45,12 @@ SIDECAR_FILE = "collection.json"
 # (its default ef) whatever its limit, so smaller pages would cost as much and need more of them.
 GROUPS_PAGE = 100
 
+# Since optimize() holds the GIL, no thread can take it out of a search's way: the store's
+# optimizer thread waits for a pause in reads this long before it runs, searchable meanwhile from
+# the unindexed segments (a full scan, fast at this size), unless a collection has this many
+# points written since its last optimisation, when it runs at once.
+OPTIMIZE_AFTER_QUIET_SECONDS = 0.5
+MOST_POINTS_AWAITING_OPTIMIZATION = 10_000
 
 
 class StoreLocked(RuntimeError):
@@ -93,8 +102,9 @@ class EdgeStore(AsyncQdrantBase):
     """Collections and aliases in a folder, one Edge shard per collection, for AsyncQdrantClient._client.
 
     The folder is locked for this instance's lifetime; shards open on first use and stay open.
-    Every method runs the engine synchronously on the caller's thread: calls are short, and
-    Edge releases the GIL while it searches and writes.
+    Every method runs the engine synchronously on the caller's thread, as its calls are short,
+    except the optimisation after writes: a thread of the store's own runs it once reads pause
+    (see OPTIMIZE_AFTER_QUIET_SECONDS); the collection's status is grey until then, yellow during it.
     """
 
     def __init__(self, path: str | os.PathLike[str] = MEMORY_LOCATION, **kwargs: Any) -> None:
@@ -107,6 +117,12 @@ class EdgeStore(AsyncQdrantBase):
         self._aliases: dict[str, str] = {}
         self._operation_ids = itertools.count(1)
         self._closed = False
+        # Points written per collection since it was last optimised, and when a read last came.
+        self._unoptimized: dict[str, int] = {}
+        self._optimizing: str | None = None
+        self._last_read = 0.0
+        self._optimizer_wakeup = threading.Condition(self._lock)
+        self._optimizer: threading.Thread | None = None
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_folder_lock()
 
@@ -176,17 +192,67 @@ class EdgeStore(AsyncQdrantBase):
                 self._shards[name] = shard
             return config, shard
 
+    def _read_shard(self, collection_name: str) -> edge.EdgeShard:
+        """The shard to read from, noting the read so that optimisation keeps out of its way."""
+        self._last_read = time.monotonic()
+        return self._shard(collection_name)[1]
+
     def _save_aliases(self, aliases: dict[str, str]) -> None:
         _write_atomically(self.path / ALIASES_FILE, json.dumps(aliases, indent=1, sort_keys=True))
 
     def _apply(
-        self, collection_name: str, operation: edge.UpdateOperation, *, optimize: bool = False
+        self, collection_name: str, operation: edge.UpdateOperation, *, optimize_after: int | None = None
     ) -> models.UpdateResult:
+        """Apply a write; with `optimize_after` (the points it wrote), have the optimizer thread tidy up after it."""
         _, shard = self._shard(collection_name)
         shard.update(operation)
-        if optimize:
-            shard.optimize()
+        if optimize_after is not None:
+            with self._lock:
+                name = self._resolve(collection_name)
+                self._unoptimized[name] = self._unoptimized.get(name, 0) + max(1, optimize_after)
+                if self._optimizer is None or not self._optimizer.is_alive():
+                    self._optimizer = threading.Thread(
+                        target=self._optimize_when_quiet, name="kbsite-edge-optimizer", daemon=True
+                    )
+                    self._optimizer.start()
+                self._optimizer_wakeup.notify_all()
         return _update_result(next(self._operation_ids))
+
+    def _optimize_when_quiet(self) -> None:
+        while True:
+            with self._lock:
+                name = self._next_to_optimize()
+                if name is None:
+                    return
+                del self._unoptimized[name]  # writes during the optimisation count afresh
+                shard, self._optimizing = self._shards.get(name), name
+            try:
+                if shard is not None:
+                    shard.optimize()
+            except Exception:
+                logger.exception("Optimising the Edge collection %s failed; its next write tries again", name)
+            finally:
+                with self._lock:
+                    self._optimizing = None
+                    self._optimizer_wakeup.notify_all()
+
+    def _next_to_optimize(self) -> str | None:
+        """Wait for a collection that is due, or return None once the store closes; call with self._lock held."""
+        while not self._closed:
+            if not self._unoptimized:
+                self._optimizer_wakeup.wait()
+                continue
+            name = max(self._unoptimized, key=self._unoptimized.__getitem__)
+            quiet_for = time.monotonic() - self._last_read
+            if quiet_for >= OPTIMIZE_AFTER_QUIET_SECONDS or self._unoptimized[name] >= MOST_POINTS_AWAITING_OPTIMIZATION:
+                return name
+            self._optimizer_wakeup.wait(OPTIMIZE_AFTER_QUIET_SECONDS - quiet_for)
+        return None
+
+    def _wait_for_optimizer(self, name: str | None = None) -> None:
+        """Wait until the optimizer thread is off `name` (any collection if None); call with self._lock held."""
+        while self._optimizing is not None and name in (None, self._optimizing):
+            self._optimizer_wakeup.wait()
 
     # --- collections -------------------------------------------------------------------------
 
@@ -209,8 +275,17 @@ class EdgeStore(AsyncQdrantBase):
         config, shard = self._shard(collection_name)
         info = shard.info()
         hnsw = config.hnsw_config or models.HnswConfigDiff()
+        with self._lock:
+            name = self._resolve(collection_name)
+            # As the Qdrant server reports a collection whose optimisation is running, or due and waiting.
+            if self._optimizing == name:
+                status = models.CollectionStatus.YELLOW
+            elif name in self._unoptimized:
+                status = models.CollectionStatus.GREY
+            else:
+                status = models.CollectionStatus.GREEN
         return models.CollectionInfo(
-            status=models.CollectionStatus.GREEN,
+            status=status,
             optimizer_status=models.OptimizersStatusOneOf.OK,
             indexed_vectors_count=info.indexed_vectors_count,
             points_count=info.points_count,
@@ -285,6 +360,8 @@ class EdgeStore(AsyncQdrantBase):
                 self._save_aliases(aliases)
                 self._aliases = aliases
             del configs[collection_name]
+            self._unoptimized.pop(collection_name, None)
+            self._wait_for_optimizer(collection_name)
             folder = self._collection_dir(collection_name)
             (folder / SIDECAR_FILE).unlink(missing_ok=True)
             shard = self._shards.pop(collection_name, None)
@@ -357,7 +434,8 @@ class EdgeStore(AsyncQdrantBase):
         operation = edge.UpdateOperation.upsert_points(
             convert.points_to_edge(points), condition=convert.filter_to_edge(update_filter), update_mode=mode
         )
-        return self._apply(collection_name, operation, optimize=True)
+        written = len(points.ids) if isinstance(points, models.Batch) else len(points)
+        return self._apply(collection_name, operation, optimize_after=written)
 
     async def delete(
         self, collection_name: str, points_selector: models.PointsSelector | Sequence[Any], **kwargs: Any
@@ -367,7 +445,7 @@ class EdgeStore(AsyncQdrantBase):
             operation = edge.UpdateOperation.delete_points(ids)
         else:
             operation = edge.UpdateOperation.delete_points_by_filter(filter_)
-        return self._apply(collection_name, operation, optimize=True)
+        return self._apply(collection_name, operation, optimize_after=len(ids) if ids is not None else 1)
 
     async def set_payload(
         self,
@@ -431,7 +509,7 @@ class EdgeStore(AsyncQdrantBase):
             score_threshold=score_threshold,
             lookup_from=lookup_from,
         )
-        _, shard = self._shard(collection_name)
+        shard = self._read_shard(collection_name)
         return models.QueryResponse(points=[convert.scored_point_from_edge(p) for p in shard.query(request)])
 
     async def query_batch_points(
@@ -454,7 +532,7 @@ class EdgeStore(AsyncQdrantBase):
             )
             for request in requests
         ]
-        _, shard = self._shard(collection_name)
+        shard = self._read_shard(collection_name)
         results = shard.query_batch(edge.QueryBatchRequest(batch))
         return [
             models.QueryResponse(points=[convert.scored_point_from_edge(p) for p in points])
@@ -583,7 +661,7 @@ class EdgeStore(AsyncQdrantBase):
             with_vector=convert.with_vectors_to_edge(with_vectors),
             order_by=convert.order_by_to_edge(order_by) if order_by is not None else None,
         )
-        _, shard = self._shard(collection_name)
+        shard = self._read_shard(collection_name)
         records, next_offset = shard.scroll(request)
         if order_by is not None:
             # Like the server: paging by value is done with start_from, never with an offset.
@@ -600,7 +678,7 @@ class EdgeStore(AsyncQdrantBase):
         exact: bool = True,
         **kwargs: Any,
     ) -> models.CountResult:
-        _, shard = self._shard(collection_name)
+        shard = self._read_shard(collection_name)
         return models.CountResult(
             count=shard.count(edge.CountRequest(exact=exact, filter=convert.filter_to_edge(count_filter)))
         )
@@ -613,7 +691,7 @@ class EdgeStore(AsyncQdrantBase):
         with_vectors: models.WithVector = False,
         **kwargs: Any,
     ) -> list[models.Record]:
-        _, shard = self._shard(collection_name)
+        shard = self._read_shard(collection_name)
         records = shard.retrieve(
             convert.point_ids_to_edge(ids),
             convert.with_payload_to_edge(with_payload),
@@ -632,9 +710,18 @@ class EdgeStore(AsyncQdrantBase):
             if self._closed:
                 return
             self._closed = True
-            shards, self._shards = list(self._shards.values()), {}
+            self._optimizer_wakeup.notify_all()
+            self._wait_for_optimizer()
+            shards, self._shards = dict(self._shards), {}
+            due, self._unoptimized = [shards[name] for name in self._unoptimized if name in shards], {}
             try:
-                for shard in shards:
+                # Optimisations still due run now: the next process to open the store starts tidy.
+                for shard in due:
+                    shard.optimize()
+            except Exception:
+                logger.exception("Optimising the Edge store before closing it failed; its next write tries again")
+            try:
+                for shard in shards.values():
                     shard.close()
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

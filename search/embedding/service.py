@@ -1,11 +1,13 @@
-"""Embeds queries and document chunks on one dedicated thread, micro-batching concurrent queries."""
+"""Embeds queries and document chunks on two threads of their own, queries micro-batched and first in line for the CPU."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +25,10 @@ class EmbeddingConfig:
     threads: int = 2
     query_batch_size: int = 64
     document_batch_size: int = 16
+    #: How much lower than the process's the documents' model threads run (Linux nice steps, 0 to 19).
+    document_niceness: int = 10
+    #: Query vectors remembered for repeated queries.
+    query_cache_size: int = 1024
 
     @classmethod
     def from_settings(cls) -> EmbeddingConfig:
@@ -32,6 +38,8 @@ class EmbeddingConfig:
             threads=int(conf.get("THREADS", cls.threads)),
             query_batch_size=int(conf.get("QUERY_BATCH_SIZE", cls.query_batch_size)),
             document_batch_size=int(conf.get("DOCUMENT_BATCH_SIZE", cls.document_batch_size)),
+            document_niceness=int(conf.get("DOCUMENT_NICENESS", cls.document_niceness)),
+            query_cache_size=int(conf.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
         )
 
     def build_embedder(self) -> Embedder:
@@ -60,13 +68,70 @@ def _settle(job: _Job, vectors: list[list[float]] | None, error: BaseException |
         pass  # The caller's event loop has closed; nobody is waiting any more.
 
 
+def _lower_this_threads_priority(steps: int) -> None:
+    """Make the calling thread, and the threads it starts from now on, yield the CPU to the rest of the process.
+
+    Linux keeps a nice value per thread and new threads inherit it, so the documents' model session,
+    built on that thread, runs its worker threads at the lower priority too. Elsewhere setpriority
+    would lower the whole process, so it is left alone.
+    """
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps))
+    except OSError:
+        logger.warning("Could not lower the document embedding thread's priority", exc_info=True)
+
+
+class _ModelThread:
+    """One model instance and the thread that alone calls it, fed by `next_batch`."""
+
+    def __init__(self, name: str, build, next_batch, niceness=lambda: 0) -> None:
+        self.name = name
+        self.build = build
+        self.next_batch = next_batch
+        self.niceness = niceness
+        self.embedder: Embedder | None = None
+        self.thread: threading.Thread | None = None
+
+    def ensure_running(self) -> None:
+        """Start the thread if it is not running; call with the service's condition held."""
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+            self.thread.start()
+
+    def _work(self) -> None:
+        _lower_this_threads_priority(self.niceness())
+        while True:
+            batch = [job for job in self.next_batch() if not job.future.cancelled()]
+            if not batch:
+                continue
+            texts = [text for job in batch for text in job.texts]
+            try:
+                if self.embedder is None:
+                    self.embedder = self.build()
+                vectors = self.embedder.embed(texts).tolist()
+            except Exception as exc:  # every waiter must hear of the failure
+                logger.exception("Embedding %d texts failed", len(texts))
+                for job in batch:
+                    _settle(job, None, exc)
+                continue
+            position = 0
+            for job in batch:
+                _settle(job, vectors[position : position + len(job.texts)], None)
+                position += len(job.texts)
+
+
 class EmbeddingService:
     """The process's way to embed text from async code.
 
-    The model call takes milliseconds to seconds and releases the GIL, so it runs on a thread of
-    its own while event loops keep serving. Queries that arrive while the model is busy are
-    answered together by the next model call; queries go before queued document batches, so a
-    large ingestion never holds searches for longer than one document batch.
+    A model call takes milliseconds to seconds and releases the GIL, so it runs off the event loop.
+    Queries and documents each have a model and a thread of their own: a query never waits for a
+    document batch to finish. The documents' thread runs at a lower OS priority, so while searches
+    run it gets what CPU they leave, and all of it when nobody searches. Queries that arrive while
+    the model is busy are answered together by its next call, and a repeated query is answered
+    from memory.
     """
 
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
@@ -75,12 +140,21 @@ class EmbeddingService:
         self._condition = threading.Condition()
         self._queries: deque[_Job] = deque()
         self._documents: deque[_Job] = deque()
-        self._thread: threading.Thread | None = None
+        self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._query_thread = _ModelThread("kbsite-embedding-queries", lambda: self.embedder, self._next_queries)
+        self._document_thread = _ModelThread(
+            "kbsite-embedding-documents",
+            lambda: self.config.build_embedder(),
+            self._next_document_batch,
+            niceness=lambda: self.config.document_niceness,
+        )
 
     def configure(self, config: EmbeddingConfig) -> None:
         with self._condition:
             self._config = config
             self._embedder = None
+            self._query_cache.clear()
+            self._query_thread.embedder = self._document_thread.embedder = None
 
     @property
     def config(self) -> EmbeddingConfig:
@@ -90,7 +164,7 @@ class EmbeddingService:
 
     @property
     def embedder(self) -> Embedder:
-        """The configured model; building it does no I/O, the weights load on the first embedding."""
+        """The configured model (the queries' instance); building it does no I/O, the weights load on first use."""
         if self._embedder is None:
             with self._condition:
                 if self._embedder is None:
@@ -106,8 +180,12 @@ class EmbeddingService:
         return self.embedder.dimensions
 
     async def embed_query(self, text: str) -> list[float]:
-        (vector,) = await self._submit([text], self._queries)
-        return vector
+        cached = self._cached_query(text)
+        if cached is not None:
+            return cached
+        (vector,) = await self._submit([text], self._queries, self._query_thread)
+        self._remember_query(text, vector)
+        return list(vector)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         """Embed many texts in batches of similar length, returned in the order given."""
@@ -115,7 +193,10 @@ class EmbeddingService:
         size = self.config.document_batch_size
         batches = [order[start : start + size] for start in range(0, len(order), size)]
         results = await asyncio.gather(
-            *(self._submit([texts[i] for i in batch], self._documents) for batch in batches)
+            *(
+                self._submit([texts[i] for i in batch], self._documents, self._document_thread)
+                for batch in batches
+            )
         )
         vectors: list[list[float]] = [[] for _ in texts]
         for batch, batch_vectors in zip(batches, results):
@@ -123,47 +204,48 @@ class EmbeddingService:
                 vectors[i] = vector
         return vectors
 
-    async def _submit(self, texts: list[str], queue: deque[_Job]) -> list[list[float]]:
+    def _cached_query(self, text: str) -> list[float] | None:
+        with self._condition:
+            vector = self._query_cache.get(text)
+            if vector is None:
+                return None
+            self._query_cache.move_to_end(text)
+        return list(vector)  # a copy: callers may change theirs
+
+    def _remember_query(self, text: str, vector: list[float]) -> None:
+        if self.config.query_cache_size <= 0:
+            return
+        with self._condition:
+            self._query_cache[text] = vector
+            self._query_cache.move_to_end(text)
+            while len(self._query_cache) > self.config.query_cache_size:
+                self._query_cache.popitem(last=False)
+
+    async def _submit(self, texts: list[str], queue: deque[_Job], worker: _ModelThread) -> list[list[float]]:
         loop = asyncio.get_running_loop()
         job = _Job(texts=texts, loop=loop, future=loop.create_future())
         with self._condition:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="kbsite-embedding", daemon=True)
-                self._thread.start()
+            worker.ensure_running()
             queue.append(job)
-            self._condition.notify()
+            self._condition.notify_all()
         return await job.future
 
-    def _next_batch(self) -> list[_Job]:
+    def _next_queries(self) -> list[_Job]:
         with self._condition:
-            while not self._queries and not self._documents:
+            while not self._queries:
                 self._condition.wait()
-            if self._queries:
-                batch, texts = [], 0
-                while self._queries and texts < self.config.query_batch_size:
-                    job = self._queries.popleft()
-                    batch.append(job)
-                    texts += len(job.texts)
-                return batch
-            return [self._documents.popleft()]
+            batch, texts = [], 0
+            while self._queries and texts < self.config.query_batch_size:
+                job = self._queries.popleft()
+                batch.append(job)
+                texts += len(job.texts)
+            return batch
 
-    def _work(self) -> None:
-        while True:
-            batch = [job for job in self._next_batch() if not job.future.cancelled()]
-            if not batch:
-                continue
-            texts = [text for job in batch for text in job.texts]
-            try:
-                vectors = self.embedder.embed(texts).tolist()
-            except Exception as exc:  # every waiter must hear of the failure
-                logger.exception("Embedding %d texts failed", len(texts))
-                for job in batch:
-                    _settle(job, None, exc)
-                continue
-            position = 0
-            for job in batch:
-                _settle(job, vectors[position : position + len(job.texts)], None)
-                position += len(job.texts)
+    def _next_document_batch(self) -> list[_Job]:
+        with self._condition:
+            while not self._documents:
+                self._condition.wait()
+            return [self._documents.popleft()]
 
 
 embedding_service = EmbeddingService()

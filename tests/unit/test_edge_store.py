@@ -44,6 +44,15 @@ async def local() -> AsyncIterator[AsyncQdrantClient]:
     await client.close()
 
 
+async def optimized(client: AsyncQdrantClient, name: str, timeout: float = 120) -> models.CollectionInfo:
+    """The collection's info once its optimisation has run (status green), as a Qdrant server's client would wait."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (info := await client.get_collection(name)).status != models.CollectionStatus.GREEN:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} was not optimised within {timeout} s"
+        await asyncio.sleep(0.05)
+    return info
+
+
 def chunk_points(count: int = 120) -> list[models.PointStruct]:
     rng = np.random.default_rng(7)
     bm25 = edge.Bm25(edge.Bm25Config(language="english"))
@@ -133,9 +142,8 @@ class TestCollectionsAndAliases:
     async def test_created_collection_reports_its_vectors_and_payload_indexes(self, client) -> None:
         await fill(client)
 
-        info = await client.get_collection("chunks")
+        info = await optimized(client, "chunks")
 
-        assert info.status == models.CollectionStatus.GREEN
         assert info.points_count == 120
         assert info.config.params.vectors == {
             "dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)
@@ -867,12 +875,50 @@ class TestEngine:
                 [models.PointStruct(id=i, vector=vectors[i].tolist()) for i in range(start, start + 500)],
             )
 
-        info = await client.get_collection("big")
+        info = await optimized(client, "big")
         hits = await client.query_points("big", query=vectors[1234].tolist(), limit=1)
 
         assert info.points_count == 2_500
         assert info.indexed_vectors_count > 0
         assert hits.points[0].id == 1234
+
+    async def test_writes_are_searchable_at_once_and_optimised_once_reads_pause(self, client, monkeypatch) -> None:
+        # A pause long enough that this test's own steps never make one on a busy machine.
+        monkeypatch.setattr(edge_store, "OPTIMIZE_AFTER_QUIET_SECONDS", 5.0)
+        vectors = np.random.default_rng(4).normal(size=(2_500, 384)).astype(np.float32)
+        await client.create_collection(
+            "big", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
+        )
+        await client.count("big")
+        await client.upsert("big", [models.PointStruct(id=i, vector=v.tolist()) for i, v in enumerate(vectors)])
+
+        # Reads in a row keep the optimisation waiting; the points are found all the same.
+        for probe in range(0, 2_500, 250):
+            hits = await client.query_points("big", query=vectors[probe].tolist(), limit=1)
+            assert hits.points[0].id == probe
+        waiting = await client.get_collection("big")
+        info = await optimized(client, "big")
+
+        assert waiting.status == models.CollectionStatus.GREY and waiting.indexed_vectors_count == 0
+        assert info.indexed_vectors_count > 0
+
+    async def test_closing_the_store_runs_the_optimisation_still_due(self, tmp_path) -> None:
+        vectors = np.random.default_rng(5).normal(size=(2_500, 384)).astype(np.float32)
+        client = edge_client(tmp_path / "store")
+        await client.create_collection(
+            "big", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
+        )
+        await client.upsert("big", [models.PointStruct(id=i, vector=v.tolist()) for i, v in enumerate(vectors)])
+        await client.query_points("big", query=vectors[0].tolist(), limit=1)  # a read: the optimizer waits
+        await client.close()
+
+        reopened = edge_client(tmp_path / "store")
+        try:
+            info = await reopened.get_collection("big")
+        finally:
+            await reopened.close()
+
+        assert info.status == models.CollectionStatus.GREEN and info.indexed_vectors_count > 0
 
     async def test_threads_with_their_own_event_loops_share_the_store(self, client) -> None:
         await fill(client)

@@ -1,8 +1,11 @@
-"""The embedding service: one model thread, micro-batched queries ahead of document batches."""
+"""The embedding service: a model thread for queries (micro-batched, cached) and one for documents, at a lower priority."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -28,8 +31,27 @@ class BrokenEmbedder(MiniLMEmbedder):
         raise RuntimeError("the model file is damaged")
 
 
-def service_with(backend: type) -> EmbeddingService:
-    return EmbeddingService(EmbeddingConfig(backend=f"{__name__}.{backend.__name__}", document_batch_size=16))
+class HeldDocumentsMiniLM(MiniLMEmbedder):
+    """The real model, except that a batch of documents waits in the model call until let go,
+    and each call notes the OS priority (nice value) of the thread that made it."""
+
+    documents_in_model = threading.Event()
+    let_documents_go = threading.Event()
+    niceness: dict[str, int] = {}
+
+    def embed(self, texts):
+        kind = "documents" if texts[0].startswith("document") else "queries"
+        HeldDocumentsMiniLM.niceness[kind] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        if kind == "documents":
+            HeldDocumentsMiniLM.documents_in_model.set()
+            HeldDocumentsMiniLM.let_documents_go.wait(timeout=60)
+        return super().embed(texts)
+
+
+def service_with(backend: type, **config) -> EmbeddingService:
+    return EmbeddingService(
+        EmbeddingConfig(backend=f"{__name__}.{backend.__name__}", document_batch_size=16, **config)
+    )
 
 
 @pytest.fixture
@@ -76,6 +98,56 @@ async def test_a_query_does_not_wait_for_a_long_indexing_job(counting) -> None:
     assert query_done_while_indexing
     document_batches = [call for call in CountingMiniLM.calls if len(call) == 16]
     assert len(document_batches) == 4
+
+
+async def test_a_query_is_answered_while_a_document_batch_is_in_the_model() -> None:
+    HeldDocumentsMiniLM.documents_in_model.clear()
+    HeldDocumentsMiniLM.let_documents_go.clear()
+    service = service_with(HeldDocumentsMiniLM)
+    indexing = asyncio.ensure_future(service.embed_documents([f"document {i} about tides" for i in range(16)]))
+    try:
+        assert await asyncio.to_thread(HeldDocumentsMiniLM.documents_in_model.wait, 60)
+
+        vector = await asyncio.wait_for(service.embed_query("queries: when is high tide"), timeout=30)
+
+        assert len(vector) == 384 and not indexing.done()
+    finally:
+        HeldDocumentsMiniLM.let_documents_go.set()
+    assert len(await indexing) == 16
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have a priority of their own on Linux")
+async def test_documents_are_embedded_at_a_lower_priority_than_queries() -> None:
+    HeldDocumentsMiniLM.let_documents_go.set()
+    HeldDocumentsMiniLM.niceness = {}
+    service = service_with(HeldDocumentsMiniLM, document_niceness=5)
+
+    await service.embed_documents(["document about the sea"])
+    await service.embed_query("queries: the sea")
+
+    niceness = HeldDocumentsMiniLM.niceness
+    assert niceness["documents"] == min(19, niceness["queries"] + 5)
+    assert niceness["queries"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_a_repeated_query_is_answered_without_the_model(counting) -> None:
+    first = await counting.embed_query("how do bees find flowers")
+    first.append(0.0)  # a caller changing its vector changes nobody else's
+
+    second = await counting.embed_query("how do bees find flowers")
+
+    assert [call for call in CountingMiniLM.calls] == [["how do bees find flowers"]]
+    assert second == first[:-1]
+
+
+async def test_the_query_cache_keeps_the_most_recent_queries() -> None:
+    CountingMiniLM.calls = []
+    service = service_with(CountingMiniLM, query_cache_size=2)
+
+    for query in ["tides", "bees", "tides", "lava", "tides", "bees"]:
+        await service.embed_query(query)
+
+    assert [texts for call in CountingMiniLM.calls for texts in call] == ["tides", "bees", "lava", "bees"]
 
 
 async def test_a_model_failure_reaches_every_waiter() -> None:
