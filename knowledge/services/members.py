@@ -7,13 +7,13 @@ from django.contrib.auth import get_user_model
 
 from knowledge.errors import InvalidInput, MemberNotFound
 from knowledge.models import KnowledgeBase, Membership, Role
-from knowledge.services.text_fields import refuse_nul_characters
+from knowledge.services.text_fields import refuse_unstorable_characters
 
 
 class MembershipService:
     def set_member(self, *, kb: KnowledgeBase, username: str, role: str) -> tuple[Membership, bool]:
         """Make the user a member in this role, or change their role; True when newly added."""
-        refuse_nul_characters(username=username, role=role)
+        refuse_unstorable_characters(username=username, role=role)
         user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise InvalidInput(f"There is no active user {username!r}.", detail={"username": username})
