@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
@@ -17,6 +17,7 @@ from knowledge.api import health as health_router
 from knowledge.api import router as knowledge_router
 from knowledge.auth import SessionAuth, TokenAuth
 from knowledge.ingestion.extraction import ExtractionError
+from knowledge.services.document_metadata import MAX_TAGS
 from search import errors as search_errors
 from search.api import router as search_router
 from search.plurals import counted
@@ -159,6 +160,20 @@ def throttled(request: HttpRequest, exc: Throttled):
 def too_big(request: HttpRequest, exc: RequestDataTooBig):
     return error_response(
         request, 413, "upload_too_large", "The request body is larger than this site accepts."
+    )
+
+
+@api.exception_handler(TooManyFieldsSent)
+@api.exception_handler(TooManyFilesSent)
+def too_many_fields(request: HttpRequest, exc: TooManyFieldsSent | TooManyFilesSent):
+    # Django stops reading a body past DATA_UPLOAD_MAX_NUMBER_FIELDS (or _FILES): what the sender chose.
+    return error_response(
+        request,
+        400,
+        "too_many_fields",
+        f"The request has more form fields than this site reads ({exc}). A document takes at most "
+        f"{MAX_TAGS} tags: "
+        "send one `tags` field per tag.",
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,22 @@ OPERATORS = ("eq", "ne", "in", "not_in", *COMPARISONS, "exists")
 TAG_OPERATORS = ("any", "all", "none")
 
 Scalar = str | int | float | bool
+
+# Lone surrogates (JSON's "\ud800") are no text Qdrant can encode.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def is_finite_number(value: Any) -> bool:
+    """A JSON number Qdrant can compare: not a boolean, and within a double's range.
+
+    Python reads `1e999` as inf but `1` followed by 400 zeros as an int too large for a float, which
+    math.isfinite would meet with OverflowError; both are refused here.
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -sys.float_info.max <= value <= sys.float_info.max
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def metadata_path(key: str) -> str:
@@ -151,10 +168,12 @@ class _Compiler:
         if isinstance(value, str):
             if len(value) > MAX_TEXT:
                 raise self.fail(path, f"text values are at most {MAX_TEXT} characters.")
+            if SURROGATE.search(value):
+                raise self.fail(path, "text may not hold a lone surrogate (\\ud800 to \\udfff); send UTF-8.")
             return value
-        if isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+        if isinstance(value, bool) or is_finite_number(value):
             return value
-        raise self.fail(path, f"takes a string, a finite number or a boolean, not {value!r}.")
+        raise self.fail(path, f"takes a string, a number within ±1.8e308 or a boolean, not {_shown(value)}.")
 
     def values(self, values: Any, path: str, *, strings_only: bool = False) -> list[Any]:
         if not isinstance(values, list) or not values:
@@ -169,11 +188,14 @@ class _Compiler:
         return checked
 
     def bound(self, value: Any, path: str) -> float | datetime:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if is_finite_number(value):
             return value
         if isinstance(value, str) and (date := parse_date(value)) is not None:
             return date
-        raise self.fail(path, f"compares with a number or an ISO 8601 date (2024-05-17), not {value!r}.")
+        raise self.fail(
+            path,
+            f"compares with a number within ±1.8e308 or an ISO 8601 date (2024-05-17), not {_shown(value)}.",
+        )
 
     def range(self, target: str, bounds: dict[str, float | datetime], path: str) -> models.FieldCondition:
         dates = {isinstance(b, datetime) for b in bounds.values()}
@@ -206,6 +228,14 @@ class _Compiler:
     def hint(self, payload_key: str, schema: models.PayloadSchemaType) -> None:
         # One index per field: the first use decides, so a key compared two ways keeps one index.
         self.hints.setdefault(payload_key, schema)
+
+
+def _shown(value: Any) -> str:
+    # A 400-digit number would fill the message (and Python refuses to print one of over 4300 digits).
+    if isinstance(value, int) and not isinstance(value, bool) and not is_finite_number(value):
+        return "a number past ±1.8e308"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _match(key: str, value: Any) -> models.FieldCondition:

@@ -9,6 +9,7 @@ from uuid import UUID
 from ninja import Field, Schema
 from pydantic import ConfigDict, field_validator, model_validator
 
+from search.filters import SURROGATE
 from search.services.search import (
     DEFAULT_GROUP_SIZE,
     MAX_CONTEXT_CHUNKS,
@@ -31,15 +32,32 @@ class ErrorOut(Schema):
 class InputSchema(Schema):
     """A request body: a JSON object, nothing else (Ninja would read any value's attributes as fields).
 
-    No text field may hold a NUL character: PostgreSQL cannot store one, so it is refused here, naming
-    the field, before anything reaches the database.
+    No text anywhere in a field (a list's items, an object's keys and values, at any depth) may hold a
+    NUL character, which PostgreSQL cannot store, or a lone surrogate (JSON's "\\ud800"), which is no
+    character and which nothing downstream can encode: both are refused here, naming the field,
+    before anything reaches the database or Qdrant.
     """
 
     @field_validator("*", mode="after")
     @classmethod
-    def _no_nul_characters(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("Text may not contain NUL characters (\\u0000).")
+    def _only_storable_text(cls, value: Any) -> Any:
+        # A loop, not recursion: a value's depth is the sender's to choose.
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, str):
+                if "\x00" in item:
+                    raise ValueError("Text may not contain NUL characters (\\u0000).")
+                if SURROGATE.search(item):
+                    raise ValueError(
+                        "Text may not contain lone surrogates (\\ud800 to \\udfff), which are no characters: "
+                        "send valid UTF-8."
+                    )
+            elif isinstance(item, dict):
+                pending.extend(item.keys())
+                pending.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                pending.extend(item)
         return value
 
     @model_validator(mode="before")

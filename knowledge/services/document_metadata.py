@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from knowledge.errors import InvalidInput
+from knowledge.services.text_fields import unstorable_character
 from search.filters import KEY_PATTERN, MAX_TEXT
 
 MAX_TAGS = 50
@@ -15,6 +16,8 @@ MAX_TAG_CHARS = 100
 MAX_KEYS = 50
 # A value longer than a filter may compare with could never be found by one.
 MAX_VALUE_CHARS = MAX_TEXT
+# Whole numbers Qdrant stores as they are (a 64-bit integer); a larger one would fail the document's indexing.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
 
 Metadata = dict[str, str | int | float | bool]
 
@@ -33,8 +36,10 @@ def clean_tags(tags: Any) -> list[str]:
         if not isinstance(tag, str):
             raise _refuse(field, f"a tag is text, not {tag!r}.")
         tag = tag.strip()
-        if not tag or len(tag) > MAX_TAG_CHARS or "\x00" in tag:
-            raise _refuse(field, f"a tag has 1 to {MAX_TAG_CHARS} characters and no NUL character.")
+        if not tag or len(tag) > MAX_TAG_CHARS:
+            raise _refuse(field, f"a tag has 1 to {MAX_TAG_CHARS} characters.")
+        if problem := unstorable_character(tag):
+            raise _refuse(field, f"a tag may not hold {problem}.")
         if tag not in cleaned:
             cleaned.append(tag)
     if len(cleaned) > MAX_TAGS:
@@ -56,10 +61,16 @@ def clean_metadata(metadata: Any) -> Metadata:
             )
         field = f"metadata.{key}"
         if isinstance(value, str):
-            if len(value) > MAX_VALUE_CHARS or "\x00" in value:
-                raise _refuse(field, f"text has at most {MAX_VALUE_CHARS} characters and no NUL character.")
+            if len(value) > MAX_VALUE_CHARS:
+                raise _refuse(field, f"text has at most {MAX_VALUE_CHARS} characters.")
+            if problem := unstorable_character(value):
+                raise _refuse(field, f"text may not hold {problem}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise _refuse(field, f"{value} is not a number that can be stored.")
+        elif (
+            isinstance(value, int) and not isinstance(value, bool) and not MIN_INTEGER <= value <= MAX_INTEGER
+        ):
+            raise _refuse(field, "whole numbers lie between -2^63 and 2^63-1; send a larger one as text.")
         elif not isinstance(value, (bool, int, float)):
             raise _refuse(
                 field,
@@ -99,8 +110,11 @@ def parse_metadata_json(text: str) -> Metadata:
     """Metadata sent as a JSON object in one text field (a multipart upload's `metadata`)."""
     try:
         metadata = json.loads(text)
-    except ValueError:
-        raise _refuse("metadata", 'send a JSON object, e.g. {"year": 2024, "status": "draft"}.') from None
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser recurses, which metadata (flat) never is.
+        raise _refuse(
+            "metadata", 'send a flat JSON object, e.g. {"year": 2024, "status": "draft"}.'
+        ) from None
     return clean_metadata(metadata)
 
 

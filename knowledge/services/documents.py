@@ -25,7 +25,7 @@ from knowledge.ingestion.events import notify_new_work
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import clean_metadata, clean_tags
-from knowledge.services.text_fields import refuse_nul_characters
+from knowledge.services.text_fields import refuse_unstorable_characters
 from search.services.chunks import ChunkService
 
 TEXT_FORMAT = "text"
@@ -113,7 +113,7 @@ class DocumentService:
         that document's text, and only it is indexed again. `tags` and `metadata` (left out: a
         replaced document keeps its own) go with every chunk, for search filters.
         """
-        refuse_nul_characters(file_name=filename, title=title, source_name=source_name)
+        refuse_unstorable_characters(file_name=filename, title=title, source_name=source_name)
         name, source_format = self.check_upload(filename, data)
         return self._add(
             kb=kb,
@@ -138,7 +138,7 @@ class DocumentService:
         metadata: dict[str, Any] | None = None,
     ) -> AddedDocument:
         """Queue a document given as plain text; duplicates, new versions and labels go as for files."""
-        refuse_nul_characters(title=title, text=text, source_name=source_name)
+        refuse_unstorable_characters(title=title, text=text, source_name=source_name)
         title = (title or "").strip()
         if not title:
             raise InvalidInput("A text document needs a title.")
@@ -176,7 +176,7 @@ class DocumentService:
     @classmethod
     def check_upload(cls, filename: str, data: bytes) -> tuple[str, str]:
         """The upload's file name (without its path) and format; a KnowledgeError says why it is refused."""
-        refuse_nul_characters(file_name=filename)
+        refuse_unstorable_characters(file_name=filename)
         name = PurePath(filename or "").name
         if not name:
             raise InvalidInput("The upload has no file name.")
@@ -262,7 +262,7 @@ class DocumentService:
 
     async def arename(self, *, document: Document, title: str) -> Document:
         """Give a document a new title, in its row and in its chunks (which search results show)."""
-        refuse_nul_characters(title=title)
+        refuse_unstorable_characters(title=title)
         title = (title or "").strip()[:500]
         if not title:
             raise InvalidInput("A document needs a title.")

@@ -9,7 +9,7 @@ from django.utils.text import slugify
 
 from knowledge.errors import DuplicateSlug, InvalidInput
 from knowledge.models import KnowledgeBase, Membership, Role
-from knowledge.services.text_fields import refuse_nul_characters
+from knowledge.services.text_fields import refuse_unstorable_characters
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
 
@@ -31,7 +31,7 @@ class KnowledgeBaseService:
         chunk_overlap: int | None = None,
     ) -> KnowledgeBase:
         """Create a KB for the site's current embedding model; its owner becomes an owner member."""
-        refuse_nul_characters(name=name, slug=slug, description=description)
+        refuse_unstorable_characters(name=name, slug=slug, description=description)
         name = (name or "").strip()
         if not name:
             raise InvalidInput("A knowledge base needs a name.")
@@ -69,7 +69,9 @@ class KnowledgeBaseService:
         unknown = set(changes) - set(EDITABLE_KB_FIELDS)
         if unknown:
             raise InvalidInput(f"These cannot be changed: {', '.join(sorted(unknown))}.")
-        refuse_nul_characters(**{field: value for field, value in changes.items() if isinstance(value, str)})
+        refuse_unstorable_characters(
+            **{field: value for field, value in changes.items() if isinstance(value, str)}
+        )
         for field, value in changes.items():
             # None leaves a field as it is, except the owner, whom it removes.
             if value is not None or field == "owner":

@@ -10,7 +10,7 @@ from django.db import transaction
 from knowledge.errors import InvalidInput, MemberNotFound
 from knowledge.models import KnowledgeBase, Membership, Role
 from knowledge.services import kb_history
-from knowledge.services.text_fields import refuse_nul_characters
+from knowledge.services.text_fields import refuse_unstorable_characters
 
 MAX_IDENTIFIER_CHARS = 254
 
@@ -18,7 +18,7 @@ MAX_IDENTIFIER_CHARS = 254
 class MembershipService:
     def set_member(self, *, kb: KnowledgeBase, username: str, role: str) -> tuple[Membership, bool]:
         """Make the user a member in this role, or change their role; True when newly added."""
-        refuse_nul_characters(username=username, role=role)
+        refuse_unstorable_characters(username=username, role=role)
         user = get_user_model().objects.filter(username=username, is_active=True).first()
         if user is None:
             raise InvalidInput(f"There is no active user {username!r}.", detail={"username": username})
@@ -48,7 +48,7 @@ class MembershipService:
 
     def find_user(self, *, identifier: str) -> AbstractBaseUser:
         """The active user with this user name, else the one with this e-mail address (in any case)."""
-        refuse_nul_characters(user=identifier)
+        refuse_unstorable_characters(user=identifier)
         identifier = (identifier or "").strip()
         if not identifier or len(identifier) > MAX_IDENTIFIER_CHARS:
             raise InvalidInput(f"Give a user name or an e-mail address of at most {MAX_IDENTIFIER_CHARS} characters.")

@@ -121,7 +121,7 @@ class ArchiveWriter:
 
     def finish(self, manifest: dict[str, Any]) -> None:
         manifest = {**manifest, "members": self.members}
-        self._zip.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+        self._zip.writestr(MANIFEST, _json_bytes(manifest, indent=2))
         self._zip.close()
         os.replace(self.partial, self.path)
 
@@ -131,7 +131,19 @@ class ArchiveWriter:
 
 
 def json_line(value: Any) -> bytes:
-    return (json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return _json_bytes(value, separators=(",", ":")) + b"\n"
+
+
+def _json_bytes(value: Any, **options: Any) -> bytes:
+    """JSON in UTF-8; text UTF-8 cannot encode (a lone surrogate a JSON field kept) goes as its escape.
+
+    Such text reached the database before it was refused at the door: it is exported as `\\udxxx`,
+    which import_kb then refuses with a message naming the document, rather than export_kb failing.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, **options).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, **options).encode()
 
 
 @dataclass(frozen=True)

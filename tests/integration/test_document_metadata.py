@@ -77,6 +77,9 @@ class TestIngestCommand:
             ("--meta", "year", "'year' is not key=value"),
             ("--meta", "a.b=1", "metadata.a.b"),
             ("--tag", " ", "tags[0]"),
+            # What Python makes of a non-UTF-8 byte on the command line (surrogateescape): no text to store.
+            ("--tag", "caf\udce9", "tags[0]"),
+            ("--meta", "note=caf\udce9", "metadata.note"),
         ],
     )
     def test_bad_labels_stop_the_command_before_anything_is_loaded(

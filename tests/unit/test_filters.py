@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +145,12 @@ def test_index_hints_follow_the_type_each_key_is_compared_as() -> None:
         ({"key": "year", "gt": 1, "lt": "2024-01-01"}, "filter"),
         ({"key": "year", "exists": "yes"}, "filter.exists"),
         ({"key": "year", "eq": 1, "tag": {"any": ["a"]}}, "filter"),
+        # Past a double's range: Python reads the JSON as an int that math.isfinite cannot take.
+        ({"key": "year", "eq": 10**400}, "filter.eq"),
+        ({"key": "year", "gte": -(10**309)}, "filter.gte"),
+        ({"key": "year", "in": [1, 10**400]}, "filter.in[1]"),
+        ({"key": "status", "eq": "dr\ud800aft"}, "filter.eq"),
+        ({"tag": {"any": ["ok", "\udfff"]}}, "filter.tag.any[1]"),
     ],
 )
 def test_an_invalid_filter_is_refused_naming_the_bad_part(spec, path) -> None:
@@ -164,3 +171,11 @@ def test_filters_are_bounded_in_depth_and_size() -> None:
         with pytest.raises(InvalidFilter, match="at most"):
             compile_filter(spec)
     compile_filter({"or": [{"key": "a", "eq": i} for i in range(MAX_CONDITIONS)]})
+
+
+def test_numbers_up_to_a_doubles_range_are_compared() -> None:
+    largest = int(sys.float_info.max)
+
+    compiled = compile_filter({"key": "year", "lte": largest})
+
+    assert compiled.filter == models.Filter(must=[field("meta.year", range=models.Range(lte=largest))])
