@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,10 @@ from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import active_index
 from search.errors import EmbeddingModelMismatch
 from search.keywords import KeywordSettings
+
+# How long a rebuilt KB's old generation stays after the switch: longer than a search takes from
+# reading the KB's row to querying Qdrant (its query's embedding and the query, each bounded).
+RETIRED_GENERATION_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -34,8 +39,15 @@ class ReindexReport:
 
 
 class ReindexService:
-    def __init__(self, *, ingestion: IngestionService | None = None, documents: DocumentService | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ingestion: IngestionService | None = None,
+        documents: DocumentService | None = None,
+        retire_after: float = RETIRED_GENERATION_GRACE_SECONDS,
+    ) -> None:
         self.ingestion = ingestion or IngestionService()
+        self.retire_after = retire_after
         self.documents = documents or DocumentService(chunk_service=self.ingestion.chunk_service)
 
     async def reindex_in_place(
@@ -113,6 +125,9 @@ class ReindexService:
                 f"{kb.name!r} was rebuilt or deleted by someone else while this rebuild ran: "
                 "nothing of this one was kept. Run it again if you still need it."
             )
+        # A search that read the old generation just before the switch queries it a moment later
+        # (after embedding its query): its points go once such searches are done.
+        await asyncio.sleep(self.retire_after)
         await collections.delete_generation(index=active)
         kb.embedding_model, kb.vector_size, kb.index_generation = target.model, target.vector_size, target.generation
         report.requeued = await self._catch_up(kb, indexed, failed={d.pk for d in report.failed})

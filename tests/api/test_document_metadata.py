@@ -12,9 +12,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
 from knowledge.models import Document, DocumentStatus, Role
+from knowledge.services.knowledge_bases import active_index
 from knowledge.services.reindex import ReindexService
 from search.models import SearchAudit
-from search.qdrant import collection_alias, qdrant_service
+from search.qdrant import qdrant_service
 from search.services.chunks import ChunkService, chunk_point_id
 from tests.api.test_api import BEES, SOURDOUGH, TIDES, VOLCANOES, bearer, client, issue_token
 from tests.factories import add_member, make_document, make_kb, make_user
@@ -157,10 +158,11 @@ async def test_patching_labels_is_seen_by_the_next_search_without_embedding_agai
     kb, labelled, editor_headers
 ) -> None:
     document = labelled[TIDES[0]]
-    ids = [chunk_point_id(document.id, i) for i in range(document.chunk_count)]
+    index = active_index(kb)
+    ids = [chunk_point_id(index.tenant, document.id, i) for i in range(document.chunk_count)]
 
     async def vectors():
-        points = await qdrant_service.client.retrieve(collection_alias(kb.id), ids=ids, with_vectors=True)
+        points = await qdrant_service.client.retrieve(index.collection, ids=ids, with_vectors=True)
         return {str(p.id): list(p.vector["dense"]) for p in points}
 
     before = await vectors()

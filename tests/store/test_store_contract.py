@@ -32,7 +32,7 @@ from search.filters import compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, qdrant_service
 from search.services.chunks import ChunkSearch, ChunkService, StoredChunk, chunk_point_id
-from search.services.collections import CollectionService, KbIndex
+from search.services.collections import KbIndex
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
 pytestmark = [pytest.mark.integration]

@@ -79,7 +79,8 @@ class Command(BaseCommand):
                     report = async_to_sync(service.rebuild)(kb=knowledge_base, worker_id=worker_id, on_progress=on_progress)
                     reports.append(report)
                     progress.line(
-                        f"{knowledge_base.slug}: switched to {report.collection}, {report.indexed} documents, "
+                        f"{knowledge_base.slug}: switched to generation {report.generation} in {report.collection}, "
+                        f"{report.indexed} documents, "
                         f"{report.chunks} chunks; {report.requeued} changed meanwhile and were queued again"
                     )
             else:
