@@ -282,10 +282,10 @@ async def test_metadata_of_an_upload_must_be_a_json_object(kb, editor_headers) -
     assert not await Document.objects.aexists()
 
 
-async def test_a_rebuild_carries_the_labels_into_the_new_collection(kb, labelled, owner_headers) -> None:
+async def test_a_rebuild_carries_the_labels_into_the_next_generation(kb, labelled, owner_headers) -> None:
     report = await ReindexService().rebuild(kb=kb, worker_id="tests")
 
-    assert report.indexed == len(LABELS) and report.collection.endswith("_v2")
+    assert report.indexed == len(LABELS) and report.generation == 2
     assert await titles_found(owner_headers, kb, {"key": "status", "in": ["final"]}) == {
         BEES[0],
         SOURDOUGH[0],
