@@ -257,6 +257,7 @@ _upload_rate = env_str("KBSITE_UPLOAD_RATE_LIMIT", "60/min")
 SEARCH = {
     "PERMISSION_SERVICE": "knowledge.services.permissions.PermissionService",
     "DOCUMENT_TEXTS": "knowledge.services.document_texts.DocumentTextService",
+    "KB_INDEXES": "knowledge.services.knowledge_bases.KnowledgeBaseIndexes",
     "RATE_LIMIT": None if _search_rate.lower() in {"off", "none", "0"} else _search_rate,
     "UPLOAD_RATE_LIMIT": None if _upload_rate.lower() in {"off", "none", "0"} else _upload_rate,
 }

@@ -65,3 +65,9 @@ class ArchiveModelMismatch(KnowledgeError):
     """An archive's vectors come from another embedding model (or size) than the site's."""
 
     code = "archive_model_mismatch"
+
+
+class RebuildSuperseded(KnowledgeError):
+    """A rebuild found at its switch that another rebuild (or a delete) changed the KB first: it kept nothing."""
+
+    code = "rebuild_superseded"

@@ -44,6 +44,12 @@ class KnowledgeBase(models.Model):
         max_length=100, editable=False, help_text="The model the KB's vectors were made with."
     )
     vector_size = models.PositiveIntegerField(editable=False)
+    index_generation = models.PositiveIntegerField(
+        default=1,
+        editable=False,
+        help_text="The generation of the KB's points that searches read; a rebuild writes the next one, then "
+        "switches this in one update.",
+    )
     keyword_settings = models.JSONField(
         null=True,
         blank=True,

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
-from uuid import UUID
 
 import grpc
 from django.conf import settings
@@ -29,16 +28,12 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+D = TypeVar("D")
 
 MEMORY_LOCATION = ":memory:"
 EDGE_ENGINE = "edge"
 LOCAL_MODE_ENGINE = "local"
 EMBEDDED_ENGINES = (EDGE_ENGINE, LOCAL_MODE_ENGINE)
-
-
-def collection_alias(kb_id: UUID | str) -> str:
-    """The name every read and write uses: an alias onto the KB's current physical collection."""
-    return f"kb_{kb_id}"
 
 
 @dataclass(frozen=True)
@@ -316,6 +311,16 @@ def is_missing_collection(exc: BaseException) -> bool:
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code == 404
     return isinstance(exc, ValueError) and str(exc).startswith("Collection ") and "not found" in str(exc)
+
+
+async def unless_missing(call: Awaitable[R], default: D) -> R | D:
+    """The call's answer, or `default` when the collection it names does not exist (yet or any more)."""
+    try:
+        return await call
+    except Exception as exc:
+        if is_missing_collection(exc):
+            return default
+        raise
 
 
 def as_unavailable(exc: BaseException, config: QdrantConfig) -> VectorStoreUnavailable | None:

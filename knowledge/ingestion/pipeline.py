@@ -30,6 +30,7 @@ from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService
+from search.services.collections import KbIndex
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,13 @@ class IngestionService:
         document_id: UUID,
         worker_id: str,
         on_progress: ProgressCallback | None = None,
-        collection_name: str | None = None,
+        index: KbIndex | None = None,
     ) -> Document | None:
         """Claim one document and process it here and now; None if another worker holds it."""
         document = await self.queue.aclaim(document_id=document_id, worker_id=worker_id)
         if document is None:
             return None
-        return await self.process(
-            document, worker_id=worker_id, on_progress=on_progress, collection_name=collection_name
-        )
+        return await self.process(document, worker_id=worker_id, on_progress=on_progress, index=index)
 
     async def ingest_until_settled(self, **ingest_now_arguments) -> Document | None:
         """Like ingest_now, but wait out and retry transient failures until the document is ready or failed.
@@ -129,31 +128,31 @@ class IngestionService:
         *,
         worker_id: str,
         on_progress: ProgressCallback | None = None,
-        collection_name: str | None = None,
+        index: KbIndex | None = None,
     ) -> Document:
         """Index a claimed document and record how it went: ready, failed, or pending a retry."""
         keeper = asyncio.ensure_future(self._keep_lease(document, worker_id))
         try:
-            chunk_count = await self._index(document, worker_id, on_progress, collection_name)
-            await self._finish(document, worker_id, chunk_count, collection_name)
+            chunk_count = await self._index(document, worker_id, on_progress, index)
+            await self._finish(document, worker_id, chunk_count, index)
         except LostClaim:
             logger.info("Gave up %s: it is no longer claimed by %s", document.pk, worker_id)
             # Deleted while this run wrote its chunks: whatever it wrote after the delete must go.
-            await self._drop_points_if_deleted(document, collection_name)
+            await self._drop_points_if_deleted(document, index)
         except asyncio.CancelledError:
             await asyncio.shield(self.queue.arelease(document_id=document.pk, worker_id=worker_id))
             raise
         except EmbeddingModelMismatch as exc:
             # The document is fine; the KB needs rebuilding. Its chunks stay for that rebuild to replace.
-            await self._fail(document, worker_id, exc, collection_name, keep_chunks=True)
+            await self._fail(document, worker_id, exc, index, keep_chunks=True)
         except PERMANENT_ERRORS as exc:
-            await self._fail(document, worker_id, exc, collection_name)
+            await self._fail(document, worker_id, exc, index)
         except VectorStoreUnavailable as exc:
             # However long the outage, the document waits for the store rather than failing.
             await self._retry_later(document, worker_id, exc, store_down=True)
         except Exception as exc:
             if document.attempts >= self.config.max_attempts:
-                await self._fail(document, worker_id, exc, collection_name)
+                await self._fail(document, worker_id, exc, index)
             else:
                 await self._retry_later(document, worker_id, exc)
         finally:
@@ -161,12 +160,12 @@ class IngestionService:
         return await Document.objects.select_related("knowledge_base").filter(pk=document.pk).afirst() or document
 
     async def _index(
-        self, document: Document, worker_id: str, on_progress: ProgressCallback | None, collection_name: str | None
+        self, document: Document, worker_id: str, on_progress: ProgressCallback | None, index: KbIndex | None
     ) -> int:
         kb = document.knowledge_base
         embeddings = self.embeddings
-        # A rebuild writes into a new collection made for the current model: the KB's model may differ.
-        if collection_name is None and kb.embedding_model != embeddings.model_id:
+        # A rebuild writes a new generation for the current model: the KB's model may differ.
+        if index is None and kb.embedding_model != embeddings.model_id:
             raise EmbeddingModelMismatch(
                 f"{kb.name!r} holds vectors of {kb.embedding_model}, but the site embeds with "
                 f"{embeddings.model_id}: run `manage.py reindex --kb {kb.slug} --recreate`."
@@ -177,7 +176,7 @@ class IngestionService:
         if not chunks:
             raise ExtractionError(f"{document.source_name or document.title} contains no text.")
         await self.queue.arecord_progress(document_id=document.pk, worker_id=worker_id, done=0, total=len(chunks))
-        keywords = await self._keyword_encoder(kb, collection_name)
+        keywords = await self._keyword_encoder(kb)
         done = 0
         for start in range(0, len(chunks), self.config.batch_size):
             batch = chunks[start : start + self.config.batch_size]
@@ -189,11 +188,11 @@ class IngestionService:
                 title=document.title,
                 chunks=batch,
                 vectors=vectors,
-                keyword_vectors=keywords.encode_documents(texts) if keywords is not None else None,
+                keyword_vectors=keywords.encode_documents(texts),
                 archived_at=document.archived_at,
                 tags=document.tags,
                 metadata=document.metadata,
-                collection_name=collection_name,
+                index=index,
                 page_starts=document.page_starts,
             )
             done += len(batch)
@@ -204,25 +203,17 @@ class IngestionService:
                 on_progress(document, done, len(chunks))
         # A shorter new version leaves the old version's tail behind.
         await self.chunk_service.delete_document_chunks(
-            kb_id=kb.id, document_id=document.id, from_index=len(chunks), collection_name=collection_name
+            kb_id=kb.id, document_id=document.id, from_index=len(chunks), index=index
         )
         return len(chunks)
 
-    async def _keyword_encoder(self, kb: KnowledgeBase, collection_name: str | None) -> KeywordEncoder | None:
-        """The BM25 encoder of the collection written to, or None for one made before hybrid search.
-
-        A rebuild's new collection always has the keyword vector. A KB whose setting is empty
-        (created before hybrid search) takes the defaults when it has no collection yet.
-        """
+    async def _keyword_encoder(self, kb: KnowledgeBase) -> KeywordEncoder:
+        """The KB's BM25 encoder; a KB made before hybrid search (its setting empty) takes the defaults."""
         if kb.keyword_settings is None:
-            if collection_name is None:
-                if await self.chunk_service.collections.current_collection(kb_id=kb.id) is not None:
-                    return None
-                kb.keyword_settings = KeywordSettings().as_dict()
-                await KnowledgeBase.objects.filter(pk=kb.pk, keyword_settings__isnull=True).aupdate(
-                    keyword_settings=kb.keyword_settings
-                )
-            return keyword_encoder(KeywordSettings())
+            kb.keyword_settings = KeywordSettings().as_dict()
+            await KnowledgeBase.objects.filter(pk=kb.pk, keyword_settings__isnull=True).aupdate(
+                keyword_settings=kb.keyword_settings
+            )
         return keyword_encoder(KeywordSettings.from_dict(kb.keyword_settings))
 
     async def _extract_if_needed(self, document: Document, worker_id: str) -> None:
@@ -276,14 +267,14 @@ class IngestionService:
                 logger.warning("Could not renew the lease on %s; will try again", document.pk)
 
     async def _finish(
-        self, document: Document, worker_id: str, chunk_count: int, collection_name: str | None
+        self, document: Document, worker_id: str, chunk_count: int, index: KbIndex | None
     ) -> None:
         archived_at, title, tags, metadata = await self.queue.amark_ready(
             document_id=document.pk, worker_id=worker_id, chunk_count=chunk_count
         )
         # Archived, restored, renamed or relabelled while it was being indexed: later batches carry the
         # old state.
-        where = {"kb_id": document.knowledge_base_id, "document_id": document.id, "collection_name": collection_name}
+        where = {"kb_id": document.knowledge_base_id, "document_id": document.id, "index": index}
         if archived_at != document.archived_at:
             await self.chunk_service.set_archived(archived_at=archived_at, **where)
         if title != document.title:
@@ -296,7 +287,7 @@ class IngestionService:
         document: Document,
         worker_id: str,
         error: BaseException,
-        collection_name: str | None,
+        index: KbIndex | None,
         *,
         keep_chunks: bool = False,
     ) -> None:
@@ -306,7 +297,7 @@ class IngestionService:
             try:
                 # Nothing of a failed document stays searchable.
                 await self.chunk_service.delete_document_chunks(
-                    kb_id=document.knowledge_base_id, document_id=document.id, collection_name=collection_name
+                    kb_id=document.knowledge_base_id, document_id=document.id, index=index
                 )
             except Exception:
                 logger.exception("Could not remove the chunks of failed document %s", document.pk)
@@ -337,8 +328,8 @@ class IngestionService:
         except DatabaseError:
             logger.exception("Could not record the failed attempt on %s; its lease will lapse", document.pk)
 
-    async def _drop_points_if_deleted(self, document: Document, collection_name: str | None) -> None:
+    async def _drop_points_if_deleted(self, document: Document, index: KbIndex | None) -> None:
         if not await Document.objects.filter(pk=document.pk).aexists():
             await self.chunk_service.delete_document_chunks(
-                kb_id=document.knowledge_base_id, document_id=document.id, collection_name=collection_name
+                kb_id=document.knowledge_base_id, document_id=document.id, index=index
             )

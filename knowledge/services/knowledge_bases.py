@@ -1,6 +1,8 @@
-"""Creating, changing and deleting knowledge bases."""
+"""Creating, changing and deleting knowledge bases, and where each one's searched points are."""
 
 from __future__ import annotations
+
+from uuid import UUID
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
@@ -12,8 +14,31 @@ from knowledge.models import KnowledgeBase, Membership, Role
 from knowledge.services.text_fields import refuse_unstorable_characters
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
+from search.services.collections import KbIndex
 
 EDITABLE_KB_FIELDS = ("name", "description", "owner", "chunk_size", "chunk_overlap")
+
+
+def active_index(kb: KnowledgeBase) -> KbIndex:
+    """The generation of the KB's points that searches read, in its model's collection."""
+    return KbIndex(
+        kb_id=kb.id, model=kb.embedding_model, vector_size=kb.vector_size, generation=kb.index_generation
+    )
+
+
+class KnowledgeBaseIndexes:
+    """Tells the search app where a KB's searched points are (settings.SEARCH["KB_INDEXES"])."""
+
+    async def active_index(self, *, kb_id) -> KbIndex | None:
+        row = (
+            await KnowledgeBase.objects.filter(pk=kb_id)
+            .values_list("embedding_model", "vector_size", "index_generation")
+            .afirst()
+        )
+        if row is None:
+            return None
+        model, vector_size, generation = row
+        return KbIndex(kb_id=UUID(str(kb_id)), model=model, vector_size=vector_size, generation=generation)
 
 
 class KnowledgeBaseService:
@@ -93,7 +118,7 @@ class KnowledgeBaseService:
             )
 
     async def adelete_knowledge_base(self, *, kb: KnowledgeBase) -> None:
-        """Drop the KB's collections in Qdrant, then its rows (documents and memberships go with it).
+        """Delete the KB's points in Qdrant (never another KB's), then its rows (documents and memberships go with it).
 
         Qdrant goes first: should it fail, the KB is still there to delete again, not a hidden orphan.
         """

@@ -17,7 +17,7 @@ from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
 from knowledge.models import KnowledgeBase, Membership, Role
 from search.errors import UnknownUser
 
-SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size", "keyword_settings"]
+SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size", "index_generation", "keyword_settings"]
 ROLE_RANK = {Role.READER: 1, Role.EDITOR: 2, Role.OWNER: 3}
 
 

@@ -1,19 +1,26 @@
-"""Re-chunking and re-embedding from the stored text: in place, or into a new collection switched in at once."""
+"""Re-chunking and re-embedding from the stored text: in place, or as a new generation switched in at once."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+from knowledge.errors import RebuildSuperseded
 from knowledge.ingestion.pipeline import IngestionService, ProgressCallback
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import active_index
 from search.errors import EmbeddingModelMismatch
 from search.keywords import KeywordSettings
+
+# How long a rebuilt KB's old generation stays after the switch: longer than a search takes from
+# reading the KB's row to querying Qdrant (its query's embedding and the query, each bounded).
+RETIRED_GENERATION_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -25,19 +32,28 @@ class ReindexReport:
     busy: int = 0
     #: Documents that changed while a rebuild ran, queued for the workers.
     requeued: int = 0
+    #: Where a rebuild wrote: its model's collection and the KB's new generation.
     collection: str | None = None
+    generation: int | None = None
     seconds: float = 0.0
 
 
 class ReindexService:
-    def __init__(self, *, ingestion: IngestionService | None = None, documents: DocumentService | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ingestion: IngestionService | None = None,
+        documents: DocumentService | None = None,
+        retire_after: float = RETIRED_GENERATION_GRACE_SECONDS,
+    ) -> None:
         self.ingestion = ingestion or IngestionService()
+        self.retire_after = retire_after
         self.documents = documents or DocumentService(chunk_service=self.ingestion.chunk_service)
 
     async def reindex_in_place(
         self, *, document_ids: Sequence[UUID], worker_id: str, on_progress: ProgressCallback | None = None
     ) -> ReindexReport:
-        """Chunk and embed these documents again, one by one, into their KBs' current collections.
+        """Chunk and embed these documents again, one by one, into their KBs' active generations.
 
         KBs indexed with another model than the site's are refused: only a rebuild can move them.
         """
@@ -78,42 +94,55 @@ class ReindexService:
     async def rebuild(
         self, *, kb: KnowledgeBase, worker_id: str, on_progress: ProgressCallback | None = None
     ) -> ReindexReport:
-        """Index every document of the KB into a new collection, then switch the KB's alias to it.
+        """Index every document of the KB as its next generation, then switch searches to it in one update.
 
-        Searches use the old collection until the switch, so they never see a half-built index;
-        the KB takes the site's current embedding model and chunk settings, and keyword vectors
-        (hybrid search) if its collection had none. What changed while
-        the rebuild ran is queued again afterwards.
+        Searches read the active generation until the switch, so they never see a half-built index,
+        and no other KB's points are touched. The KB takes the site's current embedding model (the
+        next generation lands in that model's collection, made on first use) and chunk settings, and
+        keyword settings if it had none. What changed while the rebuild ran is queued again afterwards.
         """
         report, started = ReindexReport(), time.monotonic()
         chunks, embeddings = self.ingestion.chunk_service, self.ingestion.embeddings
         collections = chunks.collections
-        target = await collections.create_collection_version(kb_id=kb.id, vector_size=embeddings.dimensions)
-        report.collection = target
+        active = active_index(kb)
+        target = active.next_generation(model=embeddings.model_id, vector_size=embeddings.dimensions)
+        report.collection = target.collection
+        report.generation = target.generation
+        # A rebuild that died may have left points of this generation: it starts again from none.
+        await collections.delete_generation(index=target)
         indexed: dict[UUID, tuple[str, datetime | None, str, str]] = {}
         try:
             async for document_id in Document.objects.filter(knowledge_base=kb).order_by("pk").values_list(
                 "id", flat=True
             ):
                 document = await self.ingestion.ingest_until_settled(
-                    document_id=document_id, worker_id=worker_id, on_progress=on_progress, collection_name=target
+                    document_id=document_id, worker_id=worker_id, on_progress=on_progress, index=target
                 )
                 self._count(report, document)
                 if document is not None and document.status == DocumentStatus.READY:
                     indexed[document.pk] = self._indexed_state(document)
         except BaseException:
-            await collections.drop_collection_version(collection_name=target)
+            await collections.delete_generation(index=target)
             raise
-        previous = await collections.activate_collection_version(kb_id=kb.id, collection_name=target)
-        # The new collection holds keyword vectors made with the KB's settings, or the defaults for a
-        # KB from before hybrid search: from now on its searches are hybrid.
-        await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(
-            embedding_model=embeddings.model_id,
-            vector_size=embeddings.dimensions,
+        # The switch: model, size and generation in one update, taken only if no other rebuild switched first.
+        # Should the update itself fail, the points written stay unsearched; the next rebuild clears them.
+        switched = await KnowledgeBase.objects.filter(pk=kb.pk, index_generation=active.generation).aupdate(
+            embedding_model=target.model,
+            vector_size=target.vector_size,
+            index_generation=target.generation,
             keyword_settings=kb.keyword_settings or KeywordSettings().as_dict(),
         )
-        if previous is not None:
-            await collections.drop_collection_version(collection_name=previous)
+        if not switched:
+            await collections.delete_generation(index=target)
+            raise RebuildSuperseded(
+                f"{kb.name!r} was rebuilt or deleted by someone else while this rebuild ran: "
+                "nothing of this one was kept. Run it again if you still need it."
+            )
+        # A search that read the old generation just before the switch queries it a moment later
+        # (after embedding its query): its points go once such searches are done.
+        await asyncio.sleep(self.retire_after)
+        await collections.delete_generation(index=active)
+        kb.embedding_model, kb.vector_size, kb.index_generation = target.model, target.vector_size, target.generation
         report.requeued = await self._catch_up(kb, indexed, failed={d.pk for d in report.failed})
         report.seconds = time.monotonic() - started
         return report

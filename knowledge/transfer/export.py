@@ -13,6 +13,7 @@ import numpy as np
 from django.utils import timezone
 
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase, Membership
+from knowledge.services.knowledge_bases import active_index
 from knowledge.transfer.archive import (
     CHUNKS,
     DENSE_DTYPE,
@@ -97,7 +98,7 @@ class ExportService:
                 if document.status != DocumentStatus.READY:
                     continue
                 records = await self.chunk_service.get_document_chunk_records(
-                    kb_id=kb.id, document_id=document.id, named_vectors=kb.keyword_settings is not None
+                    kb_id=kb.id, document_id=document.id, index=active_index(kb)
                 )
                 # Indexed again (or deleted) since the list was read: its chunks may mix two versions.
                 now = await Document.objects.filter(pk=document.pk).values("status", "updated_at").afirst()

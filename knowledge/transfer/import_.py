@@ -20,7 +20,7 @@ from knowledge.ingestion.events import notify_new_work
 from knowledge.ingestion.pipeline import IngestionService
 from knowledge.ingestion.worker import new_worker_id
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase, Membership
-from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.knowledge_bases import KnowledgeBaseService, active_index
 from knowledge.transfer.archive import ArchiveReader
 from knowledge.transfer.export import TransferProgress
 from search.keywords import KeywordSettings, keyword_encoder
@@ -106,8 +106,8 @@ class ImportService:
                 "import it with --re-embed to make its chunks again from the stored text."
             )
         plan = await self._plan_rows(archive, slug, re_embed)
-        # A collection left by an import that died before its rows were written must not be reused.
-        if await self.chunk_service.collections.current_collection(kb_id=plan.kb.id) is not None:
+        # Points left by an import that died before its rows were written must not be taken for this one's.
+        if await self.chunk_service.collections.holds_points(kb_id=plan.kb.id):
             plan.kb.id, plan.kept_ids = uuid.uuid4(), False
         return plan
 
@@ -163,27 +163,25 @@ class ImportService:
     async def _import_with_vectors(
         self, archive: ArchiveReader, plan: ImportPlan, on_progress: TransferProgress | None
     ) -> ImportReport:
-        """Points into a new collection version, the alias onto it, then every row in one transaction.
+        """Points into the KB's first generation, then every row in one transaction, which makes them searched.
 
-        Should any step fail, the collection goes again: a KB is either restored whole or not there.
+        Should any step fail, the points go again: a KB is either restored whole or not there.
         """
-        kb, collections = plan.kb, self.chunk_service.collections
+        kb = plan.kb
         encoder = keyword_encoder(KeywordSettings.from_dict(kb.keyword_settings))
         report = self._report(plan)
         total = archive.manifest.chunks
-        target = await collections.create_collection_version(kb_id=kb.id, vector_size=kb.vector_size)
+        target = active_index(kb)
         try:
             for batch in archive.chunk_batches(self.batch_size):
                 records = [replace(r, document_id=plan.document_ids[r.document_id]) for r in batch]
                 report.chunks += await self.chunk_service.write_chunk_records(
-                    kb_id=kb.id,
-                    collection_name=target,
+                    index=target,
                     records=records,
                     keyword_vectors=encoder.encode_documents(r.payload["content"] for r in records),
                 )
                 if on_progress is not None:
                     on_progress(report.chunks, total)
-            await collections.activate_collection_version(kb_id=kb.id, collection_name=target)
             await self._create_rows(archive, plan, report, re_embed=False)
         except BaseException:
             await self._discard(kb, rows=False)

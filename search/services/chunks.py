@@ -1,23 +1,34 @@
-"""A knowledge base's chunks in Qdrant: written, listed, counted, searched and archived through AsyncQdrantClient."""
+"""Knowledge bases' chunks in Qdrant: written, listed, counted, searched and archived through AsyncQdrantClient."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid5
 
+from django.conf import settings
+from django.utils.module_loading import import_string
 from qdrant_client import models
 
 from search.chunking import TextChunk
+from search.errors import KnowledgeBaseNotFound
 from search.filters import METADATA_FIELD, TAGS_FIELD, CompiledFilter
 from search.pages import page_label, page_range
-from search.qdrant import collection_alias, is_missing_collection, qdrant_service, translate_unreachable
+from search.qdrant import qdrant_service, translate_unreachable, unless_missing
 from search.query_batching import QueryBatcher
-from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
+from search.services.collections import (
+    DENSE_VECTOR,
+    KEYWORD_VECTOR,
+    TENANT_FIELD,
+    CollectionService,
+    KbIndex,
+    tenant_filter,
+)
 
-# Point ids are derived from (document, chunk index), so writing a chunk again replaces it.
+# Point ids are derived from (tenant key, document, chunk index), so writing a chunk again replaces it
+# and a rebuild's next generation lands beside the active one.
 POINT_NAMESPACE = UUID("8f9c1d52-6a3e-4c1b-9a57-2f4e7b0c9d11")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -34,8 +45,105 @@ RRF_WEIGHTS: list[float] | None = [1.0, 0.7]  # dense, keyword: the order of the
 FUSION_CANDIDATES = 100
 
 
-def chunk_point_id(document_id: UUID | str, chunk_index: int) -> str:
-    return str(uuid5(POINT_NAMESPACE, f"{document_id}/{chunk_index}"))
+def chunk_point_id(tenant: str, document_id: UUID | str, chunk_index: int) -> str:
+    return str(uuid5(POINT_NAMESPACE, f"{tenant}/{document_id}/{chunk_index}"))
+
+
+class KbIndexes(Protocol):
+    """Answers where a KB's searched points are: the knowledge app keeps each KB's model and active generation."""
+
+    async def active_index(self, *, kb_id: UUID | str) -> KbIndex | None:
+        """The KB's active index, or None for a KB that is not there."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChunkSearch:
+    """One chunk search, built once by SearchService and run by ChunkService with or without grouping.
+
+    `indexes` are the KB generations searched, all in one collection: one engine query covers them.
+    With an embedding only: nearest by cosine (`score_threshold` is a cosine similarity). With
+    keywords only: BM25 with Qdrant's IDF. With both: the two candidate lists fused by reciprocal
+    rank (the threshold then applies to the semantic candidates). Every stage applies the same filter.
+    `group_size` asks for `limit` documents, each with its best `group_size` chunks.
+    """
+
+    indexes: tuple[KbIndex, ...]
+    query_embedding: tuple[float, ...] | None = None
+    query_keywords: models.SparseVector | None = None
+    limit: int = 10
+    include_archived: bool = False
+    score_threshold: float | None = None
+    document_ids: tuple[str, ...] = ()
+    metadata_filter: CompiledFilter | None = None
+    group_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.indexes:
+            raise ValueError("a chunk search needs at least one knowledge base index")
+        if len({index.collection for index in self.indexes}) > 1:
+            raise ValueError("a chunk search reads one collection; split it by embedding model")
+        if self.query_embedding is None and self.query_keywords is None:
+            raise ValueError("a chunk search needs a query embedding, query keywords or both")
+
+    @property
+    def collection(self) -> str:
+        return self.indexes[0].collection
+
+    def query_request(self) -> models.QueryRequest:
+        """The request as Qdrant takes it; grouped, Qdrant multiplies prefetch limits by the groups asked for."""
+        candidates = FUSION_CANDIDATES if self.group_size is not None else max(self.limit, FUSION_CANDIDATES)
+        query_filter = self._filter()
+        if self.query_embedding is not None and self.query_keywords is not None:
+            request = models.QueryRequest(
+                prefetch=[
+                    models.Prefetch(
+                        query=models.NearestQuery(nearest=list(self.query_embedding)),
+                        using=DENSE_VECTOR,
+                        filter=query_filter,
+                        limit=candidates,
+                        score_threshold=self.score_threshold,
+                    ),
+                    models.Prefetch(
+                        query=models.NearestQuery(nearest=self.query_keywords),
+                        using=KEYWORD_VECTOR,
+                        filter=query_filter,
+                        limit=candidates,
+                    ),
+                ],
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=RRF_WEIGHTS)),
+                filter=query_filter,
+                limit=self.limit,
+            )
+        elif self.query_embedding is not None:
+            request = models.QueryRequest(
+                query=models.NearestQuery(nearest=list(self.query_embedding)),
+                using=DENSE_VECTOR,
+                filter=query_filter,
+                limit=self.limit,
+                score_threshold=self.score_threshold,
+            )
+        else:
+            request = models.QueryRequest(
+                query=models.NearestQuery(nearest=self.query_keywords),
+                using=KEYWORD_VECTOR,
+                filter=query_filter,
+                limit=self.limit,
+            )
+        request.with_payload, request.with_vector = True, False
+        return request
+
+    def _filter(self) -> models.Filter:
+        # The tenant keys are the one condition every query carries: no KB reads another's points.
+        must: list[models.Condition] = [tenant_filter(*(index.tenant for index in self.indexes))]
+        if self.document_ids:
+            must.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=list(self.document_ids))))
+        if self.metadata_filter is not None:
+            must.append(self.metadata_filter.filter)
+        # must_not on the indexed flag, not must archived == false: the engine answers it from the
+        # bool index's small "true" set instead of checking every other point (10x at 100k points).
+        must_not = [] if self.include_archived else [_match("archived", True)]
+        return models.Filter(must=must, must_not=must_not or None)
 
 
 @dataclass(frozen=True)
@@ -111,17 +219,32 @@ def _match(key: str, value: Any) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
-def _document_filter(document_id: UUID | str, *extra: models.Condition) -> models.Filter:
-    return models.Filter(must=[_match("document_id", str(document_id)), *extra])
+def _document_filter(index: KbIndex, document_id: UUID | str, *extra: models.Condition) -> models.Filter:
+    return models.Filter(must=[tenant_filter(index.tenant), _match("document_id", str(document_id)), *extra])
 
 
 class ChunkService:
-    """Every read and write of chunks; each KB has one collection, reached through the alias `kb_{id}`."""
+    """Every read and write of chunks. Each KB's points are one tenant of its model's collection.
 
-    def __init__(self, *, collections: CollectionService | None = None) -> None:
+    A method given `kb_id` alone works on the KB's active generation, which the knowledge app
+    names (`KbIndexes`); `index` names a generation instead (a rebuild or an import in progress).
+    """
+
+    def __init__(self, *, collections: CollectionService | None = None, indexes: KbIndexes | None = None) -> None:
         self.collections = collections or CollectionService()
+        # The knowledge app keeps which generation is active; a setting names its reader so imports stay one-way.
+        self.indexes = indexes or import_string(settings.SEARCH["KB_INDEXES"])()
         # Searches of one collection that start together go to Qdrant as one batch.
         self._queries = QueryBatcher(lambda: qdrant_service.client)
+
+    async def _index(self, kb_id: UUID | str, index: KbIndex | None) -> KbIndex | None:
+        return index if index is not None else await self.indexes.active_index(kb_id=kb_id)
+
+    async def _index_to_write(self, kb_id: UUID | str, index: KbIndex | None) -> KbIndex:
+        found = await self._index(kb_id, index)
+        if found is None:
+            raise KnowledgeBaseNotFound(f"Knowledge base {kb_id} is not there (deleted?): nothing was written.")
+        return found
 
     @translate_unreachable
     async def get_chunks_by_document(
@@ -131,240 +254,115 @@ class ChunkService:
         document_id: UUID | str,
         offset: int | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
+        index: KbIndex | None = None,
     ) -> tuple[list[StoredChunk], int | None]:
         """One page of a document's chunks in chunk order, and the offset of the next page (or None)."""
         limit = max(1, min(limit, MAX_PAGE_SIZE))
-        try:
-            points, _ = await qdrant_service.client.scroll(
-                collection_name=collection_alias(kb_id),
-                scroll_filter=_document_filter(document_id),
+        found = await self._index(kb_id, index)
+        if found is None:
+            return [], None
+        points, _ = await unless_missing(
+            qdrant_service.client.scroll(
+                collection_name=found.collection,
+                scroll_filter=_document_filter(found, document_id),
                 order_by=models.OrderBy(key="chunk_index", start_from=offset or 0),
                 limit=limit + 1,
                 with_payload=True,
                 with_vectors=False,
-            )
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return [], None
-            raise
+            ),
+            ([], None),
+        )
         chunks = [StoredChunk.from_point(point) for point in points]
         if len(chunks) > limit:
             return chunks[:limit], chunks[limit].chunk_index
         return chunks, None
 
     @translate_unreachable
-    async def search_chunks(
-        self,
-        *,
-        kb_id: UUID | str,
-        query_embedding: Sequence[float] | None = None,
-        query_keywords: models.SparseVector | None = None,
-        limit: int = 10,
-        include_archived: bool = False,
-        score_threshold: float | None = None,
-        document_ids: Sequence[UUID | str] | None = None,
-        metadata_filter: CompiledFilter | None = None,
-        named_vectors: bool = True,
-    ) -> list[StoredChunk]:
-        """The KB's best chunks for the query, best first, in one Qdrant query.
-
-        With an embedding only: nearest by cosine (`score_threshold` is a cosine similarity).
-        With keywords only: BM25 with Qdrant's IDF. With both: the two candidate lists fused by
-        reciprocal rank (the threshold then applies to the semantic candidates). Every stage
-        applies the same filter. `named_vectors=False` searches a collection made before hybrid
-        search, which holds one unnamed dense vector and no keyword vector.
-        """
-        await self._index_filtered_keys(kb_id, metadata_filter)
-        request = self._query_request(
-            kb_id=kb_id,
-            query_embedding=query_embedding,
-            query_keywords=query_keywords,
-            limit=limit,
-            candidates=max(limit, FUSION_CANDIDATES),
-            include_archived=include_archived,
-            score_threshold=score_threshold,
-            document_ids=document_ids,
-            metadata_filter=metadata_filter,
-            named_vectors=named_vectors,
+    async def search_chunks(self, request: ChunkSearch) -> list[StoredChunk]:
+        """The best chunks for the request across its KBs, best first, in one Qdrant query."""
+        await self._index_filtered_keys(request)
+        points = await unless_missing(
+            self._queries.query(collection_name=request.collection, request=request.query_request()), []
         )
-        try:
-            points = await self._queries.query(collection_name=collection_alias(kb_id), request=request)
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return []
-            raise
         return [StoredChunk.from_point(point) for point in points]
 
     @translate_unreachable
-    async def search_chunk_groups(
-        self,
-        *,
-        kb_id: UUID | str,
-        query_embedding: Sequence[float] | None = None,
-        query_keywords: models.SparseVector | None = None,
-        limit: int = 10,
-        group_size: int = 3,
-        include_archived: bool = False,
-        score_threshold: float | None = None,
-        document_ids: Sequence[UUID | str] | None = None,
-        metadata_filter: CompiledFilter | None = None,
-        named_vectors: bool = True,
-    ) -> list[list[StoredChunk]]:
-        """The KB's best `limit` documents for the query, each as its best `group_size` chunks, best first.
+    async def search_chunk_groups(self, request: ChunkSearch) -> list[list[StoredChunk]]:
+        """The best `limit` documents for the request, each as its best `group_size` chunks, best first.
 
         The same query as search_chunks, grouped by Qdrant on `document_id`: a document ranks by its
         best chunk. Grouped queries have no batch form, so each goes to Qdrant on its own.
         """
-        await self._index_filtered_keys(kb_id, metadata_filter)
-        # Qdrant (and the Edge store) multiply prefetch limits by the number of groups asked for.
-        request = self._query_request(
-            kb_id=kb_id,
-            query_embedding=query_embedding,
-            query_keywords=query_keywords,
-            limit=limit,
-            candidates=FUSION_CANDIDATES,
-            include_archived=include_archived,
-            score_threshold=score_threshold,
-            document_ids=document_ids,
-            metadata_filter=metadata_filter,
-            named_vectors=named_vectors,
-        )
-        try:
-            result = await qdrant_service.client.query_points_groups(
-                collection_name=collection_alias(kb_id),
+        if request.group_size is None:
+            raise ValueError("a grouped chunk search needs a group_size")
+        await self._index_filtered_keys(request)
+        query = request.query_request()
+        result = await unless_missing(
+            qdrant_service.client.query_points_groups(
+                collection_name=request.collection,
                 group_by="document_id",
-                query=request.query,
-                using=request.using,
-                prefetch=request.prefetch,
-                query_filter=request.filter,
-                score_threshold=request.score_threshold,
-                limit=limit,
-                group_size=group_size,
+                query=query.query,
+                using=query.using,
+                prefetch=query.prefetch,
+                query_filter=query.filter,
+                score_threshold=query.score_threshold,
+                limit=request.limit,
+                group_size=request.group_size,
                 with_payload=True,
                 with_vectors=False,
-            )
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return []
-            raise
+            ),
+            None,
+        )
+        if result is None:
+            return []
         return [[StoredChunk.from_point(point) for point in group.hits] for group in result.groups]
 
     @translate_unreachable
     async def get_chunks(
-        self, *, kb_id: UUID | str, positions: Sequence[tuple[UUID | str, int]]
+        self, *, kb_id: UUID | str, positions: Sequence[tuple[UUID | str, int]], index: KbIndex | None = None
     ) -> list[StoredChunk]:
         """The chunks at these (document, chunk index) positions that exist, in one Qdrant call."""
         if not positions:
             return []
+        found = await self._index(kb_id, index)
+        if found is None:
+            return []
         ids = list(
-            dict.fromkeys(chunk_point_id(document, index) for document, index in positions if index >= 0)
+            dict.fromkeys(
+                chunk_point_id(found.tenant, document, position) for document, position in positions if position >= 0
+            )
         )
-        try:
-            points = await qdrant_service.client.retrieve(
-                collection_name=collection_alias(kb_id), ids=ids, with_payload=True, with_vectors=False
-            )
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return []
-            raise
-        return [StoredChunk.from_point(point) for point in points]
+        points = await unless_missing(
+            qdrant_service.client.retrieve(
+                collection_name=found.collection, ids=ids, with_payload=True, with_vectors=False
+            ),
+            [],
+        )
+        return [StoredChunk.from_point(point) for point in points if (point.payload or {}).get(TENANT_FIELD) == found.tenant]
 
-    async def _index_filtered_keys(self, kb_id: UUID | str, metadata_filter: CompiledFilter | None) -> None:
-        if metadata_filter is not None and metadata_filter.index_hints:
-            await self.collections.ensure_filter_indexes(kb_id=kb_id, fields=metadata_filter.index_hints)
-
-    def _query_request(
-        self,
-        *,
-        kb_id: UUID | str,
-        query_embedding: Sequence[float] | None,
-        query_keywords: models.SparseVector | None,
-        limit: int,
-        candidates: int,
-        include_archived: bool,
-        score_threshold: float | None,
-        document_ids: Sequence[UUID | str] | None,
-        metadata_filter: CompiledFilter | None,
-        named_vectors: bool,
-    ) -> models.QueryRequest:
-        if query_embedding is None and query_keywords is None:
-            raise ValueError("a chunk search needs a query embedding, query keywords or both")
-        if query_keywords is not None and not named_vectors:
-            raise ValueError("a collection made before hybrid search has no keyword vector")
-        query_filter = self._search_filter(kb_id, include_archived, document_ids, metadata_filter)
-        dense = DENSE_VECTOR if named_vectors else None
-        if query_embedding is not None and query_keywords is not None:
-            request = models.QueryRequest(
-                prefetch=[
-                    models.Prefetch(
-                        query=models.NearestQuery(nearest=list(query_embedding)),
-                        using=dense,
-                        filter=query_filter,
-                        limit=candidates,
-                        score_threshold=score_threshold,
-                    ),
-                    models.Prefetch(
-                        query=models.NearestQuery(nearest=query_keywords),
-                        using=KEYWORD_VECTOR,
-                        filter=query_filter,
-                        limit=candidates,
-                    ),
-                ],
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=RRF_WEIGHTS)),
-                filter=query_filter,
-                limit=limit,
+    async def _index_filtered_keys(self, request: ChunkSearch) -> None:
+        if request.metadata_filter is not None and request.metadata_filter.index_hints:
+            await self.collections.ensure_filter_indexes(
+                index=request.indexes[0], fields=request.metadata_filter.index_hints
             )
-        elif query_embedding is not None:
-            request = models.QueryRequest(
-                query=models.NearestQuery(nearest=list(query_embedding)),
-                using=dense,
-                filter=query_filter,
-                limit=limit,
-                score_threshold=score_threshold,
-            )
-        else:
-            request = models.QueryRequest(
-                query=models.NearestQuery(nearest=query_keywords), using=KEYWORD_VECTOR, filter=query_filter, limit=limit
-            )
-        request.with_payload, request.with_vector = True, False
-        return request
-
-    @staticmethod
-    def _search_filter(
-        kb_id: UUID | str,
-        include_archived: bool,
-        document_ids: Sequence[UUID | str] | None,
-        metadata_filter: CompiledFilter | None = None,
-    ) -> models.Filter:
-        # The tenant guard stands should an alias ever point at a wrong collection.
-        must: list[models.Condition] = [_match("kb_id", str(kb_id))]
-        if document_ids:
-            must.append(
-                models.FieldCondition(
-                    key="document_id", match=models.MatchAny(any=[str(d) for d in document_ids])
-                )
-            )
-        if metadata_filter is not None:
-            must.append(metadata_filter.filter)
-        # must_not on the indexed flag, not must archived == false: the engine answers it from the
-        # bool index's small "true" set instead of checking every other point (10x at 100k points).
-        must_not = [] if include_archived else [_match("archived", True)]
-        return models.Filter(must=must, must_not=must_not or None)
 
     @translate_unreachable
-    async def count_chunks(self, *, kb_id: UUID | str, document_id: UUID | str | None = None) -> int:
+    async def count_chunks(
+        self, *, kb_id: UUID | str, document_id: UUID | str | None = None, index: KbIndex | None = None
+    ) -> int:
         """How many chunks the KB (or one of its documents) has in Qdrant, counted exactly."""
-        try:
-            result = await qdrant_service.client.count(
-                collection_name=collection_alias(kb_id),
-                count_filter=_document_filter(document_id) if document_id is not None else None,
-                exact=True,
-            )
-        except Exception as exc:
-            if is_missing_collection(exc):
-                return 0
-            raise
-        return int(result.count)
+        found = await self._index(kb_id, index)
+        if found is None:
+            return 0
+        count_filter = (
+            _document_filter(found, document_id)
+            if document_id is not None
+            else models.Filter(must=[tenant_filter(found.tenant)])
+        )
+        result = await unless_missing(
+            qdrant_service.client.count(collection_name=found.collection, count_filter=count_filter, exact=True), None
+        )
+        return int(result.count) if result is not None else 0
 
     @translate_unreachable
     async def upsert_chunks(
@@ -375,37 +373,32 @@ class ChunkService:
         title: str,
         chunks: Sequence[TextChunk],
         vectors: Sequence[Sequence[float]],
-        keyword_vectors: Sequence[models.SparseVector] | None = None,
+        keyword_vectors: Sequence[models.SparseVector],
         archived_at: datetime | None = None,
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
-        collection_name: str | None = None,
+        index: KbIndex | None = None,
         page_starts: Sequence[int] | None = None,
     ) -> int:
-        """Write chunks with their vectors; the KB's collection is created on first write.
+        """Write chunks with their dense and keyword (BM25) vectors; the model's collection is created on first write.
 
-        `keyword_vectors` (BM25, one per chunk) go with the dense ones into a collection of named
-        vectors; without them the chunks go to a collection made before hybrid search, as one
-        unnamed vector. Each chunk carries the document's `tags` and `metadata`, which filters read, and,
-        from `page_starts` (the document's, see `search.pages`), its page range. `collection_name` writes
-        into a given collection version instead (a rebuild in progress).
+        Each chunk carries the document's `tags` and `metadata`, which filters read, and, from
+        `page_starts` (the document's, see `search.pages`), its page range. `index` writes into a
+        given generation instead of the active one (a rebuild in progress).
         """
-        if len(chunks) != len(vectors) or (keyword_vectors is not None and len(keyword_vectors) != len(chunks)):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        if len(chunks) != len(vectors) or len(keyword_vectors) != len(chunks):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors and {len(keyword_vectors)} keyword vectors")
         if not chunks:
             return 0
-        if collection_name is None:
-            await self.collections.ensure_collection(kb_id=kb_id, vector_size=len(vectors[0]))
+        target = await self._index_to_write(kb_id, index)
+        await self.collections.ensure_collection(index=target)
         points = [
             models.PointStruct(
-                id=chunk_point_id(document_id, chunk.index),
-                vector=(
-                    {DENSE_VECTOR: list(vector), KEYWORD_VECTOR: keyword_vectors[position]}
-                    if keyword_vectors is not None
-                    else list(vector)
-                ),
+                id=chunk_point_id(target.tenant, document_id, chunk.index),
+                vector={DENSE_VECTOR: list(vector), KEYWORD_VECTOR: keyword_vectors[position]},
                 payload={
-                    "kb_id": str(kb_id),
+                    TENANT_FIELD: target.tenant,
+                    "kb_id": str(target.kb_id),
                     "document_id": str(document_id),
                     "chunk_index": chunk.index,
                     "content": chunk.content,
@@ -419,54 +412,48 @@ class ChunkService:
             )
             for position, (chunk, vector) in enumerate(zip(chunks, vectors))
         ]
+        await self._upsert(target, points)
+        return len(points)
+
+    @staticmethod
+    async def _upsert(target: KbIndex, points: list[models.PointStruct]) -> None:
         client = qdrant_service.client
         for start in range(0, len(points), UPSERT_BATCH_SIZE):
             await client.upsert(
-                collection_name=collection_name or collection_alias(kb_id),
-                points=points[start : start + UPSERT_BATCH_SIZE],
-                wait=True,
+                collection_name=target.collection, points=points[start : start + UPSERT_BATCH_SIZE], wait=True
             )
-        return len(points)
 
     @translate_unreachable
     async def delete_document_chunks(
-        self,
-        *,
-        kb_id: UUID | str,
-        document_id: UUID | str,
-        from_index: int = 0,
-        collection_name: str | None = None,
+        self, *, kb_id: UUID | str, document_id: UUID | str, from_index: int = 0, index: KbIndex | None = None
     ) -> None:
         """Delete a document's chunks, or only those from `from_index` on (left over from a longer version)."""
+        found = await self._index(kb_id, index)
+        if found is None:
+            return
         extra = [models.FieldCondition(key="chunk_index", range=models.Range(gte=from_index))] if from_index else []
-        try:
-            await qdrant_service.client.delete(
-                collection_name=collection_name or collection_alias(kb_id),
-                points_selector=models.FilterSelector(filter=_document_filter(document_id, *extra)),
+        await unless_missing(
+            qdrant_service.client.delete(
+                collection_name=found.collection,
+                points_selector=models.FilterSelector(filter=_document_filter(found, document_id, *extra)),
                 wait=True,
-            )
-        except Exception as exc:
-            if not is_missing_collection(exc):
-                raise
+            ),
+            None,
+        )
 
     @translate_unreachable
     async def set_archived(
-        self,
-        *,
-        kb_id: UUID | str,
-        document_id: UUID | str,
-        archived_at: datetime | None,
-        collection_name: str | None = None,
+        self, *, kb_id: UUID | str, document_id: UUID | str, archived_at: datetime | None, index: KbIndex | None = None
     ) -> None:
         """Mark a document's chunks archived (or not): a payload update, nothing is re-embedded."""
-        await self._set_document_payload(kb_id, document_id, _archive_payload(archived_at), collection_name)
+        await self._set_document_payload(kb_id, document_id, _archive_payload(archived_at), index)
 
     @translate_unreachable
     async def set_title(
-        self, *, kb_id: UUID | str, document_id: UUID | str, title: str, collection_name: str | None = None
+        self, *, kb_id: UUID | str, document_id: UUID | str, title: str, index: KbIndex | None = None
     ) -> None:
         """Give a document's chunks its new title, which search results show."""
-        await self._set_document_payload(kb_id, document_id, {"title": title}, collection_name)
+        await self._set_document_payload(kb_id, document_id, {"title": title}, index)
 
     @translate_unreachable
     async def set_labels(
@@ -476,63 +463,56 @@ class ChunkService:
         document_id: UUID | str,
         tags: Sequence[str],
         metadata: dict[str, Any],
-        collection_name: str | None = None,
+        index: KbIndex | None = None,
     ) -> None:
         """Give a document's chunks its new tags and metadata: a payload update, nothing is re-embedded.
 
         Both are replaced whole, so a key removed from the metadata is gone from every chunk.
         """
-        await self._set_document_payload(kb_id, document_id, _labels_payload(tags, metadata), collection_name)
+        await self._set_document_payload(kb_id, document_id, _labels_payload(tags, metadata), index)
 
     async def _set_document_payload(
-        self, kb_id: UUID | str, document_id: UUID | str, payload: dict[str, Any], collection_name: str | None
+        self, kb_id: UUID | str, document_id: UUID | str, payload: dict[str, Any], index: KbIndex | None
     ) -> None:
-        try:
-            await qdrant_service.client.set_payload(
-                collection_name=collection_name or collection_alias(kb_id),
+        found = await self._index(kb_id, index)
+        if found is None:
+            return
+        await unless_missing(
+            qdrant_service.client.set_payload(
+                collection_name=found.collection,
                 payload=payload,
-                points=models.FilterSelector(filter=_document_filter(document_id)),
+                points=models.FilterSelector(filter=_document_filter(found, document_id)),
                 wait=True,
-            )
-        except Exception as exc:
-            if not is_missing_collection(exc):
-                raise
+            ),
+            None,
+        )
 
-    # Backups: every chunk read out whole with its dense vector, and written back whole.
+    # Backups and moves: every chunk read out whole with its dense vector, and written back whole.
 
     @translate_unreachable
     async def get_document_chunk_records(
-        self, *, kb_id: UUID | str, document_id: UUID | str, named_vectors: bool = True
+        self, *, kb_id: UUID | str, document_id: UUID | str, index: KbIndex | None = None
     ) -> list[ChunkRecord]:
         """All of a document's chunks in chunk order, each with its payload and dense vector."""
+        found = await self._index(kb_id, index)
+        if found is None:
+            return []
         records: list[ChunkRecord] = []
         while True:
-            try:
-                points, _ = await qdrant_service.client.scroll(
-                    collection_name=collection_alias(kb_id),
-                    scroll_filter=_document_filter(document_id),
+            points, _ = await unless_missing(
+                qdrant_service.client.scroll(
+                    collection_name=found.collection,
+                    scroll_filter=_document_filter(found, document_id),
                     order_by=models.OrderBy(
                         key="chunk_index", start_from=records[-1].chunk_index + 1 if records else 0
                     ),
                     limit=MAX_PAGE_SIZE,
                     with_payload=True,
-                    with_vectors=[DENSE_VECTOR] if named_vectors else True,
-                )
-            except Exception as exc:
-                if is_missing_collection(exc):
-                    return []
-                raise
-            for point in points:
-                payload = dict(point.payload or {})
-                vector = point.vector[DENSE_VECTOR] if isinstance(point.vector, dict) else point.vector
-                records.append(
-                    ChunkRecord(
-                        document_id=UUID(payload.pop("document_id")),
-                        chunk_index=int(payload.pop("chunk_index")),
-                        payload={key: value for key, value in payload.items() if key != "kb_id"},
-                        dense=vector,
-                    )
-                )
+                    with_vectors=[DENSE_VECTOR],
+                ),
+                ([], None),
+            )
+            records.extend(chunk_record(point) for point in points)
             if len(points) < MAX_PAGE_SIZE:
                 return records
 
@@ -540,29 +520,45 @@ class ChunkService:
     async def write_chunk_records(
         self,
         *,
-        kb_id: UUID | str,
-        collection_name: str,
+        index: KbIndex,
         records: Sequence[ChunkRecord],
         keyword_vectors: Sequence[models.SparseVector],
     ) -> int:
-        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB's collection."""
+        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB generation."""
         if len(keyword_vectors) != len(records):
             raise ValueError(f"{len(records)} chunks but {len(keyword_vectors)} keyword vectors")
+        if not records:
+            return 0
+        await self.collections.ensure_collection(index=index)
         points = [
             models.PointStruct(
-                id=chunk_point_id(record.document_id, record.chunk_index),
+                id=chunk_point_id(index.tenant, record.document_id, record.chunk_index),
                 vector={DENSE_VECTOR: list(record.dense), KEYWORD_VECTOR: keywords},
+                # The ids it is filed under are this site's, whatever the record's payload says.
                 payload={
                     **record.payload,
-                    "kb_id": str(kb_id),
+                    TENANT_FIELD: index.tenant,
+                    "kb_id": str(index.kb_id),
                     "document_id": str(record.document_id),
                     "chunk_index": record.chunk_index,
                 },
             )
             for record, keywords in zip(records, keyword_vectors)
         ]
-        for start in range(0, len(points), UPSERT_BATCH_SIZE):
-            await qdrant_service.client.upsert(
-                collection_name=collection_name, points=points[start : start + UPSERT_BATCH_SIZE], wait=True
-            )
+        await self._upsert(index, points)
         return len(points)
+
+
+def chunk_record(point: Any) -> ChunkRecord:
+    """A point as a backup keeps it: its payload less the ids it is filed under, and its dense vector.
+
+    A collection made before hybrid search holds one unnamed vector, which is the dense one.
+    """
+    payload = dict(point.payload or {})
+    vector = point.vector[DENSE_VECTOR] if isinstance(point.vector, dict) else point.vector
+    return ChunkRecord(
+        document_id=UUID(payload.pop("document_id")),
+        chunk_index=int(payload.pop("chunk_index")),
+        payload={key: value for key, value in payload.items() if key not in ("kb_id", TENANT_FIELD)},
+        dense=vector,
+    )

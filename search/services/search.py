@@ -1,4 +1,4 @@
-"""Search across the knowledge bases a user may read: validate, authorise, embed once, query, merge, audit.
+"""Search across the knowledge bases a user may read: validate, authorise, embed once, query once, audit.
 
 Three modes: `hybrid` (the default: semantic and BM25 keyword candidates fused by reciprocal rank
 inside one Qdrant query), `semantic` (cosine similarity of the embeddings) and `keyword` (BM25).
@@ -34,7 +34,8 @@ from search.errors import (
 from search.filters import compile_filter
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.pages import page_label
-from search.services.chunks import ChunkService, StoredChunk
+from search.services.chunks import ChunkSearch, ChunkService, StoredChunk
+from search.services.collections import KbIndex
 
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 2000
@@ -55,7 +56,10 @@ class SearchableKnowledgeBase(Protocol):
     id: UUID
     name: str
     embedding_model: str
-    #: BM25 settings; None for a KB whose collection predates hybrid search (dense vectors only).
+    vector_size: int
+    #: The generation of the KB's points that searches read.
+    index_generation: int
+    #: BM25 settings; None for a KB made before hybrid search, which `upgrade_store` gave the defaults.
     keyword_settings: dict[str, Any] | None
 
 
@@ -247,8 +251,8 @@ class SearchService:
 
         Every KB must be readable by the user, or nothing is searched. `kb_ids=None` searches every
         KB the user may read, up to MAX_KNOWLEDGE_BASES by name (a notice says when that cuts, and
-        leaves out, with a notice, KBs that need a rebuild for the current model). A KB whose
-        collection predates hybrid search is searched semantically, and a notice says how to upgrade it.
+        leaves out, with a notice, KBs that need a rebuild for the current model). The KBs are
+        searched by one engine query, their tenant keys matched together.
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
         `filter` is a metadata filter as search.filters reads it (InvalidFilter names a bad part).
@@ -296,48 +300,29 @@ class SearchService:
             if embedding is not None:
                 embedding.cancel()
             raise
-        legacy = [found[kb_id] for kb_id in wanted if found[kb_id].keyword_settings is None]
-        if embedding is None and legacy:
-            embedding = asyncio.ensure_future(self.embeddings.embed_query(query))
         vector = await embedding if embedding is not None else None
 
-        common = {
-            "limit": limit,
-            "include_archived": include_archived,
-            "score_threshold": score_threshold,
-            "document_ids": documents,
-            "metadata_filter": metadata_filter,
-        }
         documents_found = None
+        requests = self._chunk_searches(
+            [found[kb_id] for kb_id in wanted],
+            mode=mode,
+            query=query,
+            vector=vector,
+            limit=limit,
+            include_archived=include_archived,
+            score_threshold=score_threshold,
+            document_ids=tuple(str(document) for document in documents or ()),
+            metadata_filter=metadata_filter,
+            group_size=group_size if group_by_document else None,
+        )
         if group_by_document:
-            groups_per_kb = await asyncio.gather(
-                *(
-                    self.chunk_service.search_chunk_groups(
-                        kb_id=kb_id,
-                        named_vectors=found[kb_id].keyword_settings is not None,
-                        group_size=group_size,
-                        **common,
-                        **self._query_vectors(mode, found[kb_id], query, vector),
-                    )
-                    for kb_id in wanted
-                )
-            )
-            every_group = (group for groups in groups_per_kb for group in groups)
+            groups_per_request = await asyncio.gather(*map(self.chunk_service.search_chunk_groups, requests))
+            every_group = (group for groups in groups_per_request for group in groups)
             groups = sorted(every_group, key=lambda group: group[0].score or 0.0, reverse=True)[:limit]
             hits = [hit for group in groups for hit in group]
         else:
-            hits_per_kb = await asyncio.gather(
-                *(
-                    self.chunk_service.search_chunks(
-                        kb_id=kb_id,
-                        named_vectors=found[kb_id].keyword_settings is not None,
-                        **common,
-                        **self._query_vectors(mode, found[kb_id], query, vector),
-                    )
-                    for kb_id in wanted
-                )
-            )
-            every_hit = (hit for hits in hits_per_kb for hit in hits)
+            hits_per_request = await asyncio.gather(*map(self.chunk_service.search_chunks, requests))
+            every_hit = (hit for hits in hits_per_request for hit in hits)
             hits = sorted(every_hit, key=lambda hit: hit.score or 0.0, reverse=True)[:limit]
         # One encoder per KB, not per hit: reading a KB's settings costs more than marking a hit.
         encoders = {kb_id: self._encoder_for(found[kb_id]) for kb_id in {hit.kb_id for hit in hits}}
@@ -346,7 +331,7 @@ class SearchService:
             for hit in hits
         ]
         if context_chunks:
-            found_hits = await self._with_context(found_hits, context_chunks)
+            found_hits = await self._with_context(found_hits, context_chunks, found)
         if group_by_document:
             chosen = iter(found_hits)
             documents_found = [
@@ -368,11 +353,44 @@ class SearchService:
             result_count=len(results),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
-        ran = SearchMode.SEMANTIC if mode != SearchMode.SEMANTIC and wanted and len(legacy) == len(wanted) else mode
-        notices += self._notices(mode, legacy)
-        return SearchResponse(results=results, mode=ran, notices=notices, documents=documents_found)
+        return SearchResponse(results=results, mode=mode, notices=notices, documents=documents_found)
 
-    async def _with_context(self, results: list[SearchResult], around: int) -> list[SearchResult]:
+    def _chunk_searches(
+        self,
+        kbs: Sequence[SearchableKnowledgeBase],
+        *,
+        mode: SearchMode,
+        query: str,
+        vector: Sequence[float] | None,
+        **request: Any,
+    ) -> list[ChunkSearch]:
+        """One chunk search per collection and query vectors: for KBs of one model and keyword settings, one.
+
+        KBs whose keyword settings differ (another language, say) make different keyword queries,
+        so each such set is its own engine query and their answers are merged by score.
+        """
+        together: dict[tuple[str, Any], tuple[list[KbIndex], dict[str, Any]]] = {}
+        for kb in kbs:
+            index = KbIndex(
+                kb_id=kb.id, model=kb.embedding_model, vector_size=kb.vector_size, generation=kb.index_generation
+            )
+            vectors = self._query_vectors(mode, kb, query, vector)
+            keywords = vectors.get("query_keywords")
+            key = (index.collection, (tuple(keywords.indices), tuple(keywords.values)) if keywords else None)
+            together.setdefault(key, ([], vectors))[0].append(index)
+        return [
+            ChunkSearch(
+                indexes=tuple(indexes),
+                query_embedding=tuple(vectors["query_embedding"]) if vectors.get("query_embedding") is not None else None,
+                query_keywords=vectors.get("query_keywords"),
+                **request,
+            )
+            for indexes, vectors in together.values()
+        ]
+
+    async def _with_context(
+        self, results: list[SearchResult], around: int, kbs: dict[UUID, SearchableKnowledgeBase]
+    ) -> list[SearchResult]:
         """The results with the passage from `around` chunks before each to `around` after it.
 
         The neighbours' offsets come from Qdrant (one retrieve per KB), the passage from the stored
@@ -385,6 +403,12 @@ class SearchService:
             *(
                 self.chunk_service.get_chunks(
                     kb_id=kb_id,
+                    index=KbIndex(
+                        kb_id=kb_id,
+                        model=kbs[kb_id].embedding_model,
+                        vector_size=kbs[kb_id].vector_size,
+                        generation=kbs[kb_id].index_generation,
+                    ),
                     positions=[
                         (result.document_id, result.chunk_index + step)
                         for result in results
@@ -455,7 +479,7 @@ class SearchService:
     def _query_vectors(
         self, mode: SearchMode, kb: SearchableKnowledgeBase, query: str, vector: Sequence[float] | None
     ) -> dict[str, Sequence[float] | models.SparseVector | None]:
-        if mode == SearchMode.SEMANTIC or kb.keyword_settings is None:
+        if mode == SearchMode.SEMANTIC:
             return {"query_embedding": vector}
         keywords = self._encoder_for(kb).encode_query(query)
         if not keywords.indices:
@@ -464,17 +488,6 @@ class SearchService:
         if mode == SearchMode.KEYWORD:
             return {"query_keywords": keywords}
         return {"query_embedding": vector, "query_keywords": keywords}
-
-    @staticmethod
-    def _notices(mode: SearchMode, legacy: list[SearchableKnowledgeBase]) -> list[str]:
-        if mode == SearchMode.SEMANTIC or not legacy:
-            return []
-        names = ", ".join(repr(kb.name) for kb in legacy)
-        return [
-            f"{names} {'was' if len(legacy) == 1 else 'were'} searched by meaning only: "
-            f"{'its' if len(legacy) == 1 else 'their'} index predates keyword search. "
-            "`manage.py reindex --recreate` rebuilds it with keyword vectors, without downtime."
-        ]
 
     def _check_readable(
         self, readable: Sequence[SearchableKnowledgeBase], wanted: list[UUID]

@@ -20,11 +20,11 @@ from knowledge.ingestion.worker import IngestionWorker
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.tokens import ApiTokenService
 from search.models import SearchAudit
-from search.qdrant import QdrantConfig, collection_alias, qdrant_service
+from search.qdrant import QdrantConfig, qdrant_service
 from search.services.chunks import ChunkService
-from search.services.collections import CollectionService
 from tests.factories import add_member, corpus, make_document, make_kb, make_user
 from tests.support.qdrant_grpc import LoopbackQdrantServer
+from tests.support.tenants import holds_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -461,17 +461,15 @@ async def test_stats_of_an_empty_knowledge_base_are_zero(kb, reader_headers) -> 
     }
 
 
-async def test_deleting_a_knowledge_base_removes_its_documents_and_collection(
+async def test_deleting_a_knowledge_base_removes_its_documents_and_points(
     kb, ready_document, owner_headers
 ) -> None:
-    assert await CollectionService().current_collection(kb_id=kb.id) is not None
+    assert await holds_points(kb.id)
 
     response = await client.delete(f"/kbs/{kb.id}", headers=owner_headers)
 
     assert response.status_code == 204
-    assert await CollectionService().current_collection(kb_id=kb.id) is None
-    collections = (await qdrant_service.client.get_collections()).collections
-    assert not [c.name for c in collections if c.name.startswith(collection_alias(kb.id))]
+    assert not await holds_points(kb.id)
     assert not await Document.objects.filter(pk=ready_document.pk).aexists()
     assert (await client.get(f"/kbs/{kb.id}", headers=owner_headers)).status_code == 404
 

@@ -66,7 +66,7 @@ async def preview(kb_id, headers, name: str, data: bytes, **form):
 async def assert_nothing_stored(kb) -> None:
     assert await Document.objects.filter(knowledge_base=kb).acount() == 0
     assert await DocumentSource.objects.acount() == 0
-    assert await CollectionService().current_collection(kb_id=kb.id) is None
+    assert not await CollectionService().holds_points(kb_id=kb.id)
     assert await ChunkService().count_chunks(kb_id=kb.id) == 0
 
 

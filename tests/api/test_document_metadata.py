@@ -12,9 +12,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import QueryDict
 
 from knowledge.models import Document, DocumentStatus, Role
+from knowledge.services.knowledge_bases import active_index
 from knowledge.services.reindex import ReindexService
 from search.models import SearchAudit
-from search.qdrant import collection_alias, qdrant_service
+from search.qdrant import qdrant_service
 from search.services.chunks import ChunkService, chunk_point_id
 from tests.api.test_api import BEES, SOURDOUGH, TIDES, VOLCANOES, bearer, client, issue_token
 from tests.factories import add_member, make_document, make_kb, make_user
@@ -157,10 +158,11 @@ async def test_patching_labels_is_seen_by_the_next_search_without_embedding_agai
     kb, labelled, editor_headers
 ) -> None:
     document = labelled[TIDES[0]]
-    ids = [chunk_point_id(document.id, i) for i in range(document.chunk_count)]
+    index = active_index(kb)
+    ids = [chunk_point_id(index.tenant, document.id, i) for i in range(document.chunk_count)]
 
     async def vectors():
-        points = await qdrant_service.client.retrieve(collection_alias(kb.id), ids=ids, with_vectors=True)
+        points = await qdrant_service.client.retrieve(index.collection, ids=ids, with_vectors=True)
         return {str(p.id): list(p.vector["dense"]) for p in points}
 
     before = await vectors()
@@ -280,10 +282,10 @@ async def test_metadata_of_an_upload_must_be_a_json_object(kb, editor_headers) -
     assert not await Document.objects.aexists()
 
 
-async def test_a_rebuild_carries_the_labels_into_the_new_collection(kb, labelled, owner_headers) -> None:
+async def test_a_rebuild_carries_the_labels_into_the_next_generation(kb, labelled, owner_headers) -> None:
     report = await ReindexService().rebuild(kb=kb, worker_id="tests")
 
-    assert report.indexed == len(LABELS) and report.collection.endswith("_v2")
+    assert report.indexed == len(LABELS) and report.generation == 2
     assert await titles_found(owner_headers, kb, {"key": "status", "in": ["final"]}) == {
         BEES[0],
         SOURDOUGH[0],

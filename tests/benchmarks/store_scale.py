@@ -159,16 +159,18 @@ async def seed(kb_id, n: int, synthetic: Synthetic) -> dict:
 
 async def engine_queries(kb_id, vectors: np.ndarray) -> list[float]:
     """Latency (s) of each bare dense query_points with the default search filter, one at a time."""
-    from search.qdrant import collection_alias, qdrant_service
-    from search.services.chunks import ChunkService
+    from knowledge.services.knowledge_bases import KnowledgeBaseIndexes
+    from search.qdrant import qdrant_service
+    from search.services.chunks import ChunkSearch
     from search.services.collections import DENSE_VECTOR
 
     client = qdrant_service.client
-    query_filter = ChunkService._search_filter(kb_id, False, None)
+    index = await KnowledgeBaseIndexes().active_index(kb_id=kb_id)
+    query_filter = ChunkSearch(indexes=(index,), query_embedding=(0.0,)).query_request().filter
     latencies = []
     for vector in vectors.tolist():
         started = time.perf_counter()
-        response = await client.query_points(collection_name=collection_alias(kb_id), query=vector, using=DENSE_VECTOR,
+        response = await client.query_points(collection_name=index.collection, query=vector, using=DENSE_VECTOR,
                                              query_filter=query_filter, limit=10, with_payload=True, with_vectors=False)
         latencies.append(time.perf_counter() - started)
         assert len(response.points) == 10

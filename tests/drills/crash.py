@@ -290,7 +290,9 @@ async def check_points(kb_id: str, uploaded: list[str], deleted: set[str], figur
     from qdrant_client import models
 
     from knowledge.models import Document, DocumentStatus
-    from search.qdrant import collection_alias, qdrant_service
+    from knowledge.services.knowledge_bases import KnowledgeBaseIndexes
+    from search.qdrant import qdrant_service
+    from search.services.collections import tenant_filter
 
     problems = figures.problems
     rows = await sync_to_async(
@@ -310,12 +312,15 @@ async def check_points(kb_id: str, uploaded: list[str], deleted: set[str], figur
         if status != DocumentStatus.READY:
             problems.append(f"document {pk} is {status}, not ready")
 
-    client, collection = qdrant_service.client, collection_alias(kb_id)
+    index = await KnowledgeBaseIndexes().active_index(kb_id=kb_id)
+    client, collection = qdrant_service.client, index.collection
+    tenant = models.Filter(must=[tenant_filter(index.tenant)])
     indexes: dict[str, list[int]] = defaultdict(list)
     offset = None
     while True:
         points, offset = await client.scroll(
             collection,
+            scroll_filter=tenant,
             limit=512,
             offset=offset,
             with_payload=["document_id", "chunk_index"],
@@ -336,7 +341,10 @@ async def check_points(kb_id: str, uploaded: list[str], deleted: set[str], figur
         exact = await client.count(
             collection,
             count_filter=models.Filter(
-                must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=pk))]
+                must=[
+                    tenant_filter(index.tenant),
+                    models.FieldCondition(key="document_id", match=models.MatchValue(value=pk)),
+                ]
             ),
             exact=True,
         )

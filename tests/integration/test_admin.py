@@ -23,13 +23,14 @@ from knowledge.highlighting import readable_parts
 from knowledge.ingestion.worker import IngestionWorker
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
 from knowledge.services.documents import DocumentService, content_hash
+from knowledge.services.knowledge_bases import active_index
 from search.embedding import embedding_service
-from search.qdrant import collection_alias, qdrant_service
+from search.qdrant import qdrant_service
 from search.services.chunks import ChunkService
-from search.services.collections import CollectionService
 from search.services.search import MAX_QUERY_CHARS
 from tests.factories import add_member, corpus, make_document, make_kb, make_user
 from tests.files import blank_pdf
+from tests.support.tenants import holds_points, kb_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db]
 
@@ -118,21 +119,9 @@ def search_titles(client, kb: KnowledgeBase, query: str, **params) -> list[str]:
     return [result.title for result in response.context["search_results"]]
 
 
-def kb_collections(kb: KnowledgeBase) -> list[str]:
-    collections = async_to_sync(qdrant_service.client.get_collections)().collections
-    return [c.name for c in collections if c.name.startswith(collection_alias(kb.pk))]
-
-
 def document_points(document: Document) -> list[models.Record]:
-    points, _ = async_to_sync(qdrant_service.client.scroll)(
-        collection_name=collection_alias(document.knowledge_base_id),
-        scroll_filter=models.Filter(
-            must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=str(document.pk)))]
-        ),
-        limit=1000,
-        with_payload=True,
-    )
-    return points
+    points = async_to_sync(kb_points)(document.knowledge_base_id)
+    return [point for point in points if point.payload["document_id"] == str(document.pk)]
 
 
 def kb_form_data(**fields) -> dict:
@@ -638,7 +627,7 @@ class TestDocumentActions:
         bees = documents[BEE_TITLE]
         # An upsert replaces a point's whole payload: a mark that survives proves no point was written again.
         async_to_sync(qdrant_service.client.set_payload)(
-            collection_name=collection_alias(kb.pk),
+            collection_name=active_index(kb).collection,
             payload={"probe": "untouched"},
             points=[point.id for point in document_points(bees)],
             wait=True,
@@ -845,7 +834,7 @@ class TestDeletion:
         kept = make_kb(owner=admin_user, **CORPUS_CHUNKING)
         title, text = corpus()[1]
         ingest(ingestion_service, make_document(kb=kept, title=title, text=text))
-        assert kb_collections(kb)
+        assert async_to_sync(holds_points)(kb.pk)
 
         response = admin_client.post(
             reverse("admin:knowledge_knowledgebase_delete", args=[kb.pk]), {"post": "yes"}
@@ -854,8 +843,7 @@ class TestDeletion:
         assert response.status_code == 302
         assert not KnowledgeBase.objects.filter(pk=kb.pk).exists()
         assert not Document.objects.filter(knowledge_base_id=kb.pk).exists()
-        assert kb_collections(kb) == []
-        assert async_to_sync(CollectionService().current_collection)(kb_id=kb.pk) is None
+        assert not async_to_sync(holds_points)(kb.pk)
         assert async_to_sync(ChunkService().count_chunks)(kb_id=kept.pk) > 0
 
 

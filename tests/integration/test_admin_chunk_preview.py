@@ -28,7 +28,7 @@ def nothing_stored(kb) -> bool:
     return (
         not Document.objects.exists()
         and not DocumentSource.objects.exists()
-        and async_to_sync(CollectionService().current_collection)(kb_id=kb.id) is None
+        and not async_to_sync(CollectionService().holds_points)(kb_id=kb.id)
     )
 
 

@@ -24,8 +24,8 @@ from search.errors import (
 )
 from search.models import SearchAudit
 from search.services.audit import SearchAuditService
-from search.services.chunks import ChunkService
-from search.services.collections import CollectionService
+from search.services.chunks import ChunkSearch, ChunkService
+from search.services.collections import CollectionService, KbIndex
 from search.services.search import SearchService
 from tests.factories import add_member, make_user
 
@@ -39,11 +39,12 @@ class CountingChunkService(ChunkService):
     """The real chunk service, counting the searches it sends to Qdrant."""
 
     def __init__(self) -> None:
-        self.searched: list[str] = []
+        super().__init__()
+        self.searched: list[ChunkSearch] = []
 
-    async def search_chunks(self, **kwargs):
-        self.searched.append(str(kwargs["kb_id"]))
-        return await super().search_chunks(**kwargs)
+    async def search_chunks(self, request):
+        self.searched.append(request)
+        return await super().search_chunks(request)
 
 
 def search_service(chunk_service: ChunkService | None = None) -> SearchService:
@@ -111,12 +112,14 @@ class TestChunkServiceAsyncIntegration:
         assert await service.count_chunks(kb_id=kb.id) == sum(d.chunk_count for d in documents)
         assert await service.count_chunks(kb_id=kb.id, document_id=documents[1].id) == documents[1].chunk_count
 
-    async def test_a_kb_without_a_collection_reads_as_empty(self, test_user) -> None:
+    async def test_a_kb_that_is_not_there_or_has_no_collection_reads_as_empty(self, test_user) -> None:
         kb_id, service = uuid4(), ChunkService()
+        index = KbIndex(kb_id=kb_id, model="no-such-model", vector_size=384)
 
         assert await service.count_chunks(kb_id=kb_id) == 0
         assert await service.get_chunks_by_document(kb_id=kb_id, document_id=uuid4()) == ([], None)
-        assert await service.search_chunks(kb_id=kb_id, query_embedding=[0.1] * 384) == []
+        assert await service.count_chunks(kb_id=kb_id, index=index) == 0
+        assert await service.search_chunks(ChunkSearch(indexes=(index,), query_embedding=(0.1,) * 384)) == []
 
     async def test_indexing_again_replaces_chunks_instead_of_adding(
         self, test_kb_with_documents, ingestion_service

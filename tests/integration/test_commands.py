@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 
 from knowledge.ingestion.pipeline import IngestionService
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Membership, Role
+from knowledge.services.knowledge_bases import active_index
 from knowledge.services.permissions import PermissionService
 from knowledge.services.reindex import ReindexService
 from knowledge.services.site import DEMO_SLUG
@@ -25,7 +26,7 @@ from search.services.chunks import ChunkService
 from search.services.collections import CollectionService
 from search.services.search import SearchService
 from tests.conftest import index_corpus
-from tests.factories import make_kb, make_user
+from tests.factories import make_document, make_kb, make_user
 from tests.files import make_docx, make_pdf
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -78,19 +79,12 @@ def command_error(command: str, *args: str, **options) -> str:
     return str(error.value)
 
 
-def qdrant_count(kb_id, document_id=None) -> int:
-    return asyncio.run(ChunkService().count_chunks(kb_id=kb_id, document_id=document_id))
+def qdrant_count(kb_id, document_id=None, index=None) -> int:
+    return asyncio.run(ChunkService().count_chunks(kb_id=kb_id, document_id=document_id, index=index))
 
 
-def current_collection(kb_id) -> str | None:
-    return asyncio.run(CollectionService().current_collection(kb_id=kb_id))
-
-
-def collection_names() -> set[str]:
-    async def names() -> set[str]:
-        return {c.name for c in (await qdrant_service.client.get_collections()).collections}
-
-    return asyncio.run(names())
+def active_generation(kb_id) -> int:
+    return KnowledgeBase.objects.values_list("index_generation", flat=True).get(pk=kb_id)
 
 
 def search(kb, user, query: str = TIDE_QUERY) -> list:
@@ -282,7 +276,7 @@ class TestIngest:
         documents = documents_by_file(kb)
         assert sorted(documents) == sorted(EVERY_FORMAT)
         assert {d.status for d in documents.values()} == {DocumentStatus.PENDING}
-        assert current_collection(kb.id) is None and qdrant_count(kb.id) == 0
+        assert not asyncio.run(CollectionService().holds_points(kb_id=kb.id))
         assert "Queued 5 documents in 'docs' for the workers" in output
 
     def test_enqueue_works_while_another_client_holds_the_embedded_store(
@@ -425,7 +419,7 @@ class TestReindex:
         assert qdrant_count(kb.id) == sum(
             Document.objects.filter(knowledge_base=kb).values_list("chunk_count", flat=True)
         )
-        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert active_generation(kb.id) == 1
         assert f"Reindexed {len(documents)} documents" in output
 
     def test_one_document_is_reindexed_and_the_others_are_left_alone(self, corpus_kb):
@@ -460,7 +454,7 @@ class TestReindex:
         message = command_error("reindex", "--document", str(documents[0].pk), "--recreate", "--no-input")
 
         assert "--document" in message and "--recreate" in message
-        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert active_generation(kb.id) == 1
 
     def test_declining_the_prompt_does_nothing(self, corpus_kb, monkeypatch):
         kb, documents = corpus_kb
@@ -472,7 +466,7 @@ class TestReindex:
 
         assert message == "Nothing was done."
         assert prompts and f"({len(documents)} documents)" in prompts[0]
-        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert active_generation(kb.id) == 1
         for document in documents:
             unchanged = Document.objects.get(pk=document.pk)
             assert unchanged.chunk_count == document.chunk_count
@@ -486,25 +480,30 @@ class TestReindex:
         message = command_error("reindex", "--kb", kb.slug, "--recreate")
 
         assert "--no-input" in message
-        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert active_generation(kb.id) == 1
         assert all(Document.objects.get(pk=d.pk).updated_at == d.updated_at for d in documents)
 
-    def test_recreate_switches_the_kb_to_a_new_collection_and_drops_the_old_one(self, corpus_kb, test_user):
+    def test_recreate_switches_the_kb_to_its_next_generation_and_drops_the_old_one(
+        self, corpus_kb, test_user, other_user
+    ):
         kb, documents = corpus_kb
-        old_collection = current_collection(kb.id)
-        assert old_collection == f"kb_{kb.id}_v1"
+        neighbour = make_kb(owner=other_user, name="Neighbour", slug="neighbour")
+        neighbour_document = make_document(kb=neighbour, title="Tides next door", text="The tide rises twice a day.")
+        asyncio.run(IngestionService().ingest_now(document_id=neighbour_document.id, worker_id="t"))
+        first = active_index(KnowledgeBase.objects.get(pk=kb.pk))
         top_before = search(kb, test_user)[0]
 
         output = run("reindex", "--kb", kb.slug, "--recreate", "--no-input")
 
-        assert current_collection(kb.id) == f"kb_{kb.id}_v2"
-        assert old_collection not in collection_names()
+        assert active_generation(kb.id) == 2
+        assert qdrant_count(kb.id, index=first) == 0
+        assert qdrant_count(neighbour.id) == 1 and active_generation(neighbour.id) == 1  # nobody else's rebuilt
         for document in Document.objects.filter(knowledge_base=kb):
             assert_indexed(document)
         assert qdrant_count(kb.id) == sum(d.chunk_count for d in documents)
         top_after = search(kb, test_user)[0]
         assert top_after.document_id == top_before.document_id and "tide" in top_after.title.lower()
-        assert f"switched to kb_{kb.id}_v2, {len(documents)} documents" in output
+        assert f"switched to generation 2 in {first.collection}, {len(documents)} documents" in output
 
     def test_recreate_brings_a_kb_indexed_with_another_model_back_to_the_current_one(
         self, corpus_kb, test_user
@@ -524,13 +523,16 @@ class TestReindex:
 
     def test_in_place_on_a_kb_of_another_model_is_refused_and_leaves_its_documents_alone(self, corpus_kb):
         kb, documents = corpus_kb
+        indexed = active_index(kb)  # where the points stay: the KB's row now names another model
         KnowledgeBase.objects.filter(pk=kb.pk).update(embedding_model="old-model")
 
         message = command_error("reindex", "--kb", kb.slug, "--no-input")
 
         assert "--recreate" in message
         for document in documents:
-            assert_indexed(Document.objects.get(pk=document.pk))
+            unchanged = Document.objects.get(pk=document.pk)
+            assert (unchanged.status, unchanged.updated_at) == (DocumentStatus.READY, document.updated_at)
+            assert qdrant_count(kb.id, document.id, index=indexed) == document.chunk_count
 
     def test_while_the_store_is_held_elsewhere_it_says_to_enqueue_and_changes_nothing(
         self, corpus_kb, store_held_elsewhere
@@ -567,7 +569,7 @@ class TestReindex:
 
         assert "stop the server" in message
         assert {d.status for d in Document.objects.filter(knowledge_base=kb)} == {DocumentStatus.READY}
-        assert current_collection(kb.id) == f"kb_{kb.id}_v1"
+        assert active_generation(kb.id) == 1
 
     def test_enqueue_on_a_kb_of_another_model_is_refused_and_queues_nothing(self, corpus_kb):
         kb, _ = corpus_kb
@@ -583,7 +585,7 @@ class TestReindex:
             owner=test_user, ingestion=ingestion_service, chunk_size=32, chunk_overlap=0
         )
         chunks = ChunkService()
-        old_collection = await chunks.collections.current_collection(kb_id=kb.id)
+        first = active_index(kb)
         searcher = SearchService(PermissionService(), SearchAuditService())
 
         async def search_tides() -> list:
@@ -601,8 +603,11 @@ class TestReindex:
         assert len(answers) >= 3, "the rebuild finished before several searches could overlap it"
         assert all(answers) and all("tide" in answer[0].title.lower() for answer in answers)
         assert report.indexed == len(documents) and not report.failed
-        assert await chunks.collections.current_collection(kb_id=kb.id) == report.collection == f"kb_{kb.id}_v2"
-        assert not await qdrant_service.client.collection_exists(old_collection)
+        assert await chunks.indexes.active_index(kb_id=kb.id) == first.next_generation(
+            model=first.model, vector_size=first.vector_size
+        )
+        assert report.collection == first.collection and report.generation == 2
+        assert await chunks.count_chunks(kb_id=kb.id, index=first) == 0
         assert await chunks.count_chunks(kb_id=kb.id) == report.chunks
         assert report.chunks == sum(d.chunk_count for d in documents)
         after = await search_tides()

@@ -18,7 +18,7 @@ from knowledge.models import Document, DocumentStatus
 from search.chunking import TextChunk
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
-from search.services.collections import CollectionService
+from search.services.collections import CollectionService, KbIndex
 from tests.factories import make_document, make_kb
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
@@ -107,6 +107,7 @@ async def test_the_first_writes_of_several_workers_into_a_new_kb_all_land(qdrant
     """Workers that each take a document of a KB nobody has written to yet create its collection at once."""
     kb_id = "6a1f7a4e-0000-4000-8000-0000000000aa"
     chunks = ChunkService()
+    index = KbIndex(kb_id=kb_id, model=embedding_service.model_id, vector_size=embedding_service.dimensions)
     vector = [1.0] * embedding_service.dimensions
 
     async def first_write(n: int) -> int:
@@ -118,10 +119,12 @@ async def test_the_first_writes_of_several_workers_into_a_new_kb_all_land(qdrant
             chunks=[chunk],
             vectors=[vector],
             keyword_vectors=[models.SparseVector(indices=[n], values=[1.0])],
+            index=index,
         )
 
     outcomes = await asyncio.gather(*(first_write(n) for n in range(WORKERS)), return_exceptions=True)
 
     assert outcomes == [1] * WORKERS
-    assert await chunks.count_chunks(kb_id=kb_id) == WORKERS
-    assert await chunks.collections.current_collection(kb_id=kb_id) == f"kb_{kb_id}_v1"
+    assert await chunks.count_chunks(kb_id=kb_id, index=index) == WORKERS
+    assert await chunks.collections.current_collection(index=index) == f"{index.collection}_v1"
+    assert await chunks.collections.model_collections() == [index.collection]

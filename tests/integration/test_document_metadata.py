@@ -12,8 +12,9 @@ from knowledge.forms import DocumentForm
 from knowledge.models import Document, DocumentStatus
 from knowledge.services.document_metadata import format_metadata_pairs, parse_metadata_pairs
 from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import active_index
 from search.filters import compile_filter
-from search.services.chunks import ChunkService
+from search.services.chunks import ChunkSearch, ChunkService
 from tests.factories import make_document, make_kb
 from tests.integration.test_admin import UPLOAD, document_page, messages_of
 from tests.integration.test_commands import command_error, run
@@ -194,9 +195,11 @@ def test_labels_changed_while_a_document_is_indexed_reach_its_chunks(test_user, 
     assert chunk_labels(finished) == labels(["new"], {"year": 2026})
     hits = asyncio.run(
         ChunkService().search_chunks(
-            kb_id=kb.id,
-            query_embedding=[0.1] * 384,
-            metadata_filter=compile_filter({"and": [{"tag": {"any": ["new"]}}, {"key": "year", "eq": 2026}]}),
+            ChunkSearch(
+                indexes=(active_index(kb),),
+                query_embedding=(0.1,) * 384,
+                metadata_filter=compile_filter({"and": [{"tag": {"any": ["new"]}}, {"key": "year", "eq": 2026}]}),
+            )
         )
     )
     assert {hit.document_id for hit in hits} == {document.pk}

@@ -1,20 +1,16 @@
-"""Search modes on the real embedder and embedded Qdrant: hybrid by default, semantic, keyword; old KBs fall back."""
+"""Search modes on the real embedder and embedded Qdrant: hybrid by default, semantic, keyword; many KBs in one query."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import sync_to_async
-from django.core.management import call_command
-from qdrant_client import models
 
 from knowledge.models import DocumentStatus, KnowledgeBase
 from knowledge.services.permissions import PermissionService
 from search.errors import InvalidFilter, InvalidSearchMode
-from search.qdrant import collection_alias, qdrant_service
+from search.keywords import KeywordSettings
 from search.services.audit import SearchAuditService
-from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR
+from search.services.chunks import ChunkSearch, ChunkService
 from search.services.search import SearchMode, SearchService
 from tests.factories import make_document, make_kb
 
@@ -31,30 +27,25 @@ NOTES = {
 }
 
 
-async def kb_with_notes(owner, ingestion_service, *, legacy: bool = False) -> KnowledgeBase:
-    kb = await sync_to_async(make_kb)(owner=owner, name=f"Workshop of {owner.username}" + (" (old)" if legacy else ""))
-    if legacy:
-        # What kbsite made before hybrid search: one unnamed dense vector and no keyword settings.
-        await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(keyword_settings=None)
-        client = qdrant_service.client
-        await client.create_collection(
-            collection_name=f"{collection_alias(kb.id)}_v1",
-            vectors_config=models.VectorParams(size=kb.vector_size, distance=models.Distance.COSINE),
-        )
-        await client.update_collection_aliases(
-            change_aliases_operations=[
-                models.CreateAliasOperation(
-                    create_alias=models.CreateAlias(
-                        collection_name=f"{collection_alias(kb.id)}_v1", alias_name=collection_alias(kb.id)
-                    )
-                )
-            ]
-        )
+async def kb_with_notes(owner, ingestion_service, *, name: str | None = None) -> KnowledgeBase:
+    kb = await sync_to_async(make_kb)(owner=owner, name=name or f"Workshop of {owner.username}")
     for title, text in NOTES.items():
         document = await sync_to_async(make_document)(kb=kb, title=title, text=text)
         document = await ingestion_service.ingest_now(document_id=document.id, worker_id="tests")
         assert document.status == DocumentStatus.READY, document.error
     return await KnowledgeBase.objects.aget(pk=kb.pk)
+
+
+class CountingChunkService(ChunkService):
+    """The real chunk service, keeping the requests it sends to Qdrant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[ChunkSearch] = []
+
+    async def search_chunks(self, request: ChunkSearch):
+        self.requests.append(request)
+        return await super().search_chunks(request)
 
 
 @pytest.fixture
@@ -128,47 +119,44 @@ async def test_a_bad_mode_and_a_threshold_in_keyword_mode_are_refused(service, t
         await service.search(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", score_threshold=0.2)
 
 
-async def test_a_kb_from_before_hybrid_search_is_searched_by_meaning_and_says_how_to_upgrade(
+async def test_a_kb_from_before_hybrid_search_takes_the_default_keywords_on_its_next_write(
     service, test_user, ingestion_service
 ) -> None:
-    kb = await kb_with_notes(test_user, ingestion_service, legacy=True)
-
-    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id)
-
-    assert response.mode == SearchMode.SEMANTIC
-    assert response.results and response.results[0].title == "Pump manual"
-    assert len(response.notices) == 1 and "reindex --recreate" in response.notices[0]
-    collection = await qdrant_service.client.get_collection(collection_alias(kb.id))
-    assert not collection.config.params.sparse_vectors
-
-
-async def test_reindex_recreate_upgrades_an_old_kb_to_hybrid(service, test_user, ingestion_service) -> None:
-    kb = await kb_with_notes(test_user, ingestion_service, legacy=True)
-
-    await sync_to_async(call_command)("reindex", kb=[kb.slug], recreate=True, interactive=False, verbosity=0)
+    kb = await sync_to_async(make_kb)(owner=test_user, name="Old workshop")
+    await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(keyword_settings=None)
+    document = await sync_to_async(make_document)(kb=kb, title="Pump manual", text=NOTES["Pump manual"])
+    await ingestion_service.ingest_now(document_id=document.id, worker_id="tests")
 
     await kb.arefresh_from_db()
-    assert kb.keyword_settings is not None
-    collection = await qdrant_service.client.get_collection(collection_alias(kb.id))
-    assert set(collection.config.params.vectors) == {DENSE_VECTOR}
-    assert set(collection.config.params.sparse_vectors) == {KEYWORD_VECTOR}
-    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id)
-    assert response.mode == SearchMode.HYBRID and response.notices == []
-    assert response.results[0].title == "Pump manual"
+    assert kb.keyword_settings == KeywordSettings().as_dict()
+    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
+    assert response.mode == SearchMode.KEYWORD and response.notices == []
+    assert [r.title for r in response.results] == ["Pump manual"]
 
 
-async def test_hybrid_across_an_old_and_a_new_kb_names_the_old_one(service, test_user, ingestion_service) -> None:
-    old = await kb_with_notes(test_user, ingestion_service, legacy=True)
-    new = await kb_with_notes(test_user, ingestion_service)
+@pytest.mark.parametrize("mode", list(SearchMode))
+async def test_a_search_across_kbs_is_one_engine_query_over_their_tenant_keys(
+    test_user, ingestion_service, mode
+) -> None:
+    first = await kb_with_notes(test_user, ingestion_service, name="First workshop")
+    second = await kb_with_notes(test_user, ingestion_service, name="Second workshop")
+    chunks = CountingChunkService()
+    counting = SearchService(PermissionService(), SearchAuditService(), chunk_service=chunks)
 
-    responses = await asyncio.gather(
-        *(service.search(query="pump gasket", kb_ids=[old.id, new.id], user_id=test_user.id) for _ in range(3))
+    response = await counting.search(
+        query="pump gasket", kb_ids=[first.id, second.id], user_id=test_user.id, mode=mode, limit=8
     )
 
-    for response in responses:
-        assert response.mode == SearchMode.HYBRID
-        assert len(response.notices) == 1 and repr(old.name) in response.notices[0]
-        assert {r.kb_id for r in response.results} == {old.id, new.id}
+    assert [len(request.indexes) for request in chunks.requests] == [2]
+    assert {r.kb_id for r in response.results} == {first.id, second.id}
+    # The same notes in both: each chunk comes back once per KB, side by side. Cosine and BM25 give
+    # both copies one score; fused ranks part a tie by one place, so hybrid scores differ a little.
+    by_chunk: dict[tuple[str, int], list[float]] = {}
+    for result in response.results:
+        by_chunk.setdefault((result.title, result.chunk_index), []).append(result.score)
+    assert all(len(scores) == 2 for scores in by_chunk.values())
+    if mode != SearchMode.HYBRID:
+        assert all(scores[0] == pytest.approx(scores[1]) for scores in by_chunk.values())
 
 
 async def test_leaving_out_kb_ids_searches_every_kb_the_user_may_read_and_no_other(

@@ -1,10 +1,15 @@
 """One store contract, run against every Qdrant backend kbsite can use: Qdrant Edge, qdrant-client's
 local mode, and the server path (gRPC, against the loopback server).
 
+Every knowledge base is a tenant of its model's shared collection: two KBs written side by side must
+never see each other's points under any operation, and a KB's next generation stays unsearched until
+its active generation is switched.
+
 Each test writes fixed synthetic chunks (8-dim seeded vectors, BM25 keyword vectors from the project's
 encoder) through ChunkService/CollectionService and checks the answers against the same truth: exact
 cosine computed here with numpy for dense searches, and the local mode's answer, computed in the same test
-on a separate in-memory store, for keyword and hybrid (RRF) searches. No database is touched.
+on a separate in-memory store, for keyword and hybrid (RRF) searches. No database is touched: a dict
+stands in for the knowledge app's record of each KB's active generation.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ from search.chunking import TextChunk
 from search.edge import store as edge_store
 from search.filters import compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
-from search.qdrant import QdrantConfig, collection_alias, qdrant_service
-from search.services.chunks import ChunkService, StoredChunk, chunk_point_id
-from search.services.collections import CollectionService
+from search.qdrant import QdrantConfig, qdrant_service
+from search.services.chunks import ChunkSearch, ChunkService, StoredChunk, chunk_point_id
+from search.services.collections import KbIndex
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
 pytestmark = [pytest.mark.integration]
@@ -51,9 +56,50 @@ VOCABULARY = (
 ).split()
 KEYWORD_QUERY = "moon tide storm gravity"
 
-chunks_service = ChunkService()
-collections_service = CollectionService()
+MODEL = "contract-model"
+COLLECTION = f"kbsite_contract-model_{DIM}"
+
+
+class ActiveIndexes:
+    """What the knowledge app keeps per KB: which generation searches read. Switching is one assignment."""
+
+    def __init__(self) -> None:
+        self.active: dict[UUID, KbIndex] = {}
+
+    def reset(self) -> None:
+        self.active = {kb: KbIndex(kb_id=kb, model=MODEL, vector_size=DIM) for kb in (KB, OTHER_KB)}
+
+    async def active_index(self, *, kb_id: UUID | str) -> KbIndex | None:
+        return self.active.get(UUID(str(kb_id)))
+
+
+INDEXES = ActiveIndexes()
+chunks_service = ChunkService(indexes=INDEXES)
+collections_service = chunks_service.collections
 encoder = keyword_encoder(KeywordSettings())
+
+
+@pytest.fixture(autouse=True)
+def first_generations() -> None:
+    INDEXES.reset()
+
+
+async def search_chunks(
+    *, kb_id: UUID = KB, service: ChunkService = chunks_service, **request: Any
+) -> list[StoredChunk]:
+    return await service.search_chunks(chunk_search(kb_id, **request))
+
+
+async def search_chunk_groups(*, kb_id: UUID = KB, group_size: int = 3, **request: Any) -> list[list[StoredChunk]]:
+    return await chunks_service.search_chunk_groups(chunk_search(kb_id, group_size=group_size, **request))
+
+
+def chunk_search(kb_ids: UUID | list[UUID], **request: Any) -> ChunkSearch:
+    ids = kb_ids if isinstance(kb_ids, list) else [kb_ids]
+    if request.get("query_embedding") is not None:
+        request["query_embedding"] = tuple(request["query_embedding"])
+    request["document_ids"] = tuple(str(d) for d in request.get("document_ids") or ())
+    return ChunkSearch(indexes=tuple(INDEXES.active[kb] for kb in ids), **request)
 
 
 # --- synthetic data -------------------------------------------------------------------------------
@@ -94,7 +140,7 @@ QUERY_VECTOR = np.random.default_rng(99).normal(size=DIM)
 
 
 async def write_corpus(
-    corpus: dict[UUID, Doc] = CORPUS, *, kb_id: UUID = KB, collection_name: str | None = None
+    corpus: dict[UUID, Doc] = CORPUS, *, kb_id: UUID = KB, index: KbIndex | None = None
 ) -> None:
     for doc in corpus.values():
         await chunks_service.upsert_chunks(
@@ -104,7 +150,7 @@ async def write_corpus(
             chunks=doc.chunks,
             vectors=doc.vectors.tolist(),
             keyword_vectors=encoder.encode_documents([c.content for c in doc.chunks]),
-            collection_name=collection_name,
+            index=index,
         )
 
 
@@ -197,118 +243,166 @@ async def collection_names() -> set[str]:
     return {c.name for c in (await qdrant_service.client.get_collections()).collections}
 
 
-async def test_ensure_collection_creates_the_first_version_and_its_alias(store) -> None:
-    assert await collections_service.current_collection(kb_id=KB) is None
+async def test_every_kb_of_a_model_lands_in_one_collection_reached_through_an_alias(store) -> None:
+    index = INDEXES.active[KB]
+    assert await collections_service.current_collection(index=index) is None
 
-    first = await collections_service.ensure_collection(kb_id=KB, vector_size=DIM)
-    again = await collections_service.ensure_collection(kb_id=KB, vector_size=DIM)
+    first = await collections_service.ensure_collection(index=index)
+    again = await collections_service.ensure_collection(index=INDEXES.active[OTHER_KB])
+    other_model = await collections_service.ensure_collection(
+        index=KbIndex(kb_id=OTHER_KB, model="Other/Model-2", vector_size=DIM * 2)
+    )
 
-    assert first == again == f"kb_{KB}_v1"
-    assert await collections_service.current_collection(kb_id=KB) == first
-    assert await collection_names() == {first}
+    assert first == again == f"{COLLECTION}_v1"
+    assert other_model == f"kbsite_other-model-2_{DIM * 2}_v1"
+    assert await collection_names() == {first, other_model}
     aliases = {(a.alias_name, a.collection_name) for a in (await qdrant_service.client.get_aliases()).aliases}
-    assert aliases == {(collection_alias(KB), first)}
+    assert aliases == {(COLLECTION, first), (f"kbsite_other-model-2_{DIM * 2}", other_model)}
+    assert await collections_service.model_collections() == sorted([COLLECTION, f"kbsite_other-model-2_{DIM * 2}"])
 
 
-async def test_activating_a_version_swaps_atomically_under_concurrent_reads(store) -> None:
-    # v1 and v2 hold different vectors for the same chunks, so each gives its own top five.
+async def test_switching_the_active_generation_swaps_whole_answers_under_concurrent_reads(store) -> None:
+    # Generations 1 and 2 hold different vectors for the same chunks, so each gives its own top five.
     new_corpus = build_corpus(seed=8)
     old_answer = [(d, i) for d, i, _ in exact_cosine(CORPUS, QUERY_VECTOR)[:5]]
     new_answer = [(d, i) for d, i, _ in exact_cosine(new_corpus, QUERY_VECTOR)[:5]]
     assert old_answer != new_answer
     await write_corpus()
-    v1 = await collections_service.current_collection(kb_id=KB)
-    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-    await write_corpus(new_corpus, collection_name=v2)
-    assert v2 == f"kb_{KB}_v2"
-    assert await collections_service.current_collection(kb_id=KB) == v1  # v2 not searched yet
+    first = INDEXES.active[KB]
+    second = first.next_generation(model=MODEL, vector_size=DIM)
+    await write_corpus(new_corpus, index=second)
+    assert answer(await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=5)) == old_answer
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())  # the next one is not counted
 
     seen: list[Any] = []
-    first_read, stop = threading.Event(), threading.Event()
+    reads = threading.Semaphore(0)
+    stop = threading.Event()
 
     async def read_until_stopped() -> None:
         while not stop.is_set():
             try:
-                seen.append(
-                    answer(
-                        await chunks_service.search_chunks(
-                            kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=5
-                        )
-                    )
-                )
+                seen.append(answer(await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=5)))
             except Exception as exc:  # noqa: BLE001 - every failure is a broken contract, recorded
                 seen.append(exc)
-            first_read.set()
+            reads.release()
 
     reader = threading.Thread(target=asyncio.run, args=(read_until_stopped(),))
     reader.start()
     try:
-        assert first_read.wait(10)
-        reads_before = len(seen)
-        for target, left in [(v2, v1), (v1, v2)] * 10 + [(v2, v1)]:
-            assert (
-                await collections_service.activate_collection_version(kb_id=KB, collection_name=target)
-                == left
-            )
-            # A read ends after each swap, however busy the machine: swaps and reads interleave.
-            reads = len(seen)
-            for _ in range(1000):
-                if len(seen) > reads:
-                    break
-                await asyncio.sleep(0.01)
-        reads_during = len(seen) - reads_before
-        after_last_swap = len(seen)
-        for _ in range(1000):  # let the reader see the final state too
-            if len(seen) > after_last_swap + 1:
-                break
-            await asyncio.sleep(0.01)
+        for target in [second, first] * 5 + [second]:
+            INDEXES.active[KB] = target
+            # Wait for two reads after each switch: at least one of them began after it.
+            assert reads.acquire(timeout=10) and reads.acquire(timeout=10)
     finally:
         stop.set()
         reader.join(10)
 
     assert not reader.is_alive()
-    assert reads_during >= 21  # at least one per swap
     assert old_answer in seen and new_answer in seen
     wrong = [a for a in seen if a not in (old_answer, new_answer)]
-    assert wrong == [], f"{len(wrong)} of {len(seen)} reads saw neither collection's full answer: {wrong[:3]}"
-    assert await collections_service.current_collection(kb_id=KB) == v2
-    assert (
-        answer(await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=5))
-        == new_answer
-    )
+    assert wrong == [], f"{len(wrong)} of {len(seen)} reads saw neither generation's full answer: {wrong[:3]}"
+    assert answer(await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=5)) == new_answer
 
 
-async def test_dropping_a_version_leaves_the_active_one(store) -> None:
-    await write_corpus()
-    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-    await write_corpus(collection_name=v2)
-    v1 = await collections_service.activate_collection_version(kb_id=KB, collection_name=v2)
-
-    await collections_service.drop_collection_version(collection_name=v1)
-
-    assert await collection_names() == {v2}
-    assert await collections_service.current_collection(kb_id=KB) == v2
-    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())
-    # The next version number follows the highest one left.
-    assert await collections_service.create_collection_version(kb_id=KB, vector_size=DIM) == f"kb_{KB}_v3"
-
-
-async def test_deleting_a_knowledge_base_removes_its_alias_and_every_version(store) -> None:
+async def test_deleting_a_generation_leaves_the_active_one_and_other_kbs(store) -> None:
     await write_corpus()
     await write_corpus(kb_id=OTHER_KB)
-    await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-    v3 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-    await collections_service.activate_collection_version(kb_id=KB, collection_name=v3)
+    first = INDEXES.active[KB]
+    second = first.next_generation(model=MODEL, vector_size=DIM)
+    await write_corpus(index=second)
+    INDEXES.active[KB] = second
+
+    await collections_service.delete_generation(index=first)
+
+    assert await chunks_service.count_chunks(kb_id=KB, index=first) == 0
+    assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())
+    assert await chunks_service.count_chunks(kb_id=OTHER_KB) == sum(DOCUMENTS.values())
+    assert await collection_names() == {f"{COLLECTION}_v1"}
+
+
+async def test_deleting_a_knowledge_base_removes_every_generation_in_every_model_and_no_other_kb(store) -> None:
+    await write_corpus()
+    await write_corpus(kb_id=OTHER_KB)
+    elsewhere = KbIndex(kb_id=KB, model="Other/Model-2", vector_size=DIM, generation=2)
+    await write_corpus(index=elsewhere)
+    assert await collections_service.holds_points(kb_id=KB)
 
     await collections_service.delete_knowledge_base(kb_id=KB)
 
-    assert await collection_names() == {f"kb_{OTHER_KB}_v1"}
-    assert await collections_service.current_collection(kb_id=KB) is None
-    aliases = {a.alias_name for a in (await qdrant_service.client.get_aliases()).aliases}
-    assert aliases == {collection_alias(OTHER_KB)}
+    assert not await collections_service.holds_points(kb_id=KB)
     assert await chunks_service.count_chunks(kb_id=KB) == 0
-    assert await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist()) == []
+    assert await chunks_service.count_chunks(kb_id=KB, index=elsewhere) == 0
+    assert await search_chunks(query_embedding=QUERY_VECTOR.tolist()) == []
     assert await chunks_service.count_chunks(kb_id=OTHER_KB) == sum(DOCUMENTS.values())
+    assert_same_hits(
+        await search_chunks(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist(), limit=50),
+        exact_cosine(CORPUS, QUERY_VECTOR),
+    )
+
+
+async def test_two_knowledge_bases_never_see_each_others_points(store) -> None:
+    # The same documents (same ids) in both KBs, with different vectors and titles in the other one.
+    other = {d: Doc(d, f"Other {doc.title}", doc.chunks, -doc.vectors) for d, doc in build_corpus().items()}
+    await write_corpus()
+    await write_corpus(other, kb_id=OTHER_KB)
+    query = encoder.encode_query(KEYWORD_QUERY)
+
+    await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
+    await chunks_service.set_labels(kb_id=KB, document_id=DOC_C, tags=["mine"], metadata={"year": 1})
+    await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_C, from_index=2)
+
+    expected = exact_cosine(other, QUERY_VECTOR)
+    assert_same_hits(await search_chunks(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist(), limit=50), expected)
+    for request in (
+        {"query_keywords": query},
+        {"query_embedding": QUERY_VECTOR.tolist(), "query_keywords": query},
+        {"query_embedding": QUERY_VECTOR.tolist(), "metadata_filter": compile_filter({"tag": {"none": ["x"]}})},
+    ):
+        hits = await search_chunks(kb_id=OTHER_KB, limit=50, **request)
+        assert {h.kb_id for h in hits} == {OTHER_KB} and {h.title for h in hits} == {d.title for d in other.values()}
+    groups = await search_chunk_groups(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist(), limit=5)
+    assert {c.kb_id for group in groups for c in group} == {OTHER_KB} and len(groups) == 3
+    assert await chunks_service.count_chunks(kb_id=OTHER_KB) == sum(DOCUMENTS.values())
+    assert await chunks_service.count_chunks(kb_id=OTHER_KB, document_id=DOC_C) == DOCUMENTS[DOC_C]
+    page, _ = await chunks_service.get_chunks_by_document(kb_id=OTHER_KB, document_id=DOC_A)
+    assert {c.title for c in page} == {"Other " + TITLES[DOC_A]} and len(page) == DOCUMENTS[DOC_A]
+    fetched = await chunks_service.get_chunks(kb_id=OTHER_KB, positions=[(DOC_C, 5), (DOC_B, 0)])
+    assert {(c.kb_id, c.tags, c.archived_at) for c in fetched} == {(OTHER_KB, (), None)}
+    records = await chunks_service.get_document_chunk_records(kb_id=OTHER_KB, document_id=DOC_C)
+    assert len(records) == DOCUMENTS[DOC_C] and all(r.payload["title"] == "Other " + TITLES[DOC_C] for r in records)
+    # And KB sees only its own, changed, points.
+    mine = await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=50, include_archived=True)
+    assert {h.kb_id for h in mine} == {KB}
+    assert len(mine) == sum(DOCUMENTS.values()) - (DOCUMENTS[DOC_C] - 2)
+
+    await collections_service.delete_knowledge_base(kb_id=KB)
+    assert_same_hits(await search_chunks(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist(), limit=50), expected)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "keyword"])
+async def test_one_query_across_kbs_answers_as_the_merge_of_one_query_per_kb(store, mode) -> None:
+    other = {d: Doc(d, doc.title, doc.chunks, doc.vectors[::-1].copy()) for d, doc in build_corpus(seed=11).items()}
+    await write_corpus()
+    await write_corpus(other, kb_id=OTHER_KB)
+    vectors: dict[str, Any] = (
+        {"query_embedding": QUERY_VECTOR.tolist()}
+        if mode == "semantic"
+        else {"query_keywords": encoder.encode_query(KEYWORD_QUERY)}
+    )
+
+    together = await chunks_service.search_chunks(chunk_search([KB, OTHER_KB], limit=12, **vectors))
+    apart = [hit for kb in (KB, OTHER_KB) for hit in await search_chunks(kb_id=kb, limit=12, **vectors)]
+
+    merged = sorted(apart, key=lambda hit: -(hit.score or 0))[:12]
+    assert {h.kb_id for h in together} == {KB, OTHER_KB}
+    if mode == "semantic":
+        assert [(h.kb_id, h.document_id, h.chunk_index) for h in together] == [
+            (h.kb_id, h.document_id, h.chunk_index) for h in merged
+        ]
+    else:
+        # BM25's IDF is the collection's either way here: every query reads the one collection.
+        assert [h.score for h in together] == pytest.approx([h.score for h in merged], abs=SCORE_TOLERANCE)
 
 
 # --- writes ---------------------------------------------------------------------------------------
@@ -323,7 +417,7 @@ async def test_upserting_the_same_chunks_twice_keeps_the_count(store) -> None:
         assert await chunks_service.count_chunks(kb_id=KB, document_id=document_id) == count
     # Same ids: the point for (document, chunk) is the one written last.
     points = await qdrant_service.client.retrieve(
-        collection_name=collection_alias(KB), ids=[chunk_point_id(DOC_A, 0)], with_payload=True
+        collection_name=COLLECTION, ids=[chunk_point_id(INDEXES.active[KB].tenant, DOC_A, 0)], with_payload=True
     )
     assert [p.payload["content"] for p in points] == [CORPUS[DOC_A].chunks[0].content]
 
@@ -353,7 +447,7 @@ async def test_dense_search_matches_exact_cosine(store, case) -> None:
         kwargs["score_threshold"] = (allowed[3][2] + allowed[4][2]) / 2
         expected = allowed[:4]
 
-    got = await chunks_service.search_chunks(
+    got = await search_chunks(
         kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=10, **kwargs
     )
 
@@ -371,14 +465,14 @@ async def keyword_and_hybrid_answers() -> dict[str, list[StoredChunk]]:
     query = encoder.encode_query(KEYWORD_QUERY)
     dense = QUERY_VECTOR.tolist()
     return {
-        "keyword": await chunks_service.search_chunks(kb_id=KB, query_keywords=query, limit=8),
-        "keyword/document_ids": await chunks_service.search_chunks(
+        "keyword": await search_chunks(kb_id=KB, query_keywords=query, limit=8),
+        "keyword/document_ids": await search_chunks(
             kb_id=KB, query_keywords=query, limit=8, document_ids=[DOC_A, DOC_C], include_archived=True
         ),
-        "hybrid": await chunks_service.search_chunks(
+        "hybrid": await search_chunks(
             kb_id=KB, query_embedding=dense, query_keywords=query, limit=8
         ),
-        "hybrid/include_archived": await chunks_service.search_chunks(
+        "hybrid/include_archived": await search_chunks(
             kb_id=KB, query_embedding=dense, query_keywords=query, limit=8, include_archived=True
         ),
     }
@@ -451,7 +545,7 @@ async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -
     dense = QUERY_VECTOR.tolist()
 
     await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
-    hits = await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50)
+    hits = await search_chunks(kb_id=KB, query_embedding=dense, limit=50)
     assert {r.document_id: r.title for r in hits} == {
         DOC_A: "Renamed",
         DOC_B: TITLES[DOC_B],
@@ -460,10 +554,10 @@ async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -
 
     await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
     assert_same_hits(
-        await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50),
+        await search_chunks(kb_id=KB, query_embedding=dense, limit=50),
         exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_B}),
     )
-    everything = await chunks_service.search_chunks(
+    everything = await search_chunks(
         kb_id=KB, query_embedding=dense, limit=50, include_archived=True
     )
     assert {r.document_id: r.archived_at for r in everything} == {
@@ -475,7 +569,7 @@ async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -
 
     await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=None)
     assert_same_hits(
-        await chunks_service.search_chunks(kb_id=KB, query_embedding=dense, limit=50),
+        await search_chunks(kb_id=KB, query_embedding=dense, limit=50),
         exact_cosine(CORPUS, QUERY_VECTOR),
     )
 
@@ -485,7 +579,7 @@ async def test_deleting_a_documents_chunks_all_or_from_an_index(store) -> None:
 
     await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_A, from_index=3)
     await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_B)
-    await chunks_service.delete_document_chunks(kb_id=OTHER_KB, document_id=DOC_A)  # no collection: no error
+    await chunks_service.delete_document_chunks(kb_id=OTHER_KB, document_id=DOC_A)  # no points: no error
 
     assert await chunks_service.count_chunks(kb_id=KB, document_id=DOC_A) == 3
     assert await chunks_service.count_chunks(kb_id=KB, document_id=DOC_B) == 0
@@ -496,7 +590,7 @@ async def test_deleting_a_documents_chunks_all_or_from_an_index(store) -> None:
         hit for hit in exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_B}) if hit[0] != DOC_A or hit[1] < 3
     ]
     assert_same_hits(
-        await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50),
+        await search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50),
         expected,
     )
 
@@ -510,31 +604,32 @@ async def test_closing_and_reopening_keeps_everything(store, tmp_path) -> None:
     config = QdrantConfig(path=str(tmp_path / "qdrant"), engine=store.config.engine)
     qdrant_service.configure(config)
     await write_corpus()
-    v2 = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-    await write_corpus(collection_name=v2)
-    await collections_service.activate_collection_version(kb_id=KB, collection_name=v2)
+    second = INDEXES.active[KB].next_generation(model=MODEL, vector_size=DIM)
+    await write_corpus(index=second)
+    first, INDEXES.active[KB] = INDEXES.active[KB], second
+    await collections_service.delete_generation(index=first)
     await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
     await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
     await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_B, from_index=2)
-    keyword_before = await chunks_service.search_chunks(
+    keyword_before = await search_chunks(
         kb_id=KB, query_keywords=encoder.encode_query(KEYWORD_QUERY), limit=8
     )
 
     qdrant_service.close()
     qdrant_service.configure(config)
 
-    assert await collection_names() == {f"kb_{KB}_v1", v2}
-    assert await collections_service.current_collection(kb_id=KB) == v2
+    assert await collection_names() == {f"{COLLECTION}_v1"}
+    assert await chunks_service.count_chunks(kb_id=KB, index=first) == 0
     assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values()) - (DOCUMENTS[DOC_B] - 2)
     expected = [
         hit for hit in exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_C}) if hit[0] != DOC_B or hit[1] < 2
     ]
-    hits = await chunks_service.search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50)
+    hits = await search_chunks(kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=50)
     assert_same_hits(hits, expected)
     assert {r.document_id: r.title for r in hits}[DOC_A] == "Renamed"
     page, _ = await chunks_service.get_chunks_by_document(kb_id=KB, document_id=DOC_B)
     assert [c.chunk_index for c in page] == [0, 1]
-    keyword_after = await chunks_service.search_chunks(
+    keyword_after = await search_chunks(
         kb_id=KB, query_keywords=encoder.encode_query(KEYWORD_QUERY), limit=8
     )
     assert tie_groups(keyword_after) == tie_groups(keyword_before)
@@ -619,8 +714,8 @@ async def documents_found(
         vectors["query_embedding"] = QUERY_VECTOR.tolist()
     if mode in ("keyword", "hybrid"):
         vectors["query_keywords"] = encoder.encode_query(KEYWORD_QUERY)
-    hits = await service.search_chunks(
-        kb_id=KB, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs
+    hits = await search_chunks(
+        service=service, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs
     )
     found = {hit.document_id for hit in hits}
     if mode == "semantic":
@@ -634,7 +729,7 @@ async def test_metadata_filters_leave_the_documents_each_operator_selects(store,
     await write_labelled_corpus()
     # The keyword query matches chunks of every document, so each mode can show every document.
     assert await documents_found({"key": "missing", "exists": False}, mode) == set(DOCUMENTS)
-    service = ChunkService()  # knows of no index yet: this backend's collection gets them as filters come
+    service = ChunkService(indexes=INDEXES)  # knows of no index yet: this backend's collection gets them as filters come
 
     wrong = {}
     for spec, expected in FILTER_CASES:
@@ -658,12 +753,10 @@ async def test_a_metadata_filter_keeps_the_archive_and_document_conditions(store
 
 async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(store) -> None:
     await write_labelled_corpus()
-    point_ids = [chunk_point_id(DOC_B, i) for i in range(DOCUMENTS[DOC_B])]
+    point_ids = [chunk_point_id(INDEXES.active[KB].tenant, DOC_B, i) for i in range(DOCUMENTS[DOC_B])]
 
     async def vectors() -> dict[str, tuple[list[float], list[int], list[float]]]:
-        points = await qdrant_service.client.retrieve(
-            collection_name=collection_alias(KB), ids=point_ids, with_vectors=True
-        )
+        points = await qdrant_service.client.retrieve(collection_name=COLLECTION, ids=point_ids, with_vectors=True)
         sparse = {str(p.id): p.vector["bm25"] for p in points}
         return {
             str(p.id): (
@@ -707,9 +800,9 @@ async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(stor
         ]
     }
 
-    assert await documents_found(spec, "hybrid", ChunkService()) == set()
+    assert await documents_found(spec, "hybrid", ChunkService(indexes=INDEXES)) == set()
 
-    schema = (await qdrant_service.client.get_collection(collection_name=f"kb_{KB}_v1")).payload_schema
+    schema = (await qdrant_service.client.get_collection(collection_name=f"{COLLECTION}_v1")).payload_schema
     indexed = {
         key: info.data_type for key, info in schema.items() if key == "tags" or key.startswith("meta.")
     }
@@ -722,9 +815,7 @@ async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(stor
             "meta.published": models.PayloadSchemaType.DATETIME,
             "meta.status": models.PayloadSchemaType.KEYWORD,
         }
-        rebuilt = await collections_service.create_collection_version(kb_id=KB, vector_size=DIM)
-        schema = (await qdrant_service.client.get_collection(collection_name=rebuilt)).payload_schema
-        assert {key: info.data_type for key, info in schema.items() if key in indexed} == indexed
+        assert schema["tenant"].params.is_tenant  # the tenant key is stored and planned per tenant
 
 
 # --- one hit per document: grouped search ---------------------------------------------------------
@@ -765,7 +856,7 @@ async def test_grouped_dense_search_matches_exact_grouping(store, limit, group_s
         ranked = exact_cosine(CORPUS, QUERY_VECTOR, only={DOC_B, DOC_C})
     expected = exact_groups(ranked, limit=limit, group_size=group_size)
 
-    got = await chunks_service.search_chunk_groups(
+    got = await search_chunk_groups(
         kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=limit, group_size=group_size, **kwargs
     )
 
@@ -786,7 +877,7 @@ async def test_grouping_finds_the_next_documents_below_one_holding_every_best_ch
     corpus[DOC_A] = Doc(DOC_A, TITLES[DOC_A], CORPUS[DOC_A].chunks, near)
     await write_corpus(corpus)
 
-    got = await chunks_service.search_chunk_groups(
+    got = await search_chunk_groups(
         kb_id=KB, query_embedding=QUERY_VECTOR.tolist(), limit=3, group_size=1
     )
 
@@ -804,10 +895,10 @@ async def test_grouped_keyword_and_hybrid_search_group_the_full_ranking(store, m
     vectors: dict[str, Any] = {"query_keywords": query}
     if mode == "hybrid":
         vectors["query_embedding"] = QUERY_VECTOR.tolist()
-    ranking = await chunks_service.search_chunks(kb_id=KB, limit=sum(DOCUMENTS.values()), **vectors)
+    ranking = await search_chunks(kb_id=KB, limit=sum(DOCUMENTS.values()), **vectors)
     assert len({c.document_id for c in ranking}) == 3
 
-    got = await chunks_service.search_chunk_groups(kb_id=KB, limit=2, group_size=2, **vectors)
+    got = await search_chunk_groups(kb_id=KB, limit=2, group_size=2, **vectors)
 
     expected = exact_groups([(c.document_id, c.chunk_index, c.score) for c in ranking], limit=2, group_size=2)
     assert grouped_answer(got) == [[(d, i) for d, i, _ in group] for group in expected]
@@ -815,8 +906,8 @@ async def test_grouped_keyword_and_hybrid_search_group_the_full_ranking(store, m
         assert_same_hits(group, expected_group)
 
 
-async def test_grouped_search_of_a_knowledge_base_without_collection_finds_nothing(store) -> None:
-    got = await chunks_service.search_chunk_groups(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist())
+async def test_grouped_search_of_a_model_without_collection_finds_nothing(store) -> None:
+    got = await search_chunk_groups(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist())
 
     assert got == []
 

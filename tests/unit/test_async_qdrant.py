@@ -81,6 +81,12 @@ def _scored_point(kb_id: str, document_id: str, chunk_index: int, score: float) 
     )
 
 
+def _index(kb_id: str | None = None):
+    from search.services.collections import KbIndex
+
+    return KbIndex(kb_id=kb_id or uuid4(), model="test-model", vector_size=384)
+
+
 class TestChunkServiceAsyncOperations:
     """AC-7.7.2: ChunkService awaits scroll, query_points and count on the async client."""
 
@@ -89,20 +95,24 @@ class TestChunkServiceAsyncOperations:
 
         mock_async_qdrant.scroll.return_value = ([], None)
 
-        chunks, next_offset = await ChunkService().get_chunks_by_document(kb_id=str(uuid4()), document_id=str(uuid4()))
+        chunks, next_offset = await ChunkService().get_chunks_by_document(
+            kb_id=str(uuid4()), document_id=str(uuid4()), index=_index()
+        )
 
         mock_async_qdrant.scroll.assert_awaited_once()
         assert (chunks, next_offset) == ([], None)
 
     async def test_search_chunks_uses_native_async_query_points(self, mock_async_qdrant: AsyncMock) -> None:
-        from search.services.chunks import ChunkService
+        from search.services.chunks import ChunkSearch, ChunkService
 
         kb_id, document_id = str(uuid4()), str(uuid4())
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(
             points=[_scored_point(kb_id, document_id, 3, 0.9)]
         )
 
-        hits = await ChunkService().search_chunks(kb_id=kb_id, query_embedding=[0.1] * 384, limit=10)
+        hits = await ChunkService().search_chunks(
+            ChunkSearch(indexes=(_index(kb_id),), query_embedding=(0.1,) * 384, limit=10)
+        )
 
         mock_async_qdrant.query_points.assert_awaited_once()
         assert mock_async_qdrant.query_points.call_args.kwargs["limit"] == 10
@@ -113,7 +123,7 @@ class TestChunkServiceAsyncOperations:
 
         mock_async_qdrant.count.return_value = models.CountResult(count=42)
 
-        result = await ChunkService().count_chunks(kb_id=str(uuid4()))
+        result = await ChunkService().count_chunks(kb_id=str(uuid4()), index=_index())
 
         mock_async_qdrant.count.assert_awaited_once()
         assert mock_async_qdrant.count.call_args.kwargs["exact"] is True
@@ -141,7 +151,12 @@ def _search_service(kb_ids):
         readable_knowledge_bases=AsyncMock(
             return_value=[
                 SimpleNamespace(
-                    id=kb_id, name="kb", embedding_model="test-model", keyword_settings=KeywordSettings().as_dict()
+                    id=kb_id,
+                    name="kb",
+                    embedding_model="test-model",
+                    vector_size=384,
+                    index_generation=3,
+                    keyword_settings=KeywordSettings().as_dict(),
                 )
                 for kb_id in kb_ids
             ]
@@ -152,9 +167,9 @@ def _search_service(kb_ids):
 
 
 class TestSearchServiceAsyncOperations:
-    """AC-7.7.3: semantic_search awaits query_points with a query_filter."""
+    """AC-7.7.3: semantic_search awaits query_points with a query_filter: one query for every KB searched."""
 
-    async def test_semantic_search_uses_native_async_query(self, mock_async_qdrant: AsyncMock) -> None:
+    async def test_semantic_search_of_many_kbs_is_one_native_async_query(self, mock_async_qdrant: AsyncMock) -> None:
         kb_ids = [uuid4(), uuid4()]
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
         service, audit = _search_service(kb_ids)
@@ -162,9 +177,11 @@ class TestSearchServiceAsyncOperations:
         results = await service.semantic_search(query="test query", kb_ids=kb_ids, user_id=1, limit=10)
 
         assert results == []
-        assert mock_async_qdrant.query_points.await_count == len(kb_ids)
-        searched = {call.kwargs["collection_name"] for call in mock_async_qdrant.query_points.call_args_list}
-        assert searched == {f"kb_{kb_id}" for kb_id in kb_ids}
+        mock_async_qdrant.query_points.assert_awaited_once()
+        call = mock_async_qdrant.query_points.call_args.kwargs
+        assert call["collection_name"] == "kbsite_test-model_384"
+        tenants = call["query_filter"].must[0]
+        assert (tenants.key, tenants.match.any) == ("tenant", [f"{kb_id}:3" for kb_id in kb_ids])
         audit.record_search.assert_awaited_once()
 
     def test_search_service_has_no_to_thread_wrapper(self) -> None:
@@ -185,11 +202,11 @@ class TestSearchServiceAsyncOperations:
         archived = models.FieldCondition(key="archived", match=models.MatchValue(value=True))
         assert default_filter.must_not == [archived]
         assert not archived_too_filter.must_not
-        kb_condition = models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))
+        kb_condition = models.FieldCondition(key="tenant", match=models.MatchValue(value=f"{kb_id}:3"))
         assert kb_condition in default_filter.must and kb_condition in archived_too_filter.must
 
-    async def test_the_kb_condition_guards_every_backend(self, mock_async_qdrant) -> None:
-        """Should an alias ever point at another KB's collection, its chunks still stay out."""
+    async def test_the_tenant_condition_guards_every_backend(self, mock_async_qdrant) -> None:
+        """Every KB of a model shares its collection: the tenant key of the active generation is the only way in."""
         from search.services import chunks
 
         kb_id = uuid4()
@@ -200,7 +217,7 @@ class TestSearchServiceAsyncOperations:
         await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, include_archived=True)
 
         query_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
-        assert query_filter.must == [models.FieldCondition(key="kb_id", match=models.MatchValue(value=str(kb_id)))]
+        assert query_filter.must == [models.FieldCondition(key="tenant", match=models.MatchValue(value=f"{kb_id}:3"))]
 
 
 def _calls_in_project():

@@ -128,7 +128,8 @@ class Command(BaseCommand):
                 report = await service.rebuild(kb=knowledge_base, worker_id=worker_id, on_progress=on_progress)
                 reports.append(report)
                 progress.line(
-                    f"{knowledge_base.slug}: switched to {report.collection}, {counted(report.indexed, 'document')}, "
+                    f"{knowledge_base.slug}: switched to generation {report.generation} in {report.collection}, "
+                    f"{counted(report.indexed, 'document')}, "
                     f"{counted(report.chunks, 'chunk')}; {report.requeued} changed meanwhile and "
                     f"{noun(report.requeued, 'was', 'were')} queued again"
                 )
