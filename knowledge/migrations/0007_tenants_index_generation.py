@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("knowledge", "0005_document_metadata_pages_token_expiry"),
+        ("knowledge", "0006_folders_source_folder"),
     ]
 
     operations = [
