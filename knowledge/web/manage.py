@@ -69,6 +69,19 @@ def _kb_url(kb: KnowledgeBase, back: str = "", fragment: str = "messages") -> st
     return reverse("web:kb", args=[kb.pk]) + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
 
 
+def _document_links(kb: KnowledgeBase) -> dict[str, str]:
+    """Each document action's URL with `{}` for the document's id, reversed once a page, not once a row:
+    in an async view each reverse looks up the active language through asgiref's context-local storage."""
+    placeholder = str(UUID(int=0))
+    names = {"read": "web:document"} | {
+        action: f"web:kb_document_{action}" for action in ("labels", "delete", "retry", "archive", "restore")
+    }
+    return {
+        key: reverse(name, args=[UUID(int=0)] if key == "read" else [kb.pk, UUID(int=0)]).replace(placeholder, "{}")
+        for key, name in names.items()
+    }
+
+
 def _context(user, kb: KnowledgeBase, role: Role, **extra) -> dict:
     return {
         "viewer": user,
@@ -109,8 +122,10 @@ async def knowledge_base(request: HttpRequest, kb_id: UUID) -> HttpResponse:
     pages = max(1, ceil(total / PAGE_SIZE))
     page = min(chosen.get("page") or 1, pages)
     documents = [doc async for doc in rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]]
+    links = _document_links(kb)
     for document in documents:
         document.knowledge_base = kb
+        document.links = {name: pattern.format(document.pk) for name, pattern in links.items()}
     query = [(k, v) for k, v in (("status", chosen.get("status")), ("tag", chosen.get("tag"))) if v]
     context = _context(
         user,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import Server
-from tests.browser.test_search_pages import check_page
+from tests.browser.test_search_pages import check_page as check_and_photograph
 from tests.factories import CORPUS_DIR
 from tests.support.live_server import live_server, manage, site_environment
 
@@ -70,6 +70,12 @@ def screenshots(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def axe_report() -> dict:
     return {}
+
+
+def check_page(page, name: str, screenshots: Path, axe_report: dict) -> None:
+    """The members' pages' check (axe-core, both widths), and stricter: no violation of any impact."""
+    check_and_photograph(page, name, screenshots, axe_report)
+    assert axe_report[name] == [], axe_report[name]
 
 
 def sign_in(page, site: Server, username: str) -> None:
