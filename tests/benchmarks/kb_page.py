@@ -63,16 +63,25 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="kbsite-kb-page-"))
     with site_environment(root / "var", KBSITE_IN_PROCESS_WORKER="false") as env:
         manage("migrate", "--no-input", env=env)
-        kb_id = manage("shell", "-c", SEED.replace("DOCUMENTS", str(args.documents)), env=env).strip().splitlines()[-1]
+        kb_id = (
+            manage("shell", "-c", SEED.replace("DOCUMENTS", str(args.documents)), env=env)
+            .strip()
+            .splitlines()[-1]
+        )
         token = manage("create_api_token", "owner", "--name", "bench", env=env).strip().splitlines()[-1]
         with live_server(env, root / "server.log") as server:
             page = httpx.Client(base_url=server.url, follow_redirects=True, timeout=60)
             login = page.get("/accounts/login/")
             csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text).group(1)
-            page.post("/accounts/login/", data={"username": "owner", "password": "bench-pw", "csrfmiddlewaretoken": csrf})
+            page.post(
+                "/accounts/login/",
+                data={"username": "owner", "password": "bench-pw", "csrfmiddlewaretoken": csrf},
+            )
             api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
             kinds = {
-                "API list (reference)": lambda: api.get(f"/api/v1/kbs/{kb_id}/documents", params={"limit": 25}),
+                "API list (reference)": lambda: api.get(
+                    f"/api/v1/kbs/{kb_id}/documents", params={"limit": 25}
+                ),
                 "page, unfiltered": lambda: page.get(f"/kbs/{kb_id}/"),
                 "page, one tag": lambda: page.get(f"/kbs/{kb_id}/", params={"tag": "t3"}),
                 "page, failed only": lambda: page.get(f"/kbs/{kb_id}/", params={"status": "failed"}),
@@ -88,7 +97,9 @@ def main() -> None:
     print(f"{args.documents} documents, {args.requests} requests each")
     for name, values in times.items():
         median, p90 = statistics.median(values), statistics.quantiles(values, n=10)[-1]
-        print(f"{name:22} median {median:7.1f} ms  p90 {p90:7.1f} ms  {median / reference:5.2f}x the API's median")
+        print(
+            f"{name:22} median {median:7.1f} ms  p90 {p90:7.1f} ms  {median / reference:5.2f}x the API's median"
+        )
 
 
 if __name__ == "__main__":
