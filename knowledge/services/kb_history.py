@@ -12,7 +12,9 @@ from django.utils.text import capfirst
 from knowledge.models import KnowledgeBase, Membership
 
 
-def _record(*, actor: AbstractBaseUser, kb: KnowledgeBase, action: int, message: list[dict] | str) -> LogEntry:
+def _record(
+    *, actor: AbstractBaseUser, kb: KnowledgeBase, action: int, message: list[dict] | str
+) -> LogEntry:
     # The message takes the admin's own structure, so its History page reads these like its inline edits.
     return LogEntry.objects.create(
         user_id=actor.pk,
@@ -38,7 +40,15 @@ def record_member_changed(*, actor: AbstractBaseUser, membership: Membership, pr
         actor=actor,
         kb=membership.knowledge_base,
         action=CHANGE,
-        message=[{"changed": {"name": "membership", "object": f"{membership} (was {previous_role})", "fields": ["role"]}}],
+        message=[
+            {
+                "changed": {
+                    "name": "membership",
+                    "object": f"{membership} (was {previous_role})",
+                    "fields": ["role"],
+                }
+            }
+        ],
     )
 
 

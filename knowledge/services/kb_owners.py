@@ -6,12 +6,14 @@ chunk settings also sends the KB's indexed documents back to the workers, to be 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
 from knowledge.errors import InvalidInput
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
@@ -21,6 +23,9 @@ from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import PermissionService
 
 CHUNK_FIELDS = ("chunk_size", "chunk_overlap")
+# Slugs are at most 100 characters: room for "-" and a number or eight hex digits.
+MAX_SLUG_BASE = 90
+SLUG_TRIES = 50
 # A document pending is chunked with the new settings anyway; a failed one waits for its own retry.
 RECHUNKED = (DocumentStatus.READY, DocumentStatus.PROCESSING)
 
@@ -50,6 +55,7 @@ class KnowledgeBaseOwnerService:
         with transaction.atomic():
             kb = self.knowledge_bases.create_knowledge_base(
                 name=name,
+                slug=self.free_slug(name),
                 owner=actor,
                 description=description,
                 chunk_size=chunk_size,
@@ -57,6 +63,17 @@ class KnowledgeBaseOwnerService:
             )
             kb_history.record_kb_created(actor=actor, kb=kb)
         return kb
+
+    @staticmethod
+    def free_slug(name: str) -> str:
+        """A slug for the name no KB has yet: the form asks for none, and another member's KB (which this
+        one may not even see) may have taken the obvious one. Names without Latin letters get a random one."""
+        base = slugify(name or "")[:MAX_SLUG_BASE]
+        if not base:
+            return f"kb-{uuid.uuid4().hex[:8]}"
+        candidates = [base, *(f"{base}-{number}" for number in range(2, SLUG_TRIES + 1))]
+        taken = set(KnowledgeBase.objects.filter(slug__in=candidates).values_list("slug", flat=True))
+        return next((slug for slug in candidates if slug not in taken), f"{base}-{uuid.uuid4().hex[:8]}")
 
     def change_settings(self, *, actor: AbstractBaseUser, kb: KnowledgeBase, **values) -> SettingsChange:
         """Rename, describe or re-chunk the KB (the caller has checked `actor` is an owner).

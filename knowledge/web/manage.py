@@ -41,7 +41,9 @@ PAGE_SIZE = 25
 SETTINGS_FIELDS = ("name", "description", "chunk_size", "chunk_overlap")
 
 
-async def _kb_and_role(request: HttpRequest, kb_id: UUID, least: Role) -> tuple[AbstractBaseUser, KnowledgeBase, Role]:
+async def _kb_and_role(
+    request: HttpRequest, kb_id: UUID, least: Role
+) -> tuple[AbstractBaseUser, KnowledgeBase, Role]:
     """The KB and the user's role if it is at least `least`: 404 for one they may not read, 403 if too low."""
     user = await request.auser()
     permissions = PermissionService()
@@ -66,7 +68,26 @@ async def _document_of(kb: KnowledgeBase, document_id: UUID) -> Document:
 def _kb_url(kb: KnowledgeBase, back: str = "", fragment: str = "messages") -> str:
     """The KB's page with the filters it was left with (a query string, rebuilt so nothing else rides on it)."""
     query = urlencode(parse_qsl(back)[:10])
-    return reverse("web:kb", args=[kb.pk]) + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else "")
+    return (
+        reverse("web:kb", args=[kb.pk])
+        + (f"?{query}" if query else "")
+        + (f"#{fragment}" if fragment else "")
+    )
+
+
+def _document_links(kb: KnowledgeBase) -> dict[str, str]:
+    """Each document action's URL with `{}` for the document's id, reversed once a page, not once a row:
+    in an async view each reverse looks up the active language through asgiref's context-local storage."""
+    placeholder = str(UUID(int=0))
+    names = {"read": "web:document"} | {
+        action: f"web:kb_document_{action}" for action in ("labels", "delete", "retry", "archive", "restore")
+    }
+    return {
+        key: reverse(name, args=[UUID(int=0)] if key == "read" else [kb.pk, UUID(int=0)]).replace(
+            placeholder, "{}"
+        )
+        for key, name in names.items()
+    }
 
 
 def _context(user, kb: KnowledgeBase, role: Role, **extra) -> dict:
@@ -96,7 +117,12 @@ async def new_knowledge_base(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"{kb.name} is yours: upload documents to it, and add its members.")
             return HttpResponseRedirect(reverse("web:kb", args=[kb.pk]))
     context = {"viewer": user, "section": "kbs", "form": form, "may_create": may_create}
-    return render(request, "knowledge/web/kb_new.html", context, status=403 if not may_create else 422 if form.errors else 200)
+    return render(
+        request,
+        "knowledge/web/kb_new.html",
+        context,
+        status=403 if not may_create else 422 if form.errors else 200,
+    )
 
 
 @login_required
@@ -109,8 +135,10 @@ async def knowledge_base(request: HttpRequest, kb_id: UUID) -> HttpResponse:
     pages = max(1, ceil(total / PAGE_SIZE))
     page = min(chosen.get("page") or 1, pages)
     documents = [doc async for doc in rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]]
+    links = _document_links(kb)
     for document in documents:
         document.knowledge_base = kb
+        document.links = {name: pattern.format(document.pk) for name, pattern in links.items()}
     query = [(k, v) for k, v in (("status", chosen.get("status")), ("tag", chosen.get("tag"))) if v]
     context = _context(
         user,
@@ -174,11 +202,15 @@ async def document_labels(request: HttpRequest, kb_id: UUID, document_id: UUID) 
             except (KnowledgeError, SearchError) as exc:
                 form.add_error(None, exc.message)
             else:
-                messages.success(request, f"{document.title}: tags and metadata saved; searches filter by them now.")
+                messages.success(
+                    request, f"{document.title}: tags and metadata saved; searches filter by them now."
+                )
                 return HttpResponseRedirect(_kb_url(kb, back))
     else:
         form = DocumentLabelsForm(initial={"tags": document.tags, "metadata": document.metadata})
-    context = _context(user, kb, role, document=document, form=form, back=back, back_href=_kb_url(kb, back, ""))
+    context = _context(
+        user, kb, role, document=document, form=form, back=back, back_href=_kb_url(kb, back, "")
+    )
     return render(request, "knowledge/web/document_labels.html", context)
 
 
@@ -201,7 +233,12 @@ async def delete_document(request: HttpRequest, kb_id: UUID, document_id: UUID) 
 
 
 async def _members(kb: KnowledgeBase) -> list[Membership]:
-    return [m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("user__username")]
+    return [
+        m
+        async for m in Membership.objects.filter(knowledge_base=kb)
+        .select_related("user")
+        .order_by("user__username")
+    ]
 
 
 @login_required
@@ -226,7 +263,9 @@ async def members(request: HttpRequest, kb_id: UUID) -> HttpResponse:
             else:
                 messages.success(request, f"{name} is now {now} of {kb.name} (was {previous}).")
             return HttpResponseRedirect(reverse("web:kb_members", args=[kb.pk]) + "#messages")
-    context = _context(user, kb, role, form=form, members=await _members(kb), roles=form.fields["role"].choices)
+    context = _context(
+        user, kb, role, form=form, members=await _members(kb), roles=form.fields["role"].choices
+    )
     return render(request, "knowledge/web/kb_members.html", context, status=422 if form.errors else 200)
 
 
@@ -246,7 +285,8 @@ async def member_role(request: HttpRequest, kb_id: UUID, user_id: int) -> HttpRe
             messages.error(request, exc.message)
         else:
             messages.success(
-                request, f"{membership.user.get_username()} is now {membership.get_role_display().lower()} of {kb.name}."
+                request,
+                f"{membership.user.get_username()} is now {membership.get_role_display().lower()} of {kb.name}.",
             )
     return await _back_to_members(request, user, kb)
 
@@ -260,7 +300,10 @@ async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int) -> Http
     except KnowledgeError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"You left {kb.name}." if user_id == user.pk else f"The member is removed from {kb.name}.")
+        messages.success(
+            request,
+            f"You left {kb.name}." if user_id == user.pk else f"The member is removed from {kb.name}.",
+        )
     return await _back_to_members(request, user, kb)
 
 
@@ -283,7 +326,9 @@ async def kb_settings(request: HttpRequest, kb_id: UUID) -> HttpResponse:
         form = KnowledgeBaseSettingsForm(request.POST)
         if form.is_valid():
             try:
-                change = await KnowledgeBaseOwnerService().achange_settings(actor=user, kb=kb, **form.cleaned_data)
+                change = await KnowledgeBaseOwnerService().achange_settings(
+                    actor=user, kb=kb, **form.cleaned_data
+                )
             except KnowledgeError as exc:
                 form.add_error(None, exc.message)
             else:
@@ -319,7 +364,12 @@ async def _settings_page(request, user, kb, role, form, delete_form) -> HttpResp
         progress=await kb_indexing_progress(kb),
         member_count=await Membership.objects.filter(knowledge_base=kb).acount(),
     )
-    return render(request, "knowledge/web/kb_settings.html", context, status=422 if form.errors or delete_form.errors else 200)
+    return render(
+        request,
+        "knowledge/web/kb_settings.html",
+        context,
+        status=422 if form.errors or delete_form.errors else 200,
+    )
 
 
 @login_required
@@ -330,11 +380,15 @@ async def delete_knowledge_base(request: HttpRequest, kb_id: UUID) -> HttpRespon
     if form.is_valid():
         name = kb.name
         try:
-            await KnowledgeBaseOwnerService().adelete(actor=user, kb=kb, typed_name=form.cleaned_data["confirm_name"])
+            await KnowledgeBaseOwnerService().adelete(
+                actor=user, kb=kb, typed_name=form.cleaned_data["confirm_name"]
+            )
         except (KnowledgeError, SearchError) as exc:
             form.add_error("confirm_name", exc.message)
         else:
             messages.success(request, f"{name} is deleted, with its documents.")
             return HttpResponseRedirect(reverse("web:knowledge_bases") + "#messages")
-    settings_form = KnowledgeBaseSettingsForm(initial={field: getattr(kb, field) for field in SETTINGS_FIELDS})
+    settings_form = KnowledgeBaseSettingsForm(
+        initial={field: getattr(kb, field) for field in SETTINGS_FIELDS}
+    )
     return await _settings_page(request, user, kb, role, settings_form, form)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import Server
-from tests.browser.test_search_pages import check_page
+from tests.browser.test_search_pages import check_page as check_and_photograph
 from tests.factories import CORPUS_DIR
 from tests.support.live_server import live_server, manage, site_environment
 
@@ -72,6 +72,12 @@ def axe_report() -> dict:
     return {}
 
 
+def check_page(page, name: str, screenshots: Path, axe_report: dict) -> None:
+    """The members' pages' check (axe-core, both widths), and stricter: no violation of any impact."""
+    check_and_photograph(page, name, screenshots, axe_report)
+    assert axe_report[name] == [], axe_report[name]
+
+
 def sign_in(page, site: Server, username: str) -> None:
     page.goto(f"{site.url}/accounts/login/")
     page.get_by_label("User name").fill(username)
@@ -94,7 +100,9 @@ def test_a_newcomer_creates_a_knowledge_base_with_the_keyboard(page, owners_site
     expect(page.locator("main")).to_contain_text("or create one")
     page.get_by_role("link", name="New knowledge base").click()
     expect(page.get_by_label("Chunk size (tokens)")).to_have_value("200")
-    expect(page.get_by_label("Chunk size (tokens)")).to_have_accessible_description(re.compile("The default, 200"))
+    expect(page.get_by_label("Chunk size (tokens)")).to_have_accessible_description(
+        re.compile("The default, 200")
+    )
 
     page.get_by_label("Name").fill("Team handbook")
     page.get_by_label("Chunk overlap (tokens)").fill("300")
@@ -113,7 +121,9 @@ def test_a_newcomer_creates_a_knowledge_base_with_the_keyboard(page, owners_site
     check_page(page, "kb-empty", screenshots, axe_report)
 
 
-def test_an_editor_retries_filters_labels_archives_and_deletes_documents(page, owners_site, screenshots, axe_report):
+def test_an_editor_retries_filters_labels_archives_and_deletes_documents(
+    page, owners_site, screenshots, axe_report
+):
     from playwright.sync_api import expect
 
     sign_in(page, owners_site, "editor")
@@ -178,7 +188,9 @@ def test_an_owner_adds_changes_and_removes_members_but_cannot_leave_as_the_last_
     page.get_by_role("navigation", name="Kitchen notes").get_by_role("link", name="Members").click()
     page.get_by_label("User name or e-mail").fill("nobody@example.org")
     page.get_by_label("User name or e-mail").press("Enter")
-    expect(page.get_by_label("User name or e-mail")).to_have_accessible_description(re.compile("no active user"))
+    expect(page.get_by_label("User name or e-mail")).to_have_accessible_description(
+        re.compile("no active user")
+    )
 
     page.get_by_label("User name or e-mail").fill("colleague@example.org")
     page.get_by_label("Role", exact=True).select_option("editor")
@@ -194,7 +206,9 @@ def test_an_owner_adds_changes_and_removes_members_but_cannot_leave_as_the_last_
     expect(page.locator("#messages")).to_contain_text("removed")
     expect(page.locator(".member-list")).not_to_contain_text("colleague")
     page.get_by_role("button", name="Leave").click()
-    expect(page.locator("#messages")).to_contain_text("owner is the last owner of 'Kitchen notes': add another owner first.")
+    expect(page.locator("#messages")).to_contain_text(
+        "owner is the last owner of 'Kitchen notes': add another owner first."
+    )
     expect(page.locator(".member-list")).to_contain_text("owner")
 
 
@@ -211,7 +225,9 @@ def test_an_owner_rechunks_watching_the_progress_and_deletes_a_kb_by_typing_its_
     page.get_by_role("button", name="Save settings").click()
     expect(page.locator("#messages")).to_contain_text("being chunked again")
     # The progress bar shows while the worker chunks them again, then gives way to "indexed".
-    expect(page.locator("#indexing")).to_contain_text("Every document is indexed", timeout=INDEXING_TIMEOUT_MS)
+    expect(page.locator("#indexing")).to_contain_text(
+        "Every document is indexed", timeout=INDEXING_TIMEOUT_MS
+    )
     check_page(page, "kb-settings", screenshots, axe_report)
 
     page.goto(f"{owners_site.url}/kbs/")

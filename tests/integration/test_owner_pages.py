@@ -75,7 +75,8 @@ class TestCreatingAKnowledgeBase:
         assert "The default, 200" in form and "At most 254" in form
 
         response = client.post(
-            NEW, {"name": "Team handbook", "description": "How we work", "chunk_size": 120, "chunk_overlap": 20}
+            NEW,
+            {"name": "Team handbook", "description": "How we work", "chunk_size": 120, "chunk_overlap": 20},
         )
 
         kb = KnowledgeBase.objects.get(name="Team handbook")
@@ -85,6 +86,16 @@ class TestCreatingAKnowledgeBase:
         assert [(e.action_flag, e.user_id) for e in history(kb)] == [(ADDITION, user.pk)]
         page = html_of(client.get(kb_url(kb)))
         assert "Team handbook is yours" in page and "you are owner" in page
+
+    def test_two_people_may_each_have_a_kb_of_the_same_name_and_any_script_may_name_one(self, client):
+        make_kb(owner=make_user(username="first"), name="Team handbook")
+        client.force_login(make_user(username="second"))
+        for name in ("Team handbook", "Справочник"):
+            response = client.post(NEW, {"name": name, "chunk_size": 200, "chunk_overlap": 40})
+            assert response.status_code == 302, html_of(response)
+        slugs = set(KnowledgeBase.objects.values_list("slug", flat=True))
+        assert {"team-handbook", "team-handbook-2"} <= slugs
+        assert any(re.fullmatch(r"kb-[0-9a-f]{8}", slug) for slug in slugs)
 
     def test_chunk_settings_the_model_cannot_take_are_refused_and_nothing_is_made(self, client):
         client.force_login(make_user(username="newcomer"))
@@ -127,7 +138,9 @@ class TestAKnowledgeBasesDocuments:
         for number in range(30):
             make_document(kb=kb, title=f"Note {number:02d}", tags=["odd" if number % 2 else "even", "all"])
         failed = Document.objects.get(knowledge_base=kb, title="Note 07")
-        Document.objects.filter(pk=failed.pk).update(status=DocumentStatus.FAILED, error="The file is damaged.")
+        Document.objects.filter(pk=failed.pk).update(
+            status=DocumentStatus.FAILED, error="The file is damaged."
+        )
         client.force_login(owner)
 
         first = html_of(client.get(kb_url(kb)))
@@ -178,7 +191,9 @@ class TestAKnowledgeBasesDocuments:
     def test_an_editor_retries_a_failed_document(self, client, owner):
         kb = make_kb(owner=owner, name="Retries")
         document = make_document(kb=kb, title="Broken")
-        Document.objects.filter(pk=document.pk).update(status=DocumentStatus.FAILED, error="Damaged.", attempts=5)
+        Document.objects.filter(pk=document.pk).update(
+            status=DocumentStatus.FAILED, error="Damaged.", attempts=5
+        )
         editor = make_user(username="editor")
         add_member(kb, editor, Role.EDITOR)
         client.force_login(editor)
@@ -206,15 +221,26 @@ class TestAKnowledgeBasesDocuments:
         form = html_of(client.get(doc_url(document, "web:kb_document_labels")))
         assert "insects" in form and "year=2021" in form
         response = client.post(
-            doc_url(document, "web:kb_document_labels"), {"tags": "insects, farming", "metadata": "year=2024\nstatus=final"}
+            doc_url(document, "web:kb_document_labels"),
+            {"tags": "insects, farming", "metadata": "year=2024\nstatus=final"},
         )
         assert response.status_code == 302
         document.refresh_from_db()
-        assert (document.tags, document.metadata) == (["insects", "farming"], {"year": 2024, "status": "final"})
-        chunks, _ = async_to_sync(ChunkService().get_chunks_by_document)(kb_id=kb.pk, document_id=document.pk, limit=5)
-        assert chunks and all(chunk.tags == ("insects", "farming") and chunk.metadata == {"year": 2024, "status": "final"} for chunk in chunks)
+        assert (document.tags, document.metadata) == (
+            ["insects", "farming"],
+            {"year": 2024, "status": "final"},
+        )
+        chunks, _ = async_to_sync(ChunkService().get_chunks_by_document)(
+            kb_id=kb.pk, document_id=document.pk, limit=5
+        )
+        assert chunks and all(
+            chunk.tags == ("insects", "farming") and chunk.metadata == {"year": 2024, "status": "final"}
+            for chunk in chunks
+        )
 
-        refused = client.post(doc_url(document, "web:kb_document_labels"), {"tags": "", "metadata": "not a pair"})
+        refused = client.post(
+            doc_url(document, "web:kb_document_labels"), {"tags": "", "metadata": "not a pair"}
+        )
         assert "is not key=value" in html_of(refused)
 
     def test_deleting_a_document_says_what_is_lost_then_removes_it_and_its_chunks(self, client, bees):
@@ -231,7 +257,9 @@ class TestAKnowledgeBasesDocuments:
 
 
 class TestMembers:
-    def test_an_owner_adds_by_user_name_or_e_mail_changes_a_role_and_removes_all_recorded(self, client, owner):
+    def test_an_owner_adds_by_user_name_or_e_mail_changes_a_role_and_removes_all_recorded(
+        self, client, owner
+    ):
         kb = make_kb(owner=owner, name="Team")
         make_user(username="rita")
         pat = make_user(username="pat", email="Pat@Example.org")
@@ -292,7 +320,9 @@ class TestMembers:
         editor = make_user(username="editor")
         add_member(kb, editor, Role.EDITOR)
         client.force_login(editor)
-        assert client.post(kb_url(kb, "web:kb_members"), {"user": "editor", "role": "owner"}).status_code == 403
+        assert (
+            client.post(kb_url(kb, "web:kb_members"), {"user": "editor", "role": "owner"}).status_code == 403
+        )
         assert client.post(reverse("web:kb_member_remove", args=[kb.pk, owner.pk])).status_code == 403
         assert Membership.objects.get(knowledge_base=kb, user=editor).role == Role.EDITOR
 
@@ -311,7 +341,12 @@ class TestSettings:
         assert re.search(r'<progress id="indexing-progress" max="1" value="0">', page)
         kb.refresh_from_db()
         document.refresh_from_db()
-        assert (kb.name, kb.description, kb.chunk_size, kb.chunk_overlap) == ("Nature", "Bees and more", 48, 8)
+        assert (kb.name, kb.description, kb.chunk_size, kb.chunk_overlap) == (
+            "Nature",
+            "Bees and more",
+            48,
+            8,
+        )
         assert document.status == DocumentStatus.PENDING
         [entry] = [e for e in history(kb) if e.action_flag == CHANGE]
         assert entry.get_change_message() == "Changed Name, Description, Chunk size and Chunk overlap."
@@ -328,10 +363,15 @@ class TestSettings:
         kb, document = bees
         client.force_login(kb.owner)
         page = html_of(client.get(kb_url(kb, "web:kb_settings")))
-        assert "removes its 1 document (text, labels and indexed passages)" in page and "its 1 member." in page
+        assert (
+            "removes its 1 document (text, labels and indexed passages)" in page and "its 1 member." in page
+        )
 
         refused = client.post(kb_url(kb, "web:kb_delete"), {"confirm_name": "nature notes"})
-        assert refused.status_code == 422 and "Type the knowledge base&#x27;s name, Nature notes, exactly" in html_of(refused)
+        assert (
+            refused.status_code == 422
+            and "Type the knowledge base&#x27;s name, Nature notes, exactly" in html_of(refused)
+        )
         assert KnowledgeBase.objects.filter(pk=kb.pk).exists()
 
         response = client.post(kb_url(kb, "web:kb_delete"), {"confirm_name": "Nature notes"})
