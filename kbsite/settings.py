@@ -226,6 +226,8 @@ EMBEDDING = {
 CHUNKING = {
     "SIZE": env_number("CHUNK_SIZE", 200),
     "OVERLAP": env_number("CHUNK_OVERLAP", 40),
+    # A document that would make more chunks fails, saying so, rather than taking hours to embed.
+    "MAX_CHUNKS_PER_DOCUMENT": env_number("KBSITE_MAX_CHUNKS_PER_DOCUMENT", 20_000),
 }
 
 # Ingestion: what an upload may be, and how the worker retries and holds documents.

@@ -65,3 +65,9 @@ class ArchiveModelMismatch(KnowledgeError):
     """An archive's vectors come from another embedding model (or size) than the site's."""
 
     code = "archive_model_mismatch"
+
+
+class PreviewInProgress(KnowledgeError):
+    """A member's chunk preview while another of theirs still runs: one at a time each."""
+
+    code = "preview_in_progress"

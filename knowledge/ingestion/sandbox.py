@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from knowledge.ingestion.extraction import ExtractedText, ExtractionError, extract_text
 
@@ -70,6 +71,27 @@ async def extract_text_in_sandbox(
     *, data: bytes, filename: str, budget: ExtractionBudget | None = None
 ) -> ExtractedText:
     """extract_text in a child process within the budget; over budget, or unreadable, raises ExtractionError."""
+    reply = await _child_reply(data=data, filename=filename, budget=budget, task=None)
+    return ExtractedText(
+        text=reply["text"], title=reply["title"], format=reply["format"], page_starts=reply["page_starts"]
+    )
+
+
+async def run_on_extracted_text_in_sandbox(
+    *, data: bytes, filename: str, task: str, arguments: dict, budget: ExtractionBudget | None = None
+) -> dict:
+    """`task(extracted, **arguments)` (a dotted name; ExtractedText in, JSON out) in the extraction's child.
+
+    Only what the task answers comes back, not the text: work that grows with the text (chunking a
+    preview) stays in the child, within the extraction's budget of memory and time.
+    """
+    reply = await _child_reply(data=data, filename=filename, budget=budget, task=[task, arguments])
+    return reply["result"]
+
+
+async def _child_reply(
+    *, data: bytes, filename: str, budget: ExtractionBudget | None, task: list | None
+) -> dict:
     budget = budget or ExtractionBudget.from_settings()
     ingestion = getattr(settings, "INGESTION", {})
     request = {
@@ -77,6 +99,7 @@ async def extract_text_in_sandbox(
         "seconds": budget.seconds,
         "memory_bytes": int(budget.memory_mb * 1024 * 1024),
         "ingestion": {name: ingestion[name] for name in _EXTRACTION_SETTINGS if name in ingestion},
+        "task": task,
     }
     started = time.monotonic()
     child = await asyncio.create_subprocess_exec(
@@ -101,16 +124,15 @@ async def extract_text_in_sandbox(
             await asyncio.shield(child.wait())
             _log_usage(filename, started, peak_rss_kb, "stopped")
     reply = _reply(child.returncode, stdout, stderr, filename, budget)
-    _log_usage(filename, started, reply.get("peak_rss_kb"), "failed" if "text" not in reply else "read")
+    outcome = "read" if "text" in reply or "result" in reply else "failed"
+    _log_usage(filename, started, reply.get("peak_rss_kb"), outcome)
     for message in reply.get("log", []):
         logger.info("%s", message)
     if reply.get("limit") == "memory":
         raise budget.too_big(filename)
     if "error" in reply:
         raise ExtractionError(reply["error"])
-    return ExtractedText(
-        text=reply["text"], title=reply["title"], format=reply["format"], page_starts=reply["page_starts"]
-    )
+    return reply
 
 
 def _reply(returncode: int, stdout: bytes, stderr: bytes, filename: str, budget: ExtractionBudget) -> dict:
@@ -186,12 +208,16 @@ def main() -> None:
     try:
         data = sys.stdin.buffer.read()
         extracted = extract_text(data=data, filename=request["filename"])
-        reply = {
-            "text": extracted.text,
-            "title": extracted.title,
-            "format": extracted.format,
-            "page_starts": extracted.page_starts,
-        }
+        if request.get("task"):
+            task, arguments = request["task"]
+            reply = {"result": import_string(task)(extracted, **arguments)}
+        else:
+            reply = {
+                "text": extracted.text,
+                "title": extracted.title,
+                "format": extracted.format,
+                "page_starts": extracted.page_starts,
+            }
     except ExtractionError as error:
         reply = {"error": error.message}
     except MemoryError:
