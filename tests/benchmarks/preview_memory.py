@@ -38,8 +38,11 @@ def main() -> None:
     options = parser.parse_args()
     os.environ["KBSITE_VAR_DIR"] = tempfile.mkdtemp(prefix="kbsite-preview-bench-")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kbsite.settings")
-    # Under a loaded machine the default 120 s budget could end the run before it measures anything.
+    # Measure the whole chunking, not its refusal: under load the default 120 s could end it, 16-token
+    # chunks of 4.9 MB need more than the default 1024 MB child, and make more than 20,000 chunks.
     os.environ.setdefault("KBSITE_EXTRACTION_SECONDS", "900")
+    os.environ.setdefault("KBSITE_EXTRACTION_MEMORY_MB", "4096")
+    os.environ.setdefault("KBSITE_MAX_CHUNKS_PER_DOCUMENT", "10000000")
     import django
 
     django.setup()
