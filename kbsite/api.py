@@ -60,6 +60,7 @@ STATUS = {
     knowledge_errors.PermissionDenied: 403,
     knowledge_errors.DuplicateSlug: 409,
     knowledge_errors.DuplicateDocument: 409,
+    knowledge_errors.PreviewInProgress: 409,
     knowledge_errors.UploadTooLarge: 413,
     knowledge_errors.UnsupportedFormat: 415,
     ExtractionError: 422,

@@ -110,6 +110,12 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "knowledge.web.lockout.locked_out"
 # Only failed attempts matter for the lockout; a row per successful login would grow without end.
 AXES_DISABLE_ACCESS_LOG = True
+# The address a lockout counts against is one a client cannot choose. uvicorn takes X-Forwarded-For as
+# the client's address from any connection on 127.0.0.1, so a client there could claim a new address per
+# attempt: by default a request carrying that header counts against one shared address instead. Behind
+# proxies, name them (comma-separated addresses): the address the nearest of them saw is used.
+AXES_CLIENT_IP_CALLABLE = "knowledge.web.lockout.client_address"
+LOGIN_TRUSTED_PROXIES = env_list("KBSITE_TRUSTED_PROXIES", [])
 
 ROOT_URLCONF = "kbsite.urls"
 
@@ -223,6 +229,8 @@ EMBEDDING = {
 CHUNKING = {
     "SIZE": env_number("CHUNK_SIZE", 200),
     "OVERLAP": env_number("CHUNK_OVERLAP", 40),
+    # A document that would make more chunks fails, saying so, rather than taking hours to embed.
+    "MAX_CHUNKS_PER_DOCUMENT": env_number("KBSITE_MAX_CHUNKS_PER_DOCUMENT", 20_000),
 }
 
 # Who may create knowledge bases (members' pages and API): everyone signed in, "staff", or "group:<name>".

@@ -408,7 +408,7 @@ class DocumentAdmin(admin.ModelAdmin):
             # "Preview chunks" shows the page again with each file's chunks; "Upload" queues the files.
             if "preview" not in request.POST:
                 return self._upload(request, form.cleaned_data["knowledge_base"], form.cleaned_data)
-            previews = self._previews(form.cleaned_data)
+            previews = self._previews(form.cleaned_data, user_id=request.user.pk)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -421,13 +421,14 @@ class DocumentAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/knowledge/document/upload.html", context)
 
     @staticmethod
-    def _previews(cleaned: dict) -> list[dict]:
+    def _previews(cleaned: dict, *, user_id: int) -> list[dict]:
         """Each file's chunk preview, or why it cannot be read; no document is made."""
         service, previews = ChunkPreviewService(), []
         for upload in cleaned["files"]:
             try:
                 preview = service.preview(
                     kb=cleaned["knowledge_base"],
+                    user_id=user_id,
                     filename=upload.name,
                     data=upload.read(),
                     chunk_size=cleaned["preview_chunk_size"],

@@ -263,7 +263,7 @@ async def preview_chunks(
     DocumentService.check_upload_size(file.name, file.size)
     data = await sync_to_async(file.read, thread_sensitive=False)()
     return await ChunkPreviewService().apreview(
-        kb=kb, filename=file.name, data=data, chunk_size=form.chunk_size, chunk_overlap=form.chunk_overlap
+        kb=kb, user_id=request.auth.pk, filename=file.name, data=data, chunk_size=form.chunk_size, chunk_overlap=form.chunk_overlap
     )
 
 

@@ -71,3 +71,9 @@ class RebuildSuperseded(KnowledgeError):
     """A rebuild found at its switch that another rebuild (or a delete) changed the KB first: it kept nothing."""
 
     code = "rebuild_superseded"
+
+
+class PreviewInProgress(KnowledgeError):
+    """A member's chunk preview while another of theirs still runs: one at a time each."""
+
+    code = "preview_in_progress"

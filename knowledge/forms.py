@@ -14,7 +14,7 @@ from knowledge.services.document_metadata import (
     labels_fingerprint,
     parse_metadata_pairs,
 )
-from knowledge.services.knowledge_bases import KnowledgeBaseService
+from knowledge.services.knowledge_bases import MIN_CHUNK_TOKENS, KnowledgeBaseService
 from search.services.search import MAX_LIMIT, MAX_QUERY_CHARS
 
 
@@ -120,7 +120,7 @@ class UploadForm(forms.Form):
     # Only "Preview chunks" reads these: uploads are always chunked with the knowledge base's settings.
     preview_chunk_size = forms.IntegerField(
         label="Preview chunk size",
-        min_value=1,
+        min_value=MIN_CHUNK_TOKENS,
         required=False,
         help_text="Tokens per chunk to preview with; empty: the knowledge base's. Uploads always use the "
         "knowledge base's settings.",

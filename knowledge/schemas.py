@@ -11,6 +11,7 @@ from ninja import Field, Schema
 from pydantic import ConfigDict
 
 from knowledge.models import Document, KnowledgeBase, Membership, Role
+from knowledge.services.knowledge_bases import MIN_CHUNK_TOKENS
 from search.schemas import InputSchema
 
 RoleName = Literal["reader", "editor", "owner"]
@@ -30,7 +31,7 @@ class KnowledgeBaseIn(InputSchema):
     )
     description: str = Field("", max_length=10_000)
     chunk_size: int | None = Field(
-        None, ge=1, le=254, description="Tokens per chunk (default from settings)."
+        None, ge=MIN_CHUNK_TOKENS, le=254, description="Tokens per chunk (default from settings)."
     )
     chunk_overlap: int | None = Field(
         None, ge=0, le=253, description="Tokens shared with the previous chunk."
@@ -44,7 +45,7 @@ class KnowledgeBasePatch(InputSchema):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     description: str | None = Field(None, max_length=10_000)
-    chunk_size: int | None = Field(None, ge=1, le=254)
+    chunk_size: int | None = Field(None, ge=MIN_CHUNK_TOKENS, le=254)
     chunk_overlap: int | None = Field(None, ge=0, le=253)
 
 
@@ -229,7 +230,7 @@ class ChunkQuery(Schema):
 class ChunkPreviewIn(InputSchema):
     """The form fields sent with a file to preview; left out, the knowledge base's own settings apply."""
 
-    chunk_size: int | None = Field(None, ge=1, le=254, description="Tokens per chunk.")
+    chunk_size: int | None = Field(None, ge=MIN_CHUNK_TOKENS, le=254, description="Tokens per chunk.")
     chunk_overlap: int | None = Field(None, ge=0, le=253, description="Tokens shared with the chunk before.")
 
 

@@ -25,6 +25,7 @@ from knowledge.ingestion.sandbox import extract_text_in_sandbox
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import max_chunks_per_document, too_many_chunks
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
@@ -175,6 +176,8 @@ class IngestionService:
         chunks: list[TextChunk] = await sync_to_async(chunker.split, thread_sensitive=False)(document.text)
         if not chunks:
             raise ExtractionError(f"{document.source_name or document.title} contains no text.")
+        if len(chunks) > max_chunks_per_document():
+            raise too_many_chunks(document.source_name or document.title, len(chunks), kb.chunk_size)
         await self.queue.arecord_progress(document_id=document.pk, worker_id=worker_id, done=0, total=len(chunks))
         keywords = await self._keyword_encoder(kb)
         done = 0

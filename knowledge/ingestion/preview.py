@@ -1,18 +1,20 @@
-"""The chunks a file would make with a KB's (or given) chunk settings, read as ingestion reads it."""
+"""The chunks a file would make with a KB's (or given) chunk settings, read and cut as ingestion would."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.cache import cache
 
-from knowledge.ingestion.pipeline import IngestionService
-from knowledge.ingestion.sandbox import extract_text_in_sandbox
+from knowledge.errors import PreviewInProgress
+from knowledge.ingestion.sandbox import ExtractionBudget, run_on_extracted_text_in_sandbox
 from knowledge.models import KnowledgeBase
 from knowledge.services.documents import DocumentService
-from knowledge.services.knowledge_bases import KnowledgeBaseService
-from search.chunking import TextChunk
-from search.pages import page_label, page_range
+from knowledge.services.knowledge_bases import KnowledgeBaseService, max_chunks_per_document, too_many_chunks
+from search.pages import page_label
 
 #: How many chunks a preview shows; the count covers them all.
 PREVIEW_CHUNKS = 50
@@ -50,54 +52,79 @@ class ChunkPreview:
 
 
 class ChunkPreviewService:
-    """Reads an upload in the sandbox and chunks it as ingestion would; no Document row, no Qdrant point."""
+    """Reads an upload in the sandbox and chunks it there as ingestion would; no Document row, no Qdrant point.
 
-    def __init__(self, *, ingestion: IngestionService | None = None) -> None:
-        self.ingestion = ingestion or IngestionService()
+    The chunking runs in the extraction's child, within its budget of memory and time, and one preview
+    at a time per member (per server process, like the rate limits).
+    """
 
     async def apreview(
         self,
         *,
         kb: KnowledgeBase,
+        user_id: int,
         filename: str,
         data: bytes,
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
     ) -> ChunkPreview:
         """The file's chunks with the KB's settings, or those given; refused files raise as uploads do."""
-        settings = KnowledgeBase(
+        chunking = KnowledgeBase(
             chunk_size=kb.chunk_size if chunk_size is None else chunk_size,
             chunk_overlap=kb.chunk_overlap if chunk_overlap is None else chunk_overlap,
         )
-        KnowledgeBaseService.validate_chunking(settings)
+        KnowledgeBaseService.validate_chunking(chunking)
         name, source_format = DocumentService.check_upload(filename, data)
-        # The same child process, budget and refusals as ingestion: a preview is no way around them.
-        extracted = await extract_text_in_sandbox(data=data, filename=name)
-        chunker = self.ingestion.chunker_for(settings)
-        chunks = await sync_to_async(chunker.split, thread_sensitive=False)(extracted.text)
+        async with self._one_at_a_time(user_id):
+            # The same child process, budget and refusals as ingestion: a preview is no way around them.
+            result = await run_on_extracted_text_in_sandbox(
+                data=data,
+                filename=name,
+                task="knowledge.ingestion.preview_chunks.chunk_for_preview",
+                arguments={
+                    "backend": settings.EMBEDDING["BACKEND"],
+                    "size": chunking.chunk_size,
+                    "overlap": chunking.chunk_overlap,
+                    "shown": PREVIEW_CHUNKS,
+                },
+            )
+        if result["chunk_count"] > max_chunks_per_document():
+            raise too_many_chunks(name, result["chunk_count"], chunking.chunk_size)
         return ChunkPreview(
             filename=name,
             format=source_format,
-            title=(extracted.title or DocumentService.default_title(name))[:500],
-            chunk_size=settings.chunk_size,
-            chunk_overlap=settings.chunk_overlap,
-            characters=len(extracted.text),
-            page_count=len(extracted.page_starts) if extracted.page_starts else None,
-            chunk_count=len(chunks),
-            chunks=[self._shown(chunk, extracted.page_starts) for chunk in chunks[:PREVIEW_CHUNKS]],
+            title=(result["title"] or DocumentService.default_title(name))[:500],
+            chunk_size=chunking.chunk_size,
+            chunk_overlap=chunking.chunk_overlap,
+            characters=result["characters"],
+            page_count=result["page_count"],
+            chunk_count=result["chunk_count"],
+            chunks=[
+                PreviewChunk(
+                    index=chunk["index"],
+                    char_start=chunk["char_start"],
+                    char_end=chunk["char_end"],
+                    token_count=chunk["token_count"],
+                    page_start=chunk["pages"][0],
+                    page_end=chunk["pages"][1],
+                    text=chunk["text"],
+                )
+                for chunk in result["chunks"]
+            ],
         )
 
     @staticmethod
-    def _shown(chunk: TextChunk, page_starts: list[int] | None) -> PreviewChunk:
-        first, last = page_range(page_starts, char_start=chunk.char_start, char_end=chunk.char_end)
-        return PreviewChunk(
-            index=chunk.index,
-            char_start=chunk.char_start,
-            char_end=chunk.char_end,
-            token_count=chunk.token_count,
-            page_start=first,
-            page_end=last,
-            text=chunk.content,
-        )
+    @asynccontextmanager
+    async def _one_at_a_time(user_id: int):
+        key = f"kbsite:chunk-preview:{user_id}"
+        # Expires with the budget: a process killed mid-preview does not lock the member out for good.
+        if not await cache.aadd(key, True, timeout=ExtractionBudget.from_settings().seconds + 30):
+            raise PreviewInProgress(
+                "Another chunk preview of yours is still running: wait for it to finish, then try again."
+            )
+        try:
+            yield
+        finally:
+            await cache.adelete(key)
 
     preview = async_to_sync(apreview)

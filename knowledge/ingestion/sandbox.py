@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from knowledge.ingestion.extraction import ExtractedText, ExtractionError, extract_text
 
@@ -110,12 +111,30 @@ async def extract_text_in_sandbox(
     pool = _warm_pool.get()
     if pool is not None and pool.budget == budget:
         return await pool.extract(data=data, filename=filename)
+    return _extracted(await _cold_child_reply(data=data, filename=filename, budget=budget, task=None))
+
+
+async def run_on_extracted_text_in_sandbox(
+    *, data: bytes, filename: str, task: str, arguments: dict, budget: ExtractionBudget | None = None
+) -> dict:
+    """`task(extracted, **arguments)` (a dotted name; ExtractedText in, JSON out) in a child of its own.
+
+    Only what the task answers comes back, not the text: work that grows with the text (chunking a
+    preview) stays in the child, within the extraction's budget of memory and time.
+    """
+    budget = budget or ExtractionBudget.from_settings()
+    reply = await _cold_child_reply(data=data, filename=filename, budget=budget, task=[task, arguments])
+    return reply["result"]
+
+
+async def _cold_child_reply(*, data: bytes, filename: str, budget: ExtractionBudget, task: list | None) -> dict:
+    """A child started for this one file: its checked reply (ExtractionError for a failure or a limit)."""
     started = time.monotonic()
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         __name__,
-        json.dumps(_request(filename, budget)),
+        json.dumps({**_request(filename, budget), "task": task}),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -133,7 +152,7 @@ async def extract_text_in_sandbox(
             await asyncio.shield(child.wait())
             _log_usage(filename, started, peak_rss_kb, "stopped")
     reply = _reply(child.returncode, stdout, stderr, filename, budget)
-    return _extracted(reply, filename, started, budget)
+    return _checked(reply, filename, started, budget)
 
 
 def _request(filename: str, budget: ExtractionBudget) -> dict:
@@ -146,15 +165,20 @@ def _request(filename: str, budget: ExtractionBudget) -> dict:
     }
 
 
-def _extracted(reply: dict, filename: str, started: float, budget: ExtractionBudget) -> ExtractedText:
-    """The text a child's reply carries, or the ExtractionError it stands for."""
-    _log_usage(filename, started, reply.get("peak_rss_kb"), "failed" if "text" not in reply else "read")
+def _checked(reply: dict, filename: str, started: float, budget: ExtractionBudget) -> dict:
+    """A child's reply that carries a text or a task's result, or the ExtractionError it stands for."""
+    outcome = "read" if "text" in reply or "result" in reply else "failed"
+    _log_usage(filename, started, reply.get("peak_rss_kb"), outcome)
     for message in reply.get("log", []):
         logger.info("%s", message)
     if reply.get("limit") == "memory":
         raise budget.too_big(filename)
     if "error" in reply:
         raise ExtractionError(reply["error"])
+    return reply
+
+
+def _extracted(reply: dict) -> ExtractedText:
     return ExtractedText(
         text=reply["text"], title=reply["title"], format=reply["format"], page_starts=reply["page_starts"]
     )
@@ -231,7 +255,7 @@ class WarmExtractionPool:
                     await asyncio.shield(self._stop(child))
                     if reply is None:
                         _log_usage(filename, started, peak_rss_kb, "stopped")
-        return _extracted(reply, filename, started, self.budget)
+        return _extracted(_checked(reply, filename, started, self.budget))
 
     async def _ask(self, child: _WarmChild, filename: str, data: bytes) -> dict:
         process = child.process
@@ -376,18 +400,22 @@ def _cpu_seconds_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _read_one(data: bytes, filename: str, collected: _Collected) -> dict:
-    """What the child replies for one file: its text, or why it has none."""
+def _read_one(data: bytes, filename: str, collected: _Collected, task: list | None = None) -> dict:
+    """What the child replies for one file: its text (or what `task` makes of it), or why it has none."""
     collected.messages = []
     reply: dict[str, object]
     try:
         extracted = extract_text(data=data, filename=filename)
-        reply = {
-            "text": extracted.text,
-            "title": extracted.title,
-            "format": extracted.format,
-            "page_starts": extracted.page_starts,
-        }
+        if task:
+            name, arguments = task
+            reply = {"result": import_string(name)(extracted, **arguments)}
+        else:
+            reply = {
+                "text": extracted.text,
+                "title": extracted.title,
+                "format": extracted.format,
+                "page_starts": extracted.page_starts,
+            }
     except ExtractionError as error:
         reply = {"error": error.message}
     except MemoryError:
@@ -410,7 +438,7 @@ def main() -> None:
     _limit_resources(request["seconds"], request["memory_bytes"])
     settings.configure(INGESTION=request["ingestion"])
     collected = _collecting_logs()
-    reply = _read_one(sys.stdin.buffer.read(), request["filename"], collected)
+    reply = _read_one(sys.stdin.buffer.read(), request["filename"], collected, request.get("task"))
     sys.stdout.write(json.dumps(reply))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
@@ -15,6 +16,24 @@ from knowledge.services.text_fields import refuse_unstorable_characters
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
 from search.services.collections import KbIndex
+
+#: The fewest tokens a chunk may be set to: a shorter passage is a few words, too little for the model
+#: to place by meaning (its vectors of such fragments crowd the results), and a document of a few pages
+#: would need thousands of chunks embedded.
+MIN_CHUNK_TOKENS = 16
+
+
+def max_chunks_per_document() -> int:
+    return int(settings.CHUNKING["MAX_CHUNKS_PER_DOCUMENT"])
+
+
+def too_many_chunks(name: str, count: int, chunk_size: int) -> InvalidInput:
+    """The refusal of a document over the chunk cap, the same for its preview and its indexing."""
+    return InvalidInput(
+        f"{name} makes {count} chunks of {chunk_size} tokens, more than the {max_chunks_per_document()} one "
+        "document may have (KBSITE_MAX_CHUNKS_PER_DOCUMENT): split it into smaller files, or use larger chunks."
+    )
+
 
 EDITABLE_KB_FIELDS = ("name", "description", "owner", "chunk_size", "chunk_overlap")
 
@@ -110,8 +129,11 @@ class KnowledgeBaseService:
     @staticmethod
     def validate_chunking(kb: KnowledgeBase) -> None:
         most = embedding_service.embedder.max_chunk_tokens
-        if not 1 <= kb.chunk_size <= most:
-            raise InvalidInput(f"Chunk size must be from 1 to {most} tokens, not {kb.chunk_size}.")
+        if not MIN_CHUNK_TOKENS <= kb.chunk_size <= most:
+            raise InvalidInput(
+                f"Chunk size must be from {MIN_CHUNK_TOKENS} to {most} tokens, not {kb.chunk_size}: fewer carry "
+                "too little meaning for the model, more do not fit its input."
+            )
         if not 0 <= kb.chunk_overlap < kb.chunk_size:
             raise InvalidInput(
                 f"Chunk overlap must be at least 0 and below the chunk size ({kb.chunk_size}), not {kb.chunk_overlap}."

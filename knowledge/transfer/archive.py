@@ -31,10 +31,17 @@ from typing import IO, Any
 from uuid import UUID
 
 import numpy as np
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import models
 
 from knowledge.errors import DamagedArchive, InvalidInput
-from knowledge.models import DocumentStatus, Role
+from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
+from knowledge.services.document_metadata import clean_metadata, clean_tags
+from knowledge.services.text_fields import unstorable_character
+from search.filters import METADATA_FIELD, TAGS_FIELD
 from search.keywords import KeywordSettings
+from search.pages import page_range
 from search.services.chunks import ChunkRecord
 
 FORMAT = "kbsite-knowledge-base"
@@ -47,6 +54,19 @@ DENSE = "dense.npy"
 SOURCES = "sources/"
 DENSE_DTYPE = np.dtype("<f4")
 _READ_BLOCK = 1 << 20
+
+# The most an archive member may unpack to, checked against the zip's index before a byte is read (and
+# zipfile stops reading a member at the size its index gives): an archive of a few kilobytes can hold
+# members of gigabytes. Members read line by line are bounded by line, the others whole.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MEMBERSHIPS_BYTES = 16 << 20
+#: A chunk's line: its text (at most the embedder's 256 tokens) and offsets, with room for JSON escapes.
+MAX_CHUNK_LINE_BYTES = 1 << 20
+MAX_VECTOR_SIZE = 65_536
+_NPY_HEADER_BYTES = 1 << 16
+# JSON may write a character as a 6-byte \uXXXX escape; labels and fields beside the text are small.
+_ESCAPED_BYTES_PER_CHAR = 6
+_DOCUMENT_LINE_EXTRA_BYTES = 1 << 20
 
 # What each document line must hold, and of which JSON types (None allowed where listed).
 DOCUMENT_FIELDS: dict[str, tuple[type, ...]] = {
@@ -169,6 +189,7 @@ class ArchiveReader:
         self._zip = archive
         self.manifest = manifest
         self.documents: list[dict[str, Any]] = []
+        self._documents_by_id: dict[UUID, dict[str, Any]] = {}
         self.memberships: list[dict[str, str]] = []
         self.source_ids: set[UUID] = set()
 
@@ -212,11 +233,12 @@ class ArchiveReader:
                 batch = []
                 for line, row in zip(batch_lines, rows):
                     chunk = json.loads(line)
+                    document_id = UUID(chunk["document_id"])
                     batch.append(
                         ChunkRecord(
-                            document_id=UUID(chunk["document_id"]),
+                            document_id=document_id,
                             chunk_index=chunk["chunk_index"],
-                            payload=chunk["payload"],
+                            payload=self._chunk_payload(self._documents_by_id[document_id], chunk["payload"]),
                             dense=row.tolist(),
                         )
                     )
@@ -230,6 +252,9 @@ class ArchiveReader:
     @staticmethod
     def _read_manifest(path: Path, archive: zipfile.ZipFile) -> Manifest:
         try:
+            size = archive.getinfo(MANIFEST).file_size
+            if size > MAX_MANIFEST_BYTES:
+                raise _damaged(path, MANIFEST, f"it unpacks to {size} bytes, more than a manifest ever holds")
             manifest = json.loads(archive.read(MANIFEST))
         except KeyError:
             raise DamagedArchive(
@@ -267,8 +292,13 @@ class ArchiveReader:
             )
             UUID(_typed(kb["id"], str))
             for key in ("name", "slug", "description"):
-                _typed(kb[key], str)
-            _typed(kb["owner"], str, type(None))
+                _check_text(KnowledgeBase, key, _typed(kb[key], str))
+            if _typed(kb["owner"], str, type(None)) is not None:
+                _check_text(get_user_model(), "username", kb["owner"])
+            if not 1 <= result.vector_size <= MAX_VECTOR_SIZE:
+                raise ValueError(f"vector_size {result.vector_size} is not between 1 and {MAX_VECTOR_SIZE}")
+            if min(result.documents, result.chunks) < 0:
+                raise ValueError("counts cannot be negative")
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(path, MANIFEST, f"missing or wrong field: {exc}") from None
         return result
@@ -282,6 +312,12 @@ class ArchiveReader:
         if extra := sorted(present - set(listed)):
             raise _damaged(self.path, extra[0], f"it is not listed in {MANIFEST}")
         for name in sorted(present):
+            size, cap = self._zip.getinfo(name).file_size, self._size_cap(name)
+            if size > cap:
+                raise _damaged(
+                    self.path, name, f"it unpacks to {size} bytes, more than the {cap} its counts allow"
+                )
+        for name in sorted(present):
             self._check_sum(name, listed[name])
         self._read_documents()
         self._read_memberships()
@@ -293,6 +329,35 @@ class ArchiveReader:
                 if document_id is None or document_id not in documents:
                     raise _damaged(self.path, name, "it belongs to no document of the archive")
                 self.source_ids.add(document_id)
+
+    def _size_cap(self, name: str) -> int:
+        """The most member `name` may unpack to, from the manifest's counts and the site's limits."""
+        manifest = self.manifest
+        if name == MEMBERSHIPS:
+            return MAX_MEMBERSHIPS_BYTES
+        if name == DOCUMENTS:
+            return manifest.documents * self._document_line_cap()
+        if name == CHUNKS:
+            return manifest.chunks * MAX_CHUNK_LINE_BYTES
+        if name == DENSE:
+            return _NPY_HEADER_BYTES + manifest.chunks * manifest.vector_size * DENSE_DTYPE.itemsize
+        # sources/<id>: a file as an upload may send it.
+        return int(settings.INGESTION["MAX_UPLOAD_BYTES"])
+
+    @staticmethod
+    def _document_line_cap() -> int:
+        # A document's text: what extraction keeps of a file, or a text document's whole request body.
+        longest = max(int(settings.INGESTION["MAX_EXTRACTED_CHARS"]), settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return longest * _ESCAPED_BYTES_PER_CHAR + _DOCUMENT_LINE_EXTRA_BYTES
+
+    def _lines(self, stream: IO[bytes], member: str, limit: int) -> Iterator[tuple[int, bytes]]:
+        """A member's lines, numbered from 1; a line longer than `limit` bytes is refused unread."""
+        number = 0
+        while line := stream.readline(limit + 1):
+            number += 1
+            if len(line) > limit:
+                raise _damaged(self.path, member, f"line {number} is longer than {limit} bytes")
+            yield number, line
 
     def _check_sum(self, name: str, expected: Any) -> None:
         digest, size = hashlib.sha256(), 0
@@ -313,22 +378,19 @@ class ArchiveReader:
     def _read_documents(self) -> None:
         ids, hashes = set(), set()
         with self._zip.open(DOCUMENTS) as lines:
-            for number, line in enumerate(lines, start=1):
+            for number, line in self._lines(lines, DOCUMENTS, self._document_line_cap()):
                 try:
-                    document = json.loads(line)
-                    for field, types in DOCUMENT_FIELDS.items():
-                        _typed(document[field], *types)
-                    document["id"] = UUID(document["id"])
-                    for field in ("archived_at", "created_at"):
-                        if document[field] is not None:
-                            document[field] = datetime.fromisoformat(document[field])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise _damaged(self.path, DOCUMENTS, f"line {number}: {exc!r}") from None
+                    document = _checked_document(json.loads(line))
+                except (KeyError, TypeError, ValueError, RecursionError) as exc:
+                    raise _damaged(self.path, DOCUMENTS, f"line {number}: {exc}") from None
+                except InvalidInput as exc:
+                    raise _damaged(self.path, DOCUMENTS, f"line {number}: {exc.message}") from None
                 if document["id"] in ids or document["content_hash"] in hashes:
                     raise _damaged(self.path, DOCUMENTS, f"line {number} repeats a document")
                 ids.add(document["id"])
                 hashes.add(document["content_hash"])
                 self.documents.append(document)
+                self._documents_by_id[document["id"]] = document
         if len(self.documents) != self.manifest.documents:
             raise _damaged(
                 self.path,
@@ -339,12 +401,16 @@ class ArchiveReader:
     def _read_memberships(self) -> None:
         try:
             memberships = json.loads(self._zip.read(MEMBERSHIPS))
+            names = set()
             for membership in _typed(memberships, list):
-                _typed(membership["username"], str)
+                name = _check_text(get_user_model(), "username", _typed(membership["username"], str))
                 if membership["role"] not in Role.values:
                     raise ValueError(f"unknown role {membership['role']!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _damaged(self.path, MEMBERSHIPS, repr(exc)) from None
+                if name in names:
+                    raise ValueError(f"the user {name!r} is listed twice")
+                names.add(name)
+        except (KeyError, TypeError, ValueError, RecursionError) as exc:
+            raise _damaged(self.path, MEMBERSHIPS, str(exc)) from None
         self.memberships = memberships
 
     def _check_chunks(self) -> None:
@@ -353,14 +419,15 @@ class ArchiveReader:
         seen: dict[UUID, int] = {}
         total = 0
         with self._zip.open(CHUNKS) as lines:
-            for number, line in enumerate(lines, start=1):
+            for number, line in self._lines(lines, CHUNKS, MAX_CHUNK_LINE_BYTES):
                 try:
                     chunk = json.loads(line)
                     document_id = UUID(_typed(chunk["document_id"], str))
-                    _typed(chunk["payload"]["content"], str)
                     index = _typed(chunk["chunk_index"], int)
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise _damaged(self.path, CHUNKS, f"line {number}: {exc!r}") from None
+                    if document_id in expected:
+                        self._chunk_payload(self._documents_by_id[document_id], chunk["payload"])
+                except (KeyError, TypeError, ValueError, RecursionError) as exc:
+                    raise _damaged(self.path, CHUNKS, f"line {number}: {exc}") from None
                 if document_id not in expected or index != seen.get(document_id, 0):
                     raise _damaged(
                         self.path, CHUNKS, f"line {number} is not the next chunk of a ready document"
@@ -378,6 +445,42 @@ class ArchiveReader:
                 self.path, DENSE, f"its shape is {shape}, not ({total}, {self.manifest.vector_size})"
             )
 
+    @staticmethod
+    def _chunk_payload(document: dict[str, Any], stored: Any) -> dict[str, Any]:
+        """A chunk's payload made again from its document's line: only its offsets come from the chunk.
+
+        The title, archive state, labels and pages a search shows and filters on are the document's, as
+        documents.jsonl gives them, whatever the chunk's line says; its text must be the document's
+        text between its offsets (ValueError otherwise).
+        """
+        start, end, content = _typed(stored, dict)["char_start"], stored["char_end"], stored["content"]
+        text = document["text"]
+        _typed(content, str)
+        if start is None and end is None:
+            # Chunks from before offsets were kept: their text cannot be checked, and shows no pages.
+            if len(content) > len(text):
+                raise ValueError("a chunk's text is longer than its document's")
+            pages: tuple[int | None, int | None] = (None, None)
+        else:
+            if not 0 <= _named("char_start", start, int) < _named("char_end", end, int) <= len(text):
+                raise ValueError(f"offsets {start}-{end} lie outside the document's {len(text)} characters")
+            if text[start:end] != content:
+                raise ValueError(f"the chunk's text is not the document's text at {start}-{end}")
+            pages = page_range(document["page_starts"], char_start=start, char_end=end)
+        archived_at = document["archived_at"]
+        return {
+            "content": content,
+            "title": document["title"],
+            "char_start": start,
+            "char_end": end,
+            "page_start": pages[0],
+            "page_end": pages[1],
+            "archived": archived_at is not None,
+            "archived_at": archived_at.isoformat() if archived_at else None,
+            TAGS_FIELD: document["tags"],
+            METADATA_FIELD: document["metadata"],
+        }
+
     def _dense_shape(self, dense: IO[bytes]) -> tuple[int, ...]:
         try:
             version = np.lib.format.read_magic(dense)
@@ -392,6 +495,54 @@ class ArchiveReader:
         if dtype != DENSE_DTYPE or fortran_order or len(shape) != 2:
             raise _damaged(self.path, DENSE, f"it holds {dtype} of shape {shape}, not float32 rows")
         return shape
+
+
+def _checked_document(document: Any) -> dict[str, Any]:
+    """A documents.jsonl line as the API would take it: types, lengths, text, labels, pages and dates."""
+    for field, types in DOCUMENT_FIELDS.items():
+        _named(field, _typed(document, dict)[field], *types)
+    document["id"] = UUID(document["id"])
+    for field in ("title", "source_name", "source_format", "content_hash", "text"):
+        _check_text(Document, field, document[field])
+    if not document["title"]:
+        raise ValueError("a document needs a title")
+    if document["status"] not in DocumentStatus.values:
+        raise ValueError(f"unknown status {document['status']!r}")
+    if min(document["source_size"], document["chunk_count"]) < 0:
+        raise ValueError("source_size and chunk_count cannot be negative")
+    document["tags"] = clean_tags(document["tags"])
+    document["metadata"] = clean_metadata(document["metadata"])
+    pages = document["page_starts"]
+    if pages is not None and (
+        not all(isinstance(p, int) and not isinstance(p, bool) for p in pages)
+        or pages != sorted(pages)
+        or any(not 0 <= p <= len(document["text"]) for p in pages)
+    ):
+        raise ValueError("page_starts are offsets into the text, in order")
+    for field in ("archived_at", "created_at"):
+        if document[field] is not None:
+            document[field] = datetime.fromisoformat(document[field])
+            if document[field].tzinfo is None:
+                raise ValueError(f"{field} names no time zone")
+    return document
+
+
+def _check_text(model: type[models.Model], field: str, value: str) -> str:
+    """Text a model's field can store, on every database: SQLite does not enforce max_length itself."""
+    limit = model._meta.get_field(field).max_length
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"{model.__name__}.{field} has {len(value)} characters, more than its {limit}")
+    if problem := unstorable_character(value):
+        raise ValueError(f"{model.__name__}.{field} holds {problem}")
+    return value
+
+
+def _named(field: str, value: Any, *types: type) -> Any:
+    """_typed, naming the field at fault."""
+    try:
+        return _typed(value, *types)
+    except TypeError as exc:
+        raise TypeError(f"{field}: {exc}") from None
 
 
 def _typed(value: Any, *types: type) -> Any:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from ninja.testing import TestAsyncClient
 
@@ -156,6 +160,8 @@ async def test_a_kb_the_caller_cannot_read_or_that_does_not_exist_answers_404(
     ("form", "field"),
     [
         ({"chunk_size": 0}, "chunk_size"),
+        # Fewer tokens than the model can place by meaning.
+        ({"chunk_size": 15}, "chunk_size"),
         ({"chunk_size": 999}, "chunk_size"),
         ({"chunk_overlap": -1}, "chunk_overlap"),
     ],
@@ -168,12 +174,13 @@ async def test_chunk_settings_out_of_range_answer_422(kb, editor_headers, form, 
 
 
 async def test_an_overlap_not_below_the_size_answers_422_saying_so(kb, editor_headers) -> None:
-    # The KB's overlap is 8: a size of 8 alone leaves no room for it.
-    response = await preview(kb.id, editor_headers, "notes.txt", b"Tides rise twice a day.", chunk_size=8)
+    response = await preview(
+        kb.id, editor_headers, "notes.txt", b"Tides rise twice a day.", chunk_size=16, chunk_overlap=16
+    )
 
     assert response.status_code == 422
     assert (
-        response.json()["message"] == "Chunk overlap must be at least 0 and below the chunk size (8), not 8."
+        response.json()["message"] == "Chunk overlap must be at least 0 and below the chunk size (16), not 16."
     )
 
 
@@ -219,3 +226,53 @@ async def test_hostile_files_meet_the_sandboxs_limits_and_budget(kb, editor_head
     assert "unpacks to more than the 1,000 bytes its zip index declares" in unpacked.json()["message"]
     assert timed_out.json()["message"].startswith("slow.pdf took longer than 3 seconds to read")
     await assert_nothing_stored(kb)
+
+
+async def test_a_file_over_the_chunk_cap_answers_422_saying_how_many_chunks_it_makes(
+    kb, editor_headers, settings
+) -> None:
+    settings.CHUNKING = {**settings.CHUNKING, "MAX_CHUNKS_PER_DOCUMENT": 10}
+
+    response = await preview(kb.id, editor_headers, "corpus.md", LONG_TEXT, chunk_size=16, chunk_overlap=0)
+
+    assert response.status_code == 422
+    message = response.json()["message"]
+    assert re.fullmatch(
+        r"corpus\.md makes (\d+) chunks of 16 tokens, more than the 10 one document may have "
+        r"\(KBSITE_MAX_CHUNKS_PER_DOCUMENT\): split it into smaller files, or use larger chunks\.",
+        message,
+    ), message
+    await assert_nothing_stored(kb)
+
+
+async def test_the_chunking_runs_within_the_extraction_budget(kb, editor_headers, settings) -> None:
+    # Reading a text file is quick; cutting 4.9 MB of it into 16-token chunks is not, and must stop.
+    text = (LONG_TEXT + b"\n\n") * (4_900_000 // (len(LONG_TEXT) + 2))
+    settings.INGESTION = {**settings.INGESTION, "EXTRACTION_SECONDS": 2.0}
+
+    response = await preview(kb.id, editor_headers, "big.txt", text, chunk_size=16, chunk_overlap=0)
+
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("big.txt took longer than 2 seconds to read")
+
+
+async def test_one_preview_at_a_time_per_member_and_others_are_not_held_up(
+    kb, editor_headers, test_user
+) -> None:
+    other_editor = await sync_to_async(make_user)(username="otto")
+    await sync_to_async(add_member)(kb, other_editor, Role.EDITOR)
+    other_headers = await sync_to_async(bearer)(other_editor)
+
+    mine, again, theirs = await asyncio.gather(
+        preview(kb.id, editor_headers, "corpus.md", LONG_TEXT),
+        preview(kb.id, editor_headers, "corpus.md", LONG_TEXT),
+        preview(kb.id, other_headers, "corpus.md", LONG_TEXT),
+    )
+    after = await preview(kb.id, editor_headers, "corpus.md", LONG_TEXT)
+
+    statuses = sorted([mine.status_code, again.status_code])
+    assert statuses == [200, 409], (mine.json(), again.json())
+    refused = mine if mine.status_code == 409 else again
+    assert refused.json()["code"] == "preview_in_progress"
+    assert "Another chunk preview of yours is still running" in refused.json()["message"]
+    assert theirs.status_code == after.status_code == 200

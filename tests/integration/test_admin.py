@@ -243,6 +243,9 @@ class TestKnowledgeBaseList:
         assert len(many) == len(few), [query["sql"] for query in many]
 
 
+WHY_CHUNK_SIZE = "fewer carry too little meaning for the model, more do not fit its input."
+
+
 class TestKnowledgeBaseForm:
     def test_creating_a_kb_makes_the_creator_an_owner_member_and_records_the_embedding_model(
         self, staff_client
@@ -280,8 +283,9 @@ class TestKnowledgeBaseForm:
         [
             (50, 50, "Chunk overlap must be at least 0 and below the chunk size (50), not 50."),
             (50, 80, "Chunk overlap must be at least 0 and below the chunk size (50), not 80."),
-            (255, 10, "Chunk size must be from 1 to 254 tokens, not 255."),
-            (300, 40, "Chunk size must be from 1 to 254 tokens, not 300."),
+            (255, 10, f"Chunk size must be from 16 to 254 tokens, not 255: {WHY_CHUNK_SIZE}"),
+            (300, 40, f"Chunk size must be from 16 to 254 tokens, not 300: {WHY_CHUNK_SIZE}"),
+            (8, 0, f"Chunk size must be from 16 to 254 tokens, not 8: {WHY_CHUNK_SIZE}"),
         ],
     )
     def test_chunk_settings_the_model_cannot_use_are_refused_with_a_form_error(

@@ -122,20 +122,20 @@ def test_a_file_that_cannot_be_read_shows_why_beside_the_others_preview(admin_cl
 
 
 def test_preview_settings_the_chunker_cannot_take_are_shown_as_the_files_error(admin_client, admin_user):
-    kb = make_kb(owner=admin_user, name="Notes", chunk_size=64, chunk_overlap=12)
+    kb = make_kb(owner=admin_user, name="Notes", chunk_size=64, chunk_overlap=20)
 
     response = admin_client.post(
         UPLOAD,
         {
             "knowledge_base": kb.pk,
             "files": [SimpleUploadedFile("notes.txt", b"Feed the starter every day.")],
-            "preview_chunk_size": 10,
+            "preview_chunk_size": 16,
             "preview": "1",
         },
     )
 
     assert response.context["previews"][0]["error"] == (
-        "Chunk overlap must be at least 0 and below the chunk size (10), not 12."
+        "Chunk overlap must be at least 0 and below the chunk size (16), not 20."
     )
     assert nothing_stored(kb)
 

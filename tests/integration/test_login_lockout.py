@@ -81,6 +81,57 @@ def test_the_same_user_from_another_address_is_not_locked_out(client, dora) -> N
     assert response.status_code == 302
 
 
+def test_behind_a_named_proxy_each_client_counts_against_the_address_the_proxy_saw(
+    client, dora, settings
+) -> None:
+    settings.LOGIN_TRUSTED_PROXIES = ["10.0.0.5"]
+    # What the sender wrote comes first; the named proxy appended the address it saw.
+    for claimed in range(LIMIT):
+        client.post(
+            MEMBERS_LOGIN,
+            {"username": "dora", "password": "wrong"},
+            REMOTE_ADDR="10.0.0.5",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{claimed}, 203.0.113.7",
+        )
+
+    same_client = client.post(
+        MEMBERS_LOGIN,
+        {"username": "dora", "password": "pw-dora"},
+        REMOTE_ADDR="10.0.0.5",
+        HTTP_X_FORWARDED_FOR="192.0.2.99, 203.0.113.7",
+    )
+    other_client = client.post(
+        MEMBERS_LOGIN,
+        {"username": "dora", "password": "pw-dora"},
+        REMOTE_ADDR="10.0.0.5",
+        HTTP_X_FORWARDED_FOR="203.0.113.8",
+    )
+
+    assert locked(same_client)
+    assert other_client.status_code == 302
+
+
+def test_without_named_proxies_forwarded_sign_ins_share_one_address_whatever_they_claim(client, dora) -> None:
+    for claimed in range(LIMIT):
+        client.post(
+            MEMBERS_LOGIN,
+            {"username": "dora", "password": "wrong"},
+            REMOTE_ADDR=f"198.51.100.{claimed}",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{claimed}",
+        )
+
+    forwarded = client.post(
+        MEMBERS_LOGIN,
+        {"username": "dora", "password": "pw-dora"},
+        REMOTE_ADDR="192.0.2.99",
+        HTTP_X_FORWARDED_FOR="192.0.2.99",
+    )
+    direct = attempt(client, MEMBERS_LOGIN, "dora", "pw-dora", address="192.0.2.99")
+
+    assert locked(forwarded)
+    assert direct.status_code == 302
+
+
 def test_the_page_says_whose_sign_in_is_paused_and_when_to_try_again(client, dora) -> None:
     before = timezone.now()
 

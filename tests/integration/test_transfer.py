@@ -202,7 +202,8 @@ def corpus_kb(test_user, other_user, ingestion_service):
     )
     add_member(kb, other_user, Role.READER)
     DocumentService().set_archived(document=documents[0], archived=True)
-    Document.objects.filter(pk=documents[1].pk).update(tags=["science"], metadata={"year": 2024})
+    # Through the service, so the chunks carry the labels too: import_kb makes payloads from the documents.
+    DocumentService().set_labels(document=documents[1], tags=["science"], metadata={"year": 2024})
     kb.refresh_from_db()
     return kb
 
