@@ -25,7 +25,7 @@ from search.errors import VectorStoreUnavailable
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
 from search.services.search import SearchService
-from tests.factories import corpus, make_kb
+from tests.factories import corpus, make_document, make_kb
 from tests.files import blank_pdf, encrypt_pdf, make_docx, make_pdf
 from tests.support.waiting import await_until
 
@@ -369,8 +369,9 @@ async def test_a_worker_shut_down_mid_document_gives_it_back(kb) -> None:
 
 async def test_concurrent_workers_never_process_the_same_document(test_user) -> None:
     kb = await sync_to_async(make_kb)(owner=test_user, name="Queue")
+    # Given as text: the claims are under test, so no file is read (each would start a sandbox process).
     documents = [
-        await sync_to_async(upload)(kb, f"note-{i}.txt", f"Note {i} about the tides and the moon.".encode())
+        await sync_to_async(make_document)(kb=kb, title=f"Note {i}", text=f"Note {i} about the tides and the moon.")
         for i in range(12)
     ]
     seen: list[tuple[str, object]] = []
@@ -509,13 +510,14 @@ async def test_a_document_deleted_while_it_is_indexed_leaves_no_points(test_user
     assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document_id) == 0
 
 
-async def test_a_rename_during_a_rebuild_reaches_the_new_collection(test_user) -> None:
+async def test_a_rename_during_a_rebuild_reaches_the_new_collection(test_user, ingestion_service) -> None:
     from knowledge.services.reindex import ReindexService
 
     kb = await sync_to_async(make_kb)(owner=test_user, name="Renamed", chunk_size=32, chunk_overlap=0)
     first = await sync_to_async(upload)(kb, "tides.md", corpus()[7][1].encode())
     await sync_to_async(upload)(kb, "jazz.md", corpus()[3][1].encode())
-    ingestion = IngestionService()
+    # The rebuild embeds the same chunks again: the shared service remembers their vectors.
+    ingestion = ingestion_service
     await IngestionWorker(service=ingestion, poll_seconds=0.05).run(until_idle=True)
     renamed: list[asyncio.Task] = []
 

@@ -87,7 +87,7 @@ async def test_documents_come_back_in_the_order_given(counting) -> None:
 
 
 async def test_a_query_does_not_wait_for_a_long_indexing_job(counting) -> None:
-    long_chunks = [" ".join(["The tide rises and falls twice each day"] * 25) + f" {i}" for i in range(64)]
+    long_chunks = [" ".join(["The tide rises and falls twice each day"] * 8) + f" {i}" for i in range(64)]
 
     indexing = asyncio.ensure_future(counting.embed_documents(long_chunks))
     await asyncio.sleep(0)
