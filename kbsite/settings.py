@@ -84,6 +84,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "knowledge.metrics.request_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,6 +95,9 @@ MIDDLEWARE = [
     # Last, as django-axes asks: turns a locked-out login into the page saying when to try again.
     "axes.middleware.AxesMiddleware",
 ]
+
+# /metrics answers staff signed in, or a scraper sending "Authorization: Bearer <this>" (unset: staff only).
+METRICS_TOKEN = env_str("KBSITE_METRICS_TOKEN")
 
 # django-axes refuses logins (the admin's and the members' /accounts/login/) for a user name from an
 # address after too many failures there, until a cool-off has passed; other users and addresses go on.

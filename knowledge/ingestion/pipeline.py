@@ -27,6 +27,7 @@ from knowledge.ingestion.sandbox import extract_text_in_sandbox
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
+from search import metrics
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
@@ -295,6 +296,7 @@ class IngestionService:
                 collection_name=collection_name,
                 page_starts=document.page_starts,
             )
+            metrics.count_ingested_chunks(len(batch))
             done += len(batch)
             await self._record_progress(document, worker_id, done, len(chunks))
             if on_progress is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from search import metrics
 from search.embedding.base import Embedder
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class _Job:
     texts: list[str]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(repr=False)
+    kind: str = "query"
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 def _settle(job: _Job, vectors: list[list[float]] | None, error: BaseException | None) -> None:
@@ -125,7 +129,7 @@ class EmbeddingService:
 
     async def _submit(self, texts: list[str], queue: deque[_Job]) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        job = _Job(texts=texts, loop=loop, future=loop.create_future())
+        job = _Job(texts, loop, loop.create_future(), "query" if queue is self._queries else "document")
         with self._condition:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="kbsite-embedding", daemon=True)
@@ -153,6 +157,9 @@ class EmbeddingService:
             if not batch:
                 continue
             texts = [text for job in batch for text in job.texts]
+            metrics.observe_embedding_batch(
+                kind=batch[0].kind, queued_at=[j.queued_at for j in batch for _ in j.texts]
+            )
             try:
                 vectors = self.embedder.embed(texts).tolist()
             except Exception as exc:  # every waiter must hear of the failure
