@@ -208,6 +208,15 @@ QDRANT = {
     "GRPC_PORT": env_number("QDRANT_GRPC_PORT", 6334),
     "PREFER_GRPC": env_bool("QDRANT_PREFER_GRPC", True),
     "TIMEOUT": env_number("QDRANT_TIMEOUT", 10.0, float),
+    # A server or cluster only (docs/DEPLOY.md): how new collections are laid out, and how often an
+    # idempotent call is tried again after UNAVAILABLE or DEADLINE_EXCEEDED (doubling from the backoff).
+    "SHARD_NUMBER": env_number("QDRANT_SHARD_NUMBER", 1),
+    "REPLICATION_FACTOR": env_number("QDRANT_REPLICATION_FACTOR", 1),
+    "WRITE_CONSISTENCY_FACTOR": env_number("QDRANT_WRITE_CONSISTENCY_FACTOR", 1),
+    "ON_DISK_VECTORS": env_bool("QDRANT_ON_DISK_VECTORS", False),
+    "ON_DISK_PAYLOAD": env_bool("QDRANT_ON_DISK_PAYLOAD", False),
+    "RETRIES": env_number("QDRANT_RETRIES", 2),
+    "RETRY_BACKOFF": env_number("QDRANT_RETRY_BACKOFF", 0.2, float),
     # The embedded engine: Qdrant Edge, or qdrant-client's pure-Python local mode (for comparisons only).
     "EMBEDDED_ENGINE": env_str("QDRANT_EMBEDDED_ENGINE", "edge"),
 }

@@ -328,10 +328,14 @@ def _creation_settings(request: pb.CreateCollection) -> dict[str, Any]:
         for field in ("shard_number", "replication_factor", "write_consistency_factor", "on_disk_payload")
         if request.HasField(field)
     }
-    if request.HasField("vectors_config") and request.vectors_config.HasField("params"):
-        params = request.vectors_config.params
-        if params.HasField("on_disk"):
-            settings["vectors_on_disk"] = params.on_disk
+    if request.HasField("vectors_config"):
+        vectors = request.vectors_config
+        if vectors.HasField("params"):
+            every = [vectors.params]
+        else:
+            every = list(vectors.params_map.map.values())
+        if every and all(params.HasField("on_disk") for params in every):
+            settings["vectors_on_disk"] = all(params.on_disk for params in every)
     return settings
 
 
