@@ -84,6 +84,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "knowledge.metrics.request_metrics_middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,6 +95,9 @@ MIDDLEWARE = [
     # Last, as django-axes asks: turns a locked-out login into the page saying when to try again.
     "axes.middleware.AxesMiddleware",
 ]
+
+# /metrics answers staff signed in, or a scraper sending "Authorization: Bearer <this>" (unset: staff only).
+METRICS_TOKEN = env_str("KBSITE_METRICS_TOKEN")
 
 # django-axes refuses logins (the admin's and the members' /accounts/login/) for a user name from an
 # address after too many failures there, until a cool-off has passed; other users and addresses go on.
@@ -210,6 +214,15 @@ QDRANT = {
     "GRPC_PORT": env_number("QDRANT_GRPC_PORT", 6334),
     "PREFER_GRPC": env_bool("QDRANT_PREFER_GRPC", True),
     "TIMEOUT": env_number("QDRANT_TIMEOUT", 10.0, float),
+    # A server or cluster only (docs/DEPLOY.md): how new collections are laid out, and how often an
+    # idempotent call is tried again after UNAVAILABLE or DEADLINE_EXCEEDED (doubling from the backoff).
+    "SHARD_NUMBER": env_number("QDRANT_SHARD_NUMBER", 1),
+    "REPLICATION_FACTOR": env_number("QDRANT_REPLICATION_FACTOR", 1),
+    "WRITE_CONSISTENCY_FACTOR": env_number("QDRANT_WRITE_CONSISTENCY_FACTOR", 1),
+    "ON_DISK_VECTORS": env_bool("QDRANT_ON_DISK_VECTORS", False),
+    "ON_DISK_PAYLOAD": env_bool("QDRANT_ON_DISK_PAYLOAD", False),
+    "RETRIES": env_number("QDRANT_RETRIES", 2),
+    "RETRY_BACKOFF": env_number("QDRANT_RETRY_BACKOFF", 0.2, float),
     # The embedded engine: Qdrant Edge, or qdrant-client's pure-Python local mode (for comparisons only).
     "EMBEDDED_ENGINE": env_str("QDRANT_EMBEDDED_ENGINE", "edge"),
 }

@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import Field as NinjaField
 from ninja import Query, Router, Schema
 
+from search import metrics
 from search.schemas import ErrorOut, SearchHistoryOut, SearchIn, SearchOut
 from search.services.audit import SearchAuditService
 from search.services.search import get_search_service
@@ -45,6 +46,7 @@ async def search(request: HttpRequest, payload: SearchIn):
         group_size=payload.group_size,
         context_chunks=payload.context_chunks,
     )
+    metrics.observe_search(mode=response.mode, seconds=time.perf_counter() - started)
     return {
         "results": response.results,
         "documents": response.documents,

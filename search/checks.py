@@ -8,10 +8,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Info, Warning, register
 from django.utils.module_loading import import_string
 
-from search.qdrant import EDGE_ENGINE, EMBEDDED_ENGINES, MEMORY_LOCATION, is_local_mode_store
+from search.qdrant import EDGE_ENGINE, EMBEDDED_ENGINES, MEMORY_LOCATION, QdrantConfig, is_local_mode_store
 from search.throttling import SearchRateThrottle
 
 
@@ -30,7 +30,11 @@ def check_qdrant_settings(app_configs=None, **kwargs) -> list:
                     id="search.E001",
                 )
             )
-        elif conf.get("API_KEY") and parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1"):
+        elif (
+            conf.get("API_KEY")
+            and parts.scheme == "http"
+            and parts.hostname not in ("localhost", "127.0.0.1")
+        ):
             problems.append(
                 Warning(
                     "QDRANT_API_KEY is sent to a remote Qdrant over plain http.",
@@ -77,8 +81,84 @@ def check_qdrant_settings(app_configs=None, **kwargs) -> list:
                 )
     timeout = conf.get("TIMEOUT")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
-        problems.append(Error(f"QDRANT_TIMEOUT={timeout!r} must be a positive number of seconds.", id="search.E005"))
+        problems.append(
+            Error(f"QDRANT_TIMEOUT={timeout!r} must be a positive number of seconds.", id="search.E005")
+        )
     return problems
+
+
+CLUSTER_COUNTS = (
+    ("SHARD_NUMBER", "QDRANT_SHARD_NUMBER"),
+    ("REPLICATION_FACTOR", "QDRANT_REPLICATION_FACTOR"),
+    ("WRITE_CONSISTENCY_FACTOR", "QDRANT_WRITE_CONSISTENCY_FACTOR"),
+    ("RETRIES", "QDRANT_RETRIES"),
+)
+
+
+@register("search")
+def check_qdrant_cluster_settings(app_configs=None, **kwargs) -> list:
+    conf = settings.QDRANT
+    problems: list = []
+    for key, variable in CLUSTER_COUNTS:
+        value = conf.get(key)
+        least = 0 if key == "RETRIES" else 1
+        if not isinstance(value, int) or value < least:
+            problems.append(
+                Error(f"{variable}={value!r} must be a whole number of at least {least}.", id="search.E008")
+            )
+    backoff = conf.get("RETRY_BACKOFF")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        problems.append(
+            Error(f"QDRANT_RETRY_BACKOFF={backoff!r} must be 0 or more seconds.", id="search.E009")
+        )
+    if problems:
+        return problems
+    if conf["WRITE_CONSISTENCY_FACTOR"] > conf["REPLICATION_FACTOR"]:
+        problems.append(
+            Error(
+                f"QDRANT_WRITE_CONSISTENCY_FACTOR={conf['WRITE_CONSISTENCY_FACTOR']} is more than "
+                f"QDRANT_REPLICATION_FACTOR={conf['REPLICATION_FACTOR']}: no write could ever be confirmed.",
+                hint="Set it to at most the replication factor (1 confirms a write on one replica).",
+                id="search.E015",
+            )
+        )
+    clustered = any(
+        conf[key] != 1 for key in ("SHARD_NUMBER", "REPLICATION_FACTOR", "WRITE_CONSISTENCY_FACTOR")
+    )
+    if not conf.get("URL") and (clustered or conf.get("ON_DISK_VECTORS") or conf.get("ON_DISK_PAYLOAD")):
+        problems.append(
+            Warning(
+                "Qdrant cluster or on-disk settings are set, but QDRANT_URL is not: the embedded store ignores them.",
+                hint="Set QDRANT_URL to the cluster, or unset the QDRANT_SHARD_NUMBER family.",
+                id="search.W002",
+            )
+        )
+    return problems
+
+
+@register("search", deploy=True)
+def show_qdrant_cluster_settings(app_configs=None, **kwargs) -> list:
+    """`manage.py check --deploy` says how new collections will be laid out and how calls are retried."""
+    if any(problem.is_serious() for problem in check_qdrant_cluster_settings()):
+        return []
+    config = QdrantConfig.from_settings()
+    if config.is_local:
+        return [
+            Info(
+                f"Collections are made in the {config.describe()}; cluster settings do not apply.",
+                id="search.I001",
+            )
+        ]
+    return [
+        Info(
+            f"New collections on the {config.describe()}: {config.shard_number} shard(s), replication factor "
+            f"{config.replication_factor}, write consistency factor {config.write_consistency_factor}, vectors "
+            f"{'on disk' if config.on_disk_vectors else 'in memory'}, payload "
+            f"{'on disk' if config.on_disk_payload else 'in memory'}; calls time out after {config.timeout:g} s, "
+            f"idempotent ones are retried {config.retry.retries} time(s) from {config.retry.backoff_seconds:g} s.",
+            id="search.I001",
+        )
+    ]
 
 
 @register("search")
@@ -113,7 +193,9 @@ def check_embedding_settings(app_configs=None, **kwargs) -> list:
     for key in ("THREADS", "QUERY_BATCH_SIZE", "DOCUMENT_BATCH_SIZE"):
         value = conf.get(key)
         if not isinstance(value, int) or value < 1:
-            problems.append(Error(f"EMBEDDING {key}={value!r} must be a whole number of at least 1.", id="search.E012"))
+            problems.append(
+                Error(f"EMBEDDING {key}={value!r} must be a whole number of at least 1.", id="search.E012")
+            )
     chunking = settings.CHUNKING
     most = getattr(embedder_class, "max_tokens", 10**6) - 2
     size, overlap = chunking.get("SIZE"), chunking.get("OVERLAP")
@@ -125,7 +207,9 @@ def check_embedding_settings(app_configs=None, **kwargs) -> list:
             )
         )
     elif not isinstance(overlap, int) or not 0 <= overlap < size:
-        problems.append(Error(f"CHUNK_OVERLAP={overlap!r} must be at least 0 and below CHUNK_SIZE.", id="search.E014"))
+        problems.append(
+            Error(f"CHUNK_OVERLAP={overlap!r} must be at least 0 and below CHUNK_SIZE.", id="search.E014")
+        )
     return problems
 
 

@@ -23,6 +23,7 @@ from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from search.errors import SearchError, VectorStoreUnavailable
+from search.retries import RetryPolicy, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ class QdrantConfig:
     prefer_grpc: bool = True
     timeout: float = 10.0
     engine: str = EDGE_ENGINE
+    shard_number: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
+    on_disk_vectors: bool = False
+    on_disk_payload: bool = False
+    retry: RetryPolicy = RetryPolicy()
 
     @classmethod
     def from_settings(cls) -> QdrantConfig:
@@ -59,6 +66,14 @@ class QdrantConfig:
             prefer_grpc=bool(conf.get("PREFER_GRPC", True)),
             timeout=float(conf.get("TIMEOUT", 10.0)),
             engine=str(conf.get("EMBEDDED_ENGINE") or EDGE_ENGINE),
+            shard_number=int(conf.get("SHARD_NUMBER", 1)),
+            replication_factor=int(conf.get("REPLICATION_FACTOR", 1)),
+            write_consistency_factor=int(conf.get("WRITE_CONSISTENCY_FACTOR", 1)),
+            on_disk_vectors=bool(conf.get("ON_DISK_VECTORS", False)),
+            on_disk_payload=bool(conf.get("ON_DISK_PAYLOAD", False)),
+            retry=RetryPolicy(
+                retries=int(conf.get("RETRIES", 2)), backoff_seconds=float(conf.get("RETRY_BACKOFF", 0.2))
+            ),
         )
 
     @property
@@ -238,7 +253,7 @@ class QdrantService:
 
     def _build_server_client(self) -> AsyncQdrantClient:
         config = self.config
-        return AsyncQdrantClient(
+        client = AsyncQdrantClient(
             url=config.url,
             api_key=config.api_key,
             grpc_port=config.grpc_port,
@@ -247,6 +262,7 @@ class QdrantService:
             # The version check is an HTTP round trip per client; `check_qdrant` runs it once.
             check_compatibility=False,
         )
+        return with_retries(client, config.retry)
 
     async def _close_when_cancelled(self, loop: asyncio.AbstractEventLoop, client: AsyncQdrantClient) -> None:
         try:

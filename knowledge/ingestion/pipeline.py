@@ -26,6 +26,7 @@ from knowledge.models import Document, DocumentSource, DocumentStatus, Knowledge
 from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import max_chunks_per_document, too_many_chunks
+from search import metrics
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
 from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
@@ -198,6 +199,7 @@ class IngestionService:
                 index=index,
                 page_starts=document.page_starts,
             )
+            metrics.count_ingested_chunks(len(batch))
             done += len(batch)
             await self.queue.arecord_progress(
                 document_id=document.pk, worker_id=worker_id, done=done, total=len(chunks)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from search import metrics
 from search.embedding.base import Embedder
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class _Job:
     texts: list[str]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future = field(repr=False)
+    kind: str = "query"
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 def _settle(job: _Job, vectors: list[list[float]] | None, error: BaseException | None) -> None:
@@ -108,6 +112,7 @@ class _ModelThread:
             if not batch:
                 continue
             texts = [text for job in batch for text in job.texts]
+            metrics.observe_embedding_batch(kind=batch[0].kind, queued_at=[j.queued_at for j in batch for _ in j.texts])
             try:
                 if self.embedder is None:
                     self.embedder = self.build()
@@ -223,7 +228,7 @@ class EmbeddingService:
 
     async def _submit(self, texts: list[str], queue: deque[_Job], worker: _ModelThread) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        job = _Job(texts=texts, loop=loop, future=loop.create_future())
+        job = _Job(texts, loop, loop.create_future(), "query" if queue is self._queries else "document")
         with self._condition:
             worker.ensure_running()
             queue.append(job)

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from qdrant_client import models
 
+from search.cluster import create_collection_arguments
 from search.qdrant import LOCAL_MODE_ENGINE, qdrant_service, translate_unreachable, unless_missing
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,10 @@ class CollectionService:
         client = qdrant_service.client
         await client.create_collection(
             collection_name=name,
-            vectors_config={DENSE_VECTOR: models.VectorParams(size=vector_size, distance=models.Distance.COSINE)},
+            **create_collection_arguments(
+                qdrant_service.config,
+                vectors_config={DENSE_VECTOR: models.VectorParams(size=vector_size, distance=models.Distance.COSINE)},
+            ),
             sparse_vectors_config={KEYWORD_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
         )
         if not _has_payload_indexes():

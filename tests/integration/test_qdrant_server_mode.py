@@ -138,7 +138,8 @@ def test_collections_on_a_server_get_payload_indexes(indexed_on_server, qdrant_s
 
 
 def test_an_unreachable_server_raises_a_clear_error(indexed_on_server, qdrant_server, test_user) -> None:
-    qdrant_server.fail_next("Points.Query", grpc.StatusCode.UNAVAILABLE)
+    # the first call and each retry
+    qdrant_server.fail_next("Points.Query", grpc.StatusCode.UNAVAILABLE, times=1 + qdrant_service.config.retry.retries)
 
     with pytest.raises(VectorStoreUnavailable) as unavailable:
         search(indexed_on_server, test_user)

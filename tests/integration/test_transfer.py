@@ -451,7 +451,7 @@ class TestFailures:
         archive = tmp_path / "kb.zip"
         run("export_kb", kb.slug, "--output", str(archive))
         collections, documents = stored_points(), Document.objects.count()
-        qdrant_server.fail_next("Points.Upsert", grpc.StatusCode.UNAVAILABLE)
+        qdrant_server.fail_next("Points.Upsert", grpc.StatusCode.UNAVAILABLE, times=1 + qdrant_service.config.retry.retries)
 
         message = command_error("import_kb", str(archive), "--slug", "restored")
 
@@ -465,7 +465,7 @@ class TestFailures:
         kb, _ = asyncio.run(
             index_corpus(owner=test_user, ingestion=ingestion_service, chunk_size=64, chunk_overlap=12)
         )
-        qdrant_server.fail_next("Points.Scroll", grpc.StatusCode.UNAVAILABLE)
+        qdrant_server.fail_next("Points.Scroll", grpc.StatusCode.UNAVAILABLE, times=1 + qdrant_service.config.retry.retries)
 
         message = command_error("export_kb", kb.slug, "--output", str(tmp_path / "kb.zip"))
 

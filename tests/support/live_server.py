@@ -124,7 +124,7 @@ def _wait_until_serving(process: subprocess.Popen, url: str, log: Path) -> None:
 
 
 @contextmanager
-def live_server(env: dict[str, str], log: Path) -> Iterator[LiveServer]:
+def live_server(env: dict[str, str], log: Path, *, workers: int = 1) -> Iterator[LiveServer]:
     """uvicorn serving kbsite.asgi (with its in-process ingestion worker), its output in `log`, stopped on exit.
 
     No access log: a fuzzing or load run would write a line per request.
@@ -142,6 +142,8 @@ def live_server(env: dict[str, str], log: Path) -> Iterator[LiveServer]:
                 "--port",
                 str(port),
                 "--no-access-log",
+                "--workers",
+                str(workers),
             ],
             cwd=BASE_DIR,
             env=env,

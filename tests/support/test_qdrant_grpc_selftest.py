@@ -1,4 +1,4 @@
-"""Self-test of the loopback Qdrant gRPC server: over gRPC, the async client gets what local mode answers."""
+"""Self-test of the loopback Qdrant gRPC server: over gRPC, the async client gets what Edge answers in process."""
 
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ import grpc
 import pytest
 from qdrant_client import AsyncQdrantClient, models
 
+from search.edge import EdgeStore
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
-pytestmark = [
-    pytest.mark.server,
-    # local mode warns that payload indexes do nothing; the scenario creates them as a server needs them
-    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
-]
+pytestmark = [pytest.mark.server]
 
 DIM = 384
 COLLECTION = "chunks"
@@ -152,9 +149,16 @@ def _assert_same_hits(over_grpc: list[tuple[str, float]], local: list[tuple[str,
         assert grpc_score == pytest.approx(local_score, abs=1e-6)
 
 
-def test_grpc_answers_match_local_mode(server: LoopbackQdrantServer) -> None:
+def _edge_client() -> AsyncQdrantClient:
+    """An async client on an EdgeStore in this process: the engine the server runs, without the protocol."""
+    client = AsyncQdrantClient(location=":memory:")
+    client._client = EdgeStore()
+    return client
+
+
+def test_grpc_answers_match_edge_in_process(server: LoopbackQdrantServer) -> None:
     over_grpc = _run(_grpc_client(server), _scenario)
-    local = _run(AsyncQdrantClient(location=":memory:"), _scenario)
+    local = _run(_edge_client(), _scenario)
 
     for key in ("query", "untitled"):
         _assert_same_hits(over_grpc[key], local[key])
@@ -205,9 +209,16 @@ def test_invalid_input_is_invalid_argument(server: LoopbackQdrantServer) -> None
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _seed(server: LoopbackQdrantServer) -> None:
+    async def seed(client: AsyncQdrantClient) -> None:
+        await client.create_collection(COLLECTION, vectors_config=VECTORS)
+        await client.upsert(COLLECTION, points=_points())
+
+    _run(_grpc_client(server), seed)
+
+
 def test_fail_next_fails_only_the_scheduled_calls(server: LoopbackQdrantServer) -> None:
-    server.local.create_collection(COLLECTION, vectors_config=VECTORS)
-    server.local.upsert(COLLECTION, points=_points())
+    _seed(server)
     server.fail_next("Points.Query", grpc.StatusCode.UNAVAILABLE)
 
     async def query_twice(client: AsyncQdrantClient) -> tuple[grpc.StatusCode, int]:
@@ -249,8 +260,7 @@ def test_stop_releases_port_and_threads() -> None:
 def test_a_stopped_server_starts_again_on_its_port_with_its_points() -> None:
     server = LoopbackQdrantServer().start()
     port = server.grpc_port
-    server.local.create_collection(COLLECTION, vectors_config=VECTORS)
-    server.local.upsert(COLLECTION, points=_points())
+    _seed(server)
     server.stop()
     try:
         server.start()
@@ -260,3 +270,45 @@ def test_a_stopped_server_starts_again_on_its_port_with_its_points() -> None:
 
     assert server.grpc_port == port
     assert counted.count == len(_points())
+
+
+async def _engine_scenario(client: AsyncQdrantClient) -> dict[str, Any]:
+    """Fusion, grouping and a tenant index: what local mode only imitated and Edge computes."""
+    tenant = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+    await client.create_collection(COLLECTION, vectors_config=VECTORS)
+    await client.create_payload_index(COLLECTION, "document_id", field_schema=tenant)
+    await client.upsert(COLLECTION, points=_points())
+    fused = await client.query_points(
+        COLLECTION,
+        prefetch=[
+            models.Prefetch(query=_vector(200), limit=6),
+            models.Prefetch(query=_vector(201), filter=models.Filter(must=[_field("lang", "en")]), limit=6),
+        ],
+        query=models.FusionQuery(fusion=models.Fusion.RRF),
+        limit=5,
+    )
+    groups = await client.query_points_groups(
+        COLLECTION, group_by="document_id", query=_vector(202), limit=2, group_size=2
+    )
+    info = await client.get_collection(COLLECTION)
+    return {
+        "fused": _hits(fused.points),
+        "groups": [(group.id, [str(hit.id) for hit in group.hits]) for group in groups.groups],
+        "indexed": sorted(info.payload_schema),
+    }
+
+
+def test_fusion_grouping_and_tenant_indexes_answer_as_edge_does(server: LoopbackQdrantServer) -> None:
+    over_grpc = _run(_grpc_client(server), _engine_scenario)
+    in_process = _run(_edge_client(), _engine_scenario)
+
+    # RRF gives equal scores to equal ranks, and ties may come in either order
+    def by_score(hits: list[tuple[str, float]]) -> list[tuple[float, str]]:
+        return sorted((round(score, 6), point_id) for point_id, score in hits)
+
+    assert by_score(over_grpc["fused"]) == by_score(in_process["fused"])
+    assert over_grpc["groups"] == in_process["groups"]
+    assert {group_id for group_id, _ in over_grpc["groups"]} == {"doc-a", "doc-b"}
+    assert all(len(hits) == 2 for _, hits in over_grpc["groups"])
+    assert len(over_grpc["fused"]) == 5
+    assert over_grpc["indexed"] == ["document_id"]

@@ -6,12 +6,11 @@ before: a synchronous `QdrantClient` (gRPC) called through `asyncio.to_thread`, 
         (min(32, cores + 4) threads) -- the seed's design, which exists only here, never in the product.
 after:  `AsyncQdrantClient` (gRPC), each call awaited -- what kbsite does.
 
-The server is tests/support/qdrant_grpc.py's LoopbackQdrantServer in a process of its own (so that it
-does not share the clients' GIL), subclassed here to (1) sleep `latency` seconds in each query before
+The server is tests/support/qdrant_grpc.py's LoopbackEngine (Edge behind gRPC) in a process of its own
+(so that it does not share the clients' GIL), subclassed here to (1) sleep `latency` seconds in each query before
 answering, outside its lock, as a network and a busy server would, on a thread pool wide enough that
-the sleeps overlap, and (2) answer a query it has already answered from a cache: local mode checks a
-filter in Python point by point (about 70 ms a query at 3,000 points), which would measure the loopback
-server, not the client design. Each distinct query is computed once, in the warm-up.
+the sleeps overlap, and (2) answer a query it has already answered from a cache, so that the figures
+measure the client design, not the loopback server's one engine thread. Each distinct query is computed once, in the warm-up.
 
 For each latency and concurrency N, N `query_points` (dense vector, the product's kb/archived filter,
 limit 10, with payload) are launched at once; each latency runs from the common launch to that call's
@@ -26,8 +25,8 @@ import asyncio
 import json
 import multiprocessing
 import statistics
+import tempfile
 import time
-from concurrent import futures
 from pathlib import Path
 
 import numpy as np
@@ -59,11 +58,10 @@ def search_filter():
 
 def _serve(connection, points: int) -> None:
     """Child process: seed a loopback server, report its port, then take latency settings until "stop"."""
-    import grpc
     from qdrant_client import grpc as pb
     from qdrant_client import models
 
-    from tests.support.qdrant_grpc import LoopbackQdrantServer, _Collections, _Points, _Qdrant
+    from tests.support.qdrant_grpc import LoopbackEngine, _Collections, _Points, _Qdrant
 
     class DelayedCachedPoints(_Points):
         def Query(self, request, context):  # noqa: N802 - the gRPC method's name
@@ -74,37 +72,33 @@ def _serve(connection, points: int) -> None:
                 cached = self.host.answers[key] = super().Query(request, context)
             return cached
 
-    class DelayedServer(LoopbackQdrantServer):
+    DelayedCachedPoints.register = staticmethod(pb.add_PointsServicer_to_server)
+
+    class DelayedServer(LoopbackEngine):
+        # a pool wide enough that injected sleeps overlap
+        executor_threads = SERVER_THREADS
+        servicers = (_Qdrant, _Collections, DelayedCachedPoints)
         latency = 0.0
         answers: dict[bytes, object] = {}
-
-        def start(self) -> DelayedServer:
-            # As the parent's start(), with a pool wide enough that injected sleeps overlap.
-            self._executor = futures.ThreadPoolExecutor(max_workers=SERVER_THREADS, thread_name_prefix="delayed")
-            self._server = grpc.server(self._executor)
-            pb.add_QdrantServicer_to_server(_Qdrant(self), self._server)
-            pb.add_CollectionsServicer_to_server(_Collections(self), self._server)
-            pb.add_PointsServicer_to_server(DelayedCachedPoints(self), self._server)
-            self._port = self._server.add_insecure_port("127.0.0.1:0")
-            self._server.start()
-            return self
 
     rng = np.random.default_rng(20260101)
     vectors = rng.standard_normal((points, DIMENSIONS)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with DelayedServer() as server:
-        local = server.local
-        local.create_collection(COLLECTION, vectors_config=models.VectorParams(size=DIMENSIONS,
-                                                                               distance=models.Distance.COSINE))
-        local.upsert(COLLECTION, points=[
+    with tempfile.TemporaryDirectory(prefix="grpc-designs-") as folder:
+        server = DelayedServer(folder).start()
+        store = server.store
+        server.run(store.create_collection(COLLECTION, vectors_config=models.VectorParams(
+            size=DIMENSIONS, distance=models.Distance.COSINE)))
+        server.run(store.upsert(COLLECTION, points=[
             models.PointStruct(id=i, vector=vectors[i].tolist(), payload={
                 "kb_id": KB_ID, "document_id": f"doc-{i // 20}", "chunk_index": i % 20,
                 "archived": (i // 20) % 50 == 0, "content": f"synthetic chunk {i}"})
-            for i in range(points)])
-        connection.send(server.grpc_port)
+            for i in range(points)]))
+        connection.send(server.port)
         while (message := connection.recv()) != "stop":
             server.latency = message
             connection.send("ok")
+        server.stop()
 
 
 class Server:

@@ -114,7 +114,12 @@ def http(plan: Plan, work: Path) -> dict:
     out = work / "http.json"
     _child(["-m", "tests.benchmarks.suite.http_site", "--seconds", str(plan.http_seconds), "--json", str(out)],
            work / "http.log", timeout=1200)
-    return json.loads(out.read_text())
+    results = json.loads(out.read_text())
+    server_path = work / "http-server-path.json"
+    _child(["-m", "tests.benchmarks.suite.http_site", "--server-path", "--seconds", str(plan.http_seconds),
+            "--json", str(server_path)], work / "http-server-path.log", timeout=1800)
+    results["server_path"] = json.loads(server_path.read_text())
+    return results
 
 
 PARTS = {"grpc": grpc_designs, "service": store_scale, "ingestion": ingestion, "http": http}
