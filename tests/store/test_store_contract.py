@@ -72,6 +72,9 @@ class ActiveIndexes:
     async def active_index(self, *, kb_id: UUID | str) -> KbIndex | None:
         return self.active.get(UUID(str(kb_id)))
 
+    async def active_indexes(self, *, kb_ids: list[UUID | str]) -> dict[UUID, KbIndex]:
+        return {UUID(str(k)): self.active[UUID(str(k))] for k in kb_ids if UUID(str(k)) in self.active}
+
 
 INDEXES = ActiveIndexes()
 chunks_service = ChunkService(indexes=INDEXES)
@@ -538,6 +541,9 @@ async def test_counts_are_exact_per_document_and_per_knowledge_base(store) -> No
     assert {d: await chunks_service.count_chunks(kb_id=KB, document_id=d) for d in DOCUMENTS} == DOCUMENTS
     assert await chunks_service.count_chunks(kb_id=KB, document_id=UUID(int=5)) == 0
     assert await chunks_service.count_chunks(kb_id=OTHER_KB) == DOCUMENTS[DOC_B]
+    assert await chunks_service.count_chunks_per_kb(kb_ids=[OTHER_KB, KB, UUID(int=9)]) == {
+        OTHER_KB: DOCUMENTS[DOC_B], KB: sum(DOCUMENTS.values()), UUID(int=9): 0,
+    }  # fmt: skip
 
 
 async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -> None:
