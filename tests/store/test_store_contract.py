@@ -278,7 +278,7 @@ async def test_switching_the_active_generation_swaps_whole_answers_under_concurr
     assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())  # the next one is not counted
 
     seen: list[Any] = []
-    reads = threading.Semaphore(0)
+    read = threading.Condition()
     stop = threading.Event()
 
     async def read_until_stopped() -> None:
@@ -287,15 +287,18 @@ async def test_switching_the_active_generation_swaps_whole_answers_under_concurr
                 seen.append(answer(await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=5)))
             except Exception as exc:  # noqa: BLE001 - every failure is a broken contract, recorded
                 seen.append(exc)
-            reads.release()
+            with read:
+                read.notify_all()
 
     reader = threading.Thread(target=asyncio.run, args=(read_until_stopped(),))
     reader.start()
     try:
         for target in [second, first] * 5 + [second]:
             INDEXES.active[KB] = target
-            # Wait for two reads after each switch: at least one of them began after it.
-            assert reads.acquire(timeout=10) and reads.acquire(timeout=10)
+            # Wait for two more reads after each switch: at least the second of them began after it.
+            switched_at = len(seen)
+            with read:
+                assert read.wait_for(lambda: len(seen) >= switched_at + 2, timeout=10)
     finally:
         stop.set()
         reader.join(10)
