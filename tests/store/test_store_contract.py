@@ -298,7 +298,7 @@ async def test_switching_the_active_generation_swaps_whole_answers_under_concurr
             # Wait for two more reads after each switch: at least the second of them began after it.
             switched_at = len(seen)
             with read:
-                assert read.wait_for(lambda: len(seen) >= switched_at + 2, timeout=10)
+                assert read.wait_for(lambda mark=switched_at: len(seen) >= mark + 2, timeout=10)
     finally:
         stop.set()
         reader.join(10)
