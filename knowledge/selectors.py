@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
@@ -36,10 +35,7 @@ def knowledge_bases_with_counts(user: AbstractBaseUser, *, least: Role = Role.RE
 
 async def achunk_counts(kb_ids: Iterable[UUID]) -> dict[UUID, int]:
     """Chunks in Qdrant per KB, asked for all at once."""
-    ids = list(kb_ids)
-    service = ChunkService()
-    counts = await asyncio.gather(*(service.count_chunks(kb_id=kb_id) for kb_id in ids))
-    return dict(zip(ids, counts))
+    return await ChunkService().count_chunks_per_kb(kb_ids=list(kb_ids))
 
 
 async def adocument_chunks(document: Document, *, offset: int | None, limit: int) -> tuple[list[StoredChunk], int | None]:

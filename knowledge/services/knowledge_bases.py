@@ -48,6 +48,15 @@ def active_index(kb: KnowledgeBase) -> KbIndex:
 class KnowledgeBaseIndexes:
     """Tells the search app where a KB's searched points are (settings.SEARCH["KB_INDEXES"])."""
 
+    async def active_indexes(self, *, kb_ids) -> dict[UUID, KbIndex]:
+        rows = KnowledgeBase.objects.filter(pk__in=list(kb_ids)).values_list(
+            "id", "embedding_model", "vector_size", "index_generation"
+        )
+        return {
+            kb_id: KbIndex(kb_id=kb_id, model=model, vector_size=size, generation=generation)
+            async for kb_id, model, size, generation in rows
+        }
+
     async def active_index(self, *, kb_id) -> KbIndex | None:
         row = (
             await KnowledgeBase.objects.filter(pk=kb_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,10 @@ class KbIndexes(Protocol):
 
     async def active_index(self, *, kb_id: UUID | str) -> KbIndex | None:
         """The KB's active index, or None for a KB that is not there."""
+        ...
+
+    async def active_indexes(self, *, kb_ids: Sequence[UUID | str]) -> dict[UUID, KbIndex]:
+        """The active index of each of these KBs that is there, read at once."""
         ...
 
 
@@ -363,6 +368,15 @@ class ChunkService:
             qdrant_service.client.count(collection_name=found.collection, count_filter=count_filter, exact=True), None
         )
         return int(result.count) if result is not None else 0
+
+    async def count_chunks_per_kb(self, *, kb_ids: Sequence[UUID | str]) -> dict[UUID, int]:
+        """How many chunks each KB has, its generation read for all of them at once (a KB not there: 0)."""
+        found = await self.indexes.active_indexes(kb_ids=kb_ids)
+        ids = [UUID(str(kb_id)) for kb_id in kb_ids]
+        counts = await asyncio.gather(
+            *(self.count_chunks(kb_id=kb_id, index=found[kb_id]) for kb_id in ids if kb_id in found)
+        )
+        return {kb_id: 0 for kb_id in ids} | dict(zip([kb_id for kb_id in ids if kb_id in found], counts))
 
     @translate_unreachable
     async def upsert_chunks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from uuid import UUID
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from search.errors import VectorStoreUnavailable
 from search.qdrant import QdrantConfig, qdrant_service
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
+from search.services.collections import KbIndex
 from search.services.search import SearchService
 from tests.conftest import index_corpus
 
@@ -132,8 +134,8 @@ def test_server_results_match_the_embedded_store(indexed_on_server, test_user, i
 
 
 def test_collections_on_a_server_get_payload_indexes(indexed_on_server, qdrant_server) -> None:
-    # kb_id, document_id, chunk_index and the archive flag
-    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 4
+    # the tenant key (is_tenant), kb_id, document_id, chunk_index and the archive flag
+    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 5
     assert qdrant_server.request_counts["Collections.Create"] == 1
 
 
@@ -152,4 +154,5 @@ def test_a_stopped_server_raises_a_clear_error(qdrant_server) -> None:
     qdrant_server.stop()
 
     with pytest.raises(VectorStoreUnavailable):
-        asyncio.run(ChunkService().count_chunks(kb_id="6a1f7a4e-0000-4000-8000-000000000000"))
+        index = KbIndex(kb_id=UUID("6a1f7a4e-0000-4000-8000-000000000000"), model="any", vector_size=384)
+        asyncio.run(ChunkService().count_chunks(kb_id=index.kb_id, index=index))

@@ -72,6 +72,9 @@ class ActiveIndexes:
     async def active_index(self, *, kb_id: UUID | str) -> KbIndex | None:
         return self.active.get(UUID(str(kb_id)))
 
+    async def active_indexes(self, *, kb_ids: list[UUID | str]) -> dict[UUID, KbIndex]:
+        return {UUID(str(k)): self.active[UUID(str(k))] for k in kb_ids if UUID(str(k)) in self.active}
+
 
 INDEXES = ActiveIndexes()
 chunks_service = ChunkService(indexes=INDEXES)
@@ -275,7 +278,7 @@ async def test_switching_the_active_generation_swaps_whole_answers_under_concurr
     assert await chunks_service.count_chunks(kb_id=KB) == sum(DOCUMENTS.values())  # the next one is not counted
 
     seen: list[Any] = []
-    reads = threading.Semaphore(0)
+    read = threading.Condition()
     stop = threading.Event()
 
     async def read_until_stopped() -> None:
@@ -284,15 +287,18 @@ async def test_switching_the_active_generation_swaps_whole_answers_under_concurr
                 seen.append(answer(await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=5)))
             except Exception as exc:  # noqa: BLE001 - every failure is a broken contract, recorded
                 seen.append(exc)
-            reads.release()
+            with read:
+                read.notify_all()
 
     reader = threading.Thread(target=asyncio.run, args=(read_until_stopped(),))
     reader.start()
     try:
         for target in [second, first] * 5 + [second]:
             INDEXES.active[KB] = target
-            # Wait for two reads after each switch: at least one of them began after it.
-            assert reads.acquire(timeout=10) and reads.acquire(timeout=10)
+            # Wait for two more reads after each switch: at least the second of them began after it.
+            switched_at = len(seen)
+            with read:
+                assert read.wait_for(lambda mark=switched_at: len(seen) >= mark + 2, timeout=10)
     finally:
         stop.set()
         reader.join(10)
@@ -538,6 +544,9 @@ async def test_counts_are_exact_per_document_and_per_knowledge_base(store) -> No
     assert {d: await chunks_service.count_chunks(kb_id=KB, document_id=d) for d in DOCUMENTS} == DOCUMENTS
     assert await chunks_service.count_chunks(kb_id=KB, document_id=UUID(int=5)) == 0
     assert await chunks_service.count_chunks(kb_id=OTHER_KB) == DOCUMENTS[DOC_B]
+    assert await chunks_service.count_chunks_per_kb(kb_ids=[OTHER_KB, KB, UUID(int=9)]) == {
+        OTHER_KB: DOCUMENTS[DOC_B], KB: sum(DOCUMENTS.values()), UUID(int=9): 0,
+    }  # fmt: skip
 
 
 async def test_title_and_archive_updates_are_visible_to_the_next_search(store) -> None:
