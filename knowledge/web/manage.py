@@ -49,7 +49,7 @@ async def _kb_and_role(
     permissions = PermissionService()
     try:
         kb = await permissions.get_knowledge_base(user=user, kb_id=kb_id, least=Role.READER)
-        role = await permissions.require(user=user, kb=kb, least=least)
+        role = await permissions.arequire(user=user, kb=kb, least=least)
     except KnowledgeBaseNotFound as exc:
         raise Http404(exc.message) from None
     except PermissionDenied as exc:
@@ -309,7 +309,7 @@ async def remove_member(request: HttpRequest, kb_id: UUID, user_id: int) -> Http
 
 async def _back_to_members(request: HttpRequest, user, kb: KnowledgeBase) -> HttpResponse:
     """The members' page, or, for an owner who just gave up that role, the furthest page they may still see."""
-    role = await PermissionService().role_for(user=user, kb=kb)
+    role = await PermissionService().arole_for(user=user, kb=kb)
     if role == Role.OWNER:
         return HttpResponseRedirect(reverse("web:kb_members", args=[kb.pk]) + "#messages")
     if role is not None:

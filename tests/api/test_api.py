@@ -382,11 +382,17 @@ async def test_an_unknown_knowledge_base_answers_404(owner_headers) -> None:
     assert str(missing) in response.json()["message"]
 
 
-@pytest.mark.parametrize(
-    "path", ["/kbs/not-a-uuid", "/kbs/not-a-uuid/stats", f"/kbs/{NOWHERE}/documents/not-a-uuid"]
-)
-async def test_an_id_that_is_not_a_uuid_answers_422(owner_headers, path) -> None:
+@pytest.mark.parametrize("path", ["/kbs/no-such-kb", "/kbs/no-such-kb/stats"])
+async def test_a_slug_that_names_no_knowledge_base_answers_404_naming_it(owner_headers, path) -> None:
     response = await client.get(path, headers=owner_headers)
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "kb_not_found"
+    assert "no-such-kb" in response.json()["message"]
+
+
+async def test_a_document_id_that_is_not_a_uuid_answers_422(owner_headers) -> None:
+    response = await client.get(f"/kbs/{NOWHERE}/documents/not-a-uuid", headers=owner_headers)
 
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"

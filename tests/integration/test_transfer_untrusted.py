@@ -15,7 +15,7 @@ from knowledge.services.documents import DocumentService
 from knowledge.transfer.archive import CHUNKS, DOCUMENTS, MANIFEST, MAX_MEMBERSHIPS_BYTES, MEMBERSHIPS
 from search.qdrant import qdrant_service
 from tests.factories import add_member, make_document, make_kb
-from tests.integration.test_transfer import collection_names, command_error, rewrite_archive, run
+from tests.integration.test_transfer import command_error, rewrite_archive, run, stored_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -81,13 +81,13 @@ def spoof_payloads(chunks: list[dict]) -> None:
 
 
 def assert_refused(path: Path, expected: str) -> None:
-    collections, documents, kbs = collection_names(), Document.objects.count(), KnowledgeBase.objects.count()
+    points, documents, kbs = stored_points(), Document.objects.count(), KnowledgeBase.objects.count()
 
     message = command_error("import_kb", str(path), "--slug", "restored")
 
     assert expected in message and "nothing was imported" in message.lower(), message
     assert KnowledgeBase.objects.count() == kbs and Document.objects.count() == documents
-    assert collection_names() == collections
+    assert stored_points() == points
 
 
 def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
