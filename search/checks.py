@@ -143,12 +143,7 @@ def show_qdrant_cluster_settings(app_configs=None, **kwargs) -> list:
         return []
     config = QdrantConfig.from_settings()
     if config.is_local:
-        return [
-            Info(
-                f"Collections are made in the {config.describe()}; cluster settings do not apply.",
-                id="search.I001",
-            )
-        ]
+        return []  # nothing to lay out; cluster settings set without a server are search.W002's
     return [
         Info(
             f"New collections on the {config.describe()}: {config.shard_number} shard(s), replication factor "

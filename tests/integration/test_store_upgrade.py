@@ -39,7 +39,10 @@ def write_with_local_mode(path, documents) -> None:
     qdrant_service.configure(QdrantConfig(path=str(path), engine=LOCAL_MODE_ENGINE))
     service = IngestionService()
     for document in documents:
-        assert asyncio.run(service.ingest_now(document_id=document.id, worker_id="old")).status == DocumentStatus.READY
+        assert (
+            asyncio.run(service.ingest_now(document_id=document.id, worker_id="old")).status
+            == DocumentStatus.READY
+        )
     qdrant_service.close()
 
 
@@ -69,7 +72,7 @@ def test_upgrade_store_keeps_the_old_folder_and_rebuilds_every_kb_into_edge(stor
 
     kept = next(store_path.parent.glob("qdrant.local-mode-*"))
     assert is_local_mode_store(kept) and not is_local_mode_store(store_path)
-    assert str(kept) in output and "Upgraded 1 knowledge bases" in output
+    assert str(kept) in output and "Upgraded 1 knowledge base to Qdrant Edge" in output
     kb.refresh_from_db()
     assert kb.keyword_settings is not None
     total = sum(d.chunk_count for d in kb.documents.all())
@@ -122,7 +125,9 @@ async def as_the_landed_release_kept_it(kb: KnowledgeBase, *, hybrid: bool) -> i
     )
     await client.update_collection_aliases(
         change_aliases_operations=[
-            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=name, alias_name=f"kb_{kb.id}"))
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=name, alias_name=f"kb_{kb.id}")
+            )
         ]
     )
     await CollectionService().delete_knowledge_base(kb_id=kb.id)
@@ -137,14 +142,19 @@ def landed_store(test_user, ingestion_service):
         kb = make_kb(owner=test_user, name=slug.title(), slug=slug)
         for name, text in PASSAGES.items():
             document = make_document(kb=kb, title=name, text=text)
-            assert asyncio.run(ingestion_service.ingest_now(document_id=document.id, worker_id="t")).status == "ready"
+            assert (
+                asyncio.run(ingestion_service.ingest_now(document_id=document.id, worker_id="t")).status
+                == "ready"
+            )
         if not hybrid:
             KnowledgeBase.objects.filter(pk=kb.pk).update(keyword_settings=None)
         kbs[slug] = (kb, asyncio.run(as_the_landed_release_kept_it(kb, hybrid=hybrid)))
     gone = make_kb(owner=test_user, name="Gone", slug="gone")
-    ingestion = asyncio.run(ingestion_service.ingest_now(
-        document_id=make_document(kb=gone, title="x", text=PASSAGES["tides.txt"]).id, worker_id="t"
-    ))
+    ingestion = asyncio.run(
+        ingestion_service.ingest_now(
+            document_id=make_document(kb=gone, title="x", text=PASSAGES["tides.txt"]).id, worker_id="t"
+        )
+    )
     assert ingestion.status == "ready"
     asyncio.run(as_the_landed_release_kept_it(gone, hybrid=True))
     KnowledgeBase.objects.filter(pk=gone.pk).delete()
@@ -180,7 +190,9 @@ def test_upgrade_layout_moves_every_kbs_collection_into_the_shared_one_and_names
     assert asyncio.run(qdrant_service.client.count(orphan, exact=True)).count > 0
 
 
-def test_an_upgrade_stopped_part_way_is_finished_by_running_it_again(landed_store, test_user, monkeypatch) -> None:
+def test_an_upgrade_stopped_part_way_is_finished_by_running_it_again(
+    landed_store, test_user, monkeypatch
+) -> None:
     kbs, orphan = landed_store
     monkeypatch.setattr(store_upgrade, "MOVE_BATCH", 2)
     calls = []
@@ -202,4 +214,6 @@ def test_an_upgrade_stopped_part_way_is_finished_by_running_it_again(landed_stor
     assert "Moved 2 knowledge bases" in output
     for kb, points in kbs.values():
         assert_moved(kb, points, test_user)
-    assert f"kb_{alpha.id}" not in {a.alias_name for a in asyncio.run(qdrant_service.client.get_aliases()).aliases}
+    assert f"kb_{alpha.id}" not in {
+        a.alias_name for a in asyncio.run(qdrant_service.client.get_aliases()).aliases
+    }

@@ -13,9 +13,9 @@ from django.db import connection
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.documents import DocumentService
 from knowledge.transfer.archive import CHUNKS, DOCUMENTS, MANIFEST, MAX_MEMBERSHIPS_BYTES, MEMBERSHIPS
-from search.qdrant import qdrant_service
 from tests.factories import add_member, make_document, make_kb
 from tests.integration.test_transfer import command_error, rewrite_archive, run, stored_points
+from tests.support.tenants import kb_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -97,14 +97,8 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
 
     restored = KnowledgeBase.objects.get(slug="restored")
 
-    async def payloads() -> list[dict]:
-        points, _ = await qdrant_service.client.scroll(
-            collection_name=f"kb_{restored.pk}", limit=1000, with_payload=True
-        )
-        return [point.payload for point in points]
-
     documents = {str(d.pk): d for d in Document.objects.filter(knowledge_base=restored)}
-    found = asyncio.run(payloads())
+    found = [point.payload for point in asyncio.run(kb_points(restored.pk))]
     assert found
     for payload in found:
         document = documents[payload["document_id"]]

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent import futures
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,8 @@ from search.edge import EdgeStore
 _Servicer = TypeVar("_Servicer", bound="_EngineServicer")
 
 SERVER_TITLE = "qdrant - vector search engine"
+# The engine behind the loopback server is Qdrant Edge: its package version stands for the server version.
+ENGINE_VERSION = metadata.version("qdrant-edge-py")
 CONTROL_SERVICE = "kbsite.LoopbackControl"
 # Time for the child to import Edge and gRPC and bind its port, on a busy machine.
 START_TIMEOUT_SECONDS = 60
@@ -99,8 +102,7 @@ class _Qdrant(_EngineServicer, pb.QdrantServicer):
     @_rpc
     async def HealthCheck(self, request: pb.HealthCheckRequest) -> pb.HealthCheckReply:
         # a server's title, with the engine's version: clients check the title, not the version
-        engine = await self.store.info()
-        return pb.HealthCheckReply(title=SERVER_TITLE, version=engine.version)
+        return pb.HealthCheckReply(title=SERVER_TITLE, version=ENGINE_VERSION)
 
 
 class _Collections(_EngineServicer, pb.CollectionsServicer):
@@ -214,26 +216,6 @@ class _Points(_EngineServicer, pb.PointsServicer):
         )
 
     @_rpc
-    async def OverwritePayload(self, request: pb.SetPayloadPoints) -> pb.PointsOperationResponse:
-        return _update_response(
-            await self.store.overwrite_payload(
-                request.collection_name,
-                payload=GrpcToRest.convert_payload(request.payload),
-                points=GrpcToRest.convert_points_selector(request.points_selector),
-            )
-        )
-
-    @_rpc
-    async def DeletePayload(self, request: pb.DeletePayloadPoints) -> pb.PointsOperationResponse:
-        return _update_response(
-            await self.store.delete_payload(
-                request.collection_name,
-                keys=list(request.keys),
-                points=GrpcToRest.convert_points_selector(request.points_selector),
-            )
-        )
-
-    @_rpc
     async def Scroll(self, request: pb.ScrollPoints) -> pb.ScrollResponse:
         records, next_offset = await self.store.scroll(
             request.collection_name,
@@ -313,12 +295,6 @@ class _Points(_EngineServicer, pb.PointsServicer):
             request.collection_name, request.field_name, field_schema=schema
         )
         return _update_response(created)
-
-    @_rpc
-    async def DeleteFieldIndex(self, request: pb.DeleteFieldIndexCollection) -> pb.PointsOperationResponse:
-        return _update_response(
-            await self.store.delete_payload_index(request.collection_name, request.field_name)
-        )
 
 
 def _creation_settings(request: pb.CreateCollection) -> dict[str, Any]:

@@ -103,8 +103,6 @@ async def _scenario(client: AsyncQdrantClient) -> dict[str, Any]:
     await client.set_payload(COLLECTION, payload={"lang": "it"}, points=models.FilterSelector(filter=doc_b))
     italian = models.Filter(must=[_field("lang", "it")])
     seen["count_it"] = (await client.count(COLLECTION, count_filter=italian)).count
-    await client.delete_payload(COLLECTION, keys=["title"], points=models.FilterSelector(filter=doc_b))
-    seen["count_untitled"] = (await client.count(COLLECTION, count_filter=UNTITLED)).count
 
     late_doc_a = models.Filter(
         must=[
@@ -115,7 +113,6 @@ async def _scenario(client: AsyncQdrantClient) -> dict[str, Any]:
     await client.delete(COLLECTION, points_selector=models.FilterSelector(filter=late_doc_a))
     seen["count_after_delete"] = (await client.count(COLLECTION, exact=True)).count
 
-    await client.delete_payload_index(COLLECTION, "document_id")
     seen["deleted"] = await client.delete_collection(COLLECTION)
     seen["exists_after_delete"] = await client.collection_exists(COLLECTION)
     return seen
