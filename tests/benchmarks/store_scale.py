@@ -105,6 +105,7 @@ def queries(label: str, count: int) -> list[str]:
 
 
 async def seed(kb_id, n: int, synthetic: Synthetic) -> dict:
+    from knowledge.services.knowledge_bases import KnowledgeBaseIndexes
     from search.chunking import TextChunk
     from search.keywords import KeywordSettings, keyword_encoder
     from search.services.chunks import ChunkService
@@ -127,7 +128,7 @@ async def seed(kb_id, n: int, synthetic: Synthetic) -> dict:
         plan.append((f"00000000-0000-4000-8000-{d:012d}", chunks, vectors[start:end].tolist()))
     del vectors
 
-    await CollectionService().ensure_collection(kb_id=kb_id, vector_size=DIMENSIONS)
+    await CollectionService().ensure_collection(index=await KnowledgeBaseIndexes().active_index(kb_id=kb_id))
     encoding = 0.0
     started = time.perf_counter()
     for d, (document_id, chunks, doc_vectors) in enumerate(plan):
