@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,11 +30,13 @@ def test_the_readme_api_session_runs_as_pasted(tmp_path) -> None:
         with live_server(env, tmp_path / "server.log") as server:
             # The reader's machine: the project's venv, the server on port 8000, a var/ folder at hand.
             script = re.sub(r"(?<![\w/])\.venv/bin/python", sys.executable, session)
-            script = script.replace(" manage.py ", f" {BASE_DIR / 'manage.py'} ").replace("http://127.0.0.1:8000", server.url)
+            script = script.replace(" manage.py ", f" {BASE_DIR / 'manage.py'} ")
+            # The session reaches the server through the PORT the reader gave `make run`, as pasted.
+            assert "http://127.0.0.1:${PORT:-8000}/api/v1" in script
             done = subprocess.run(
                 ["bash", "-euo", "pipefail", "-c", script],
                 cwd=tmp_path,
-                env=env,
+                env={**env, "PORT": str(urlsplit(server.url).port)},
                 capture_output=True,
                 text=True,
                 timeout=120,
