@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from qdrant_client import models
 
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.documents import DocumentService
+from knowledge.services.knowledge_bases import active_index
 from knowledge.transfer.archive import CHUNKS, DOCUMENTS, MANIFEST, MAX_MEMBERSHIPS_BYTES, MEMBERSHIPS
 from search.qdrant import qdrant_service
+from search.services.collections import tenant_filter
 from tests.factories import add_member, make_document, make_kb
 from tests.integration.test_transfer import command_error, rewrite_archive, run, stored_points
 
@@ -28,7 +31,7 @@ def archive(test_user, other_user, ingestion_service, tmp_path) -> Path:
     """An export of two ready documents (one archived, one labelled) with bob a reader."""
     kb = make_kb(owner=test_user, name="Field notes", slug="field-notes", chunk_size=24, chunk_overlap=4)
     add_member(kb, other_user, Role.READER)
-    for title, text, labels in (("Tides", TIDES, {"tags": ["ocean"]}), ("Bees", BEES, {})):
+    for title, text, labels in (("Tides", TIDES, {"tags": ["ocean"], "metadata": {"year": 2024}}), ("Bees", BEES, {})):
         document = make_document(kb=kb, title=title, text=text, **labels)
         document = asyncio.run(ingestion_service.ingest_now(document_id=document.id, worker_id="tests"))
         assert document.status == DocumentStatus.READY, document.error
@@ -98,8 +101,12 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
     restored = KnowledgeBase.objects.get(slug="restored")
 
     async def payloads() -> list[dict]:
+        index = active_index(restored)
         points, _ = await qdrant_service.client.scroll(
-            collection_name=f"kb_{restored.pk}", limit=1000, with_payload=True
+            collection_name=index.collection,
+            scroll_filter=models.Filter(must=[tenant_filter(index.tenant)]),
+            limit=1000,
+            with_payload=True,
         )
         return [point.payload for point in points]
 
@@ -111,6 +118,7 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
         assert payload["title"] == document.title and payload["tags"] == document.tags
         assert payload["archived"] == (document.archived_at is not None)
         assert payload["meta"] == document.metadata
+        assert payload["meta_number"] == {k: v for k, v in document.metadata.items() if k in restored.metadata_fields}
         assert payload["content"] == document.text[payload["char_start"] : payload["char_end"]]
 
 
@@ -135,6 +143,14 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
         (
             change_manifest(lambda manifest: manifest["knowledge_base"].update(name="n" * 100_000)),
             "KnowledgeBase.name has 100000 characters",
+        ),
+        (
+            change_manifest(lambda manifest: manifest.update(metadata_fields={"year": "integer"})),
+            "metadata_fields: year: the type is one of text, number, date, bool, not 'integer'",
+        ),
+        (
+            change_manifest(lambda manifest: manifest.update(metadata_fields={"year": "date"})),
+            "metadata.year is 2024, not of the type date manifest.json declares",
         ),
         (
             lambda members: members.update(
