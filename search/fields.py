@@ -122,7 +122,10 @@ def typed_payload(metadata: Mapping[str, Any], fields: Fields) -> dict[str, dict
 
 def index_schemas(fields: Fields) -> dict[str, models.PayloadSchemaType]:
     """The payload index each declared field needs, by payload path."""
-    return {field_path(key, field_type): INDEX_SCHEMAS[FieldType(field_type)] for key, field_type in fields.items()}
+    return {
+        field_path(key, field_type): INDEX_SCHEMAS[FieldType(field_type)]
+        for key, field_type in fields.items()
+    }
 
 
 def describe_fields(fields: Fields) -> str:

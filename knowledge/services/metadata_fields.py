@@ -39,7 +39,9 @@ def clean_fields(fields: Any) -> dict[str, str]:
     cleaned: dict[str, str] = {}
     for key, field_type in fields.items():
         if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-            raise _refuse(f"{key!r}: a key is a letter or _, then up to 63 letters, digits or _.", field=str(key))
+            raise _refuse(
+                f"{key!r}: a key is a letter or _, then up to 63 letters, digits or _.", field=str(key)
+            )
         if field_type not in FIELD_TYPES:
             raise _refuse(
                 f"{key}: the type is one of {', '.join(FIELD_TYPES)}, not {field_type!r}.", field=key
@@ -114,14 +116,19 @@ class MetadataFieldService:
         A value of a declared key with another type is refused (InvalidMetadataField), naming the
         KB's fields. Runs in the caller's transaction, if any; the KB row is locked only to declare.
         """
-        current = KnowledgeBase.objects.filter(pk=kb.pk).values_list("metadata_fields", flat=True).first() or {}
+        current = (
+            KnowledgeBase.objects.filter(pk=kb.pk).values_list("metadata_fields", flat=True).first() or {}
+        )
         self._check_values(kb, metadata, current)
         if all(key in current for key in metadata):
             kb.metadata_fields = current
             return current
         with transaction.atomic():
             current = (
-                KnowledgeBase.objects.select_for_update().filter(pk=kb.pk).values_list("metadata_fields", flat=True).first()
+                KnowledgeBase.objects.select_for_update()
+                .filter(pk=kb.pk)
+                .values_list("metadata_fields", flat=True)
+                .first()
                 or {}
             )
             self._check_values(kb, metadata, current)
@@ -205,7 +212,9 @@ class MetadataFieldService:
         await self.chunk_service.collections.ensure_field_indexes(index=index, fields=change.fields)
         rewrite = change.retyped + change.added
         if rewrite:
-            change.documents_rewritten = await self.arewrite_typed_copies(kb=kb, fields=change.fields, keys=rewrite)
+            change.documents_rewritten = await self.arewrite_typed_copies(
+                kb=kb, fields=change.fields, keys=rewrite
+            )
         await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(metadata_fields=change.fields)
         kb.metadata_fields = change.fields
         return change
@@ -217,7 +226,9 @@ class MetadataFieldService:
         documents = Document.objects.filter(knowledge_base_id=kb.pk)
         documents = documents.filter(metadata__has_any_keys=keys) if keys else documents.exclude(metadata={})
         rewritten = 0
-        async for document_id, tags, metadata in documents.values_list("id", "tags", "metadata").order_by("pk"):
+        async for document_id, tags, metadata in documents.values_list("id", "tags", "metadata").order_by(
+            "pk"
+        ):
             await self.chunk_service.set_labels(
                 kb_id=kb.pk, document_id=document_id, tags=tags, metadata=metadata, fields=fields
             )

@@ -65,7 +65,12 @@ async def labelled(kb, ingestion_service) -> dict[str, Document]:
 async def search(headers, kb, filter_):
     return await client.post(
         "/search",
-        json={"query": "how things change over time", "kb_ids": [str(kb.id)], "limit": 100, "filter": filter_},
+        json={
+            "query": "how things change over time",
+            "kb_ids": [str(kb.id)],
+            "limit": 100,
+            "filter": filter_,
+        },
         headers=headers,
     )
 
@@ -150,10 +155,14 @@ async def test_a_search_of_several_kbs_filters_on_keys_each_declares_with_one_ty
     both = [str(kb.id), str(other.id)]
 
     shared = await client.post(
-        "/search", json={"query": "tides", "kb_ids": both, "filter": {"key": "year", "gte": 2021}}, headers=owner_headers
+        "/search",
+        json={"query": "tides", "kb_ids": both, "filter": {"key": "year", "gte": 2021}},
+        headers=owner_headers,
     )
     clash = await client.post(
-        "/search", json={"query": "tides", "kb_ids": both, "filter": {"key": "status", "eq": "final"}}, headers=owner_headers
+        "/search",
+        json={"query": "tides", "kb_ids": both, "filter": {"key": "status", "eq": "final"}},
+        headers=owner_headers,
     )
 
     assert shared.status_code == 200, shared.json()
@@ -162,7 +171,9 @@ async def test_a_search_of_several_kbs_filters_on_keys_each_declares_with_one_ty
     assert clash.json()["detail"]["fields"] == {"year": "number"}
 
 
-async def test_an_upload_with_a_value_of_another_type_than_its_keys_answers_422(kb, labelled, editor_headers) -> None:
+async def test_an_upload_with_a_value_of_another_type_than_its_keys_answers_422(
+    kb, labelled, editor_headers
+) -> None:
     text = await client.post(
         f"/kbs/{kb.id}/documents/text",
         json={"title": "T", "text": "Some text.", "metadata": {"year": "last year"}},
@@ -176,7 +187,9 @@ async def test_an_upload_with_a_value_of_another_type_than_its_keys_answers_422(
         headers=editor_headers,
     )
     patch = await client.patch(
-        f"/kbs/{kb.id}/documents/{labelled[BEES[0]].id}", json={"metadata": {"year": "2019"}}, headers=editor_headers
+        f"/kbs/{kb.id}/documents/{labelled[BEES[0]].id}",
+        json={"metadata": {"year": "2019"}},
+        headers=editor_headers,
     )
 
     for response, field in ((text, "metadata.year"), (upload, "metadata.reviewed"), (patch, "metadata.year")):
@@ -212,7 +225,9 @@ async def test_an_owner_retyping_a_field_rewrites_its_filter_values_and_index_wi
 ) -> None:
     index = active_index(kb)
     ids = [
-        chunk_point_id(index.tenant, document.id, i) for document in labelled.values() for i in range(document.chunk_count)
+        chunk_point_id(index.tenant, document.id, i)
+        for document in labelled.values()
+        for i in range(document.chunk_count)
     ]
 
     async def vectors():
@@ -230,7 +245,10 @@ async def test_an_owner_retyping_a_field_rewrites_its_filter_values_and_index_wi
     assert await titles_found(reader_headers, kb, {"key": "published", "eq": "2019-04-02"}) == {BEES[0]}
     date_filter = await search(reader_headers, kb, {"key": "published", "gte": "2020-01-01"})
     assert date_filter.status_code == 422
-    assert "'published' is a text field: it takes eq, ne, in, not_in and exists." in date_filter.json()["message"]
+    assert (
+        "'published' is a text field: it takes eq, ne, in, not_in and exists."
+        in date_filter.json()["message"]
+    )
     after = await vectors()
     assert after.keys() == before.keys() and len(after) == len(ids)
     for point_id, vector in before.items():
@@ -241,7 +259,9 @@ async def test_an_owner_retyping_a_field_rewrites_its_filter_values_and_index_wi
     assert await titles_found(reader_headers, kb, {"key": "published", "gte": "2020-01-01"}) == {TIDES[0]}
 
 
-async def test_a_type_the_documents_values_do_not_have_or_removing_a_carried_key_is_refused(kb, labelled) -> None:
+async def test_a_type_the_documents_values_do_not_have_or_removing_a_carried_key_is_refused(
+    kb, labelled
+) -> None:
     service = MetadataFieldService()
 
     with pytest.raises(InvalidMetadataField, match=r"year cannot be date: 3 document value\(s\) are not"):
