@@ -272,3 +272,27 @@ async def test_a_type_the_documents_values_do_not_have_or_removing_a_carried_key
         await service.aset_fields(kb=kb, fields={**DECLARED, "year": "integer"})
 
     assert (await KnowledgeBase.objects.aget(pk=kb.pk)).metadata_fields == DECLARED
+
+
+async def test_readers_see_the_declared_fields_and_owners_alone_change_them(
+    kb, labelled, owner_headers, editor_headers, reader_headers
+) -> None:
+    shown = await client.get(f"/kbs/{kb.id}", headers=reader_headers)
+    by_editor = await client.patch(
+        f"/kbs/{kb.id}", json={"metadata_fields": {**DECLARED, "pages": "number"}}, headers=editor_headers
+    )
+    by_owner = await client.patch(
+        f"/kbs/{kb.id}", json={"metadata_fields": {**DECLARED, "pages": "number"}}, headers=owner_headers
+    )
+    wrong_type = await client.patch(
+        f"/kbs/{kb.id}", json={"metadata_fields": {**DECLARED, "year": "date"}}, headers=owner_headers
+    )
+    renamed = await client.patch(f"/kbs/{kb.id}", json={"name": "Notes"}, headers=owner_headers)
+
+    assert shown.status_code == 200 and shown.json()["metadata_fields"] == DECLARED
+    assert by_editor.status_code == 403
+    assert by_owner.status_code == 200, by_owner.json()
+    assert by_owner.json()["metadata_fields"] == {**DECLARED, "pages": "number"}
+    assert (wrong_type.status_code, wrong_type.json()["code"]) == (422, "invalid_metadata_field")
+    assert renamed.json()["metadata_fields"] == {**DECLARED, "pages": "number"}
+    assert "meta_number.pages" in await payload_schema(kb)
