@@ -129,7 +129,7 @@ async def update_knowledge_base(request: HttpRequest, kb_id: KbRef, payload: Kno
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     changes = payload.dict(exclude_unset=True)
     if (fields := changes.pop("metadata_fields", None)) is not None:
-        await MetadataFieldService().aset_fields(kb=kb, fields=fields)
+        await MetadataFieldService().aset_fields(kb=kb, fields=fields, actor=request.auth)
     return await KnowledgeBaseService().aupdate_knowledge_base(kb=kb, **changes)
 
 

@@ -149,7 +149,10 @@ class _Compiler:
                 condition = self.equals(target, field_type, self.typed(key, field_type, value, where))
                 (must if op == "eq" else must_not).append(condition)
             elif op in ("in", "not_in"):
-                values = [self.typed(key, field_type, v, f"{where}[{i}]") for i, v in enumerate(self.values(value, where))]
+                values = [
+                    self.typed(key, field_type, v, f"{where}[{i}]")
+                    for i, v in enumerate(self.values(value, where))
+                ]
                 condition = self.one_of(target, field_type, values)
                 (must if op == "in" else must_not).append(condition)
             else:
@@ -183,7 +186,11 @@ class _Compiler:
             return value
         if field_type == FieldType.NUMBER and is_finite_number(value):
             return value
-        if field_type == FieldType.DATE and isinstance(value, str) and (date := parse_date(value)) is not None:
+        if (
+            field_type == FieldType.DATE
+            and isinstance(value, str)
+            and (date := parse_date(value)) is not None
+        ):
             return date
         raise self.field_fail(
             path, f"{key!r} is a {field_type} field: give {TYPE_HINTS[field_type]}, not {_shown(value)}."

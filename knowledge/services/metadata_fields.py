@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from knowledge.errors import InvalidMetadataField
 from knowledge.models import Document, KnowledgeBase
+from knowledge.services import kb_history
 from knowledge.services.knowledge_bases import active_index
 from search.fields import FIELD_TYPES, TYPE_HINTS, FieldType, describe_fields, infer_type, typed_value
 from search.filters import KEY_PATTERN
@@ -200,12 +202,15 @@ class MetadataFieldService:
                 )
         return change
 
-    async def aset_fields(self, *, kb: KnowledgeBase, fields: Any) -> FieldChange:
+    async def aset_fields(
+        self, *, kb: KnowledgeBase, fields: Any, actor: AbstractBaseUser | None = None
+    ) -> FieldChange:
         """Declare, retype or remove the KB's fields; a retyped field's copies are rewritten in its chunks.
 
         The chunks change first (their payload, nothing is re-embedded) and the indexes of the new
         types are made, then the row: should Qdrant fail part-way, the old declaration stands and
-        setting the fields again finishes the job.
+        setting the fields again finishes the job. An `actor`'s change goes into the KB's history
+        (the admin keeps its own).
         """
         change = await sync_to_async(self.check_change)(kb=kb, fields=fields)
         index = active_index(kb)
@@ -217,6 +222,8 @@ class MetadataFieldService:
             )
         await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(metadata_fields=change.fields)
         kb.metadata_fields = change.fields
+        if actor is not None and (change.added or change.retyped or change.removed):
+            await sync_to_async(kb_history.record_kb_changed)(actor=actor, kb=kb, fields=["metadata_fields"])
         return change
 
     async def arewrite_typed_copies(

@@ -31,7 +31,10 @@ def archive(test_user, other_user, ingestion_service, tmp_path) -> Path:
     """An export of two ready documents (one archived, one labelled) with bob a reader."""
     kb = make_kb(owner=test_user, name="Field notes", slug="field-notes", chunk_size=24, chunk_overlap=4)
     add_member(kb, other_user, Role.READER)
-    for title, text, labels in (("Tides", TIDES, {"tags": ["ocean"], "metadata": {"year": 2024}}), ("Bees", BEES, {})):
+    for title, text, labels in (
+        ("Tides", TIDES, {"tags": ["ocean"], "metadata": {"year": 2024}}),
+        ("Bees", BEES, {}),
+    ):
         document = make_document(kb=kb, title=title, text=text, **labels)
         document = asyncio.run(ingestion_service.ingest_now(document_id=document.id, worker_id="tests"))
         assert document.status == DocumentStatus.READY, document.error
@@ -118,7 +121,9 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
         assert payload["title"] == document.title and payload["tags"] == document.tags
         assert payload["archived"] == (document.archived_at is not None)
         assert payload["meta"] == document.metadata
-        assert payload["meta_number"] == {k: v for k, v in document.metadata.items() if k in restored.metadata_fields}
+        assert payload["meta_number"] == {
+            k: v for k, v in document.metadata.items() if k in restored.metadata_fields
+        }
         assert payload["content"] == document.text[payload["char_start"] : payload["char_end"]]
 
 

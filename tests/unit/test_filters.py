@@ -139,7 +139,9 @@ def test_a_date_equals_the_instant_it_names() -> None:
         ({"and": [{"tag": {"any": ["a"]}}, {"key": "missing", "exists": False}]}, "filter.and[1].key"),
     ],
 )
-def test_an_undeclared_key_or_a_value_of_another_type_is_refused_listing_the_declared_fields(spec, path) -> None:
+def test_an_undeclared_key_or_a_value_of_another_type_is_refused_listing_the_declared_fields(
+    spec, path
+) -> None:
     with pytest.raises(InvalidFilter) as raised:
         compile_filter(spec, {"status": "text", "year": "number", "ok": "bool", "published": "date"})
 
@@ -148,7 +150,9 @@ def test_an_undeclared_key_or_a_value_of_another_type_is_refused_listing_the_dec
         "fields": {"ok": "bool", "published": "date", "status": "text", "year": "number"},
     }
     assert raised.value.message.startswith(f"{path}: ")
-    assert "'Notes' declares: ok (bool), published (date), status (text), year (number)." in raised.value.message
+    assert (
+        "'Notes' declares: ok (bool), published (date), status (text), year (number)." in raised.value.message
+    )
 
 
 def test_a_knowledge_base_that_declares_nothing_says_so() -> None:
