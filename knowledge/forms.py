@@ -31,7 +31,7 @@ class MetadataFieldsField(forms.CharField):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault(
             "help_text",
-            "One `key: type` a line, e.g. year: number, status: text, published: date, reviewed: bool. Searches "
+            "One key: type a line, e.g. year: number, status: text, published: date, reviewed: bool. Searches "
             "filter on these keys only. A document uploaded with a new key declares it; changing a type rewrites "
             "the chunks' filter values (no embedding), once every document's value is of the new type.",
         )
