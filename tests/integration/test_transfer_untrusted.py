@@ -96,6 +96,14 @@ def assert_refused(path: Path, expected: str) -> None:
     assert stored_points() == points
 
 
+def test_an_archive_from_before_declared_fields_declares_those_its_documents_carry(archive) -> None:
+    rewrite_archive(archive, change_manifest(lambda manifest: manifest.pop("metadata_fields")))
+
+    run("import_kb", str(archive), "--slug", "restored")
+
+    assert KnowledgeBase.objects.get(slug="restored").metadata_fields == {"year": "number"}
+
+
 def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
     rewrite_archive(archive, change_chunks(spoof_payloads))
 
