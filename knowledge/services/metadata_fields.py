@@ -217,7 +217,7 @@ class MetadataFieldService:
         await self.chunk_service.collections.ensure_field_indexes(index=index, fields=change.fields)
         rewrite = change.retyped + change.added
         if rewrite:
-            change.documents_rewritten = await self.arewrite_typed_copies(
+            change.documents_rewritten = await self.rewrite_typed_copies(
                 kb=kb, fields=change.fields, keys=rewrite
             )
         await KnowledgeBase.objects.filter(pk=kb.pk).aupdate(metadata_fields=change.fields)
@@ -226,7 +226,7 @@ class MetadataFieldService:
             await sync_to_async(kb_history.record_kb_changed)(actor=actor, kb=kb, fields=["metadata_fields"])
         return change
 
-    async def arewrite_typed_copies(
+    async def rewrite_typed_copies(
         self, *, kb: KnowledgeBase, fields: Mapping[str, str], keys: list[str] | None = None
     ) -> int:
         """Write the typed copies of the documents carrying these keys (all keys: None) into their chunks."""
@@ -242,7 +242,7 @@ class MetadataFieldService:
             rewritten += 1
         return rewritten
 
-    async def aupgrade(self, *, kb: KnowledgeBase) -> FieldUpgrade:
+    async def upgrade_chunks(self, *, kb: KnowledgeBase) -> FieldUpgrade:
         """Bring a KB's chunks written by an earlier kbsite in step with its declared fields (migration 0008's).
 
         Writes each document's typed copies (payload only), makes the declared fields' indexes, and
@@ -251,7 +251,7 @@ class MetadataFieldService:
         """
         index = active_index(kb)
         await self.chunk_service.collections.ensure_field_indexes(index=index, fields=kb.metadata_fields)
-        rewritten = await self.arewrite_typed_copies(kb=kb, fields=kb.metadata_fields)
+        rewritten = await self.rewrite_typed_copies(kb=kb, fields=kb.metadata_fields)
         dropped = await self.chunk_service.collections.drop_search_made_indexes(index=index)
         return FieldUpgrade(documents=rewritten, dropped_indexes=dropped)
 

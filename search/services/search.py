@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -46,7 +46,7 @@ MAX_GROUP_SIZE = 10
 MAX_CONTEXT_CHUNKS = 5
 
 
-def _searched_fields(kbs: Any) -> SearchedFields:
+def _searched_fields(kbs: Iterable[SearchableKnowledgeBase]) -> SearchedFields:
     """The KBs' declared fields by name (a name two KBs share is told apart by id)."""
     kbs = list(kbs)
     names = [kb.name for kb in kbs]

@@ -39,7 +39,7 @@ class Command(BaseCommand):
                 raise CommandError(f"There is no knowledge base {', '.join(sorted(missing))}.")
         service, total = MetadataFieldService(), 0
         async for kb in kbs:
-            upgrade = await service.aupgrade(kb=kb)
+            upgrade = await service.upgrade_chunks(kb=kb)
             total += upgrade.documents
             if verbosity >= 1:
                 dropped = f"; dropped {', '.join(upgrade.dropped_indexes)}" if upgrade.dropped_indexes else ""
