@@ -69,7 +69,7 @@ def test_upgrade_store_keeps_the_old_folder_and_rebuilds_every_kb_into_edge(stor
 
     kept = next(store_path.parent.glob("qdrant.local-mode-*"))
     assert is_local_mode_store(kept) and not is_local_mode_store(store_path)
-    assert str(kept) in output and "Upgraded 1 knowledge bases" in output
+    assert str(kept) in output and "Upgraded 1 knowledge base " in output
     kb.refresh_from_db()
     assert kb.keyword_settings is not None
     total = sum(d.chunk_count for d in kb.documents.all())
