@@ -24,6 +24,7 @@ from knowledge.selectors import chunk_counts, document_chunks, knowledge_bases_w
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import EDITABLE_KB_FIELDS, KnowledgeBaseService
 from knowledge.services.members import MembershipService
+from knowledge.services.metadata_fields import MetadataFieldService
 from knowledge.services.permissions import ROLE_RANK, PermissionService
 from knowledge.services.tokens import ApiTokenService
 from search.errors import SearchError
@@ -83,6 +84,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "slug", "description", "owner"]}),
         ("Indexing", {"fields": ["chunk_size", "chunk_overlap", "embedding_model", "vector_size"]}),
+        ("Metadata fields", {"fields": ["declared_fields"]}),
         ("Record", {"fields": ["id", "created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     readonly_fields = ["id", "embedding_model", "vector_size", "created_at", "updated_at"]
@@ -134,6 +136,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
                     "Select the documents and run “Chunk and embed again”, or `manage.py reindex --kb "
                     f"{obj.slug}`, to apply them to the others.",
                 )
+            if "declared_fields" in form.changed_data:
+                self._set_fields(request, obj, form.cleaned_data["declared_fields"])
             return
         created = KnowledgeBaseService().create_knowledge_base(
             name=obj.name,
@@ -145,6 +149,23 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         )
         obj.pk, obj.embedding_model, obj.vector_size = created.pk, created.embedding_model, created.vector_size
         obj._state.adding = False
+        if form.cleaned_data.get("declared_fields"):
+            self._set_fields(request, obj, form.cleaned_data["declared_fields"])
+
+    @staticmethod
+    def _set_fields(request, kb: KnowledgeBase, fields: dict[str, str]) -> None:
+        change = MetadataFieldService().set_fields(kb=kb, fields=fields)
+        done = [
+            f"{label}: {', '.join(keys)}"
+            for label, keys in (("declared", change.added), ("retyped", change.retyped), ("removed", change.removed))
+            if keys
+        ]
+        if done:
+            messages.info(
+                request,
+                f"Metadata fields {'; '.join(done)}. Filter values rewritten in the chunks of "
+                f"{change.documents_rewritten} document(s), without embedding.",
+            )
 
     def save_formset(self, request, form, formset, change):
         # Members change through the service, which keeps a KB from losing its last owner.

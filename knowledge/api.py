@@ -42,6 +42,7 @@ from knowledge.services.documents import DocumentService
 from knowledge.services.health import HealthService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.members import MembershipService
+from knowledge.services.metadata_fields import MetadataFieldService
 from knowledge.services.permissions import PermissionService
 from search.schemas import ErrorOut
 from search.services.chunks import ChunkService
@@ -123,9 +124,13 @@ async def get_knowledge_base(request: HttpRequest, kb_id: KbRef):
 
 @kbs.patch("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **WRITE})
 async def update_knowledge_base(request: HttpRequest, kb_id: KbRef, payload: KnowledgeBasePatch):
-    """Change the name, description or chunk settings (owners; new settings apply to documents indexed from now on)."""
+    """Change the name, description, chunk settings (they apply to documents indexed from now on) or declared
+    metadata fields (owners)."""
     kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
-    return await KnowledgeBaseService().aupdate_knowledge_base(kb=kb, **payload.dict(exclude_unset=True))
+    changes = payload.dict(exclude_unset=True)
+    if (fields := changes.pop("metadata_fields", None)) is not None:
+        await MetadataFieldService().aset_fields(kb=kb, fields=fields, actor=request.auth)
+    return await KnowledgeBaseService().aupdate_knowledge_base(kb=kb, **changes)
 
 
 @kbs.delete("/kbs/{kb_id}", response={204: None, **WRITE, 503: ErrorOut})

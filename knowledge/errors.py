@@ -35,6 +35,12 @@ class InvalidInput(KnowledgeError):
     code = "invalid_input"
 
 
+class InvalidMetadataField(InvalidInput):
+    """A metadata value of another type than its key's declared one, or a declaration that cannot be made."""
+
+    code = "invalid_metadata_field"
+
+
 class DuplicateSlug(KnowledgeError):
     code = "duplicate_slug"
 

@@ -15,13 +15,60 @@ from knowledge.services.document_metadata import (
     parse_metadata_pairs,
 )
 from knowledge.services.knowledge_bases import MIN_CHUNK_TOKENS, KnowledgeBaseService
+from knowledge.services.metadata_fields import (
+    MetadataFieldService,
+    describe_fields,
+    format_field_lines,
+    misfits,
+    parse_field_lines,
+)
 from search.services.search import MAX_LIMIT, MAX_QUERY_CHARS
 
 
+class MetadataFieldsField(forms.CharField):
+    """A knowledge base's declared metadata fields typed as `key: type` lines."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault(
+            "help_text",
+            "One key: type a line, e.g. year: number, status: text, published: date, reviewed: bool. Searches "
+            "filter on these keys only. A document uploaded with a new key declares it; changing a type rewrites "
+            "the chunks' filter values (no embedding), once every document's value is of the new type.",
+        )
+        super().__init__(required=False, widget=forms.Textarea(attrs={"rows": 5}), **kwargs)
+
+    def prepare_value(self, value):
+        return format_field_lines(value) if isinstance(value, dict) else value
+
+    def to_python(self, value):
+        if isinstance(value, dict):
+            return value
+        try:
+            return parse_field_lines(value or "")
+        except InvalidInput as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
 class KnowledgeBaseForm(forms.ModelForm):
+    # Not the model's field (which is not editable): the owner's change goes through MetadataFieldService.
+    declared_fields = MetadataFieldsField(label="Metadata fields")
+
     class Meta:
         model = KnowledgeBase
         fields = ["name", "slug", "description", "owner", "chunk_size", "chunk_overlap"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial.setdefault("declared_fields", self.instance.metadata_fields or {})
+
+    def clean_declared_fields(self):
+        fields = self.cleaned_data["declared_fields"]
+        if self.instance.pk is not None and "declared_fields" in self.changed_data:
+            try:
+                MetadataFieldService().check_change(kb=self.instance, fields=fields)
+            except InvalidInput as exc:
+                raise forms.ValidationError(exc.message) from exc
+        return fields
 
     def clean(self):
         cleaned = super().clean()
@@ -110,6 +157,18 @@ class DocumentForm(forms.ModelForm):
     class Meta:
         model = Document
         fields = ["title", "tags", "metadata"]
+
+    def clean_metadata(self):
+        metadata = self.cleaned_data["metadata"]
+        if self.instance.pk is not None and metadata:
+            declared = self.instance.knowledge_base.metadata_fields or {}
+            if wrong := misfits(metadata, declared):
+                key, field_type = next(iter(wrong.items()))
+                raise forms.ValidationError(
+                    f"{key} is a {field_type} field of this knowledge base, not {metadata[key]!r}. "
+                    f"Its fields: {describe_fields(declared)}."
+                )
+        return metadata
 
 
 class UploadForm(forms.Form):

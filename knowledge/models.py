@@ -58,6 +58,13 @@ class KnowledgeBase(models.Model):
         help_text="How text becomes BM25 keywords (language, stemming, stopwords, k, b, avg_len). Empty: the "
         "KB's collection predates keyword search, and `reindex --recreate` enables it.",
     )
+    metadata_fields = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="The metadata keys its documents carry and searches filter on, each with its type (text, number, "
+        'date or bool), e.g. {"year": "number"}. Owners declare them; a document written with a new key declares it.',
+    )
     chunk_size = models.PositiveIntegerField(default=default_chunk_size, help_text="Tokens per chunk.")
     chunk_overlap = models.PositiveIntegerField(
         default=default_chunk_overlap, help_text="Tokens each chunk shares with the one before it."

@@ -16,6 +16,7 @@ from search.schemas import InputSchema
 
 RoleName = Literal["reader", "editor", "owner"]
 StatusName = Literal["pending", "processing", "ready", "failed"]
+FieldTypeName = Literal["text", "number", "date", "bool"]
 
 
 class KnowledgeBaseIn(InputSchema):
@@ -47,6 +48,11 @@ class KnowledgeBasePatch(InputSchema):
     description: str | None = Field(None, max_length=10_000)
     chunk_size: int | None = Field(None, ge=MIN_CHUNK_TOKENS, le=254)
     chunk_overlap: int | None = Field(None, ge=0, le=253)
+    metadata_fields: dict[str, FieldTypeName] | None = Field(
+        None,
+        description="Every metadata field, with its type: a key left out is removed (refused while documents "
+        "carry it); a new type rewrites the chunks' filter values, once every document's value has it.",
+    )
 
 
 class KnowledgeBaseOut(Schema):
@@ -59,6 +65,9 @@ class KnowledgeBaseOut(Schema):
     vector_size: int
     chunk_size: int
     chunk_overlap: int
+    metadata_fields: dict[str, str] = Field(
+        description="The metadata keys searches may filter on, each with its type (text, number, date, bool)."
+    )
     created_at: datetime
     updated_at: datetime
 

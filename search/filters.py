@@ -1,30 +1,40 @@
-"""Metadata filters: the JSON a search's `filter` takes, checked and compiled to one Qdrant `models.Filter`.
+"""Metadata filters: the JSON a search's `filter` takes, checked against the declared fields and compiled to one Qdrant `models.Filter`.
 
 Grammar (README, "Tags, metadata and filters"): a filter is `{"and": [filter, …]}`, `{"or": [filter, …]}`,
 a tag condition `{"tag": {"any"|"all"|"none": ["a", …]}}`, or a key condition
 `{"key": "year", "<op>": value, …}` with op among eq, ne, in, not_in, gt, gte, lt, lte, exists (several
-ops in one condition must all hold). Comparisons take a number, or an ISO 8601 date compared as a date.
-`ne` and `not_in` also match documents without the key. Every refusal names the part at fault by its
-path (`filter.and[1].or[0].gte`).
+ops in one condition must all hold). A key must be a declared metadata field (search.fields) of every
+knowledge base searched, and its values of the field's type: text and bool fields take eq, ne, in,
+not_in and exists; number and date fields also compare. `ne` and `not_in` also match documents without
+the key. Every refusal names the part at fault by its path (`filter.and[1].or[0].gte`), and one about a
+key lists the fields declared. Compiling never creates an index: writes and owners do (search.fields).
 """
 
 from __future__ import annotations
 
-import math
 import re
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from qdrant_client import models
 
 from search.errors import InvalidFilter
+from search.fields import (
+    METADATA_FIELD,
+    TYPE_HINTS,
+    FieldType,
+    SearchedFields,
+    field_path,
+    is_finite_number,
+    parse_date,
+)
 
-# Where a chunk's payload keeps its document's labels and metadata.
+__all__ = ["METADATA_FIELD", "TAGS_FIELD", "CompiledFilter", "SearchedFields", "compile_filter"]
+
+# Where a chunk's payload keeps its document's labels (always a keyword index; not declared).
 TAGS_FIELD = "tags"
-METADATA_FIELD = "meta"
 
 # A metadata key is one plain payload key: no dots or brackets, which Qdrant reads as a path.
 KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -43,48 +53,29 @@ Scalar = str | int | float | bool
 SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def is_finite_number(value: Any) -> bool:
-    """A JSON number Qdrant can compare: not a boolean, and within a double's range.
-
-    Python reads `1e999` as inf but `1` followed by 400 zeros as an int too large for a float, which
-    math.isfinite would meet with OverflowError; both are refused here.
-    """
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return -sys.float_info.max <= value <= sys.float_info.max
-    return isinstance(value, float) and math.isfinite(value)
-
-
-def metadata_path(key: str) -> str:
-    return f"{METADATA_FIELD}.{key}"
-
-
-def parse_date(value: str) -> datetime | None:
-    """An ISO 8601 date or date-time, in UTC when it names no zone (as Qdrant reads it), else None."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
 @dataclass
 class CompiledFilter:
-    """The Qdrant filter, and the payload index each field it reads would want (by payload path)."""
+    """The Qdrant filter a search applies."""
 
     filter: models.Filter
-    index_hints: dict[str, models.PayloadSchemaType] = field(default_factory=dict)
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    def __init__(self, fields: SearchedFields) -> None:
         self.conditions = 0
-        self.hints: dict[str, models.PayloadSchemaType] = {}
+        self.fields = fields
 
-    def fail(self, path: str, message: str) -> InvalidFilter:
+    def fail(self, path: str, message: str, **detail: Any) -> InvalidFilter:
         return InvalidFilter(
-            f"{path}: {message} See the search API's `filter` description.", detail={"path": path}
+            f"{path}: {message} See the search API's `filter` description.", detail={"path": path, **detail}
+        )
+
+    def field_fail(self, path: str, message: str) -> InvalidFilter:
+        """A refusal about a key: it lists the fields the knowledge bases searched declare."""
+        return self.fail(
+            path,
+            f"{message} {self.fields.describe()}",
+            fields={key: str(field_type) for key, field_type in sorted(self.fields.common.items())},
         )
 
     def node(self, spec: Any, path: str, depth: int) -> models.Filter:
@@ -120,7 +111,6 @@ class _Compiler:
         if not isinstance(spec, Mapping) or not spec:
             raise self.fail(path, f"needs an object with {', '.join(TAG_OPERATORS)}.")
         self.only(spec, set(TAG_OPERATORS), path)
-        self.hint(TAGS_FIELD, models.PayloadSchemaType.KEYWORD)
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
         for op, values in spec.items():
@@ -141,10 +131,13 @@ class _Compiler:
         ops = [op for op in OPERATORS if op in spec]
         if not ops:
             raise self.fail(path, f"name an operator: {', '.join(OPERATORS)}.")
-        target = metadata_path(key)
+        field_type = self.fields.type_of(key)
+        if field_type is None:
+            raise self.field_fail(f"{path}.key", self.fields.undeclared(key))
+        target = field_path(key, field_type)
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
-        bounds: dict[str, float | datetime] = {}
+        bounds: dict[str, Any] = {}
         for op in ops:
             value, where = spec[op], f"{path}.{op}"
             if op == "exists":
@@ -153,15 +146,24 @@ class _Compiler:
                 empty = models.IsEmptyCondition(is_empty=models.PayloadField(key=target))
                 (must_not if value else must).append(empty)
             elif op in ("eq", "ne"):
-                condition = self.equals(target, self.scalar(value, where))
+                condition = self.equals(target, field_type, self.typed(key, field_type, value, where))
                 (must if op == "eq" else must_not).append(condition)
             elif op in ("in", "not_in"):
-                condition = self.one_of(target, self.values(value, where))
+                values = [
+                    self.typed(key, field_type, v, f"{where}[{i}]")
+                    for i, v in enumerate(self.values(value, where))
+                ]
+                condition = self.one_of(target, field_type, values)
                 (must if op == "in" else must_not).append(condition)
             else:
-                bounds[op] = self.bound(value, where)
+                if field_type not in (FieldType.NUMBER, FieldType.DATE):
+                    raise self.field_fail(
+                        where, f"{key!r} is a {field_type} field: it takes eq, ne, in, not_in and exists."
+                    )
+                bounds[op] = self.typed(key, field_type, value, where)
         if bounds:
-            must.append(self.range(target, bounds, path))
+            range_type = models.DatetimeRange if field_type == FieldType.DATE else models.Range
+            must.append(models.FieldCondition(key=target, range=range_type(**bounds)))
         return models.Filter(must=must or None, must_not=must_not or None)
 
     def scalar(self, value: Any, path: str) -> Scalar:
@@ -175,6 +177,25 @@ class _Compiler:
             return value
         raise self.fail(path, f"takes a string, a number within ±1.8e308 or a boolean, not {_shown(value)}.")
 
+    def typed(self, key: str, field_type: FieldType, value: Any, path: str) -> Scalar | datetime:
+        """The value as the field's type compares it; a value of another type is refused, never "no match"."""
+        value = self.scalar(value, path)
+        if field_type == FieldType.TEXT and isinstance(value, str):
+            return value
+        if field_type == FieldType.BOOL and isinstance(value, bool):
+            return value
+        if field_type == FieldType.NUMBER and is_finite_number(value):
+            return value
+        if (
+            field_type == FieldType.DATE
+            and isinstance(value, str)
+            and (date := parse_date(value)) is not None
+        ):
+            return date
+        raise self.field_fail(
+            path, f"{key!r} is a {field_type} field: give {TYPE_HINTS[field_type]}, not {_shown(value)}."
+        )
+
     def values(self, values: Any, path: str, *, strings_only: bool = False) -> list[Any]:
         if not isinstance(values, list) or not values:
             raise self.fail(path, "needs a non-empty list.")
@@ -187,47 +208,19 @@ class _Compiler:
                     raise self.fail(f"{path}[{i}]", f"tags are strings, not {v!r}.")
         return checked
 
-    def bound(self, value: Any, path: str) -> float | datetime:
-        if is_finite_number(value):
-            return value
-        if isinstance(value, str) and (date := parse_date(value)) is not None:
-            return date
-        raise self.fail(
-            path,
-            f"compares with a number within ±1.8e308 or an ISO 8601 date (2024-05-17), not {_shown(value)}.",
-        )
-
-    def range(self, target: str, bounds: dict[str, float | datetime], path: str) -> models.FieldCondition:
-        dates = {isinstance(b, datetime) for b in bounds.values()}
-        if len(dates) > 1:
-            raise self.fail(path, "compares with numbers or with dates, not both at once.")
-        if dates == {True}:
-            self.hint(target, models.PayloadSchemaType.DATETIME)
-            return models.FieldCondition(key=target, range=models.DatetimeRange(**bounds))
-        self.hint(target, models.PayloadSchemaType.FLOAT)
-        return models.FieldCondition(key=target, range=models.Range(**bounds))
-
-    def equals(self, target: str, value: Scalar) -> models.Condition:
-        if isinstance(value, bool):
-            self.hint(target, models.PayloadSchemaType.BOOL)
+    def equals(self, target: str, field_type: FieldType, value: Any) -> models.Condition:
+        if field_type in (FieldType.TEXT, FieldType.BOOL):
             return _match(target, value)
-        if isinstance(value, str):
-            self.hint(target, models.PayloadSchemaType.KEYWORD)
-            return _match(target, value)
+        if field_type == FieldType.DATE:
+            return models.FieldCondition(key=target, range=models.DatetimeRange(gte=value, lte=value))
         # Qdrant matches exact values of text, whole numbers and booleans only; a number, whole or
         # not, is equal when it lies in [value, value], which holds for integer and float payloads alike.
-        self.hint(target, models.PayloadSchemaType.FLOAT)
         return models.FieldCondition(key=target, range=models.Range(gte=value, lte=value))
 
-    def one_of(self, target: str, values: list[Scalar]) -> models.Condition:
-        if all(isinstance(v, str) for v in values):
-            self.hint(target, models.PayloadSchemaType.KEYWORD)
+    def one_of(self, target: str, field_type: FieldType, values: list[Any]) -> models.Condition:
+        if field_type == FieldType.TEXT:
             return _any(target, values)
-        return models.Filter(should=[self.equals(target, v) for v in values])
-
-    def hint(self, payload_key: str, schema: models.PayloadSchemaType) -> None:
-        # One index per field: the first use decides, so a key compared two ways keeps one index.
-        self.hints.setdefault(payload_key, schema)
+        return models.Filter(should=[self.equals(target, field_type, v) for v in values])
 
 
 def _shown(value: Any) -> str:
@@ -246,7 +239,6 @@ def _any(key: str, values: list[Any]) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchAny(any=values))
 
 
-def compile_filter(spec: Any, *, path: str = "filter") -> CompiledFilter:
-    """Check a filter's JSON and compile it; InvalidFilter names the first part at fault."""
-    compiler = _Compiler()
-    return CompiledFilter(filter=compiler.node(spec, path, 1), index_hints=compiler.hints)
+def compile_filter(spec: Any, *, fields: SearchedFields, path: str = "filter") -> CompiledFilter:
+    """Check a filter's JSON against the fields declared and compile it; InvalidFilter names the first part at fault."""
+    return CompiledFilter(filter=_Compiler(fields).node(spec, path, 1))

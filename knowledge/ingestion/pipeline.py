@@ -196,6 +196,7 @@ class IngestionService:
                 archived_at=document.archived_at,
                 tags=document.tags,
                 metadata=document.metadata,
+                fields=kb.metadata_fields,
                 index=index,
                 page_starts=document.page_starts,
             )
@@ -285,7 +286,11 @@ class IngestionService:
         if title != document.title:
             await self.chunk_service.set_title(title=title, **where)
         if labels_fingerprint(tags, metadata) != labels_fingerprint(document.tags, document.metadata):
-            await self.chunk_service.set_labels(tags=tags, metadata=metadata, **where)
+            # Relabelling declared any new key meanwhile: the fields are read as they are now.
+            fields = await KnowledgeBase.objects.filter(pk=document.knowledge_base_id).values_list(
+                "metadata_fields", flat=True
+            ).afirst()
+            await self.chunk_service.set_labels(tags=tags, metadata=metadata, fields=fields or {}, **where)
 
     async def _fail(
         self,

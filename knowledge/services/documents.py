@@ -25,6 +25,7 @@ from knowledge.ingestion.events import notify_new_work
 from knowledge.ingestion.extraction import SUPPORTED_FORMATS, describe_program, format_for, program_message
 from knowledge.models import Document, DocumentSource, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import clean_metadata, clean_tags
+from knowledge.services.metadata_fields import MetadataFieldService
 from knowledge.services.text_fields import refuse_unstorable_characters
 from search.services.chunks import ChunkService
 
@@ -111,7 +112,9 @@ class DocumentService:
         The same content twice in one KB is refused (DuplicateDocument); a file of the same source
         name (the file name, or its path within an imported folder) with other content replaces
         that document's text, and only it is indexed again. `tags` and `metadata` (left out: a
-        replaced document keeps its own) go with every chunk, for search filters.
+        replaced document keeps its own) go with every chunk, for search filters; a metadata key
+        the KB does not declare yet is declared with its value's type, and a value of another type
+        than its key's is refused (InvalidMetadataField).
         """
         refuse_unstorable_characters(file_name=filename, title=title, source_name=source_name)
         name, source_format = self.check_upload(filename, data)
@@ -214,6 +217,10 @@ class DocumentService:
         labels: dict[str, Any],
     ) -> AddedDocument:
         with transaction.atomic():
+            if "metadata" in labels:
+                MetadataFieldService(chunk_service=self.chunk_service).declare_for_write(
+                    kb=kb, metadata=labels["metadata"]
+                )
             same = Document.objects.filter(knowledge_base=kb, content_hash=digest).only("id", "title").first()
             if same is not None:
                 raise DuplicateDocument(
@@ -277,14 +284,23 @@ class DocumentService:
         """Replace a document's tags and/or metadata, in its row and in its chunks' payload.
 
         Nothing is re-embedded, and the next search filters by the new values. Qdrant changes first,
-        like a rename; a document being indexed meanwhile gets them when its indexing finishes.
+        like a rename; a document being indexed meanwhile gets them when its indexing finishes. New
+        metadata keys are declared, and values of another type than their key's refused, as on upload.
         """
         labels = self._clean_labels(tags, metadata)
         if not labels:
             return document
         new_tags, new_metadata = labels.get("tags", document.tags), labels.get("metadata", document.metadata)
+        kb = await KnowledgeBase.objects.only("id", "name").aget(pk=document.knowledge_base_id)
+        fields = await MetadataFieldService(chunk_service=self.chunk_service).adeclare_for_write(
+            kb=kb, metadata=new_metadata
+        )
         await self.chunk_service.set_labels(
-            kb_id=document.knowledge_base_id, document_id=document.id, tags=new_tags, metadata=new_metadata
+            kb_id=document.knowledge_base_id,
+            document_id=document.id,
+            tags=new_tags,
+            metadata=new_metadata,
+            fields=fields,
         )
         document.tags, document.metadata = new_tags, new_metadata
         await document.asave(update_fields=["tags", "metadata", "updated_at"])

@@ -132,7 +132,8 @@ class KnowledgeBaseService:
         if not kb.name:
             raise InvalidInput("A knowledge base needs a name.")
         self.validate_chunking(kb)
-        kb.save()
+        # Only what changed: a write declaring a metadata field meanwhile keeps its declaration.
+        kb.save(update_fields=[*changes, "updated_at"])
         return kb
 
     @staticmethod

@@ -17,7 +17,10 @@ from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
 from knowledge.models import KnowledgeBase, Membership, Role
 from search.errors import UnknownUser
 
-SEARCH_FIELDS = ["id", "name", "slug", "owner_id", "embedding_model", "vector_size", "index_generation", "keyword_settings"]
+SEARCH_FIELDS = [
+    "id", "name", "slug", "owner_id", "embedding_model", "vector_size", "index_generation", "keyword_settings",
+    "metadata_fields",
+]
 ROLE_RANK = {Role.READER: 1, Role.EDITOR: 2, Role.OWNER: 3}
 
 
@@ -88,6 +91,7 @@ class PermissionService:
         # correlated subqueries spent ten times longer compiling than the database spent answering.
         # The LEFT JOIN yields one row with NULL columns for a user who may read none of them.
         pk, keywords = KnowledgeBase._meta.pk, KnowledgeBase._meta.get_field("keyword_settings")
+        fields = KnowledgeBase._meta.get_field("metadata_fields")
         with connection.cursor() as cursor:
             cursor.execute(
                 _readable_sql(len(kb_ids)), [pk.get_db_prep_value(kb_id, connection) for kb_id in kb_ids] + [user_id]
@@ -99,7 +103,12 @@ class PermissionService:
             KnowledgeBase.from_db(
                 connection.alias,
                 SEARCH_FIELDS,
-                (pk.to_python(row[0]), *row[1:-1], keywords.from_db_value(row[-1], None, connection)),
+                (
+                    pk.to_python(row[0]),
+                    *row[1:-2],
+                    keywords.from_db_value(row[-2], None, connection),
+                    fields.from_db_value(row[-1], None, connection),
+                ),
             )
             for row in rows
             if row[0] is not None

@@ -113,6 +113,7 @@ class LayoutUpgradeService:
                 index=target,
                 records=records,
                 keyword_vectors=encoder.encode_documents(r.payload.get("content", "") for r in records),
+                fields=kb.metadata_fields,
             )
             if on_progress is not None:
                 on_progress(len(points), kb.slug)
@@ -126,6 +127,7 @@ class LayoutUpgradeService:
                 index=target,
                 records=records,
                 keyword_vectors=encoder.encode_documents(r.payload.get("content", "") for r in records),
+                fields=kb.metadata_fields,
             )
         switched = await KnowledgeBase.objects.filter(pk=kb.pk, index_generation=active.generation).aupdate(
             index_generation=target.generation, keyword_settings=settings

@@ -38,6 +38,7 @@ from django.db import models
 from knowledge.errors import DamagedArchive, InvalidInput
 from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
 from knowledge.services.document_metadata import clean_metadata, clean_tags
+from knowledge.services.metadata_fields import clean_fields, infer_fields, misfits
 from knowledge.services.text_fields import unstorable_character
 from search.filters import METADATA_FIELD, TAGS_FIELD
 from search.keywords import KeywordSettings
@@ -179,6 +180,8 @@ class Manifest:
     chunks: int
     #: Each other member's size and sha256.
     members: dict[str, Any]
+    #: The declared metadata fields; None in an archive from before they were declared.
+    metadata_fields: dict[str, str] | None = None
 
 
 class ArchiveReader:
@@ -192,6 +195,8 @@ class ArchiveReader:
         self._documents_by_id: dict[UUID, dict[str, Any]] = {}
         self.memberships: list[dict[str, str]] = []
         self.source_ids: set[UUID] = set()
+        #: The fields the imported KB declares: the manifest's, and those its documents carry besides.
+        self.metadata_fields: dict[str, str] = {}
 
     @classmethod
     def open(cls, path: Path) -> ArchiveReader:
@@ -289,6 +294,11 @@ class ArchiveReader:
                 documents=_typed(counts["documents"], int),
                 chunks=_typed(counts["chunks"], int),
                 members=_typed(manifest["members"], dict),
+                metadata_fields=(
+                    clean_fields(manifest["metadata_fields"])
+                    if manifest.get("metadata_fields") is not None
+                    else None
+                ),
             )
             UUID(_typed(kb["id"], str))
             for key in ("name", "slug", "description"):
@@ -301,6 +311,8 @@ class ArchiveReader:
                 raise ValueError("counts cannot be negative")
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(path, MANIFEST, f"missing or wrong field: {exc}") from None
+        except InvalidInput as exc:
+            raise _damaged(path, MANIFEST, f"metadata_fields: {exc.message}") from None
         return result
 
     def _verify(self) -> None:
@@ -320,6 +332,7 @@ class ArchiveReader:
         for name in sorted(present):
             self._check_sum(name, listed[name])
         self._read_documents()
+        self._declare_fields()
         self._read_memberships()
         self._check_chunks()
         documents = {document["id"] for document in self.documents}
@@ -374,6 +387,21 @@ class ArchiveReader:
             or expected.get("size") != size
         ):
             raise _damaged(self.path, name, f"its checksum differs from the one in {MANIFEST}")
+
+    def _declare_fields(self) -> None:
+        """Every document's values of the types the manifest declares; keys it does not declare are inferred."""
+        declared = self.manifest.metadata_fields or {}
+        for number, document in enumerate(self.documents, start=1):
+            if wrong := misfits(document["metadata"], declared):
+                key, field_type = next(iter(wrong.items()))
+                raise _damaged(
+                    self.path,
+                    DOCUMENTS,
+                    f"line {number}: metadata.{key} is {document['metadata'][key]!r}, not of the type {field_type} "
+                    f"{MANIFEST} declares",
+                )
+        inferred = infer_fields(document["metadata"] for document in self.documents)
+        self.metadata_fields = dict(sorted({**inferred, **declared}.items()))
 
     def _read_documents(self) -> None:
         ids, hashes = set(), set()

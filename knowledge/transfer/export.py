@@ -164,6 +164,7 @@ class ExportService:
             "keyword_settings": kb.keyword_settings,
             "keyword_vectors": "not stored: made on import from each chunk's content with keyword_settings",
             "chunking": {"size": kb.chunk_size, "overlap": kb.chunk_overlap},
+            "metadata_fields": kb.metadata_fields,
             "counts": {
                 "documents": report.documents,
                 "ready_documents": report.ready,

@@ -143,6 +143,7 @@ class ImportService:
             keyword_settings=manifest.keyword_settings or KeywordSettings().as_dict(),
             chunk_size=manifest.chunk_size,
             chunk_overlap=manifest.chunk_overlap,
+            metadata_fields=archive.metadata_fields,
         )
         KnowledgeBaseService.validate_chunking(kb)
         ids = [document["id"] for document in archive.documents]
@@ -179,6 +180,7 @@ class ImportService:
                     index=target,
                     records=records,
                     keyword_vectors=encoder.encode_documents(r.payload["content"] for r in records),
+                    fields=kb.metadata_fields,
                 )
                 if on_progress is not None:
                     on_progress(report.chunks, total)

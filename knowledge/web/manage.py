@@ -26,6 +26,7 @@ from knowledge.selectors import kb_documents, kb_indexing_progress
 from knowledge.services.documents import DocumentService
 from knowledge.services.kb_owners import KnowledgeBaseOwnerService
 from knowledge.services.members import MembershipService
+from knowledge.services.metadata_fields import MetadataFieldService
 from knowledge.services.permissions import ROLE_RANK, PermissionService
 from knowledge.web.manage_forms import (
     AddMemberForm,
@@ -33,6 +34,7 @@ from knowledge.web.manage_forms import (
     DocumentFilterForm,
     DocumentLabelsForm,
     KnowledgeBaseSettingsForm,
+    MetadataFieldsForm,
     RoleForm,
 )
 from search.errors import SearchError
@@ -354,12 +356,45 @@ async def kb_settings(request: HttpRequest, kb_id: UUID) -> HttpResponse:
     return await _settings_page(request, user, kb, role, form, DeleteKnowledgeBaseForm())
 
 
-async def _settings_page(request, user, kb, role, form, delete_form) -> HttpResponse:
+@login_required
+@require_POST
+async def kb_fields(request: HttpRequest, kb_id: UUID) -> HttpResponse:
+    """Declare, retype or remove the KB's metadata fields (owners); a retype rewrites filter values, no embedding."""
+    user, kb, role = await _kb_and_role(request, kb_id, Role.OWNER)
+    fields_form = MetadataFieldsForm(request.POST, initial={"declared_fields": kb.metadata_fields})
+    if fields_form.is_valid():
+        try:
+            change = await MetadataFieldService().aset_fields(
+                kb=kb, fields=fields_form.cleaned_data["declared_fields"], actor=user
+            )
+        except KnowledgeError as exc:
+            fields_form.add_error("declared_fields", exc.message)
+        else:
+            done = [
+                f"{label} {', '.join(keys)}"
+                for label, keys in (
+                    ("declared", change.added),
+                    ("retyped", change.retyped),
+                    ("removed", change.removed),
+                )
+                if keys
+            ]
+            messages.success(
+                request, f"Metadata fields saved: {'; '.join(done)}." if done else "Nothing changed."
+            )
+            return HttpResponseRedirect(reverse("web:kb_settings", args=[kb.pk]) + "#messages")
+    form = KnowledgeBaseSettingsForm(initial={field: getattr(kb, field) for field in SETTINGS_FIELDS})
+    return await _settings_page(request, user, kb, role, form, DeleteKnowledgeBaseForm(), fields_form)
+
+
+async def _settings_page(request, user, kb, role, form, delete_form, fields_form=None) -> HttpResponse:
+    fields_form = fields_form or MetadataFieldsForm(initial={"declared_fields": kb.metadata_fields})
     context = _context(
         user,
         kb,
         role,
         form=form,
+        fields_form=fields_form,
         delete_form=delete_form,
         progress=await kb_indexing_progress(kb),
         member_count=await Membership.objects.filter(knowledge_base=kb).acount(),
@@ -368,7 +403,7 @@ async def _settings_page(request, user, kb, role, form, delete_form) -> HttpResp
         request,
         "knowledge/web/kb_settings.html",
         context,
-        status=422 if form.errors or delete_form.errors else 200,
+        status=422 if form.errors or delete_form.errors or fields_form.errors else 200,
     )
 
 

@@ -6,7 +6,7 @@ from django import forms
 from django.conf import settings
 from django.core.validators import MaxValueValidator
 
-from knowledge.forms import MetadataField, TagsField
+from knowledge.forms import MetadataField, MetadataFieldsField, TagsField
 from knowledge.models import KnowledgeBase, Role
 from knowledge.services.document_metadata import MAX_TAG_CHARS
 from search.embedding import embedding_service
@@ -51,6 +51,10 @@ class KnowledgeBaseSettingsForm(forms.Form):
         )
         self.initial.setdefault("chunk_size", size)
         self.initial.setdefault("chunk_overlap", overlap)
+
+
+class MetadataFieldsForm(forms.Form):
+    declared_fields = MetadataFieldsField(label="Metadata fields")
 
 
 class DeleteKnowledgeBaseForm(forms.Form):

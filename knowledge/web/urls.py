@@ -32,6 +32,7 @@ urlpatterns = [
     path("kbs/<uuid:kb_id>/members/<int:user_id>/role/", manage.member_role, name="kb_member_role"),
     path("kbs/<uuid:kb_id>/members/<int:user_id>/remove/", manage.remove_member, name="kb_member_remove"),
     path("kbs/<uuid:kb_id>/settings/", manage.kb_settings, name="kb_settings"),
+    path("kbs/<uuid:kb_id>/fields/", manage.kb_fields, name="kb_fields"),
     path("kbs/<uuid:kb_id>/delete/", manage.delete_knowledge_base, name="kb_delete"),
     path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/labels/", manage.document_labels, name="kb_document_labels"),
     path("kbs/<uuid:kb_id>/documents/<uuid:document_id>/delete/", manage.delete_document, name="kb_document_delete"),

@@ -478,6 +478,9 @@ class EdgeStore(AsyncQdrantBase):
         )
         return self._apply(collection_name, operation)
 
+    async def delete_payload_index(self, collection_name: str, field_name: str, **kwargs: Any) -> models.UpdateResult:
+        return self._apply(collection_name, edge.UpdateOperation.delete_field_index(field_name))
+
     # --- points: reads -----------------------------------------------------------------------
 
     async def query_points(

@@ -15,7 +15,8 @@ from qdrant_client import models
 
 from search.chunking import TextChunk
 from search.errors import KnowledgeBaseNotFound
-from search.filters import METADATA_FIELD, TAGS_FIELD, CompiledFilter
+from search.fields import FIELD_TYPES, METADATA_FIELD, Fields, typed_object, typed_payload
+from search.filters import TAGS_FIELD, CompiledFilter
 from search.pages import page_label, page_range
 from search.qdrant import qdrant_service, translate_unreachable, unless_missing
 from search.query_batching import QueryBatcher
@@ -210,9 +211,14 @@ def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
     return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
 
 
-def _labels_payload(tags: Sequence[str], metadata: dict[str, Any]) -> dict[str, Any]:
-    """A document's tags and metadata as every one of its chunks carries them, for filters to read."""
-    return {TAGS_FIELD: list(tags), METADATA_FIELD: dict(metadata)}
+def _labels_payload(tags: Sequence[str], metadata: dict[str, Any], fields: Fields) -> dict[str, Any]:
+    """A document's tags and metadata as every one of its chunks carries them, with the typed copies filters read."""
+    return {TAGS_FIELD: list(tags), METADATA_FIELD: dict(metadata), **typed_payload(metadata, fields)}
+
+
+def _written_fields(metadata: dict[str, Any], fields: Fields) -> dict[str, str]:
+    """The declared fields this metadata carries: the ones a write makes sure are indexed."""
+    return {key: fields[key] for key in metadata if key in fields}
 
 
 def _page_payload(page_starts: Sequence[int] | None, chunk: TextChunk) -> dict[str, int | None]:
@@ -285,7 +291,6 @@ class ChunkService:
     @translate_unreachable
     async def search_chunks(self, request: ChunkSearch) -> list[StoredChunk]:
         """The best chunks for the request across its KBs, best first, in one Qdrant query."""
-        await self._index_filtered_keys(request)
         points = await unless_missing(
             self._queries.query(collection_name=request.collection, request=request.query_request()), []
         )
@@ -300,7 +305,6 @@ class ChunkService:
         """
         if request.group_size is None:
             raise ValueError("a grouped chunk search needs a group_size")
-        await self._index_filtered_keys(request)
         query = request.query_request()
         result = await unless_missing(
             qdrant_service.client.query_points_groups(
@@ -345,12 +349,6 @@ class ChunkService:
         )
         return [StoredChunk.from_point(point) for point in points if (point.payload or {}).get(TENANT_FIELD) == found.tenant]
 
-    async def _index_filtered_keys(self, request: ChunkSearch) -> None:
-        if request.metadata_filter is not None and request.metadata_filter.index_hints:
-            await self.collections.ensure_filter_indexes(
-                index=request.indexes[0], fields=request.metadata_filter.index_hints
-            )
-
     @translate_unreachable
     async def count_chunks(
         self, *, kb_id: UUID | str, document_id: UUID | str | None = None, index: KbIndex | None = None
@@ -391,21 +389,29 @@ class ChunkService:
         archived_at: datetime | None = None,
         tags: Sequence[str] = (),
         metadata: dict[str, Any] | None = None,
+        fields: Fields | None = None,
         index: KbIndex | None = None,
         page_starts: Sequence[int] | None = None,
     ) -> int:
         """Write chunks with their dense and keyword (BM25) vectors; the model's collection is created on first write.
 
-        Each chunk carries the document's `tags` and `metadata`, which filters read, and, from
+        Each chunk carries the document's `tags` and `metadata`, with the typed copies of the
+        metadata the KB's declared `fields` name (which filters read; their indexes are made here), and, from
         `page_starts` (the document's, see `search.pages`), its page range. `index` writes into a
         given generation instead of the active one (a rebuild in progress).
         """
         if len(chunks) != len(vectors) or len(keyword_vectors) != len(chunks):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors and {len(keyword_vectors)} keyword vectors")
+        if metadata and fields is None:
+            raise ValueError("metadata is written with the KB's declared fields, which filters read")
+        fields = fields or {}
         if not chunks:
             return 0
         target = await self._index_to_write(kb_id, index)
-        await self.collections.ensure_collection(index=target)
+        current = await self.collections.ensure_collection(index=target)
+        await self.collections.ensure_field_indexes(
+            index=target, fields=_written_fields(metadata or {}, fields), collection=current
+        )
         points = [
             models.PointStruct(
                 id=chunk_point_id(target.tenant, document_id, chunk.index),
@@ -421,7 +427,7 @@ class ChunkService:
                     "char_end": chunk.char_end,
                     **_page_payload(page_starts, chunk),
                     **_archive_payload(archived_at),
-                    **_labels_payload(tags, metadata or {}),
+                    **_labels_payload(tags, metadata or {}, fields),
                 },
             )
             for position, (chunk, vector) in enumerate(zip(chunks, vectors))
@@ -477,13 +483,18 @@ class ChunkService:
         document_id: UUID | str,
         tags: Sequence[str],
         metadata: dict[str, Any],
+        fields: Fields,
         index: KbIndex | None = None,
     ) -> None:
         """Give a document's chunks its new tags and metadata: a payload update, nothing is re-embedded.
 
-        Both are replaced whole, so a key removed from the metadata is gone from every chunk.
+        Both are replaced whole, so a key removed from the metadata is gone from every chunk; the
+        typed copies follow the declared `fields` (a retyped field's copies move to their new type).
         """
-        await self._set_document_payload(kb_id, document_id, _labels_payload(tags, metadata), index)
+        found = await self._index(kb_id, index)
+        if found is not None:
+            await self.collections.ensure_field_indexes(index=found, fields=_written_fields(metadata, fields))
+        await self._set_document_payload(kb_id, document_id, _labels_payload(tags, metadata, fields), found)
 
     async def _set_document_payload(
         self, kb_id: UUID | str, document_id: UUID | str, payload: dict[str, Any], index: KbIndex | None
@@ -537,20 +548,27 @@ class ChunkService:
         index: KbIndex,
         records: Sequence[ChunkRecord],
         keyword_vectors: Sequence[models.SparseVector],
+        fields: Fields,
     ) -> int:
-        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB generation."""
+        """Write chunks read by `get_document_chunk_records` (perhaps on another site) into a KB generation.
+
+        The typed copies of the metadata are made again from `meta` and the KB's declared `fields`,
+        whatever the record holds (an archive's, or an older kbsite's without them).
+        """
         if len(keyword_vectors) != len(records):
             raise ValueError(f"{len(records)} chunks but {len(keyword_vectors)} keyword vectors")
         if not records:
             return 0
-        await self.collections.ensure_collection(index=index)
+        current = await self.collections.ensure_collection(index=index)
+        await self.collections.ensure_field_indexes(index=index, fields=fields, collection=current)
         points = [
             models.PointStruct(
                 id=chunk_point_id(index.tenant, record.document_id, record.chunk_index),
                 vector={DENSE_VECTOR: list(record.dense), KEYWORD_VECTOR: keywords},
                 # The ids it is filed under are this site's, whatever the record's payload says.
                 payload={
-                    **record.payload,
+                    **_without_typed_copies(record.payload),
+                    **typed_payload(record.payload.get(METADATA_FIELD) or {}, fields),
                     TENANT_FIELD: index.tenant,
                     "kb_id": str(index.kb_id),
                     "document_id": str(record.document_id),
@@ -561,6 +579,11 @@ class ChunkService:
         ]
         await self._upsert(index, points)
         return len(points)
+
+
+def _without_typed_copies(payload: dict[str, Any]) -> dict[str, Any]:
+    typed = {typed_object(field_type) for field_type in FIELD_TYPES}
+    return {key: value for key, value in payload.items() if key not in typed}
 
 
 def chunk_record(point: Any) -> ChunkRecord:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
 from qdrant_client import models
 
 from search.cluster import create_collection_arguments
+from search.fields import METADATA_FIELD, Fields, index_schemas
 from search.qdrant import LOCAL_MODE_ENGINE, qdrant_service, translate_unreachable, unless_missing
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ PAYLOAD_INDEXES: tuple[tuple[str, models.PayloadSchemaType | models.KeywordIndex
     ("document_id", models.PayloadSchemaType.KEYWORD),
     ("chunk_index", models.PayloadSchemaType.INTEGER),
     ("archived", models.PayloadSchemaType.BOOL),
+    # Tags are always text, so their index is made with the collection, not by whoever filters first.
+    ("tags", models.PayloadSchemaType.KEYWORD),
 )
 
 
@@ -81,16 +83,16 @@ def _has_payload_indexes() -> bool:
 
 
 class CollectionService:
-    """Creates a model's collection (alias onto `..._v1`) on first write, indexes filter fields, deletes tenants.
+    """Creates a model's collection (alias onto `..._v1`) on first write, indexes declared fields, deletes tenants.
 
-    Tags and metadata keys get a payload index the first time a search filters on them (the type
-    the filter implies: keyword, float, datetime or bool); in a shared collection the index serves
-    every KB that filters on the same key.
+    A declared metadata field's index (search.fields: `meta_number.year` and the like) is made when a
+    chunk carrying it is written or when an owner declares or retypes it, never by a search; the
+    index of a typed path has one type in every knowledge base of the collection.
     """
 
     def __init__(self) -> None:
-        # (collection, payload key) pairs known to be indexed, so a search asks Qdrant about each at most once.
-        self._filter_indexes: set[tuple[str, str]] = set()
+        # (collection, payload key) pairs known to be indexed, so a write asks Qdrant about each at most once.
+        self._field_indexes: set[tuple[str, str]] = set()
 
     @translate_unreachable
     async def current_collection(self, *, index: KbIndex) -> str | None:
@@ -130,33 +132,51 @@ class CollectionService:
             return current
         return first
 
-    async def ensure_filter_indexes(
-        self, *, index: KbIndex, fields: Mapping[str, models.PayloadSchemaType]
-    ) -> None:
-        """Index the tag and metadata fields a search filters on, where not indexed yet.
+    async def ensure_field_indexes(self, *, index: KbIndex, fields: Fields, collection: str | None = None) -> None:
+        """Index these declared metadata fields (by their typed paths) where the collection does not yet.
 
-        An index only speeds filtering up: a failure to make one is logged and the search goes on.
+        `collection` is the physical collection behind the index's alias, when the caller knows it.
+        An index only speeds filtering up: a failure to make one is logged and the write goes on.
         """
-        wanted = {key: schema for key, schema in fields.items() if (index.collection, key) not in self._filter_indexes}
-        if not wanted or not _has_payload_indexes():
+        if not _has_payload_indexes():
             return
+        # A collection made before tags were indexed with it gets their index with its next write.
+        schemas = {"tags": models.PayloadSchemaType.KEYWORD, **index_schemas(fields)}
         client = qdrant_service.client
         try:
-            # Indexes belong to the physical collection; the alias may not be accepted for them everywhere.
-            current = await self.current_collection(index=index)
+            # Indexes belong to the physical collection (a recreated one under the same alias has none).
+            current = collection or await self.current_collection(index=index)
             if current is None:
                 return
+            wanted = {path: schema for path, schema in schemas.items() if (current, path) not in self._field_indexes}
+            if not wanted:
+                return
             indexed = (await client.get_collection(collection_name=current)).payload_schema
-            for key, schema in wanted.items():
-                if key not in indexed:
+            for path, schema in wanted.items():
+                if path not in indexed:
                     await client.create_payload_index(
-                        collection_name=current, field_name=key, field_schema=schema, wait=True
+                        collection_name=current, field_name=path, field_schema=schema, wait=True
                     )
-                self._filter_indexes.add((index.collection, key))
+                self._field_indexes.add((current, path))
         except Exception as exc:
-            logger.warning("Could not index %s of %s for filters: %s", ", ".join(wanted), index.collection, exc)
+            logger.warning("Could not index %s of %s: %s", ", ".join(schemas), index.collection, exc)
+
+    @translate_unreachable
+    async def drop_search_made_indexes(self, *, index: KbIndex) -> list[str]:
+        """Drop the indexes earlier kbsite let searches make on `meta.<key>` (filters now read typed paths)."""
+        current = await self.current_collection(index=index)
+        if current is None or not _has_payload_indexes():
+            return []
+        client = qdrant_service.client
+        indexed = (await client.get_collection(collection_name=current)).payload_schema
+        dropped = sorted(path for path in indexed if path.startswith(f"{METADATA_FIELD}."))
+        for path in dropped:
+            await client.delete_payload_index(collection_name=current, field_name=path, wait=True)
+        return dropped
 
     async def _create_collection(self, name: str, vector_size: int) -> None:
+        # A collection of this name dropped earlier (a store reset) took its indexes with it.
+        self._field_indexes = {(collection, path) for collection, path in self._field_indexes if collection != name}
         client = qdrant_service.client
         await client.create_collection(
             collection_name=name,

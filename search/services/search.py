@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ from search.errors import (
     KnowledgeBaseNotFound,
     QueryTooLong,
 )
-from search.filters import compile_filter
+from search.filters import SearchedFields, compile_filter
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.pages import page_label
 from search.services.chunks import ChunkSearch, ChunkService, StoredChunk
@@ -44,6 +44,15 @@ MAX_DOCUMENT_FILTER = 100
 DEFAULT_GROUP_SIZE = 3
 MAX_GROUP_SIZE = 10
 MAX_CONTEXT_CHUNKS = 5
+
+
+def _searched_fields(kbs: Iterable[SearchableKnowledgeBase]) -> SearchedFields:
+    """The KBs' declared fields by name (a name two KBs share is told apart by id)."""
+    kbs = list(kbs)
+    names = [kb.name for kb in kbs]
+    return SearchedFields(
+        {(kb.name if names.count(kb.name) == 1 else f"{kb.name} ({kb.id})"): kb.metadata_fields or {} for kb in kbs}
+    )
 
 
 class SearchMode(StrEnum):
@@ -61,6 +70,8 @@ class SearchableKnowledgeBase(Protocol):
     index_generation: int
     #: BM25 settings; None for a KB made before hybrid search, which `upgrade_store` gave the defaults.
     keyword_settings: dict[str, Any] | None
+    #: The metadata fields its filters may name, with their types (search.fields).
+    metadata_fields: dict[str, str]
 
 
 class KnowledgeBaseAccess(Protocol):
@@ -255,7 +266,8 @@ class SearchService:
         searched by one engine query, their tenant keys matched together.
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
-        `filter` is a metadata filter as search.filters reads it (InvalidFilter names a bad part).
+        `filter` is a metadata filter as search.filters reads it, checked against the fields every KB
+        searched declares once they are known (InvalidFilter names a bad part and lists the fields).
 
         `group_by_document` makes `limit` count documents: each comes with its best `group_size`
         chunks (in `documents`), and `results` holds the best chunk of each. `context_chunks` adds to
@@ -275,7 +287,6 @@ class SearchService:
         documents = None
         if document_ids is not None:
             documents = _parse_uuids(document_ids, what="document_ids", error=InvalidFilter, most=MAX_DOCUMENT_FILTER)
-        metadata_filter = compile_filter(filter) if filter is not None else None
         if score_threshold is not None:
             if mode == SearchMode.KEYWORD:
                 raise InvalidFilter(
@@ -296,6 +307,11 @@ class SearchService:
             else:
                 readable = await self.permission_service.readable_knowledge_bases(user_id=user_id, kb_ids=wanted)
                 found = self._check_readable(readable, wanted)
+            # Declared fields only: a search reads the index, it never decides what is in it.
+            metadata_filter = (
+                compile_filter(filter, fields=_searched_fields(found.values())) if filter is not None
+                else None
+            )
         except BaseException:
             if embedding is not None:
                 embedding.cancel()

@@ -13,6 +13,7 @@ from django.http import QueryDict
 
 from knowledge.models import Document, DocumentStatus, Role
 from knowledge.services.knowledge_bases import active_index
+from knowledge.services.metadata_fields import MetadataFieldService
 from knowledge.services.reindex import ReindexService
 from search.models import SearchAudit
 from search.qdrant import qdrant_service
@@ -228,13 +229,15 @@ async def test_a_reader_may_not_change_labels(kb, labelled, reader_headers) -> N
 async def test_a_search_with_an_invalid_filter_answers_422_naming_the_bad_part(
     kb, owner_headers, filter_, path
 ) -> None:
+    await MetadataFieldService().aset_fields(kb=kb, fields={"year": "number"})
+
     response = await client.post(
         "/search", json={"query": "tides", "kb_ids": [str(kb.id)], "filter": filter_}, headers=owner_headers
     )
 
     assert response.status_code == 422, response.json()
     body = response.json()
-    assert (body["code"], body["detail"]) == ("invalid_filter", {"path": path})
+    assert (body["code"], body["detail"]["path"]) == ("invalid_filter", path)
     assert body["message"].startswith(path)
     assert not await SearchAudit.objects.aexists()
 

@@ -15,6 +15,7 @@ from django.db import connection
 from qdrant_client import models
 
 from knowledge.models import Document, DocumentStatus
+from knowledge.services.knowledge_bases import active_index
 from search.chunking import TextChunk
 from search.embedding import embedding_service
 from search.services.chunks import ChunkService
@@ -80,7 +81,7 @@ def wait_for(workers: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
 def test_several_worker_processes_never_process_the_same_document_twice(qdrant_server):
     kb = make_kb(name="Shared queue")
     # Made up front so this test is about the queue alone; the first writes into a new KB have their own test.
-    asyncio.run(CollectionService().ensure_collection(kb_id=kb.id, vector_size=embedding_service.dimensions))
+    asyncio.run(CollectionService().ensure_collection(index=active_index(kb)))
     documents = [
         make_document(kb=kb, title=f"Note {n}", text=f"Note {n}: worker processes share one queue.")
         for n in range(DOCUMENTS)

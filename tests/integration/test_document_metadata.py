@@ -13,7 +13,7 @@ from knowledge.models import Document, DocumentStatus
 from knowledge.services.document_metadata import format_metadata_pairs, parse_metadata_pairs
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import active_index
-from search.filters import compile_filter
+from search.filters import SearchedFields, compile_filter
 from search.services.chunks import ChunkSearch, ChunkService
 from tests.factories import make_document, make_kb
 from tests.integration.test_admin import UPLOAD, document_page, messages_of
@@ -198,7 +198,10 @@ def test_labels_changed_while_a_document_is_indexed_reach_its_chunks(test_user, 
             ChunkSearch(
                 indexes=(active_index(kb),),
                 query_embedding=(0.1,) * 384,
-                metadata_filter=compile_filter({"and": [{"tag": {"any": ["new"]}}, {"key": "year", "eq": 2026}]}),
+                metadata_filter=compile_filter(
+                    {"and": [{"tag": {"any": ["new"]}}, {"key": "year", "eq": 2026}]},
+                    fields=SearchedFields({kb.name: {"year": "number"}}),
+                ),
             )
         )
     )

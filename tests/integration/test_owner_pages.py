@@ -419,3 +419,39 @@ class TestTheUploadPage:
         page = html_of(client.get(KBS))
         assert 'id="kb-counts" data-refresh="on"' in page
         assert 'id="documents" data-refresh="on"' in page
+
+
+class TestMetadataFields:
+    def test_the_owner_sees_and_changes_the_declared_fields_on_the_settings_page(self, client, owner):
+        kb = make_kb(owner=owner, name="Nature notes", **CORPUS_CHUNKING)
+        make_document(kb=kb, title="Bees", metadata={"year": 2024, "code": "0042"})
+        client.force_login(owner)
+
+        page = html_of(client.get(kb_url(kb, "web:kb_settings")))
+        saved = client.post(
+            kb_url(kb, "web:kb_fields"), {"declared_fields": "code: text\nyear: number\nshelf: text"}
+        )
+        refused = client.post(kb_url(kb, "web:kb_fields"), {"declared_fields": "code: number\nyear: number"})
+
+        assert "Metadata fields" in page and "code: text\nyear: number" in page
+        assert saved.status_code == 302
+        assert KnowledgeBase.objects.get(pk=kb.pk).metadata_fields == {
+            "code": "text",
+            "shelf": "text",
+            "year": "number",
+        }
+        assert refused.status_code == 422
+        assert "code cannot be number: 1 document value(s) are not" in html_of(refused)
+        [entry] = [e for e in history(kb) if e.action_flag == CHANGE]
+        assert entry.get_change_message() == "Changed Metadata fields."
+
+    def test_an_editor_may_not_change_the_fields(self, client, owner):
+        kb = make_kb(owner=owner, name="Nature notes", **CORPUS_CHUNKING)
+        editor = make_user(username="eve")
+        add_member(kb, editor, Role.EDITOR)
+        client.force_login(editor)
+
+        response = client.post(kb_url(kb, "web:kb_fields"), {"declared_fields": "year: number"})
+
+        assert response.status_code == 403
+        assert KnowledgeBase.objects.get(pk=kb.pk).metadata_fields == {}

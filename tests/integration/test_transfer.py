@@ -219,6 +219,7 @@ def round_trip(kb, user, tmp_path: Path) -> None:
 
     restored = KnowledgeBase.objects.get(slug=kb.slug)
     assert restored.pk == kb_id
+    assert restored.metadata_fields == kb.metadata_fields
     assert state_of(restored) == before
     assert_same_points(points_before, points_of(restored))
     assert_same_results(results_before, top_results(restored, user))
@@ -230,6 +231,7 @@ class TestRoundTrip:
     def test_export_delete_and_import_bring_back_the_same_search_results_counts_and_members(
         self, corpus_kb, test_user, tmp_path
     ):
+        assert corpus_kb.metadata_fields == {"year": "number"}  # the import declares it again
         round_trip(corpus_kb, test_user, tmp_path)
 
     @pytest.mark.server

@@ -28,7 +28,10 @@ def archive(test_user, other_user, ingestion_service, tmp_path) -> Path:
     """An export of two ready documents (one archived, one labelled) with bob a reader."""
     kb = make_kb(owner=test_user, name="Field notes", slug="field-notes", chunk_size=24, chunk_overlap=4)
     add_member(kb, other_user, Role.READER)
-    for title, text, labels in (("Tides", TIDES, {"tags": ["ocean"]}), ("Bees", BEES, {})):
+    for title, text, labels in (
+        ("Tides", TIDES, {"tags": ["ocean"], "metadata": {"year": 2024}}),
+        ("Bees", BEES, {}),
+    ):
         document = make_document(kb=kb, title=title, text=text, **labels)
         document = asyncio.run(ingestion_service.ingest_now(document_id=document.id, worker_id="tests"))
         assert document.status == DocumentStatus.READY, document.error
@@ -90,6 +93,14 @@ def assert_refused(path: Path, expected: str) -> None:
     assert stored_points() == points
 
 
+def test_an_archive_from_before_declared_fields_declares_those_its_documents_carry(archive) -> None:
+    rewrite_archive(archive, change_manifest(lambda manifest: manifest.pop("metadata_fields")))
+
+    run("import_kb", str(archive), "--slug", "restored")
+
+    assert KnowledgeBase.objects.get(slug="restored").metadata_fields == {"year": "number"}
+
+
 def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
     rewrite_archive(archive, change_chunks(spoof_payloads))
 
@@ -105,6 +116,9 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
         assert payload["title"] == document.title and payload["tags"] == document.tags
         assert payload["archived"] == (document.archived_at is not None)
         assert payload["meta"] == document.metadata
+        assert payload["meta_number"] == {
+            k: v for k, v in document.metadata.items() if k in restored.metadata_fields
+        }
         assert payload["content"] == document.text[payload["char_start"] : payload["char_end"]]
 
 
@@ -129,6 +143,14 @@ def test_chunk_payloads_are_made_again_from_documents_jsonl(archive) -> None:
         (
             change_manifest(lambda manifest: manifest["knowledge_base"].update(name="n" * 100_000)),
             "KnowledgeBase.name has 100000 characters",
+        ),
+        (
+            change_manifest(lambda manifest: manifest.update(metadata_fields={"year": "integer"})),
+            "metadata_fields: year: the type is one of text, number, date, bool, not 'integer'",
+        ),
+        (
+            change_manifest(lambda manifest: manifest.update(metadata_fields={"year": "date"})),
+            "metadata.year is 2024, not of the type date manifest.json declares",
         ),
         (
             lambda members: members.update(

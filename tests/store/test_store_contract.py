@@ -28,7 +28,7 @@ from qdrant_client import models
 
 from search.chunking import TextChunk
 from search.edge import store as edge_store
-from search.filters import compile_filter
+from search.filters import SearchedFields, compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, qdrant_service
 from search.services.chunks import ChunkSearch, ChunkService, StoredChunk, chunk_point_id
@@ -355,7 +355,9 @@ async def test_two_knowledge_bases_never_see_each_others_points(store) -> None:
 
     await chunks_service.set_title(kb_id=KB, document_id=DOC_A, title="Renamed")
     await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
-    await chunks_service.set_labels(kb_id=KB, document_id=DOC_C, tags=["mine"], metadata={"year": 1})
+    await chunks_service.set_labels(
+        kb_id=KB, document_id=DOC_C, tags=["mine"], metadata={"year": 1}, fields={"year": "number"}
+    )
     await chunks_service.delete_document_chunks(kb_id=KB, document_id=DOC_C, from_index=2)
 
     expected = exact_cosine(other, QUERY_VECTOR)
@@ -363,7 +365,7 @@ async def test_two_knowledge_bases_never_see_each_others_points(store) -> None:
     for request in (
         {"query_keywords": query},
         {"query_embedding": QUERY_VECTOR.tolist(), "query_keywords": query},
-        {"query_embedding": QUERY_VECTOR.tolist(), "metadata_filter": compile_filter({"tag": {"none": ["x"]}})},
+        {"query_embedding": QUERY_VECTOR.tolist(), "metadata_filter": compile_filter({"tag": {"none": ["x"]}}, fields=SearchedFields({}))},
     ):
         hits = await search_chunks(kb_id=OTHER_KB, limit=50, **request)
         assert {h.kb_id for h in hits} == {OTHER_KB} and {h.title for h in hits} == {d.title for d in other.values()}
@@ -657,6 +659,15 @@ LABELS: dict[UUID, tuple[list[str], dict[str, Any]]] = {
     ),
     DOC_C: (["tides", "sand"], {"year": 2023, "status": "final", "published": "2023-11-30"}),
 }
+# What the KB declares (`missing` too: declared, carried by no document).
+FIELDS = {
+    "year": "number",
+    "status": "text",
+    "reviewed": "bool",
+    "published": "date",
+    "score": "number",
+    "missing": "text",
+}
 A, B, C = DOC_A, DOC_B, DOC_C
 # Each operator on each value type, and their combinations, with the documents they must leave.
 FILTER_CASES: list[tuple[dict[str, Any], set[UUID]]] = [
@@ -712,6 +723,7 @@ async def write_labelled_corpus() -> None:
             keyword_vectors=encoder.encode_documents([c.content for c in doc.chunks]),
             tags=tags,
             metadata=metadata,
+            fields=FIELDS,
         )
 
 
@@ -724,7 +736,11 @@ async def documents_found(
     if mode in ("keyword", "hybrid"):
         vectors["query_keywords"] = encoder.encode_query(KEYWORD_QUERY)
     hits = await search_chunks(
-        service=service, limit=50, metadata_filter=compile_filter(spec), **vectors, **kwargs
+        service=service,
+        limit=50,
+        metadata_filter=compile_filter(spec, fields=SearchedFields({"Contract": FIELDS})),
+        **vectors,
+        **kwargs,
     )
     found = {hit.document_id for hit in hits}
     if mode == "semantic":
@@ -738,7 +754,7 @@ async def test_metadata_filters_leave_the_documents_each_operator_selects(store,
     await write_labelled_corpus()
     # The keyword query matches chunks of every document, so each mode can show every document.
     assert await documents_found({"key": "missing", "exists": False}, mode) == set(DOCUMENTS)
-    service = ChunkService(indexes=INDEXES)  # knows of no index yet: this backend's collection gets them as filters come
+    service = ChunkService(indexes=INDEXES)  # a new service: filtering is never a reason to make an index
 
     wrong = {}
     for spec, expected in FILTER_CASES:
@@ -781,7 +797,11 @@ async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(st
     assert await documents_found(final, "hybrid") == {DOC_B, DOC_C}
 
     await chunks_service.set_labels(
-        kb_id=KB, document_id=DOC_B, tags=["storms", "moon"], metadata={"status": "draft", "year": 2030}
+        kb_id=KB,
+        document_id=DOC_B,
+        tags=["storms", "moon"],
+        metadata={"status": "draft", "year": 2030},
+        fields=FIELDS,
     )
 
     assert await documents_found(final, "hybrid") == {DOC_C}
@@ -797,34 +817,54 @@ async def test_changed_labels_are_seen_by_the_next_search_without_new_vectors(st
         assert after[point_id] == (pytest.approx(dense, abs=1e-6), indices, pytest.approx(values, abs=1e-6))
 
 
-async def test_the_first_filter_on_a_key_indexes_it_by_the_type_it_compares(store) -> None:
+async def test_declared_fields_are_indexed_by_writes_with_their_type_and_never_by_filters(store) -> None:
     await write_labelled_corpus()
-    spec = {
-        "and": [
-            {"tag": {"any": ["tides"]}},
-            {"key": "year", "gte": 2020},
-            {"key": "published", "lt": "2024-01-01"},
-            {"key": "status", "in": ["final"]},
-            {"key": "reviewed", "exists": True},
-        ]
-    }
+    schema = (await qdrant_service.client.get_collection(collection_name=f"{COLLECTION}_v1")).payload_schema
+    spec = {"and": [{"tag": {"any": ["tides"]}}, {"key": "missing", "eq": "x"}, {"key": "year", "gte": 2020}]}
 
     assert await documents_found(spec, "hybrid", ChunkService(indexes=INDEXES)) == set()
 
-    schema = (await qdrant_service.client.get_collection(collection_name=f"{COLLECTION}_v1")).payload_schema
-    indexed = {
-        key: info.data_type for key, info in schema.items() if key == "tags" or key.startswith("meta.")
-    }
+    after = (await qdrant_service.client.get_collection(collection_name=f"{COLLECTION}_v1")).payload_schema
+    indexed = {key: info.data_type for key, info in after.items() if key == "tags" or key.startswith("meta")}
     if store.name == "local":
-        assert indexed == {}  # local mode keeps no payload indexes (the loopback server runs on Edge, which does)
+        assert indexed == {}  # local mode keeps no payload indexes
     else:
+        assert after.keys() == schema.keys()  # the search made none
         assert indexed == {
             "tags": models.PayloadSchemaType.KEYWORD,
-            "meta.year": models.PayloadSchemaType.FLOAT,
-            "meta.published": models.PayloadSchemaType.DATETIME,
-            "meta.status": models.PayloadSchemaType.KEYWORD,
+            "meta_number.year": models.PayloadSchemaType.FLOAT,
+            "meta_number.score": models.PayloadSchemaType.FLOAT,
+            "meta_date.published": models.PayloadSchemaType.DATETIME,
+            "meta_text.status": models.PayloadSchemaType.KEYWORD,
+            "meta_bool.reviewed": models.PayloadSchemaType.BOOL,
         }
         assert schema["tenant"].params.is_tenant  # the tenant key is stored and planned per tenant
+
+
+async def test_two_kbs_of_one_collection_declare_a_key_with_different_types_without_meeting(store) -> None:
+    await write_labelled_corpus()
+    doc = CORPUS[DOC_A]
+    await chunks_service.upsert_chunks(
+        kb_id=OTHER_KB,
+        document_id=DOC_A,
+        title=doc.title,
+        chunks=doc.chunks,
+        vectors=doc.vectors.tolist(),
+        keyword_vectors=encoder.encode_documents([c.content for c in doc.chunks]),
+        metadata={"year": "MMXIX"},
+        fields={"year": "text"},
+    )
+    other = SearchedFields({"Other": {"year": "text"}})
+
+    hits = await search_chunks(
+        kb_id=OTHER_KB,
+        query_embedding=QUERY_VECTOR.tolist(),
+        limit=50,
+        metadata_filter=compile_filter({"key": "year", "eq": "MMXIX"}, fields=other),
+    )
+
+    assert {hit.document_id for hit in hits} == {DOC_A} and {hit.kb_id for hit in hits} == {OTHER_KB}
+    assert await documents_found({"key": "year", "gte": 2021}, "semantic") == {B, C}
 
 
 # --- one hit per document: grouped search ---------------------------------------------------------

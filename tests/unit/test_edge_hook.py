@@ -32,6 +32,7 @@ USED_METHODS = (
     "get_aliases",
     "update_collection_aliases",
     "create_payload_index",
+    "delete_payload_index",
     "upsert",
     "query_points",
     "query_batch_points",

@@ -154,6 +154,14 @@ class TestCollectionsAndAliases:
         assert info.payload_schema["kb_id"].params.is_tenant is True
         assert info.payload_schema["document_id"].points == 120
 
+    async def test_a_payload_index_can_be_dropped(self, client) -> None:
+        await fill(client)
+
+        await client.delete_payload_index("chunks", "chunk_index", wait=True)
+
+        info = await client.get_collection("chunks")
+        assert "chunk_index" not in info.payload_schema and "archived" in info.payload_schema
+
     async def test_creating_an_existing_collection_fails(self, client) -> None:
         await client.create_collection(
             "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
