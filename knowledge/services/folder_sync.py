@@ -73,6 +73,8 @@ class Change(enum.StrEnum):
     UNREADABLE = "unreadable"
     #: Failed before, and the file has not changed since: left alone.
     STILL_FAILED = "still failed"
+    #: Archiving, restoring or deleting changes Qdrant, which --enqueue leaves alone: the next sync does it.
+    POSTPONED = "postponed"
     READY = "ready"
 
 
@@ -164,7 +166,9 @@ class FolderSyncService:
             while batch := await sync_to_async(lambda: list(islice(files, _BATCH)))():
                 report.files += len(batch)
                 for event, outcome in await sync_to_async(self._sync_batch)(request, key, batch):
-                    if event.change == Change.RESTORED and not request.dry_run:
+                    if event.change == Change.RESTORED and request.enqueue and not request.dry_run:
+                        event = _postponed(event.source_name, "back in the folder: restoring it")
+                    elif event.change == Change.RESTORED and not request.dry_run:
                         await self._restore(outcome.document)
                     tell(event)
                     if outcome is not None and indexing is not None and event.change in _TO_INDEX:
@@ -286,7 +290,10 @@ class FolderSyncService:
             for document in documents:
                 if _in_folder(folder, document.source_name):
                     continue
-                if request.when_gone == WhenGone.DELETE:
+                if request.enqueue and not request.dry_run:
+                    action = "deleting" if request.when_gone == WhenGone.DELETE else "archiving"
+                    tell(_postponed(document.source_name, f"gone from the folder: {action} it"))
+                elif request.when_gone == WhenGone.DELETE:
                     if not request.dry_run:
                         await self.documents.adelete_document(document=document)
                     tell(SyncEvent(Change.DELETED, document.source_name))
@@ -317,6 +324,12 @@ def _files(entries: Iterator[FoundFile | PassedOver], report: SyncReport) -> Ite
             reason = entry.reason.split(" (")[0]
             report.passed_over[reason] += 1
             report.examples.setdefault(reason, entry.path)
+
+
+def _postponed(source_name: str, what: str) -> SyncEvent:
+    return SyncEvent(
+        Change.POSTPONED, source_name, f"{what} changes Qdrant, which --enqueue leaves alone; a sync without it will"
+    )
 
 
 def _file_hash(path: Path) -> str:
