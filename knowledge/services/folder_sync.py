@@ -161,6 +161,8 @@ class FolderSyncService:
                 on_done=done, on_chunks=lambda count: None, service=self.ingestion, worker_id=new_worker_id()
             )
             await indexing.__aenter__()
+        # A dry run renames nothing: the documents it would move must not look gone from their old path.
+        moved_in_dry_run: set = set()
         try:
             files = _files(walk_folder(folder, recursive=True), report)
             while batch := await sync_to_async(lambda: list(islice(files, _BATCH)))():
@@ -171,6 +173,8 @@ class FolderSyncService:
                     elif event.change == Change.RESTORED and not request.dry_run:
                         await self._restore(outcome.document)
                     tell(event)
+                    if request.dry_run and outcome is not None and outcome.status == "moved":
+                        moved_in_dry_run.add(outcome.document.pk)
                     if outcome is not None and indexing is not None and event.change in _TO_INDEX:
                         await indexing.add(outcome)
         except BaseException as exc:
@@ -185,7 +189,7 @@ class FolderSyncService:
                     f"{folder} holds no file kbsite reads, yet {request.kb.name!r} has documents synced from it: "
                     "if the folder is meant to be empty (not an unmounted share), run again with --allow-empty."
                 )
-        await self._handle_gone(request, key, folder, tell)
+        await self._handle_gone(request, key, folder, tell, moved_in_dry_run)
         return report
 
     # The comparison: one batch of files against their documents, in one short transaction per change.
@@ -274,7 +278,9 @@ class FolderSyncService:
 
     # Files gone from the folder.
 
-    async def _handle_gone(self, request: FolderSync, key: str, folder: Path, tell: Callable[[SyncEvent], None]) -> None:
+    async def _handle_gone(
+        self, request: FolderSync, key: str, folder: Path, tell: Callable[[SyncEvent], None], moved: set
+    ) -> None:
         synced = Document.objects.filter(knowledge_base=request.kb, source_folder=key)
         if request.when_gone == WhenGone.ARCHIVE:
             synced = synced.filter(archived_at__isnull=True)
@@ -288,7 +294,7 @@ class FolderSyncService:
                 return
             last = documents[-1].pk
             for document in documents:
-                if _in_folder(folder, document.source_name):
+                if document.pk in moved or _in_folder(folder, document.source_name):
                     continue
                 if request.enqueue and not request.dry_run:
                     action = "deleting" if request.when_gone == WhenGone.DELETE else "archiving"
