@@ -259,6 +259,26 @@ class TestSyncFolder:
         assert "volcanoes.txt: would be new" in output
         assert "a sync would make: 1 new, 1 changed, 1 archived, 1 unchanged" in output
 
+    def test_a_file_moved_within_the_folder_keeps_its_document_and_chunks(self, kb, folder):
+        sync(folder)
+        moved = by_name(kb)["tides.txt"]
+        chunks = stored_chunks(moved)
+        (folder / "archive").mkdir()
+        (folder / "tides.txt").rename(folder / "archive" / "tides.txt")
+        embedded = document_texts_embedded()
+
+        dry_run = sync(folder, "--dry-run")
+        output = sync(folder)
+
+        assert "archive/tides.txt: would be moved (from tides.txt)" in dry_run
+        assert "would be archived" not in dry_run
+        assert "archive/tides.txt: moved (from tides.txt)" in output
+        after = Document.objects.get(pk=moved.pk)
+        assert (after.source_name, after.archived_at) == ("archive/tides.txt", None)
+        assert stored_chunks(after) == chunks
+        assert document_texts_embedded() == embedded
+        assert sorted(by_name(kb)) == sorted({*NOTES, "archive/tides.txt"} - {"tides.txt"})
+
     def test_dry_run_of_a_folder_never_synced_adds_nothing(self, kb, folder):
         output = sync(folder, "--dry-run")
 
