@@ -338,6 +338,20 @@ class TestSyncFolder:
         assert "Could not read 1 file" in output
         assert "Compared 4 files: 3 new, 1 unreadable, 3 ready;" in output
 
+    def test_a_file_that_fails_to_index_fails_the_run_after_the_rest_and_is_left_alone_until_it_changes(
+        self, kb, folder
+    ):
+        (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a PDF")
+
+        with pytest.raises(CommandError, match="1 file failed:\n  broken.pdf: .*not a valid PDF"):
+            sync(folder)
+
+        documents = by_name(kb)
+        assert documents["broken.pdf"].status == DocumentStatus.FAILED
+        for name in NOTES:
+            assert_indexed(documents[name])
+        assert "broken.pdf: still failed" in sync(folder)
+
     @pytest.mark.skipif(
         os.geteuid() == 0, reason="root reads a file whatever its mode (the test above runs as root)"
     )
