@@ -3,7 +3,8 @@
 A file is known by its path within the folder (the document's source name) and compared by the
 SHA-256 of its bytes (its content hash): an unchanged file costs a read and a hash, never an
 embedding. Every change is one committed step, so a sync stopped anywhere leaves a knowledge base
-that the next sync finishes: a document left pending by an interrupted run is indexed by the next.
+that the next sync finishes: a document left pending by an interrupted run is indexed by the next,
+and so is one a killed run was indexing (with the embedded store at once, else once its lease lapses).
 The folder is walked lazily and compared in batches, so memory stays flat whatever its size.
 """
 
@@ -33,7 +34,7 @@ from knowledge.ingestion.file_import import (
     walk_folder,
 )
 from knowledge.ingestion.pipeline import IngestionService
-from knowledge.ingestion.worker import new_worker_id
+from knowledge.ingestion.worker import IngestionWorker, take_back_claims_of_earlier_processes
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 
@@ -157,8 +158,12 @@ class FolderSyncService:
 
         indexing = None
         if not (request.dry_run or request.enqueue):
+            worker = IngestionWorker(service=self.ingestion or IngestionService())
+            # With the embedded store this process holds its lock, so no worker is alive to hold a claim:
+            # what a killed sync (or server) was indexing is taken back now, not when its lease lapses.
+            await take_back_claims_of_earlier_processes(worker)
             indexing = PipelinedIndexing(
-                on_done=done, on_chunks=lambda count: None, service=self.ingestion, worker_id=new_worker_id()
+                on_done=done, on_chunks=lambda count: None, service=worker.service, worker_id=worker.worker_id
             )
             await indexing.__aenter__()
         # A dry run renames nothing: the documents it would move must not look gone from their old path.
