@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from prometheus_client import REGISTRY
 
+from knowledge.ingestion.pipeline import IngestionService
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.folder_sync import Change, FolderSync, FolderSyncService, SyncEvent, WhenGone
 from search.qdrant import QdrantConfig, QdrantService, qdrant_service
@@ -310,6 +311,18 @@ class TestSyncFolder:
             assert_indexed(document)
         assert "6 ready" in output
         assert "Compared 6 files: 6 unchanged; nothing embedded" in sync(folder)
+
+    def test_a_sync_killed_midway_is_finished_by_the_next_without_waiting_out_its_claims(self, kb, folder):
+        sync(folder, "--enqueue")
+        held = by_name(kb)["tides.txt"]
+        # What a sync killed while indexing leaves: a document claimed by a process that is gone.
+        assert IngestionService().queue.claim(document_id=held.pk, worker_id="a-killed-sync") is not None
+
+        output = sync(folder)
+
+        for document in by_name(kb).values():
+            assert_indexed(document)
+        assert "3 ready" in output
 
     def test_symlinks_hidden_files_and_unsupported_types_are_reported_and_the_rest_synced(
         self, kb, folder, tmp_path
