@@ -3,7 +3,8 @@
 A file is known by its path within the folder (the document's source name) and compared by the
 SHA-256 of its bytes (its content hash): an unchanged file costs a read and a hash, never an
 embedding. Every change is one committed step, so a sync stopped anywhere leaves a knowledge base
-that the next sync finishes: a document left pending by an interrupted run is indexed by the next.
+that the next sync finishes: a document left pending by an interrupted run is indexed by the next,
+and so is one a killed run was indexing (with the embedded store at once, else once its lease lapses).
 The folder is walked lazily and compared in batches, so memory stays flat whatever its size.
 """
 
@@ -33,7 +34,7 @@ from knowledge.ingestion.file_import import (
     walk_folder,
 )
 from knowledge.ingestion.pipeline import IngestionService
-from knowledge.ingestion.worker import new_worker_id
+from knowledge.ingestion.worker import IngestionWorker, take_back_claims_of_earlier_processes
 from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.documents import DocumentService
 
@@ -73,6 +74,8 @@ class Change(enum.StrEnum):
     UNREADABLE = "unreadable"
     #: Failed before, and the file has not changed since: left alone.
     STILL_FAILED = "still failed"
+    #: Archiving, restoring or deleting changes Qdrant, which --enqueue leaves alone: the next sync does it.
+    POSTPONED = "postponed"
     READY = "ready"
 
 
@@ -155,18 +158,28 @@ class FolderSyncService:
 
         indexing = None
         if not (request.dry_run or request.enqueue):
+            worker = IngestionWorker(service=self.ingestion or IngestionService())
+            # With the embedded store this process holds its lock, so no worker is alive to hold a claim:
+            # what a killed sync (or server) was indexing is taken back now, not when its lease lapses.
+            await take_back_claims_of_earlier_processes(worker)
             indexing = PipelinedIndexing(
-                on_done=done, on_chunks=lambda count: None, service=self.ingestion, worker_id=new_worker_id()
+                on_done=done, on_chunks=lambda count: None, service=worker.service, worker_id=worker.worker_id
             )
             await indexing.__aenter__()
+        # A dry run renames nothing: the documents it would move must not look gone from their old path.
+        moved_in_dry_run: set = set()
         try:
             files = _files(walk_folder(folder, recursive=True), report)
             while batch := await sync_to_async(lambda: list(islice(files, _BATCH)))():
                 report.files += len(batch)
                 for event, outcome in await sync_to_async(self._sync_batch)(request, key, batch):
-                    if event.change == Change.RESTORED and not request.dry_run:
+                    if event.change == Change.RESTORED and request.enqueue and not request.dry_run:
+                        event = _postponed(event.source_name, "back in the folder: restoring it")
+                    elif event.change == Change.RESTORED and not request.dry_run:
                         await self._restore(outcome.document)
                     tell(event)
+                    if request.dry_run and outcome is not None and outcome.status == "moved":
+                        moved_in_dry_run.add(outcome.document.pk)
                     if outcome is not None and indexing is not None and event.change in _TO_INDEX:
                         await indexing.add(outcome)
         except BaseException as exc:
@@ -181,7 +194,7 @@ class FolderSyncService:
                     f"{folder} holds no file kbsite reads, yet {request.kb.name!r} has documents synced from it: "
                     "if the folder is meant to be empty (not an unmounted share), run again with --allow-empty."
                 )
-        await self._handle_gone(request, key, folder, tell)
+        await self._handle_gone(request, key, folder, tell, moved_in_dry_run)
         return report
 
     # The comparison: one batch of files against their documents, in one short transaction per change.
@@ -270,7 +283,9 @@ class FolderSyncService:
 
     # Files gone from the folder.
 
-    async def _handle_gone(self, request: FolderSync, key: str, folder: Path, tell: Callable[[SyncEvent], None]) -> None:
+    async def _handle_gone(
+        self, request: FolderSync, key: str, folder: Path, tell: Callable[[SyncEvent], None], moved: set
+    ) -> None:
         synced = Document.objects.filter(knowledge_base=request.kb, source_folder=key)
         if request.when_gone == WhenGone.ARCHIVE:
             synced = synced.filter(archived_at__isnull=True)
@@ -284,9 +299,12 @@ class FolderSyncService:
                 return
             last = documents[-1].pk
             for document in documents:
-                if _in_folder(folder, document.source_name):
+                if document.pk in moved or _in_folder(folder, document.source_name):
                     continue
-                if request.when_gone == WhenGone.DELETE:
+                if request.enqueue and not request.dry_run:
+                    action = "deleting" if request.when_gone == WhenGone.DELETE else "archiving"
+                    tell(_postponed(document.source_name, f"gone from the folder: {action} it"))
+                elif request.when_gone == WhenGone.DELETE:
                     if not request.dry_run:
                         await self.documents.adelete_document(document=document)
                     tell(SyncEvent(Change.DELETED, document.source_name))
@@ -317,6 +335,12 @@ def _files(entries: Iterator[FoundFile | PassedOver], report: SyncReport) -> Ite
             reason = entry.reason.split(" (")[0]
             report.passed_over[reason] += 1
             report.examples.setdefault(reason, entry.path)
+
+
+def _postponed(source_name: str, what: str) -> SyncEvent:
+    return SyncEvent(
+        Change.POSTPONED, source_name, f"{what} changes Qdrant, which --enqueue leaves alone; a sync without it will"
+    )
 
 
 def _file_hash(path: Path) -> str:

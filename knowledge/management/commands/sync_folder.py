@@ -26,8 +26,8 @@ from search.qdrant import qdrant_service
 _QUIET = {Change.UNCHANGED}
 _ORDER = (
     Change.NEW, Change.CHANGED, Change.RESUMED, Change.MOVED, Change.RESTORED, Change.ARCHIVED, Change.DELETED,
-    Change.UNCHANGED, Change.DUPLICATE, Change.REFUSED, Change.STILL_FAILED, Change.UNREADABLE, Change.READY,
-    Change.FAILED,
+    Change.UNCHANGED, Change.DUPLICATE, Change.REFUSED, Change.STILL_FAILED, Change.UNREADABLE, Change.POSTPONED,
+    Change.READY, Change.FAILED,
 )  # fmt: skip
 
 
@@ -53,7 +53,8 @@ class Command(BaseCommand):
             "--enqueue",
             action="store_true",
             help="Only record the changes for running workers (no Qdrant access needed): the way to sync "
-            "while the server holds the embedded store.",
+            "while the server holds the embedded store. Archiving, restoring and deleting change Qdrant: "
+            "they are reported as postponed and left for the next sync without --enqueue.",
         )
         parser.add_argument(
             "--allow-empty",
