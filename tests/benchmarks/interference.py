@@ -131,9 +131,9 @@ class Site:
         self.api = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
 
     async def kb_id(self, slug: str) -> str:
-        response = await self.api.get("/api/v1/kbs")
+        response = await self.api.get(f"/api/v1/kbs/{slug}")  # paths take a slug as well as an id
         response.raise_for_status()
-        return next(kb["id"] for kb in response.json() if kb["slug"] == slug)
+        return response.json()["id"]
 
     async def chunks(self, kb: str) -> int:
         response = await self.api.get(f"/api/v1/kbs/{kb}/documents", params={"limit": 500})
