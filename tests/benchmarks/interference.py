@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_CHUNKS = 2000
-KB_TEXT_CHARS = 800_000  # about 2,400 chunks at the default chunk settings
+KB_TEXT_CHARS = 1_100_000  # about 2,150 chunks at the default chunk settings (16-token minimum)
 OTHER_KB_TEXT_CHARS = 100_000
 UPLOAD_CHARS = 1_000_000
 PDF_BYTES = 20 * 1024 * 1024
