@@ -7,14 +7,14 @@ from asgiref.sync import sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from knowledge.errors import InvalidMetadataField
-from knowledge.models import Document, DocumentStatus, KnowledgeBase, Role
+from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.knowledge_bases import active_index
 from knowledge.services.metadata_fields import MetadataFieldService
 from search.models import SearchAudit
 from search.qdrant import qdrant_service
 from search.services.chunks import chunk_point_id
 from tests.api.test_api import BEES, SOURDOUGH, TIDES, bearer, client, issue_token
-from tests.factories import add_member, make_document, make_kb, make_user
+from tests.factories import make_document, make_kb
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -34,20 +34,6 @@ def kb(test_user):
 @pytest.fixture
 def owner_headers(test_user):
     return bearer(issue_token(test_user))
-
-
-@pytest.fixture
-def editor_headers(kb):
-    user = make_user(username="eddie")
-    add_member(kb, user, Role.EDITOR)
-    return bearer(issue_token(user))
-
-
-@pytest.fixture
-def reader_headers(kb):
-    user = make_user(username="rita")
-    add_member(kb, user, Role.READER)
-    return bearer(issue_token(user))
 
 
 @pytest.fixture

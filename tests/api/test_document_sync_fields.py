@@ -7,10 +7,9 @@ import hashlib
 import pytest
 from asgiref.sync import sync_to_async
 
-from knowledge.models import Role
 from knowledge.services.folder_sync import FolderSync, FolderSyncService
 from tests.api.test_api import bearer, client, issue_token
-from tests.factories import add_member, make_document, make_kb, make_user
+from tests.factories import make_document, make_kb
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -23,13 +22,6 @@ FILES = {
 @pytest.fixture
 def kb(test_user):
     return make_kb(owner=test_user, name="Field notes", slug="field-notes")
-
-
-@pytest.fixture
-def reader_headers(kb):
-    user = make_user(username="rita")
-    add_member(kb, user, Role.READER)
-    return bearer(issue_token(user))
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
 
-from knowledge.models import Document, Role
+from knowledge.models import Document
 from knowledge.services.metadata_fields import MetadataFieldService
 from search.models import SearchAudit
-from tests.api.test_api import bearer, client, issue_token
-from tests.factories import add_member, make_kb, make_user
+from tests.api.test_api import client
+from tests.factories import make_kb
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -23,20 +23,6 @@ SURROGATE = "\ud800"
 @pytest.fixture
 def kb(test_user):
     return make_kb(owner=test_user, name="Field notes", slug="field-notes")
-
-
-@pytest.fixture
-def editor_headers(kb):
-    user = make_user(username="eddie")
-    add_member(kb, user, Role.EDITOR)
-    return bearer(issue_token(user))
-
-
-@pytest.fixture
-def reader_headers(kb):
-    user = make_user(username="rita")
-    add_member(kb, user, Role.READER)
-    return bearer(issue_token(user))
 
 
 def assert_error(response, status: int, code: str) -> dict:
