@@ -89,10 +89,20 @@ def write_files(folder: Path, documents: list[tuple[str, str]]) -> list[str]:
 
 
 def pdf_of_about(size: int, prose: str) -> bytes:
-    """A text PDF of PDF_PAGES pages and about `size` bytes, its pages cut from `prose`."""
+    """A text PDF of PDF_PAGES pages and at most `size` bytes, its pages cut from `prose`.
+
+    A page's objects add to its text, so a first build shows how much; the second, scaled by it, fits.
+    """
+    pdf = _pdf_of_text(size, prose)
+    if len(pdf) > size:
+        pdf = _pdf_of_text(int(size * size / len(pdf) * 0.99), prose)
+    return pdf
+
+
+def _pdf_of_text(text_bytes: int, prose: str) -> bytes:
     from tests.files import make_pdf
 
-    per_page = size // PDF_PAGES
+    per_page = text_bytes // PDF_PAGES
     lines = [prose[i : i + 90] for i in range(0, len(prose), 90)]
     pages, cursor = [], 0
     for _ in range(PDF_PAGES):
