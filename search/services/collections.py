@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ PAYLOAD_INDEXES: tuple[tuple[str, models.PayloadSchemaType | models.KeywordIndex
 )
 
 
+@functools.cache
 def model_collection_alias(model: str, vector_size: int) -> str:
-    """The alias every read and write of a model's knowledge bases goes through."""
+    """The alias every read and write of a model's knowledge bases goes through.
+
+    Cached: a search across 50 knowledge bases asks it for each of them (a site has a few models).
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
     return f"{COLLECTION_PREFIX}{slug}_{vector_size}"
 
