@@ -118,7 +118,9 @@ class ChunkSearch:
                     ),
                 ],
                 query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=RRF_WEIGHTS)),
-                filter=query_filter,
+                # No filter on the fusion itself: every candidate passed its prefetch's. Edge evaluated it
+                # once more per query, and a tenant filter of 50 knowledge bases is not cheap: 3.6 ms of
+                # engine time per search against 1.3 ms without (1,000 knowledge bases, README).
                 limit=self.limit,
             )
         elif self.query_embedding is not None:

@@ -31,7 +31,7 @@ from search.edge import store as edge_store
 from search.filters import SearchedFields, compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, qdrant_service
-from search.services.chunks import ChunkSearch, ChunkService, StoredChunk, chunk_point_id
+from search.services.chunks import RRF_K, RRF_WEIGHTS, ChunkSearch, ChunkService, StoredChunk, chunk_point_id
 from search.services.collections import KbIndex
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
@@ -411,6 +411,34 @@ async def test_one_query_across_kbs_answers_as_the_merge_of_one_query_per_kb(sto
     else:
         # BM25's IDF is the collection's either way here: every query reads the one collection.
         assert [h.score for h in together] == pytest.approx([h.score for h in merged], abs=SCORE_TOLERANCE)
+
+
+async def test_a_hybrid_search_across_kbs_fuses_their_semantic_and_keyword_rankings_and_nothing_else(store) -> None:
+    # The fusion itself carries no filter: the prefetches' alone keep out the KB not searched (whose
+    # chunks lie closest to both queries) and the archived document.
+    third = UUID("5e3c8a24-6b1d-4f7e-9a0c-2d4f6b8e0a13")
+    INDEXES.active[third] = KbIndex(kb_id=third, model=MODEL, vector_size=DIM)
+    closest = {d: Doc(d, doc.title, doc.chunks, np.tile(QUERY_VECTOR, (len(doc.chunks), 1))) for d, doc in CORPUS.items()}
+    await write_corpus()
+    await write_corpus(build_corpus(seed=11), kb_id=OTHER_KB)
+    await write_corpus(closest, kb_id=third)
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_C, archived_at=ARCHIVED_AT)
+    dense, keywords = QUERY_VECTOR.tolist(), encoder.encode_query(KEYWORD_QUERY)
+    searched = [KB, OTHER_KB]
+
+    fused = await chunks_service.search_chunks(chunk_search(searched, limit=10, query_embedding=dense, query_keywords=keywords))
+
+    semantic = await chunks_service.search_chunks(chunk_search(searched, limit=100, query_embedding=dense))
+    keyword = await chunks_service.search_chunks(chunk_search(searched, limit=100, query_keywords=keywords))
+    scores: dict[tuple[UUID, UUID, int], float] = {}
+    for ranking, weight in zip((semantic, keyword), RRF_WEIGHTS or (1.0, 1.0)):
+        for position, hit in enumerate(ranking):  # Qdrant's reciprocal rank, positions from 0
+            key = (hit.kb_id, hit.document_id, hit.chunk_index)
+            scores[key] = scores.get(key, 0.0) + 1 / ((position + 1) / weight + RRF_K - 1)
+    assert {h.kb_id for h in fused} == {KB, OTHER_KB} and len(fused) == 10
+    assert not any(h.kb_id == KB and h.document_id == DOC_C for h in fused)
+    assert [h.score for h in fused] == pytest.approx(sorted(scores.values(), reverse=True)[:10], abs=SCORE_TOLERANCE)
+    assert all(h.score == pytest.approx(scores[(h.kb_id, h.document_id, h.chunk_index)], abs=SCORE_TOLERANCE) for h in fused)
 
 
 # --- writes ---------------------------------------------------------------------------------------
