@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.module_loading import import_string
 
@@ -31,6 +32,8 @@ class EmbeddingConfig:
     document_niceness: int = 10
     #: Query vectors remembered for repeated queries.
     query_cache_size: int = 1024
+    #: Keyword arguments of the backend beyond `threads` (an endpoint's URL, model, batch size...).
+    options: dict = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls) -> EmbeddingConfig:
@@ -45,7 +48,7 @@ class EmbeddingConfig:
         )
 
     def build_embedder(self) -> Embedder:
-        return import_string(self.backend)(threads=self.threads)
+        return import_string(self.backend)(threads=self.threads, **self.options)
 
 
 @dataclass
@@ -182,7 +185,11 @@ class EmbeddingService:
 
     @property
     def dimensions(self) -> int:
+        """The vector size; an endpoint configured without one is asked once (I/O: from async code, use adimensions)."""
         return self.embedder.dimensions
+
+    async def adimensions(self) -> int:
+        return await sync_to_async(lambda: self.embedder.dimensions, thread_sensitive=False)()
 
     async def embed_query(self, text: str) -> list[float]:
         cached = self._cached_query(text)
