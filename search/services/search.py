@@ -20,6 +20,7 @@ from django.utils.module_loading import import_string
 from qdrant_client import models
 
 from search.embedding import EmbeddingService, embedding_service
+from search.embedding.registry import embedders
 from search.errors import (
     EmbeddingModelMismatch,
     EmptyQuery,
@@ -44,6 +45,25 @@ MAX_DOCUMENT_FILTER = 100
 DEFAULT_GROUP_SIZE = 3
 MAX_GROUP_SIZE = 10
 MAX_CONTEXT_CHUNKS = 5
+#: Reciprocal rank fusion's constant: how little the very top ranks of one model's list outweigh the rest.
+RRF_K = 60
+
+
+def fuse_by_rank(ranked_lists: Sequence[Sequence[Any]], *, key: Any = id) -> list[Any]:
+    """Merge lists ranked by scores that cannot be compared (two models' cosines) by reciprocal rank fusion.
+
+    Each item scores the sum of 1 / (RRF_K + rank) over the lists it is in (rank from 1); ties keep the
+    order of the lists given. Items are told apart by `key`.
+    """
+    fused: dict[Any, float] = {}
+    items: dict[Any, Any] = {}
+    for ranked in ranked_lists:
+        for rank, item in enumerate(ranked, start=1):
+            identity = key(item)
+            items.setdefault(identity, item)
+            fused[identity] = fused.get(identity, 0.0) + 1.0 / (RRF_K + rank)
+    order = sorted(fused, key=lambda identity: fused[identity], reverse=True)
+    return [items[identity] for identity in order]
 
 
 def _searched_fields(kbs: Iterable[SearchableKnowledgeBase]) -> SearchedFields:
@@ -297,7 +317,8 @@ class SearchService:
         _check_whole_number("group_size", group_size, 1, MAX_GROUP_SIZE)
         _check_whole_number("context_chunks", context_chunks, 0, MAX_CONTEXT_CHUNKS)
 
-        # Authorise while the query is embedded; a refusal cancels the embedding and searches nothing.
+        # Authorise while the query is embedded by the default model (most KBs use it); a refusal cancels the
+        # embedding and searches nothing. KBs of other models have the query embedded by theirs once known.
         embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
         notices: list[str] = []
         try:
@@ -316,30 +337,40 @@ class SearchService:
             if embedding is not None:
                 embedding.cancel()
             raise
-        vector = await embedding if embedding is not None else None
+        by_model: dict[str, list[SearchableKnowledgeBase]] = {}
+        for kb_id in wanted:
+            by_model.setdefault(found[kb_id].embedding_model, []).append(found[kb_id])
+        vectors = await self._query_vectors_by_model(query, embedding, list(by_model))
 
         documents_found = None
-        requests = self._chunk_searches(
-            [found[kb_id] for kb_id in wanted],
-            mode=mode,
-            query=query,
-            vector=vector,
-            limit=limit,
-            include_archived=include_archived,
-            score_threshold=score_threshold,
-            document_ids=tuple(str(document) for document in documents or ()),
-            metadata_filter=metadata_filter,
-            group_size=group_size if group_by_document else None,
-        )
+        requests_by_model = [
+            self._chunk_searches(
+                kbs,
+                mode=mode,
+                query=query,
+                vector=vectors.get(model),
+                limit=limit,
+                include_archived=include_archived,
+                score_threshold=score_threshold,
+                document_ids=tuple(str(document) for document in documents or ()),
+                metadata_filter=metadata_filter,
+                group_size=group_size if group_by_document else None,
+            )
+            for model, kbs in by_model.items()
+        ]
+        # Within one model scores compare, so its answers merge by score; across models (cosines of two
+        # vector spaces) they do not, so the models' rankings are fused by rank.
         if group_by_document:
-            groups_per_request = await asyncio.gather(*map(self.chunk_service.search_chunk_groups, requests))
-            every_group = (group for groups in groups_per_request for group in groups)
-            groups = sorted(every_group, key=lambda group: group[0].score or 0.0, reverse=True)[:limit]
+            ranked = await asyncio.gather(
+                *(self._best_first(self.chunk_service.search_chunk_groups, requests) for requests in requests_by_model)
+            )
+            groups = fuse_by_rank(ranked, key=lambda group: (group[0].kb_id, group[0].document_id))[:limit]
             hits = [hit for group in groups for hit in group]
         else:
-            hits_per_request = await asyncio.gather(*map(self.chunk_service.search_chunks, requests))
-            every_hit = (hit for hits in hits_per_request for hit in hits)
-            hits = sorted(every_hit, key=lambda hit: hit.score or 0.0, reverse=True)[:limit]
+            ranked = await asyncio.gather(
+                *(self._best_first(self.chunk_service.search_chunks, requests) for requests in requests_by_model)
+            )
+            hits = fuse_by_rank(ranked, key=lambda hit: (hit.kb_id, hit.document_id, hit.chunk_index))[:limit]
         # One encoder per KB, not per hit: reading a KB's settings costs more than marking a hit.
         encoders = {kb_id: self._encoder_for(found[kb_id]) for kb_id in {hit.kb_id for hit in hits}}
         found_hits = [
@@ -370,6 +401,39 @@ class SearchService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         return SearchResponse(results=results, mode=mode, notices=notices, documents=documents_found)
+
+    @staticmethod
+    async def _best_first(search, requests: Sequence[ChunkSearch]) -> list[Any]:
+        """Run one model's engine queries and merge their answers (chunks or groups of them) by score."""
+        answers = await asyncio.gather(*map(search, requests))
+
+        def score(answer: Any) -> float:
+            first = answer[0] if isinstance(answer, (list, tuple)) else answer
+            return first.score or 0.0
+
+        return sorted((item for answer in answers for item in answer), key=score, reverse=True)
+
+    async def _query_vectors_by_model(
+        self, query: str, embedding: asyncio.Future | None, models_used: list[str]
+    ) -> dict[str, list[float]]:
+        """The query embedded once per model in use; the default model's embedding was started early."""
+        if embedding is None:
+            return {}
+        default = self.embeddings.model_id
+        others = [model for model in models_used if model != default]
+        if default not in models_used:
+            embedding.cancel()
+        try:
+            embedded = await asyncio.gather(
+                *(embedders.service(model, default=self.embeddings).embed_query(query) for model in others)
+            )
+        except BaseException:
+            embedding.cancel()
+            raise
+        vectors = dict(zip(others, embedded))
+        if default in models_used:
+            vectors[default] = await embedding
+        return vectors
 
     def _chunk_searches(
         self,
@@ -479,7 +543,7 @@ class SearchService:
                 f"You may read more than {MAX_KNOWLEDGE_BASES} knowledge bases; this searched the first "
                 f"{MAX_KNOWLEDGE_BASES} by name. Name the ones you want in kb_ids to search others."
             )
-        stale = [kb for kb in readable if kb.embedding_model != self.embeddings.model_id]
+        stale = [kb for kb in readable if not self._embeds_for(kb.embedding_model)]
         if stale:
             notices.append(
                 f"Not searched, indexed with another embedding model: {', '.join(repr(kb.name) for kb in stale)}. "
@@ -517,15 +581,21 @@ class SearchService:
                 + ". Check the ids, or ask the KB's owner to add you as a member.",
                 detail={"kb_ids": [str(kb_id) for kb_id in missing]},
             )
-        model_id = self.embeddings.model_id
-        stale = [kb for kb in found.values() if kb.embedding_model != model_id]
+        stale = [kb for kb in found.values() if not self._embeds_for(kb.embedding_model)]
         if stale:
             raise EmbeddingModelMismatch(
-                f"Knowledge base {stale[0].name!r} was indexed with {stale[0].embedding_model}, but queries "
-                f"are embedded with {model_id}. Run `manage.py reindex --kb <slug> --recreate` for it.",
+                f"Knowledge base {stale[0].name!r} was indexed with {stale[0].embedding_model}, which no configured "
+                f"embedder makes (the site has {', '.join(self._embedder_names())}). Run `manage.py reindex "
+                "--kb <slug> --recreate` for it, or configure that embedder in EMBEDDERS_JSON.",
                 detail={"kb_ids": [str(kb.id) for kb in stale]},
             )
         return found
+
+    def _embeds_for(self, model: str) -> bool:
+        return model == self.embeddings.model_id or embedders.is_configured(model)
+
+    def _embedder_names(self) -> list[str]:
+        return list(dict.fromkeys([self.embeddings.model_id, *embedders.names()]))
 
     @staticmethod
     def _clean_query(query: object) -> str:
