@@ -51,6 +51,17 @@ STORE_WAIT = "Waiting for the vector store"
 EMBEDDER_WAIT = "Waiting for the embedder"
 
 
+def check_vector_sizes(vectors: list[list[float]], *, model: str, expected: int) -> None:
+    """Refuse vectors of another size than the index holds: an endpoint now serving another model, say."""
+    sizes = sorted({len(vector) for vector in vectors} - {expected})
+    if sizes:
+        raise EmbedderResponseInvalid(
+            f"The embedder {model!r} sent vectors of {', '.join(map(str, sizes))} dimensions, not {expected}: "
+            "check the model its endpoint serves, or rebuild the knowledge base with `manage.py reindex --recreate`.",
+            detail={"embedder": model, "expected": expected, "received": sizes},
+        )
+
+
 @dataclass(frozen=True)
 class IngestionSettings:
     max_attempts: int = 5
@@ -205,6 +216,7 @@ class IngestionService:
             batch = chunks[start : start + self.config.batch_size]
             texts = [chunk.content for chunk in batch]
             vectors = await embeddings.embed_documents(texts)
+            check_vector_sizes(vectors, model=model, expected=index.vector_size if index else kb.vector_size)
             await self.chunk_service.upsert_chunks(
                 kb_id=kb.id,
                 document_id=document.id,

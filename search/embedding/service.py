@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 
 from search import metrics
 from search.embedding.base import Embedder
+from search.errors import KbsiteError
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,11 @@ class _ModelThread:
                 if self.embedder is None:
                     self.embedder = self.build()
                 vectors = self.embedder.embed(texts).tolist()
+            except KbsiteError as exc:  # said on purpose (an endpoint down, a key refused): no traceback
+                logger.warning("Embedding %d texts failed: %s", len(texts), exc.message)
+                for job in batch:
+                    _settle(job, None, exc)
+                continue
             except Exception as exc:  # every waiter must hear of the failure
                 logger.exception("Embedding %d texts failed", len(texts))
                 for job in batch:

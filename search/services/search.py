@@ -22,6 +22,7 @@ from qdrant_client import models
 from search.embedding import EmbeddingService, embedding_service
 from search.embedding.registry import embedders
 from search.errors import (
+    EmbedderResponseInvalid,
     EmbeddingModelMismatch,
     EmptyQuery,
     InvalidFilter,
@@ -341,6 +342,14 @@ class SearchService:
         for kb_id in wanted:
             by_model.setdefault(found[kb_id].embedding_model, []).append(found[kb_id])
         vectors = await self._query_vectors_by_model(query, embedding, list(by_model))
+        for model, vector in vectors.items():
+            wrong = {kb.vector_size for kb in by_model[model]} - {len(vector)}
+            if wrong:
+                raise EmbedderResponseInvalid(
+                    f"The embedder {model!r} sent a query vector of {len(vector)} dimensions, not "
+                    f"{', '.join(map(str, sorted(wrong)))}: check the model its endpoint serves.",
+                    detail={"embedder": model},
+                )
 
         documents_found = None
         requests_by_model = [
