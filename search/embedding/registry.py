@@ -123,6 +123,9 @@ class EmbedderRegistry:
         """Every model a knowledge base may be indexed with, the default first."""
         return [self._default.model_id, *(name for name in self._endpoints if name != self._default.model_id)]
 
+    def has_endpoints(self) -> bool:
+        return bool(self._endpoints)
+
     def describe(self, name: str) -> str:
         endpoint = self._endpoints.get(name)
         if endpoint is None:

@@ -318,9 +318,11 @@ class SearchService:
         _check_whole_number("group_size", group_size, 1, MAX_GROUP_SIZE)
         _check_whole_number("context_chunks", context_chunks, 0, MAX_CONTEXT_CHUNKS)
 
-        # Authorise while the query is embedded by the default model (most KBs use it); a refusal cancels the
-        # embedding and searches nothing. KBs of other models have the query embedded by theirs once known.
-        embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
+        # With one model, authorise while the query is embedded; a refusal cancels the embedding and searches
+        # nothing. With endpoints configured, the models are known once the KBs are: the query is embedded
+        # then, once per model in use, so no model embeds a query nobody needs (and takes CPU from one who does).
+        speculate = mode != SearchMode.KEYWORD and not embedders.has_endpoints()
+        embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if speculate else None
         notices: list[str] = []
         try:
             if every_readable:
@@ -341,7 +343,9 @@ class SearchService:
         by_model: dict[str, list[SearchableKnowledgeBase]] = {}
         for kb_id in wanted:
             by_model.setdefault(found[kb_id].embedding_model, []).append(found[kb_id])
-        vectors = await self._query_vectors_by_model(query, embedding, list(by_model))
+        vectors = (
+            await self._query_vectors_by_model(query, embedding, list(by_model)) if mode != SearchMode.KEYWORD else {}
+        )
         for model, vector in vectors.items():
             wrong = {kb.vector_size for kb in by_model[model]} - {len(vector)}
             if wrong:
@@ -425,22 +429,22 @@ class SearchService:
     async def _query_vectors_by_model(
         self, query: str, embedding: asyncio.Future | None, models_used: list[str]
     ) -> dict[str, list[float]]:
-        """The query embedded once per model in use; the default model's embedding was started early."""
-        if embedding is None:
-            return {}
+        """The query embedded once per model in use; the default model's embedding may have been started early."""
         default = self.embeddings.model_id
-        others = [model for model in models_used if model != default]
-        if default not in models_used:
+        if embedding is not None and default not in models_used:
             embedding.cancel()
+            embedding = None
+        others = [model for model in models_used if model != default or embedding is None]
         try:
             embedded = await asyncio.gather(
                 *(embedders.service(model, default=self.embeddings).embed_query(query) for model in others)
             )
         except BaseException:
-            embedding.cancel()
+            if embedding is not None:
+                embedding.cancel()
             raise
         vectors = dict(zip(others, embedded))
-        if default in models_used:
+        if embedding is not None:
             vectors[default] = await embedding
         return vectors
 
