@@ -1,4 +1,4 @@
-"""Search across the knowledge bases a user may read: validate, authorise, embed once, query once, audit.
+"""Search across the knowledge bases a user may read: validate, authorise, embed once per model, query, audit.
 
 Three modes: `hybrid` (the default: semantic and BM25 keyword candidates fused by reciprocal rank
 inside one Qdrant query), `semantic` (cosine similarity of the embeddings) and `keyword` (BM25).
@@ -283,8 +283,9 @@ class SearchService:
 
         Every KB must be readable by the user, or nothing is searched. `kb_ids=None` searches every
         KB the user may read, up to MAX_KNOWLEDGE_BASES by name (a notice says when that cuts, and
-        leaves out, with a notice, KBs that need a rebuild for the current model). The KBs are
-        searched by one engine query, their tenant keys matched together.
+        leaves out, with a notice, KBs whose model no configured embedder makes). The KBs of one model
+        are searched by one engine query, their tenant keys matched together; KBs of several models have
+        the query embedded once per model and their rankings fused by rank (`fuse_by_rank`).
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
         `filter` is a metadata filter as search.filters reads it, checked against the fields every KB
