@@ -160,7 +160,7 @@ async def measure(args: argparse.Namespace, server) -> None:
             chunks[name] = sum(d.chunk_count for d in done)
             rates[name].append(chunks[name] / seconds)
         for name, kb in kbs.items():
-            # Other queries each round: no model or engine answers the same question twice.
+            # Other queries each round while there are enough; the query cache is off, so every search embeds.
             asked = (
                 queries[round_number * args.queries : (round_number + 1) * args.queries]
                 or queries[: args.queries]
