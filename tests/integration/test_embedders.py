@@ -378,3 +378,18 @@ def test_eval_retrieval_measures_a_model_through_its_endpoint(endpoint, tmp_path
     assert endpoint.stats()["texts"] >= before + 12 + 4  # the corpus and the queries went through it
     assert ENDPOINT in output
     assert not KnowledgeBase.objects.exists()
+
+
+async def test_the_api_creates_a_kb_for_a_configured_embedder_and_refuses_another(endpoint) -> None:
+    owner = await sync_to_async(make_user)(username="creator")
+    headers = await sync_to_async(lambda: bearer(issue_token(owner)))()
+
+    made = await client.post("/kbs", json={"name": "Remote", "embedding_model": ENDPOINT}, headers=headers)
+    unknown = await client.post(
+        "/kbs", json={"name": "Nowhere", "embedding_model": "nowhere"}, headers=headers
+    )
+
+    assert made.status_code == 201, made.json()
+    assert (made.json()["embedding_model"], made.json()["vector_size"]) == (ENDPOINT, 384)
+    assert unknown.status_code == 422 and ENDPOINT in unknown.json()["message"]
+    assert not await KnowledgeBase.objects.filter(name="Nowhere").aexists()
