@@ -393,3 +393,23 @@ async def test_the_api_creates_a_kb_for_a_configured_embedder_and_refuses_anothe
     assert (made.json()["embedding_model"], made.json()["vector_size"]) == (ENDPOINT, 384)
     assert unknown.status_code == 422 and ENDPOINT in unknown.json()["message"]
     assert not await KnowledgeBase.objects.filter(name="Nowhere").aexists()
+
+
+def test_an_endpoint_kb_exported_imports_with_its_vectors_where_the_site_has_that_embedder(
+    endpoint, test_user, tmp_path
+) -> None:
+    kb = make_kb(owner=test_user, name="Exported", embedding_model=ENDPOINT, chunk_size=64, chunk_overlap=12)
+    documents = asyncio.run(indexed(kb, TIDES, BEES))
+    archive = tmp_path / "exported.kbsite"
+    call_command("export_kb", kb.slug, "--output", str(archive), stdout=io.StringIO())
+    embedded = endpoint.stats()["texts"]
+
+    call_command("import_kb", str(archive), "--slug", "copy", stdout=io.StringIO())
+
+    copy = KnowledgeBase.objects.get(slug="copy")
+    assert (copy.embedding_model, copy.vector_size) == (ENDPOINT, 384)
+    assert endpoint.stats()["texts"] == embedded  # its vectors were kept, nothing embedded again
+    assert asyncio.run(ChunkService().count_chunks(kb_id=copy.id)) == sum(d.chunk_count for d in documents)
+    embedders.configure({})
+    with pytest.raises(CommandError, match="no embedder of this site makes those"):
+        call_command("import_kb", str(archive), "--slug", "other", stdout=io.StringIO())
