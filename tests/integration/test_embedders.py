@@ -413,3 +413,18 @@ def test_an_endpoint_kb_exported_imports_with_its_vectors_where_the_site_has_tha
     embedders.configure({})
     with pytest.raises(CommandError, match="no embedder of this site makes those"):
         call_command("import_kb", str(archive), "--slug", "other", stdout=io.StringIO())
+
+
+async def test_a_search_given_a_query_vector_of_the_wrong_size_answers_502_saying_so(endpoint) -> None:
+    owner = await sync_to_async(make_user)(username="sizer")
+    kb = await endpoint_kb(owner)
+    await indexed(kb, TIDES)
+    headers = await sync_to_async(lambda: bearer(issue_token(owner)))()
+    endpoint.control(fail="wrong_size")
+
+    response = await client.post(
+        "/search", json={"query": "tides of the sea", "kb_ids": [str(kb.id)]}, headers=headers
+    )
+
+    assert response.status_code == 502 and response.json()["code"] == "embedder_bad_response"
+    assert "383 dimensions" in response.json()["message"] and ENDPOINT in response.json()["message"]
