@@ -72,6 +72,7 @@ STATUS = {
     search_errors.InvalidSearchRequest: 422,
     search_errors.VectorStoreUnavailable: 503,
     search_errors.EmbedderUnavailable: 503,
+    search_errors.EmbedderResponseInvalid: 502,
     search_errors.SearchError: 400,
     search_errors.KbsiteError: 400,
 }

@@ -1,5 +1,6 @@
 """Settings for kbsite, read from the environment with embedded defaults (SQLite, local Qdrant)."""
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -237,6 +238,17 @@ EMBEDDING = {
     "DOCUMENT_NICENESS": env_number("EMBEDDING_DOCUMENT_NICENESS", 10),
     "QUERY_CACHE_SIZE": env_number("EMBEDDING_QUERY_CACHE_SIZE", 1024),
 }
+
+# More embedders a knowledge base may choose, by name: OpenAI-compatible endpoints, as JSON, e.g.
+# {"e5-large": {"BASE_URL": "https://embed.example.com/v1", "MODEL": "intfloat/e5-large-v2",
+#  "DIMENSIONS": 1024, "BATCH_SIZE": 32, "TIMEOUT": 30, "API_KEY_ENV": "E5_API_KEY"}}.
+# DIMENSIONS may be left out (the endpoint is asked once); the key is read from the variable API_KEY_ENV names.
+try:
+    EMBEDDERS = json.loads(env_str("EMBEDDERS_JSON", "{}") or "{}")
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(f"EMBEDDERS_JSON is not valid JSON ({exc}): see README, Embedders.") from None
+if not isinstance(EMBEDDERS, dict):
+    raise ImproperlyConfigured("EMBEDDERS_JSON must be a JSON object of embedder name to its settings.")
 
 # Chunking defaults, in tokens of the embedder's tokenizer.
 CHUNKING = {

@@ -91,6 +91,16 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
     autocomplete_fields = ["owner"]
     change_form_template = "admin/knowledge/knowledgebase/change_form.html"
 
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None:
+            return self.fieldsets
+        # A new KB picks its embedding model; an existing one shows it, changed only by a rebuild.
+        return [
+            (title, {**options, "fields": ["chunk_size", "chunk_overlap", "embedder"]}) if title == "Indexing"
+            else (title, options)
+            for title, options in self.fieldsets
+        ]
+
     def get_queryset(self, request):
         return knowledge_bases_with_counts(request.user)
 
@@ -146,6 +156,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             description=obj.description,
             chunk_size=obj.chunk_size,
             chunk_overlap=obj.chunk_overlap,
+            embedding_model=form.cleaned_data.get("embedder") or None,
         )
         obj.pk, obj.embedding_model, obj.vector_size = created.pk, created.embedding_model, created.vector_size
         obj._state.adding = False

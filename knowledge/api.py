@@ -108,9 +108,10 @@ async def list_knowledge_bases(request: HttpRequest):
     return permissions.knowledge_bases_for(request.auth).select_related("owner").order_by("name", "pk")
 
 
-@kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(400, 401, 403, 409, 422)})
+@kbs.post("/kbs", response={201: KnowledgeBaseOut, **_errors(400, 401, 403, 409, 422, 503)})
 async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
-    """A new knowledge base owned by the caller, for the site's current embedding model (403 when
+    """A new knowledge base owned by the caller, for the embedding model named (default: the built-in one; 422
+    for one not configured, 503 when an endpoint asked its vector size does not answer; 403 when
     KBSITE_KB_CREATORS leaves the caller out)."""
     await permissions.arequire_may_create_knowledge_bases(request.auth)
     kb = await KnowledgeBaseService().acreate_knowledge_base(owner=request.auth, **payload.dict())

@@ -22,6 +22,8 @@ from knowledge.services.metadata_fields import (
     misfits,
     parse_field_lines,
 )
+from search.embedding.registry import embedders
+from search.errors import KbsiteError
 from search.services.search import MAX_LIMIT, MAX_QUERY_CHARS
 
 
@@ -52,6 +54,13 @@ class MetadataFieldsField(forms.CharField):
 class KnowledgeBaseForm(forms.ModelForm):
     # Not the model's field (which is not editable): the owner's change goes through MetadataFieldService.
     declared_fields = MetadataFieldsField(label="Metadata fields")
+    # Chosen once, when the KB is made: moving a KB to another model rebuilds it (`reindex --recreate --model`).
+    embedder = forms.ChoiceField(
+        label="Embedding model",
+        required=False,
+        help_text="The model that embeds this knowledge base's chunks and its searches. To change it later, "
+        "run `manage.py reindex --kb <slug> --recreate --model <name>`.",
+    )
 
     class Meta:
         model = KnowledgeBase
@@ -59,6 +68,8 @@ class KnowledgeBaseForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["embedder"].choices = [(name, embedders.describe(name)) for name in embedders.names()]
+        self.fields["embedder"].initial = embedders.default.model_id
         self.initial.setdefault("declared_fields", self.instance.metadata_fields or {})
 
     def clean_declared_fields(self):
@@ -72,12 +83,19 @@ class KnowledgeBaseForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        creating = self.instance._state.adding
+        model = (cleaned.get("embedder") or embedders.default.model_id) if creating else self.instance.embedding_model
         candidate = KnowledgeBase(
-            chunk_size=cleaned.get("chunk_size") or 0, chunk_overlap=cleaned.get("chunk_overlap") or 0
+            chunk_size=cleaned.get("chunk_size") or 0,
+            chunk_overlap=cleaned.get("chunk_overlap") or 0,
+            embedding_model=model,
         )
         try:
+            if creating:
+                # An endpoint configured without its vector size is asked for it now, not on the first upload.
+                candidate.vector_size = embedders.service(model).dimensions
             KnowledgeBaseService.validate_chunking(candidate)
-        except InvalidInput as exc:
+        except KbsiteError as exc:
             raise forms.ValidationError(exc.message) from exc
         return cleaned
 

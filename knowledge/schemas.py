@@ -37,6 +37,12 @@ class KnowledgeBaseIn(InputSchema):
     chunk_overlap: int | None = Field(
         None, ge=0, le=253, description="Tokens shared with the previous chunk."
     )
+    embedding_model: str | None = Field(
+        None,
+        max_length=100,
+        description="The embedder: the built-in model (default) or an endpoint named in the site's EMBEDDERS_JSON. "
+        "Fixed once made: `manage.py reindex --recreate --model NAME` moves a knowledge base to another.",
+    )
 
 
 class KnowledgeBasePatch(InputSchema):

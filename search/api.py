@@ -14,7 +14,7 @@ from search.throttling import SearchRateThrottle
 
 router = Router(tags=["search"])
 
-SEARCH_ERRORS = {code: ErrorOut for code in (400, 401, 404, 409, 422, 429, 503)}
+SEARCH_ERRORS = {code: ErrorOut for code in (400, 401, 404, 409, 422, 429, 502, 503)}
 
 
 class HistoryQuery(Schema):

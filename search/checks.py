@@ -224,3 +224,25 @@ def check_search_settings(app_configs=None, **kwargs) -> list:
             )
         ]
     return []
+
+
+@register("search")
+def check_embedders(app_configs=None, **kwargs) -> list:
+    """Each entry of EMBEDDERS_JSON can be used, and the key it names is set (never shown)."""
+    from search.embedding.registry import endpoints_from_settings
+
+    endpoints, problems = endpoints_from_settings()
+    found = [
+        Error(problem, hint="See README, Embedders, for an example of EMBEDDERS_JSON.", id="search.E030")
+        for problem in problems
+    ]
+    for endpoint in endpoints.values():
+        if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+            found.append(
+                Warning(
+                    f"Embedder {endpoint.name!r} reads its API key from {endpoint.api_key_env}, which is not set.",
+                    hint="Set it in the environment of the web server and the workers, or drop API_KEY_ENV.",
+                    id="search.W030",
+                )
+            )
+    return found

@@ -78,3 +78,21 @@ class VectorStoreUnavailable(SearchError):
 
 class EmbedderUnavailable(SearchError):
     code = "embedder_unavailable"
+
+
+class EmbedderRefused(EmbedderUnavailable):
+    """An embeddings endpoint refused the API key (401 or 403): nothing embeds until the key is fixed."""
+
+    code = "embedder_key_refused"
+
+
+class EmbedderResponseInvalid(SearchError):
+    """An embeddings endpoint answered, but not with one vector of the expected size per text."""
+
+    code = "embedder_bad_response"
+
+
+class UnknownEmbedder(EmbeddingModelMismatch):
+    """A knowledge base or a command names an embedding model the site has no embedder configured for."""
+
+    code = "unknown_embedder"

@@ -233,9 +233,14 @@ class RetrievalEvaluationService:
         self.search = search or SearchService(PermissionService(), _Unrecorded())
 
     def create_index(
-        self, *, dataset: BeirDataset, chunk_size: int | None = None, chunk_overlap: int | None = None
+        self,
+        *,
+        dataset: BeirDataset,
+        chunk_size: int | None = None,
+        chunk_overlap: int | None = None,
+        embedding_model: str | None = None,
     ) -> EvaluationIndex:
-        """A new superuser (who cannot log in) owning a new, empty KB."""
+        """A new superuser (who cannot log in) owning a new, empty KB of `embedding_model` (default: the built-in)."""
         tag = uuid.uuid4().hex[:8]
         owner = get_user_model().objects.create_superuser(username=f"eval-{tag}", email=None, password=None)
         try:
@@ -245,6 +250,7 @@ class RetrievalEvaluationService:
                 description=f"Throwaway knowledge base of manage.py eval_retrieval on {dataset.name}.",
                 chunk_size=chunk_size,
                 chunk_overlap=chunk_overlap,
+                embedding_model=embedding_model,
             )
         except BaseException:
             owner.delete()

@@ -29,7 +29,14 @@ from knowledge.services.knowledge_bases import max_chunks_per_document, too_many
 from search import metrics
 from search.chunking import ChunkingError, TextChunk, TokenChunker
 from search.embedding import EmbeddingService, embedding_service
-from search.errors import EmbeddingModelMismatch, VectorStoreUnavailable
+from search.embedding.registry import embedders
+from search.errors import (
+    EmbedderResponseInvalid,
+    EmbedderUnavailable,
+    EmbeddingModelMismatch,
+    UnknownEmbedder,
+    VectorStoreUnavailable,
+)
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.services.chunks import ChunkService
 from search.services.collections import KbIndex
@@ -39,8 +46,20 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[Document, int, int], None]
 
 # Retrying cannot help these: the file or the settings must change first.
-PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError)
+PERMANENT_ERRORS = (ExtractionError, InvalidInput, ChunkingError, EmbedderResponseInvalid)
 STORE_WAIT = "Waiting for the vector store"
+EMBEDDER_WAIT = "Waiting for the embedder"
+
+
+def check_vector_sizes(vectors: list[list[float]], *, model: str, expected: int) -> None:
+    """Refuse vectors of another size than the index holds: an endpoint now serving another model, say."""
+    sizes = sorted({len(vector) for vector in vectors} - {expected})
+    if sizes:
+        raise EmbedderResponseInvalid(
+            f"The embedder {model!r} sent vectors of {', '.join(map(str, sizes))} dimensions, not {expected}: "
+            "check the model its endpoint serves, or rebuild the knowledge base with `manage.py reindex --recreate`.",
+            detail={"embedder": model, "expected": expected, "received": sizes},
+        )
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,13 @@ class IngestionService:
         self.config = config or IngestionSettings.from_settings()
         self.queue = DocumentQueue(lease_seconds=self.config.lease_seconds)
 
-    def chunker_for(self, kb: KnowledgeBase) -> TokenChunker:
-        embedder = self.embeddings.embedder
+    def embeddings_for(self, model: str) -> EmbeddingService:
+        """The service embedding for `model`: this service's own for its model, else the registry's."""
+        return embedders.service(model, default=self.embeddings)
+
+    def chunker_for(self, kb: KnowledgeBase, *, model: str | None = None) -> TokenChunker:
+        """Chunks measured by the tokenizer of `model` (the KB's own unless a rebuild moves it to another)."""
+        embedder = self.embeddings_for(model or kb.embedding_model).embedder
         return TokenChunker(
             token_spans=embedder.token_spans,
             size=kb.chunk_size,
@@ -120,7 +144,7 @@ class IngestionService:
             document = await self.ingest_now(**ingest_now_arguments)
             if document is None or document.status != DocumentStatus.PENDING or document.next_attempt_at is None:
                 return document
-            if document.error.startswith(STORE_WAIT) and loop.time() >= give_up_at:
+            if document.error.startswith((STORE_WAIT, EMBEDDER_WAIT)) and loop.time() >= give_up_at:
                 return document
             await asyncio.sleep(max((document.next_attempt_at - timezone.now()).total_seconds(), 0))
 
@@ -152,6 +176,10 @@ class IngestionService:
         except VectorStoreUnavailable as exc:
             # However long the outage, the document waits for the store rather than failing.
             await self._retry_later(document, worker_id, exc, store_down=True)
+        except EmbedderUnavailable as exc:
+            # An embeddings endpoint down, rate limiting past patience, or refusing the key: as for the store,
+            # the document waits without spending an attempt.
+            await self._retry_later(document, worker_id, exc, waiting_for=EMBEDDER_WAIT)
         except Exception as exc:
             if document.attempts >= self.config.max_attempts:
                 await self._fail(document, worker_id, exc, index)
@@ -165,15 +193,17 @@ class IngestionService:
         self, document: Document, worker_id: str, on_progress: ProgressCallback | None, index: KbIndex | None
     ) -> int:
         kb = document.knowledge_base
-        embeddings = self.embeddings
-        # A rebuild writes a new generation for the current model: the KB's model may differ.
-        if index is None and kb.embedding_model != embeddings.model_id:
+        # A rebuild writes a new generation, perhaps of another model than the KB's until it switches.
+        model = index.model if index is not None else kb.embedding_model
+        try:
+            embeddings = self.embeddings_for(model)
+        except UnknownEmbedder:
             raise EmbeddingModelMismatch(
-                f"{kb.name!r} holds vectors of {kb.embedding_model}, but the site embeds with "
-                f"{embeddings.model_id}: run `manage.py reindex --kb {kb.slug} --recreate`."
-            )
+                f"{kb.name!r} holds vectors of {model}, which no configured embedder makes (the site has "
+                f"{', '.join(embedders.names())}): run `manage.py reindex --kb {kb.slug} --recreate`."
+            ) from None
         await self._extract_if_needed(document, worker_id)
-        chunker = self.chunker_for(kb)
+        chunker = self.chunker_for(kb, model=model)
         chunks: list[TextChunk] = await sync_to_async(chunker.split, thread_sensitive=False)(document.text)
         if not chunks:
             raise ExtractionError(f"{document.source_name or document.title} contains no text.")
@@ -186,6 +216,7 @@ class IngestionService:
             batch = chunks[start : start + self.config.batch_size]
             texts = [chunk.content for chunk in batch]
             vectors = await embeddings.embed_documents(texts)
+            check_vector_sizes(vectors, model=model, expected=index.vector_size if index else kb.vector_size)
             await self.chunk_service.upsert_chunks(
                 kb_id=kb.id,
                 document_id=document.id,
@@ -317,12 +348,20 @@ class IngestionService:
         )
 
     async def _retry_later(
-        self, document: Document, worker_id: str, error: BaseException, *, store_down: bool = False
+        self,
+        document: Document,
+        worker_id: str,
+        error: BaseException,
+        *,
+        store_down: bool = False,
+        waiting_for: str | None = None,
     ) -> None:
         message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
         if store_down:
+            waiting_for = STORE_WAIT
+        if waiting_for is not None:
             delay = self.config.store_retry_seconds
-            recorded = f"{STORE_WAIT}, tried again every {delay:.0f}s: {message}"
+            recorded = f"{waiting_for}, tried again every {delay:.0f}s: {message}"
         else:
             delay = self.config.retry_delay(document.attempts)
             recorded = f"Attempt {document.attempts} of {self.config.max_attempts} failed: {message}"
@@ -333,7 +372,7 @@ class IngestionService:
                 worker_id=worker_id,
                 error=recorded,
                 delay_seconds=delay,
-                count_attempt=not store_down,
+                count_attempt=waiting_for is None,
             )
         except DatabaseError:
             logger.exception("Could not record the failed attempt on %s; its lease will lapse", document.pk)

@@ -13,7 +13,8 @@ from django.utils.text import slugify
 from knowledge.errors import DuplicateSlug, InvalidInput
 from knowledge.models import KnowledgeBase, Membership, Role
 from knowledge.services.text_fields import refuse_unstorable_characters
-from search.embedding import embedding_service
+from search.embedding.registry import embedders
+from search.errors import UnknownEmbedder
 from search.services.chunks import ChunkService
 from search.services.collections import KbIndex
 
@@ -82,8 +83,12 @@ class KnowledgeBaseService:
         description: str = "",
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
+        embedding_model: str | None = None,
     ) -> KnowledgeBase:
-        """Create a KB for the site's current embedding model; its owner becomes an owner member."""
+        """Create a KB for `embedding_model` (default: the built-in model); its owner becomes an owner member.
+
+        An endpoint configured without its vector size is asked for it here, once per process.
+        """
         refuse_unstorable_characters(name=name, slug=slug, description=description)
         name = (name or "").strip()
         if not name:
@@ -91,13 +96,17 @@ class KnowledgeBaseService:
         slug = slugify(slug or name)
         if not slug:
             raise InvalidInput(f"Cannot make a slug from {name!r}: give one made of letters, digits and hyphens.")
+        try:
+            embeddings = embedders.service(embedding_model or embedders.default.model_id)
+        except UnknownEmbedder as exc:
+            raise InvalidInput(exc.message, detail=exc.detail) from None
         kb = KnowledgeBase(
             name=name,
             slug=slug,
             description=description,
             owner=owner,
-            embedding_model=embedding_service.model_id,
-            vector_size=embedding_service.dimensions,
+            embedding_model=embeddings.model_id,
+            vector_size=embeddings.dimensions,
         )
         if chunk_size is not None:
             kb.chunk_size = chunk_size
@@ -138,7 +147,11 @@ class KnowledgeBaseService:
 
     @staticmethod
     def validate_chunking(kb: KnowledgeBase) -> None:
-        most = embedding_service.embedder.max_chunk_tokens
+        try:
+            embeddings = embedders.service(kb.embedding_model) if kb.embedding_model else embedders.default
+        except UnknownEmbedder:
+            embeddings = embedders.default  # a KB awaiting its rebuild onto the default
+        most = embeddings.embedder.max_chunk_tokens
         if not MIN_CHUNK_TOKENS <= kb.chunk_size <= most:
             raise InvalidInput(
                 f"Chunk size must be from {MIN_CHUNK_TOKENS} to {most} tokens, not {kb.chunk_size}: fewer carry "

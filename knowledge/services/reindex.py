@@ -15,6 +15,7 @@ from knowledge.models import Document, DocumentStatus, KnowledgeBase
 from knowledge.services.document_metadata import labels_fingerprint
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import active_index
+from search.embedding.registry import embedders
 from search.errors import EmbeddingModelMismatch
 from search.keywords import KeywordSettings
 
@@ -55,7 +56,7 @@ class ReindexService:
     ) -> ReindexReport:
         """Chunk and embed these documents again, one by one, into their KBs' active generations.
 
-        KBs indexed with another model than the site's are refused: only a rebuild can move them.
+        KBs indexed with a model no configured embedder makes are refused: only a rebuild can move them.
         """
         self._refuse_other_models([slug async for slug in self._other_model_slugs(document_ids)])
         report, started = ReindexReport(), time.monotonic()
@@ -71,7 +72,7 @@ class ReindexService:
         """Send these documents to the workers to be chunked and embedded again; returns how many.
 
         Needs no access to the store, so it works while the web server holds the embedded one.
-        KBs indexed with another model than the site's are refused, as in `reindex_in_place`.
+        KBs indexed with a model no configured embedder makes are refused, as in `reindex_in_place`.
         """
         self._refuse_other_models(list(self._other_model_slugs(document_ids)))
         return self.documents.queue_for_reindex(documents=Document.objects.filter(pk__in=list(document_ids)).only("pk"))
@@ -79,33 +80,54 @@ class ReindexService:
     def _other_model_slugs(self, document_ids: Sequence[UUID]):
         return (
             KnowledgeBase.objects.filter(documents__in=list(document_ids))
-            .exclude(embedding_model=self.ingestion.embeddings.model_id)
+            .exclude(embedding_model__in=self._configured_models())
             .values_list("slug", flat=True)
             .distinct()
         )
 
+    def _configured_models(self) -> list[str]:
+        return list(dict.fromkeys([self.ingestion.embeddings.model_id, *embedders.names()]))
+
     def _refuse_other_models(self, slugs: list[str]) -> None:
         if slugs:
             raise EmbeddingModelMismatch(
-                f"{', '.join(slugs)} hold vectors of another model than the site's "
-                f"({self.ingestion.embeddings.model_id}); rebuild them with `manage.py reindex --recreate`."
+                f"{', '.join(slugs)} hold vectors of a model no configured embedder makes (the site has "
+                f"{', '.join(self._configured_models())}); rebuild them with `manage.py reindex --recreate`."
             )
 
+    def target_model(self, *, kb: KnowledgeBase, model: str | None = None) -> str:
+        """The model a rebuild moves `kb` to: the one asked for, else its own if still configured, else the default."""
+        if model is not None:
+            self.ingestion.embeddings_for(model)  # raises UnknownEmbedder, naming the configured ones
+            return model
+        if kb.embedding_model in self._configured_models():
+            return kb.embedding_model
+        return self.ingestion.embeddings.model_id
+
     async def rebuild(
-        self, *, kb: KnowledgeBase, worker_id: str, on_progress: ProgressCallback | None = None
+        self,
+        *,
+        kb: KnowledgeBase,
+        worker_id: str,
+        on_progress: ProgressCallback | None = None,
+        model: str | None = None,
     ) -> ReindexReport:
         """Index every document of the KB as its next generation, then switch searches to it in one update.
 
         Searches read the active generation until the switch, so they never see a half-built index,
-        and no other KB's points are touched. The KB takes the site's current embedding model (the
-        next generation lands in that model's collection, made on first use) and chunk settings, and
-        keyword settings if it had none. What changed while the rebuild ran is queued again afterwards.
+        and no other KB's points are touched. The KB takes `model` if given, else keeps its embedding
+        model if one is still configured, else takes the site's default (see `target_model`); the next
+        generation lands in that model's collection, made on first use, so two models' vectors never
+        share an index. It also takes the current chunk settings, and keyword settings if it had none.
+        What changed while the rebuild ran is queued again afterwards.
         """
         report, started = ReindexReport(), time.monotonic()
-        chunks, embeddings = self.ingestion.chunk_service, self.ingestion.embeddings
+        chunks = self.ingestion.chunk_service
+        embeddings = self.ingestion.embeddings_for(self.target_model(kb=kb, model=model))
         collections = chunks.collections
         active = active_index(kb)
-        target = active.next_generation(model=embeddings.model_id, vector_size=embeddings.dimensions)
+        dimensions = await embeddings.adimensions()
+        target = active.next_generation(model=embeddings.model_id, vector_size=dimensions)
         report.collection = target.collection
         report.generation = target.generation
         # A rebuild that died may have left points of this generation: it starts again from none.

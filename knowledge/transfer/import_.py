@@ -23,6 +23,8 @@ from knowledge.models import Document, DocumentSource, DocumentStatus, Knowledge
 from knowledge.services.knowledge_bases import KnowledgeBaseService, active_index
 from knowledge.transfer.archive import ArchiveReader
 from knowledge.transfer.export import TransferProgress
+from search.embedding import EmbeddingService
+from search.errors import UnknownEmbedder
 from search.keywords import KeywordSettings, keyword_encoder
 
 logger = logging.getLogger(__name__)
@@ -77,9 +79,10 @@ class ImportService:
         """Restore the archive at `path` as a new knowledge base (the archive's slug, or `slug`).
 
         The whole archive is checked first (DamagedArchive): nothing is written from a damaged one.
-        Its vectors are used as they are, which needs the site's embedding model and vector size
-        (ArchiveModelMismatch otherwise); with `re_embed`, chunks are made again from the stored
-        text through the ingestion pipeline instead, with the site's model.
+        Its vectors are used as they are, which needs one of the site's embedders to make them (the built-in
+        model or an endpoint of EMBEDDERS_JSON, of the same name and vector size; ArchiveModelMismatch
+        otherwise); with `re_embed`, chunks are made again from the stored text through the ingestion
+        pipeline instead, with the archive's model if the site has it, else the built-in one.
         """
         started = time.monotonic()
         archive = await sync_to_async(ArchiveReader.open, thread_sensitive=False)(path)
@@ -94,26 +97,39 @@ class ImportService:
         report.seconds = time.monotonic() - started
         return report
 
+    def _embeddings_for_archive(self, manifest) -> EmbeddingService | None:
+        """The site's service for the archive's model, None when no configured embedder makes it."""
+        try:
+            return self.ingestion.embeddings_for(manifest.embedding_model)
+        except UnknownEmbedder:
+            return None
+
     async def _plan(self, archive: ArchiveReader, *, slug: str | None, re_embed: bool) -> ImportPlan:
-        manifest, embeddings = archive.manifest, self.ingestion.embeddings
-        if not re_embed and (manifest.embedding_model, manifest.vector_size) != (
-            embeddings.model_id,
-            embeddings.dimensions,
-        ):
+        manifest = archive.manifest
+        # Its vectors are kept only if one of the site's embedders makes them; re-embedded, it keeps its model
+        # if the site has it, else takes the built-in one.
+        embeddings = self._embeddings_for_archive(manifest)
+        dimensions = await embeddings.adimensions() if embeddings is not None else None
+        if not re_embed and dimensions != manifest.vector_size:
+            site = self.ingestion.embeddings
             raise ArchiveModelMismatch(
                 f"The archive holds vectors of {manifest.embedding_model} ({manifest.vector_size} "
-                f"dimensions), but this site embeds with {embeddings.model_id} ({embeddings.dimensions}): "
-                "import it with --re-embed to make its chunks again from the stored text."
+                f"dimensions), but no embedder of this site makes those (it embeds with {site.model_id}, "
+                f"{site.dimensions}, or the endpoints in EMBEDDERS_JSON): import it with --re-embed to make its "
+                "chunks again from the stored text."
             )
-        plan = await self._plan_rows(archive, slug, re_embed)
+        embeddings = embeddings or self.ingestion.embeddings
+        plan = await self._plan_rows(archive, slug, re_embed, embeddings)
         # Points left by an import that died before its rows were written must not be taken for this one's.
         if await self.chunk_service.collections.holds_points(kb_id=plan.kb.id):
             plan.kb.id, plan.kept_ids = uuid.uuid4(), False
         return plan
 
     @sync_to_async
-    def _plan_rows(self, archive: ArchiveReader, slug: str | None, re_embed: bool) -> ImportPlan:
-        manifest, embeddings = archive.manifest, self.ingestion.embeddings
+    def _plan_rows(
+        self, archive: ArchiveReader, slug: str | None, re_embed: bool, embeddings: EmbeddingService
+    ) -> ImportPlan:
+        manifest = archive.manifest
         target = slugify(slug or manifest.knowledge_base["slug"])
         if not target:
             raise InvalidInput(

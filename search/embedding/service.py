@@ -12,11 +12,13 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 from search import metrics
 from search.embedding.base import Embedder
+from search.errors import KbsiteError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class EmbeddingConfig:
     document_niceness: int = 10
     #: Query vectors remembered for repeated queries.
     query_cache_size: int = 1024
+    #: Keyword arguments of the backend beyond `threads` (an endpoint's URL, model, batch size...).
+    options: dict = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls) -> EmbeddingConfig:
@@ -45,7 +49,7 @@ class EmbeddingConfig:
         )
 
     def build_embedder(self) -> Embedder:
-        return import_string(self.backend)(threads=self.threads)
+        return import_string(self.backend)(threads=self.threads, **self.options)
 
 
 @dataclass
@@ -117,6 +121,11 @@ class _ModelThread:
                 if self.embedder is None:
                     self.embedder = self.build()
                 vectors = self.embedder.embed(texts).tolist()
+            except KbsiteError as exc:  # said on purpose (an endpoint down, a key refused): no traceback
+                logger.warning("Embedding %d texts failed: %s", len(texts), exc.message)
+                for job in batch:
+                    _settle(job, None, exc)
+                continue
             except Exception as exc:  # every waiter must hear of the failure
                 logger.exception("Embedding %d texts failed", len(texts))
                 for job in batch:
@@ -182,7 +191,11 @@ class EmbeddingService:
 
     @property
     def dimensions(self) -> int:
+        """The vector size; an endpoint configured without one is asked once (I/O: from async code, use adimensions)."""
         return self.embedder.dimensions
+
+    async def adimensions(self) -> int:
+        return await sync_to_async(lambda: self.embedder.dimensions, thread_sensitive=False)()
 
     async def embed_query(self, text: str) -> list[float]:
         cached = self._cached_query(text)

@@ -1,4 +1,4 @@
-"""Search across the knowledge bases a user may read: validate, authorise, embed once, query once, audit.
+"""Search across the knowledge bases a user may read: validate, authorise, embed once per model, query, audit.
 
 Three modes: `hybrid` (the default: semantic and BM25 keyword candidates fused by reciprocal rank
 inside one Qdrant query), `semantic` (cosine similarity of the embeddings) and `keyword` (BM25).
@@ -20,7 +20,9 @@ from django.utils.module_loading import import_string
 from qdrant_client import models
 
 from search.embedding import EmbeddingService, embedding_service
+from search.embedding.registry import embedders
 from search.errors import (
+    EmbedderResponseInvalid,
     EmbeddingModelMismatch,
     EmptyQuery,
     InvalidFilter,
@@ -44,6 +46,25 @@ MAX_DOCUMENT_FILTER = 100
 DEFAULT_GROUP_SIZE = 3
 MAX_GROUP_SIZE = 10
 MAX_CONTEXT_CHUNKS = 5
+#: Reciprocal rank fusion's constant: how little the very top ranks of one model's list outweigh the rest.
+RRF_K = 60
+
+
+def fuse_by_rank(ranked_lists: Sequence[Sequence[Any]], *, key: Any = id) -> list[Any]:
+    """Merge lists ranked by scores that cannot be compared (two models' cosines) by reciprocal rank fusion.
+
+    Each item scores the sum of 1 / (RRF_K + rank) over the lists it is in (rank from 1); ties keep the
+    order of the lists given. Items are told apart by `key`.
+    """
+    fused: dict[Any, float] = {}
+    items: dict[Any, Any] = {}
+    for ranked in ranked_lists:
+        for rank, item in enumerate(ranked, start=1):
+            identity = key(item)
+            items.setdefault(identity, item)
+            fused[identity] = fused.get(identity, 0.0) + 1.0 / (RRF_K + rank)
+    order = sorted(fused, key=lambda identity: fused[identity], reverse=True)
+    return [items[identity] for identity in order]
 
 
 def _searched_fields(kbs: Iterable[SearchableKnowledgeBase]) -> SearchedFields:
@@ -262,8 +283,9 @@ class SearchService:
 
         Every KB must be readable by the user, or nothing is searched. `kb_ids=None` searches every
         KB the user may read, up to MAX_KNOWLEDGE_BASES by name (a notice says when that cuts, and
-        leaves out, with a notice, KBs that need a rebuild for the current model). The KBs are
-        searched by one engine query, their tenant keys matched together.
+        leaves out, with a notice, KBs whose model no configured embedder makes). The KBs of one model
+        are searched by one engine query, their tenant keys matched together; KBs of several models have
+        the query embedded once per model and their rankings fused by rank (`fuse_by_rank`).
         `score_threshold` is a cosine similarity: it filters semantic results, and the semantic
         candidates of a hybrid search; keyword scores are BM25, so it has no meaning there.
         `filter` is a metadata filter as search.filters reads it, checked against the fields every KB
@@ -297,8 +319,11 @@ class SearchService:
         _check_whole_number("group_size", group_size, 1, MAX_GROUP_SIZE)
         _check_whole_number("context_chunks", context_chunks, 0, MAX_CONTEXT_CHUNKS)
 
-        # Authorise while the query is embedded; a refusal cancels the embedding and searches nothing.
-        embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if mode != SearchMode.KEYWORD else None
+        # With one model, authorise while the query is embedded; a refusal cancels the embedding and searches
+        # nothing. With endpoints configured, the models are known once the KBs are: the query is embedded
+        # then, once per model in use, so no model embeds a query nobody needs (and takes CPU from one who does).
+        speculate = mode != SearchMode.KEYWORD and not embedders.has_endpoints()
+        embedding = asyncio.ensure_future(self.embeddings.embed_query(query)) if speculate else None
         notices: list[str] = []
         try:
             if every_readable:
@@ -316,30 +341,50 @@ class SearchService:
             if embedding is not None:
                 embedding.cancel()
             raise
-        vector = await embedding if embedding is not None else None
+        by_model: dict[str, list[SearchableKnowledgeBase]] = {}
+        for kb_id in wanted:
+            by_model.setdefault(found[kb_id].embedding_model, []).append(found[kb_id])
+        vectors = (
+            await self._query_vectors_by_model(query, embedding, list(by_model)) if mode != SearchMode.KEYWORD else {}
+        )
+        for model, vector in vectors.items():
+            wrong = {kb.vector_size for kb in by_model[model]} - {len(vector)}
+            if wrong:
+                raise EmbedderResponseInvalid(
+                    f"The embedder {model!r} sent a query vector of {len(vector)} dimensions, not "
+                    f"{', '.join(map(str, sorted(wrong)))}: check the model its endpoint serves.",
+                    detail={"embedder": model},
+                )
 
         documents_found = None
-        requests = self._chunk_searches(
-            [found[kb_id] for kb_id in wanted],
-            mode=mode,
-            query=query,
-            vector=vector,
-            limit=limit,
-            include_archived=include_archived,
-            score_threshold=score_threshold,
-            document_ids=tuple(str(document) for document in documents or ()),
-            metadata_filter=metadata_filter,
-            group_size=group_size if group_by_document else None,
-        )
+        requests_by_model = [
+            self._chunk_searches(
+                kbs,
+                mode=mode,
+                query=query,
+                vector=vectors.get(model),
+                limit=limit,
+                include_archived=include_archived,
+                score_threshold=score_threshold,
+                document_ids=tuple(str(document) for document in documents or ()),
+                metadata_filter=metadata_filter,
+                group_size=group_size if group_by_document else None,
+            )
+            for model, kbs in by_model.items()
+        ]
+        # Within one model scores compare, so its answers merge by score; across models (cosines of two
+        # vector spaces) they do not, so the models' rankings are fused by rank.
         if group_by_document:
-            groups_per_request = await asyncio.gather(*map(self.chunk_service.search_chunk_groups, requests))
-            every_group = (group for groups in groups_per_request for group in groups)
-            groups = sorted(every_group, key=lambda group: group[0].score or 0.0, reverse=True)[:limit]
+            ranked = await asyncio.gather(
+                *(self._best_first(self.chunk_service.search_chunk_groups, requests) for requests in requests_by_model)
+            )
+            groups = fuse_by_rank(ranked, key=lambda group: (group[0].kb_id, group[0].document_id))[:limit]
             hits = [hit for group in groups for hit in group]
         else:
-            hits_per_request = await asyncio.gather(*map(self.chunk_service.search_chunks, requests))
-            every_hit = (hit for hits in hits_per_request for hit in hits)
-            hits = sorted(every_hit, key=lambda hit: hit.score or 0.0, reverse=True)[:limit]
+            ranked = await asyncio.gather(
+                *(self._best_first(self.chunk_service.search_chunks, requests) for requests in requests_by_model)
+            )
+            hits = fuse_by_rank(ranked, key=lambda hit: (hit.kb_id, hit.document_id, hit.chunk_index))[:limit]
         # One encoder per KB, not per hit: reading a KB's settings costs more than marking a hit.
         encoders = {kb_id: self._encoder_for(found[kb_id]) for kb_id in {hit.kb_id for hit in hits}}
         found_hits = [
@@ -370,6 +415,39 @@ class SearchService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         return SearchResponse(results=results, mode=mode, notices=notices, documents=documents_found)
+
+    @staticmethod
+    async def _best_first(search, requests: Sequence[ChunkSearch]) -> list[Any]:
+        """Run one model's engine queries and merge their answers (chunks or groups of them) by score."""
+        answers = await asyncio.gather(*map(search, requests))
+
+        def score(answer: Any) -> float:
+            first = answer[0] if isinstance(answer, (list, tuple)) else answer
+            return first.score or 0.0
+
+        return sorted((item for answer in answers for item in answer), key=score, reverse=True)
+
+    async def _query_vectors_by_model(
+        self, query: str, embedding: asyncio.Future | None, models_used: list[str]
+    ) -> dict[str, list[float]]:
+        """The query embedded once per model in use; the default model's embedding may have been started early."""
+        default = self.embeddings.model_id
+        if embedding is not None and default not in models_used:
+            embedding.cancel()
+            embedding = None
+        others = [model for model in models_used if model != default or embedding is None]
+        try:
+            embedded = await asyncio.gather(
+                *(embedders.service(model, default=self.embeddings).embed_query(query) for model in others)
+            )
+        except BaseException:
+            if embedding is not None:
+                embedding.cancel()
+            raise
+        vectors = dict(zip(others, embedded))
+        if embedding is not None:
+            vectors[default] = await embedding
+        return vectors
 
     def _chunk_searches(
         self,
@@ -479,7 +557,7 @@ class SearchService:
                 f"You may read more than {MAX_KNOWLEDGE_BASES} knowledge bases; this searched the first "
                 f"{MAX_KNOWLEDGE_BASES} by name. Name the ones you want in kb_ids to search others."
             )
-        stale = [kb for kb in readable if kb.embedding_model != self.embeddings.model_id]
+        stale = [kb for kb in readable if not self._embeds_for(kb.embedding_model)]
         if stale:
             notices.append(
                 f"Not searched, indexed with another embedding model: {', '.join(repr(kb.name) for kb in stale)}. "
@@ -517,15 +595,21 @@ class SearchService:
                 + ". Check the ids, or ask the KB's owner to add you as a member.",
                 detail={"kb_ids": [str(kb_id) for kb_id in missing]},
             )
-        model_id = self.embeddings.model_id
-        stale = [kb for kb in found.values() if kb.embedding_model != model_id]
+        stale = [kb for kb in found.values() if not self._embeds_for(kb.embedding_model)]
         if stale:
             raise EmbeddingModelMismatch(
-                f"Knowledge base {stale[0].name!r} was indexed with {stale[0].embedding_model}, but queries "
-                f"are embedded with {model_id}. Run `manage.py reindex --kb <slug> --recreate` for it.",
+                f"Knowledge base {stale[0].name!r} was indexed with {stale[0].embedding_model}, which no configured "
+                f"embedder makes (the site has {', '.join(self._embedder_names())}). Run `manage.py reindex "
+                "--kb <slug> --recreate` for it, or configure that embedder in EMBEDDERS_JSON.",
                 detail={"kb_ids": [str(kb.id) for kb in stale]},
             )
         return found
+
+    def _embeds_for(self, model: str) -> bool:
+        return model == self.embeddings.model_id or embedders.is_configured(model)
+
+    def _embedder_names(self) -> list[str]:
+        return list(dict.fromkeys([self.embeddings.model_id, *embedders.names()]))
 
     @staticmethod
     def _clean_query(query: object) -> str:

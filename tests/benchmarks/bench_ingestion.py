@@ -1,6 +1,6 @@
 """Ingestion throughput end to end through the worker, next to the embedder's own speed on the same chunks.
 
-    python tests/benchmarks/bench_ingestion.py [--documents 40] [--corpus PATH]
+    python tests/benchmarks/bench_ingestion.py [--documents 40] [--corpus PATH] [--embedder NAME]
 
 Runs on a fresh embedded site in a temporary folder (SQLite, Qdrant on disk), or on whatever
 DATABASE_URL and QDRANT_URL name. The text is SciFact abstracts from ../shared when present
@@ -40,6 +40,11 @@ def main() -> None:
     parser.add_argument("--per-document", type=int, default=5, help="abstracts per document")
     parser.add_argument("--corpus", type=Path, default=SCIFACT)
     parser.add_argument("--rounds", type=int, default=3, help="alternate both measurements this often; medians win")
+    parser.add_argument(
+        "--embedder",
+        metavar="NAME",
+        help="the embedding model to measure: the built-in one (default) or an endpoint named in EMBEDDERS_JSON",
+    )
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="kbsite-bench-")
@@ -56,13 +61,14 @@ def main() -> None:
     from knowledge.models import Document, DocumentStatus
     from knowledge.services.documents import DocumentService
     from knowledge.services.knowledge_bases import KnowledgeBaseService
-    from search.embedding import embedding_service
+    from search.embedding.registry import embedders
 
     call_command("migrate", verbosity=0)
     texts = load_texts(args.corpus, args.documents, args.per_document)
-    kb = KnowledgeBaseService().create_knowledge_base(name=f"Benchmark {time.time():.0f}", owner=None)
+    kb = KnowledgeBaseService().create_knowledge_base(name=f"Benchmark {time.time():.0f}", owner=None, embedding_model=args.embedder)
     for title, text in texts:
         DocumentService().add_text_document(kb=kb, title=title, text=text)
+    embedding_service = embedders.service(kb.embedding_model)
     embedder = embedding_service.embedder
     embedder.embed(["load the model before timing"])
 

@@ -1,6 +1,6 @@
 """What a hybrid search costs next to a semantic and a keyword one, 100 at once, on a realistic KB.
 
-    python -m tests.benchmarks.search_modes [--abstracts 720] [--concurrent 100] [--rounds 5] [--json FILE]
+    python -m tests.benchmarks.search_modes [--abstracts 720] [--concurrent 100] [--rounds 5] [--json FILE] [--embedder NAME]
 
 SciFact abstracts (read from ../shared, never stored in the project) are ingested through the real
 pipeline at the default chunk settings (720 abstracts: about 2,000 chunks); then, round after round,
@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--embedder",
+        metavar="NAME",
+        help="the embedding model to measure: the built-in one (default) or an endpoint named in EMBEDDERS_JSON",
+    )
     args = parser.parse_args()
     if not (args.bench / "corpus.jsonl").is_file():
         sys.exit(f"SciFact is not at {args.bench}; pass --bench.")
@@ -76,7 +81,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_superuser(f"modes{time.time_ns()}", password=None)
-    kb = KnowledgeBaseService().create_knowledge_base(name=f"Modes {time.time():.0f}", owner=user)
+    kb = KnowledgeBaseService().create_knowledge_base(name=f"Modes {time.time():.0f}", owner=user, embedding_model=args.embedder)
     with (args.bench / "corpus.jsonl").open(encoding="utf-8") as corpus:
         for line, _ in zip(corpus, range(args.abstracts)):
             row = json.loads(line)

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from knowledge.checks import check_login_lockout_settings
-from search.checks import check_embedding_settings, check_qdrant_settings
+from search.checks import check_embedders, check_embedding_settings, check_qdrant_settings
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +91,17 @@ def test_a_login_lockout_that_would_lock_everyone_out_or_never_hold_is_reported(
     settings.AXES_COOLOFF_TIME = timedelta(minutes=minutes)
 
     assert ids(check_login_lockout_settings()) == expected
+
+
+def test_an_unusable_embedder_entry_and_a_missing_key_are_reported_without_the_key(settings, monkeypatch) -> None:
+    monkeypatch.delenv("KBSITE_UNSET_KEY", raising=False)
+    settings.EMBEDDERS = {
+        "broken": {"MODEL": "m"},
+        "keyless": {"BASE_URL": "http://embed.test/v1", "MODEL": "m", "API_KEY_ENV": "KBSITE_UNSET_KEY"},
+        "fine": {"BASE_URL": "http://embed.test/v1", "MODEL": "m"},
+    }
+
+    problems = check_embedders()
+
+    assert ids(problems) == ["search.E030", "search.W030"]
+    assert "'broken'" in problems[0].msg and "KBSITE_UNSET_KEY" in problems[1].msg

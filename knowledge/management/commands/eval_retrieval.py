@@ -19,7 +19,7 @@ from knowledge.evaluation.retrieval import (
     parse_modes,
 )
 from knowledge.management.progress import Progress
-from search.errors import SearchError
+from search.errors import KbsiteError, SearchError
 from search.plurals import counted
 from search.qdrant import qdrant_service
 from search.services.search import MAX_LIMIT, SearchMode
@@ -58,6 +58,12 @@ class Command(BaseCommand):
             "--chunk-overlap", type=int, metavar="N", help="Tokens shared by consecutive chunks."
         )
         parser.add_argument(
+            "--embedder",
+            metavar="NAME",
+            help="The embedding model to index and search with: the built-in one (default) or an endpoint named in "
+            "EMBEDDERS_JSON, to measure a model on your own labelled queries before switching to it.",
+        )
+        parser.add_argument(
             "--limit",
             type=int,
             default=DEFAULT_DEPTH,
@@ -77,6 +83,7 @@ class Command(BaseCommand):
         chunk_size: int | None,
         chunk_overlap: int | None,
         limit: int,
+        embedder: str | None,
         verbosity: int,
         **options,
     ) -> None:
@@ -95,6 +102,7 @@ class Command(BaseCommand):
             keep=keep,
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,
+            embedder=embedder,
             verbosity=verbosity,
         )
         self._print_table(scores)
@@ -112,6 +120,7 @@ class Command(BaseCommand):
         keep: bool,
         chunk_size: int | None,
         chunk_overlap: int | None,
+        embedder: str | None,
         verbosity: int,
     ) -> tuple[EvaluationIndex, list[ModeScores]]:
         try:
@@ -122,9 +131,9 @@ class Command(BaseCommand):
         try:
             # Rows for the throwaway KB and its owner: the service's sync form is its only one.
             index = await sync_to_async(service.create_index)(
-                dataset=dataset, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+                dataset=dataset, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedding_model=embedder
             )
-        except KnowledgeError as exc:
+        except KbsiteError as exc:
             raise CommandError(exc.message) from exc
         try:
             return index, await self._index_and_search(service, index, dataset, modes, depth, verbosity)
@@ -165,7 +174,8 @@ class Command(BaseCommand):
         if verbosity >= 1:
             self.stdout.write(
                 f"Indexed {counted(index.documents, 'document')} as {counted(index.chunks, 'chunk')} "
-                f"({index.kb.chunk_size} tokens, overlap {index.kb.chunk_overlap}) in {index.seconds:.0f}s; "
+                f"({index.kb.chunk_size} tokens, overlap {index.kb.chunk_overlap}) with {index.kb.embedding_model} "
+                f"in {index.seconds:.0f}s; "
                 f"searching {counted(len(dataset.queries), 'query', 'queries')}."
             )
         scores = []
@@ -197,6 +207,7 @@ class Command(BaseCommand):
                 "chunks": index.chunks,
                 "not_indexed": len(index.failed) + index.skipped,
                 "queries": len(dataset.queries),
+                "embedder": index.kb.embedding_model,
                 "chunk_size": index.kb.chunk_size,
                 "chunk_overlap": index.kb.chunk_overlap,
                 "chunks_per_search": depth,

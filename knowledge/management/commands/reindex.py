@@ -13,6 +13,7 @@ from knowledge.management.progress import Progress
 from knowledge.management.prompts import confirm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.services.reindex import ReindexReport, ReindexService
+from search.embedding.registry import embedders
 from search.errors import SearchError
 from search.plurals import counted, noun
 from search.qdrant import qdrant_service
@@ -31,6 +32,12 @@ class Command(BaseCommand):
         parser.add_argument("--document", type=uuid.UUID, metavar="ID", help="Reindex only this document.")
         parser.add_argument("--recreate", action="store_true", help="Build new collections and switch the KBs to them.")
         parser.add_argument(
+            "--model",
+            metavar="NAME",
+            help="With --recreate: move the KBs to this embedding model (the built-in one or an endpoint named in "
+            "EMBEDDERS_JSON); default: each keeps its own if configured, else takes the built-in one.",
+        )
+        parser.add_argument(
             "--enqueue",
             action="store_true",
             help="Only queue the documents for the workers (the server's, with the embedded store): needs no store.",
@@ -39,9 +46,19 @@ class Command(BaseCommand):
         parser.add_argument("--no-input", "--noinput", action="store_false", dest="interactive", help="Do not ask for confirmation.")
 
     def handle(self, *args, kb: list[str], document: uuid.UUID | None, recreate: bool, enqueue: bool, batch_size: int,
-               interactive: bool, verbosity: int, **options) -> None:
+               interactive: bool, verbosity: int, model: str | None = None, **options) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
+        if model is not None and not recreate:
+            raise CommandError(
+                "--model moves knowledge bases to another embedding model, which needs new vectors in that model's "
+                "collection: use it with --recreate."
+            )
+        if model is not None and not embedders.is_configured(model):
+            raise CommandError(
+                f"No embedder named {model!r} is configured; the site has {', '.join(embedders.names())}. "
+                "Add it to EMBEDDERS_JSON first."
+            )
         if document and (recreate or kb):
             raise CommandError("--document reindexes one document in place: use it without --kb and --recreate.")
         if enqueue and recreate:
@@ -59,7 +76,7 @@ class Command(BaseCommand):
         if interactive:
             what = (
                 f"Rebuild {counted(len(knowledge_bases), 'knowledge base')} ({counted(total, 'document')}) "
-                "into new collections?"
+                f"into new collections{f' of {model}' if model else ''}?"
                 if recreate
                 else f"{'Queue' if enqueue else 'Chunk and embed'} {counted(total, 'document')} again?"
             )
@@ -78,7 +95,11 @@ class Command(BaseCommand):
         progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
         # One event loop for the whole run, so one Qdrant client serves every step.
         reports = async_to_sync(self._reindex)(
-            service=service, knowledge_bases=knowledge_bases if recreate else None, ids=ids, progress=progress
+            service=service,
+            knowledge_bases=knowledge_bases if recreate else None,
+            ids=ids,
+            progress=progress,
+            model=model,
         )
         seconds = progress.finish()
         indexed, chunks = sum(r.indexed for r in reports), sum(r.chunks for r in reports)
@@ -99,6 +120,7 @@ class Command(BaseCommand):
         knowledge_bases: list[KnowledgeBase] | None,
         ids: list[uuid.UUID],
         progress: Progress,
+        model: str | None = None,
     ) -> list[ReindexReport]:
         """Every knowledge base rebuilt (`knowledge_bases` given) or the documents reindexed in place."""
         try:
@@ -125,7 +147,9 @@ class Command(BaseCommand):
             if knowledge_bases is None:
                 reports.append(await service.reindex_in_place(document_ids=ids, worker_id=worker_id, on_progress=on_progress))
             for knowledge_base in knowledge_bases or ():
-                report = await service.rebuild(kb=knowledge_base, worker_id=worker_id, on_progress=on_progress)
+                report = await service.rebuild(
+                    kb=knowledge_base, worker_id=worker_id, on_progress=on_progress, model=model
+                )
                 reports.append(report)
                 progress.line(
                     f"{knowledge_base.slug}: switched to generation {report.generation} in {report.collection}, "
