@@ -39,8 +39,8 @@ run: setup
 	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)/
 	$(BIN)/uvicorn kbsite.asgi:application --host $(HOST) --port $(PORT)
 
-# Two parts: the independent tests in TEST_WORKERS processes at once (pytest-xdist), then the timed load,
-# browser and drill tests alone (tests/conftest.py: --run-part); each prints its 30 slowest tests. Both
+# Two parts: the independent tests in TEST_WORKERS processes at once (pytest-xdist), then the timed load
+# tests and the drills alone (tests/conftest.py: --run-part); each prints its 30 slowest tests. Both
 # parts always run. pytest exits 5 when PYTEST_ARGS leave a part no test: fine, unless both are empty.
 test: setup-test
 	@$(BIN)/python -m pytest --run-part=parallel -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS); \

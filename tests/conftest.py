@@ -17,12 +17,19 @@ from search.services.collections import CollectionService
 from tests.factories import corpus, make_document, make_kb, make_user
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
-#: Tests `make test` runs alone, after the others (`--run-part`): the timed load tests, the browser
-#: tests (Chromium against a live server) and the crash and outage drills, whose timings a neighbour
-#: sharing the CPU would distort. Every other test is independent of the tests beside it: its own
-#: in-memory Qdrant store and test database per process, free ports, files in tmp dirs.
-RUN_ALONE_MARKERS = ("performance", "browser", "drill")
+#: Tests `make test` runs alone, after the others (`--run-part`): the timed load tests and the crash,
+#: outage and deployment drills, whose timings a neighbour sharing the CPU would distort. Every other
+#: test, the browser tests and live-server tests among them (they wait for what they expect to see,
+#: never for a time), is independent of the tests beside it: its own in-memory Qdrant store and test
+#: database per process, free ports, files in tmp dirs.
+RUN_ALONE_MARKERS = ("performance", "drill")
 SHARED_SCOPES = ("package", "module", "class")
+#: Tests that never open a database, Django's test database or a live site's: the store contract, the
+#: unit tests, the loopback server's self-test; plus those marked `database_free` (the benchmark smoke
+#: test, whose benchmarks make SQLite sites of their own; the deployment drill, which always makes a
+#: PostgreSQL database of its own). Their outcome does not depend on DATABASE_URL, so the second
+#: database pass of `.ci/run` skips them (`--database-tests-only`); they ran in the first.
+DATABASE_FREE_FOLDERS = ("tests/unit/", "tests/store/", "tests/support/")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,14 +39,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="all",
         help=f"all tests; only those that may run in parallel (-n); or only those run alone ({', '.join(RUN_ALONE_MARKERS)})",
     )
+    parser.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="skip the tests that never open a database (a second pass on another database: they ran in the first)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    part = config.getoption("run_part")
+    part, database_only = config.getoption("run_part"), config.getoption("database_tests_only")
     kept, dropped = [], []
     for item in items:
         alone = any(item.get_closest_marker(marker) for marker in RUN_ALONE_MARKERS)
-        (kept if part == "all" or alone == (part == "alone") else dropped).append(item)
+        chosen = part == "all" or alone == (part == "alone")
+        (kept if chosen and not (database_only and _database_free(item)) else dropped).append(item)
         # A fixture built once per module or class (a live server, say) stays once: under pytest-xdist's
         # --dist loadgroup, the tests sharing it go to one process.
         if _shares_a_fixture(item):
@@ -47,6 +60,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def _database_free(item: pytest.Item) -> bool:
+    """Whether the test never opens a database; one that asks for Django's test database never is."""
+    if item.get_closest_marker("django_db") or "_django_db_helper" in getattr(item, "fixturenames", ()):
+        return False
+    return bool(item.get_closest_marker("database_free")) or item.nodeid.startswith(DATABASE_FREE_FOLDERS)
 
 
 def _shares_a_fixture(item: pytest.Item) -> bool:

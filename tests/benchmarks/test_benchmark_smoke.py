@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.integration
+# Each benchmark makes a SQLite site of its own whatever DATABASE_URL says: one database pass runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.database_free]
 
 FIGURES = {"grpc_p99_vs_concurrency.png", "grpc_throughput.png", "service_p99_vs_kb_size.png", "ingestion.png",
            "http.png"}
