@@ -87,7 +87,7 @@ class BoundedPagination(LimitOffsetPagination):
 
 
 async def _document(kb_id: str, document_id: UUID, request: HttpRequest, least: Role) -> Document:
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=least)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=least)
     document = (
         await Document.objects.filter(knowledge_base=kb, pk=document_id)
         .select_related("knowledge_base")
@@ -120,14 +120,14 @@ async def create_knowledge_base(request: HttpRequest, payload: KnowledgeBaseIn):
 
 @kbs.get("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **READ})
 async def get_knowledge_base(request: HttpRequest, kb_id: KbRef):
-    return await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+    return await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
 
 
 @kbs.patch("/kbs/{kb_id}", response={200: KnowledgeBaseOut, **WRITE})
 async def update_knowledge_base(request: HttpRequest, kb_id: KbRef, payload: KnowledgeBasePatch):
     """Change the name, description, chunk settings (they apply to documents indexed from now on) or declared
     metadata fields (owners)."""
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     changes = payload.dict(exclude_unset=True)
     if (fields := changes.pop("metadata_fields", None)) is not None:
         await MetadataFieldService().aset_fields(kb=kb, fields=fields, actor=request.auth)
@@ -137,7 +137,7 @@ async def update_knowledge_base(request: HttpRequest, kb_id: KbRef, payload: Kno
 @kbs.delete("/kbs/{kb_id}", response={204: None, **WRITE, 503: ErrorOut})
 async def delete_knowledge_base(request: HttpRequest, kb_id: KbRef):
     """Delete the knowledge base, its documents and its Qdrant collections (owners)."""
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await KnowledgeBaseService().adelete_knowledge_base(kb=kb)
     return Status(204, None)
 
@@ -145,7 +145,7 @@ async def delete_knowledge_base(request: HttpRequest, kb_id: KbRef):
 @kbs.get("/kbs/{kb_id}/stats", response={200: StatsOut, **READ, 503: ErrorOut})
 async def get_knowledge_base_stats(request: HttpRequest, kb_id: KbRef):
     """Documents by status, archived documents, and chunks in Qdrant."""
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
     return await knowledge_base_stats(kb)
 
 
@@ -154,7 +154,7 @@ async def get_knowledge_base_stats(request: HttpRequest, kb_id: KbRef):
 
 @members.get("/kbs/{kb_id}/members", response={200: list[MemberOut], **WRITE})
 async def list_members(request: HttpRequest, kb_id: KbRef):
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     return [
         m async for m in Membership.objects.filter(knowledge_base=kb).select_related("user").order_by("pk")
     ]
@@ -163,7 +163,7 @@ async def list_members(request: HttpRequest, kb_id: KbRef):
 @members.post("/kbs/{kb_id}/members", response={200: MemberOut, 201: MemberOut, **WRITE})
 async def set_member(request: HttpRequest, kb_id: KbRef, payload: MemberIn):
     """Add a member, or change a member's role (owners). 201 when added, 200 when changed."""
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     membership, created = await MembershipService().aset_member(
         kb=kb, username=payload.username, role=payload.role
     )
@@ -173,7 +173,7 @@ async def set_member(request: HttpRequest, kb_id: KbRef, payload: MemberIn):
 
 @members.delete("/kbs/{kb_id}/members/{user_id}", response={204: None, **WRITE})
 async def remove_member(request: HttpRequest, kb_id: KbRef, user_id: int = PathParam(..., ge=1, le=2**63 - 1)):
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.OWNER)
     await MembershipService().aremove_member(kb=kb, user_id=user_id)
     return Status(204, None)
 
@@ -236,7 +236,7 @@ async def upload_document(
     Answers 202 with the document; poll its `url` until `status` is `ready` or `failed`. The same
     content twice in a knowledge base is refused (409); a file of the same name replaces that document.
     """
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
     service = DocumentService()
     # Before reading: a chunked request carries no Content-Length for the check above.
     service.check_upload_size(file.name, file.size)
@@ -265,7 +265,7 @@ async def preview_chunks(
     The file is read as an upload is, within the same limits, and nothing is stored: no document,
     no chunk. Answers the chunk count and the first 50 chunks with their offsets, tokens and pages.
     """
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
     DocumentService.check_upload_size(file.name, file.size)
     data = await sync_to_async(file.read, thread_sensitive=False)()
     return await ChunkPreviewService().apreview(
@@ -285,7 +285,7 @@ async def create_text_document(
 
     Answers 202 with the document, like a file upload; the same text twice is refused (409).
     """
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.EDITOR)
     added = await DocumentService().aadd_text_document(**payload.dict(), kb=kb)
     return await _queued(added.document.pk, response)
 
@@ -300,7 +300,7 @@ async def _queued(document_id: UUID, response: HttpResponse) -> Status:
 @paginate(BoundedPagination)
 async def list_documents(request: HttpRequest, kb_id: KbRef, filters: Query[DocumentFilters]):
     """Newest first; filter by `status` and `archived`."""
-    kb = await permissions.get_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
+    kb = await permissions.aget_knowledge_base(user=request.auth, kb_id=kb_id, least=Role.READER)
     rows = Document.objects.filter(knowledge_base=kb).select_related("knowledge_base").defer("text")
     if filters.status:
         rows = rows.filter(status=filters.status)

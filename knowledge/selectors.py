@@ -100,7 +100,7 @@ async def readable_document(user: AbstractBaseUser, *, document_id: UUID, least:
     document = await Document.objects.filter(pk=document_id).only("id", "knowledge_base_id").afirst()
     if document is None:
         raise DocumentNotFound(f"There is no document {document_id} you may read.")
-    kb = await PermissionService().get_knowledge_base(user=user, kb_id=document.knowledge_base_id, least=least)
+    kb = await PermissionService().aget_knowledge_base(user=user, kb_id=document.knowledge_base_id, least=least)
     document = await Document.objects.aget(pk=document_id)
     document.knowledge_base = kb
     return document

@@ -127,12 +127,22 @@ class PermissionService:
         except ValueError:
             return Q(slug=kb_ref)
 
-    async def get_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID | str, least: Role) -> KnowledgeBase:
+    def get_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID | str, least: Role) -> KnowledgeBase:
         """The KB, named by id or slug, if the user holds at least `least` on it; one they may not read does not
         exist for them."""
+        kb = KnowledgeBase.objects.select_related("owner").filter(self.knowledge_base_lookup(kb_id)).first()
+        role = self.role_for(user=user, kb=kb) if kb is not None else None
+        return self._readable(kb, kb_id=kb_id, role=role, least=least)
+
+    async def aget_knowledge_base(self, *, user: AbstractBaseUser, kb_id: UUID | str, least: Role) -> KnowledgeBase:
+        """`get_knowledge_base` from async code."""
         kb = await KnowledgeBase.objects.select_related("owner").filter(self.knowledge_base_lookup(kb_id)).afirst()
         role = await self.arole_for(user=user, kb=kb) if kb is not None else None
-        if role is None:
+        return self._readable(kb, kb_id=kb_id, role=role, least=least)
+
+    def _readable(self, kb: KnowledgeBase | None, *, kb_id: UUID | str, role: Role | None, least: Role) -> KnowledgeBase:
+        """The KB if `role` reaches `least`; not found when there is no KB or no role."""
+        if kb is None or role is None:
             # Named as the caller named it: a KB reached by slug must not give its id away.
             raise KnowledgeBaseNotFound(f"There is no knowledge base {kb_id} you may read.")
         self._at_least(role, kb=kb, least=least)

@@ -50,7 +50,7 @@ async def _kb_and_role(
     user = await request.auser()
     permissions = PermissionService()
     try:
-        kb = await permissions.get_knowledge_base(user=user, kb_id=kb_id, least=Role.READER)
+        kb = await permissions.aget_knowledge_base(user=user, kb_id=kb_id, least=Role.READER)
         role = await permissions.arequire(user=user, kb=kb, least=least)
     except KnowledgeBaseNotFound as exc:
         raise Http404(exc.message) from None

@@ -6,7 +6,6 @@ import re
 from urllib.parse import urlencode
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -195,9 +194,7 @@ async def knowledge_bases(request: HttpRequest) -> HttpResponse:
 def _editable_kb(user, kb_id: str):
     """The KB named in a form if the user may edit it: 404 when they may not read it, 403 when only read."""
     try:
-        return async_to_sync(PermissionService().get_knowledge_base)(
-            user=user, kb_id=UUID(kb_id), least=Role.EDITOR
-        )
+        return PermissionService().get_knowledge_base(user=user, kb_id=UUID(kb_id), least=Role.EDITOR)
     except (ValueError, KnowledgeBaseNotFound):
         raise Http404("There is no such knowledge base you may read.") from None
     except PermissionDenied as exc:

@@ -91,3 +91,33 @@ async def test_roles_rank_as_documented(people_and_kbs) -> None:
     writable = {kb.name async for kb in service.knowledge_bases_for(people["editor"], least=Role.EDITOR)}
     assert writable == {"Guarded"}
     assert not await sync_to_async(service.knowledge_bases_for(people["reader"], least=Role.EDITOR).exists)()
+
+
+@pytest.mark.parametrize("who", list(EXPECTED))
+async def test_getting_a_kb_answers_the_same_from_sync_and_async_code(people_and_kbs, who) -> None:
+    from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
+
+    people, kbs = people_and_kbs
+    user, service, kb = people[who], PermissionService(), kbs[0]
+
+    def outcome(get, least):
+        try:
+            return get(user=user, kb_id=kb.slug, least=least).name
+        except (KnowledgeBaseNotFound, PermissionDenied) as exc:
+            return type(exc).__name__
+
+    async def aoutcome(least):
+        try:
+            return (await service.aget_knowledge_base(user=user, kb_id=kb.slug, least=least)).name
+        except (KnowledgeBaseNotFound, PermissionDenied) as exc:
+            return type(exc).__name__
+
+    for least in (Role.READER, Role.EDITOR):
+        sync_answer = await sync_to_async(outcome)(service.get_knowledge_base, least)
+        assert sync_answer == await aoutcome(least)
+        if "Guarded" not in EXPECTED[who]:
+            assert sync_answer == "KnowledgeBaseNotFound"
+        elif least == Role.EDITOR and who == "reader":
+            assert sync_answer == "PermissionDenied"
+        else:
+            assert sync_answer == "Guarded"
