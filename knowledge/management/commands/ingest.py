@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -88,13 +88,11 @@ class Command(BaseCommand):
             )
         if not file_count:
             raise CommandError("Found no files to load (.txt .md .html .pdf .docx); use --recursive for sub-folders.")
-        if not enqueue:
-            self._check_qdrant()
-        # Only now, with files to load and a Qdrant to load them into, may --create make the KB.
-        knowledge_base = self._knowledge_base(kb, create=create, name=name, owner=owner)
-
         run = _Run(self, total=file_count, verbosity=verbosity)
-        async_to_sync(run.load)(importer, knowledge_base, importer.sources(paths, recursive=recursive), labels, enqueue)
+        knowledge_base = async_to_sync(self._load)(
+            run, importer, paths, recursive=recursive, labels=labels, enqueue=enqueue,
+            kb=kb, create=create, name=name, owner=owner,
+        )
         seconds = run.progress.finish()
         tally = run.tally
         added = tally["queued"] + tally["updated"]
@@ -127,6 +125,17 @@ class Command(BaseCommand):
                 f"{problems.count} of {_count(file_count, 'file')} failed:\n{reasons}"
             )
 
+    async def _load(self, run: _Run, importer: FileImportService, paths: list[str], *, recursive: bool,
+                    labels: dict, enqueue: bool, kb: str, create: bool, name: str | None,
+                    owner: str | None) -> KnowledgeBase:
+        """The command's one async entry point: one event loop, so one Qdrant client, for the whole load."""
+        if not enqueue:
+            await self._check_qdrant()
+        # Only now, with files to load and a Qdrant to load them into, may --create make the KB.
+        knowledge_base = await sync_to_async(self._knowledge_base)(kb, create=create, name=name, owner=owner)
+        await run.load(importer, knowledge_base, importer.sources(paths, recursive=recursive), labels, enqueue)
+        return knowledge_base
+
     def _knowledge_base(self, slug: str, *, create: bool, name: str | None, owner: str | None) -> KnowledgeBase:
         existing = KnowledgeBase.objects.filter(slug=slug).first()
         if existing is not None:
@@ -147,9 +156,9 @@ class Command(BaseCommand):
         self.stdout.write(f"Created the knowledge base {created.slug!r}.")
         return created
 
-    def _check_qdrant(self) -> None:
+    async def _check_qdrant(self) -> None:
         try:
-            async_to_sync(qdrant_service.check_available)()
+            await qdrant_service.check_available()
         except SearchError as exc:
             raise CommandError(
                 f"{exc.message}\nNothing was loaded. To queue the files for the server's worker instead, add --enqueue."

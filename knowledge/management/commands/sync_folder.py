@@ -68,14 +68,6 @@ class Command(BaseCommand):
         knowledge_base = KnowledgeBase.objects.filter(slug=kb).first()
         if knowledge_base is None:
             raise CommandError(f"There is no knowledge base {kb!r}; make it first (e.g. manage.py ingest --create).")
-        if not (dry_run or enqueue):
-            try:
-                async_to_sync(qdrant_service.check_available)()
-            except SearchError as exc:
-                raise CommandError(
-                    f"{exc.message}\nNothing was changed. To queue the changes for the server's worker instead, "
-                    "add --enqueue."
-                ) from exc
         request = FolderSync(
             folder=Path(folder),
             kb=knowledge_base,
@@ -102,7 +94,7 @@ class Command(BaseCommand):
             progress.advance(1 if event.change in PER_FILE else 0, detail=event.source_name)
 
         try:
-            report = service.sync_folder(request=request, on_event=show)
+            report = async_to_sync(self._sync)(service, request, show, check_qdrant=not (dry_run or enqueue))
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
         seconds = progress.finish()
@@ -112,6 +104,19 @@ class Command(BaseCommand):
         if failed:
             reasons = "\n".join(f"  {event.source_name}: {event.message}" for event in failed[:50])
             raise CommandError(f"{_count(len(failed), 'file')} failed:\n{reasons}")
+
+    @staticmethod
+    async def _sync(service: FolderSyncService, request: FolderSync, on_event, *, check_qdrant: bool) -> SyncReport:
+        """The command's one async entry point: one event loop, so one Qdrant client, for the whole sync."""
+        if check_qdrant:
+            try:
+                await qdrant_service.check_available()
+            except SearchError as exc:
+                raise CommandError(
+                    f"{exc.message}\nNothing was changed. To queue the changes for the server's worker instead, "
+                    "add --enqueue."
+                ) from exc
+        return await service.async_folder(request=request, on_event=on_event)
 
     def _passed_over(self, report: SyncReport, verbosity: int) -> None:
         if verbosity < 1:
