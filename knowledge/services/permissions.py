@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from uuid import UUID
@@ -68,24 +69,72 @@ class PermissionService:
             raise UnknownUser(f"user_id must be a user's numeric id, not {user_id!r}.")
         if not kb_ids:
             return []
-        return await self._readable_knowledge_bases(user_id, list(kb_ids))
+        return await self._look_up(("some", user_id, tuple(kb_ids)))
 
     async def all_readable_knowledge_bases(self, *, user_id: int, most: int) -> list[KnowledgeBase]:
         """Up to `most` of the KBs the user may read, by name; UnknownUser if there is no such active user."""
         if isinstance(user_id, bool) or not isinstance(user_id, int):
             raise UnknownUser(f"user_id must be a user's numeric id, not {user_id!r}.")
-        return await self._all_readable_knowledge_bases(user_id, most)
+        return await self._look_up(("all", user_id, most))
+
+    async def _look_up(self, question: tuple) -> list[KnowledgeBase]:
+        """The answer to a search's access question, asked together with the questions of concurrent searches.
+
+        Every search asks one, and each trip to the database thread waits behind the others: the
+        questions asked in one turn of the event loop go in one trip, and searches asking the same
+        one (a user's burst) share its answer. Nothing is remembered after the trip.
+        """
+        loop = asyncio.get_running_loop()
+        waiting = self._questions.setdefault(loop, {})
+        answer = waiting.get(question)
+        if answer is None:
+            answer = waiting[question] = loop.create_future()
+            if len(waiting) == 1:
+                loop.call_soon(lambda: loop.create_task(self._answer_waiting(loop)))
+        # Shielded: a caller that gives up must not cancel the answer for the others.
+        return list(await asyncio.shield(answer))
+
+    @functools.cached_property
+    def _questions(self) -> dict[asyncio.AbstractEventLoop, dict[tuple, asyncio.Future]]:
+        return {}
+
+    async def _answer_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        questions = self._questions.pop(loop, {})
+        try:
+            answers = await self._answers(list(questions))
+        except BaseException as exc:  # the database failed: every waiter hears of it
+            answers = dict.fromkeys(questions, exc)
+        for question, answer in questions.items():
+            if answer.done():
+                continue
+            outcome = answers[question]
+            if isinstance(outcome, BaseException):
+                answer.set_exception(outcome)
+                answer.exception()  # retrieved: a waiter that gave up must not leave a warning behind
+            else:
+                answer.set_result(outcome)
 
     @sync_to_async
+    def _answers(self, questions: list[tuple]) -> dict[tuple, list[KnowledgeBase] | Exception]:
+        answers: dict[tuple, list[KnowledgeBase] | Exception] = {}
+        for question in questions:
+            kind, user_id, detail = question
+            try:
+                if kind == "some":
+                    answers[question] = self._readable_knowledge_bases(user_id, list(detail))
+                else:
+                    answers[question] = self._all_readable_knowledge_bases(user_id, detail)
+            except UnknownUser as exc:
+                answers[question] = exc
+        return answers
+
     def _all_readable_knowledge_bases(self, user_id: int, most: int) -> list[KnowledgeBase]:
-        # One trip to the database thread for both queries: a search pays for each trip.
         user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
         if user is None:
             raise UnknownUser(f"There is no active user with id {user_id}.")
         return list(self.knowledge_bases_for(user).only(*SEARCH_FIELDS).order_by("name", "id")[:most])
 
     @staticmethod
-    @sync_to_async
     def _readable_knowledge_bases(user_id: int, kb_ids: list[UUID]) -> list[KnowledgeBase]:
         # Every search asks this, so it is one plain SQL statement: the ORM's version with
         # correlated subqueries spent ten times longer compiling than the database spent answering.

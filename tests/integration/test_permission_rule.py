@@ -121,3 +121,42 @@ async def test_getting_a_kb_answers_the_same_from_sync_and_async_code(people_and
             assert sync_answer == "PermissionDenied"
         else:
             assert sync_answer == "Guarded"
+
+
+async def test_concurrent_searches_ask_the_database_once_per_distinct_question(people_and_kbs, monkeypatch) -> None:
+    """A burst shares one trip to the database thread; each search still gets its own user's answer."""
+    import asyncio
+
+    from search.errors import UnknownUser
+
+    people, kbs = people_and_kbs
+    service, asked, trips = PermissionService(), [], []
+    real_lookup, real_answers = PermissionService._readable_knowledge_bases, PermissionService._answers
+
+    def counting_lookup(user_id, kb_ids):
+        asked.append(user_id)
+        return real_lookup(user_id, kb_ids)
+
+    def counting_answers(self, questions):
+        trips.append(len(questions))
+        return real_answers.__wrapped__(self, questions)
+
+    monkeypatch.setattr(PermissionService, "_readable_knowledge_bases", staticmethod(counting_lookup))
+    monkeypatch.setattr(PermissionService, "_answers", sync_to_async(counting_answers))
+    kb_ids = [kb.pk for kb in kbs]
+    who = ["reader", "editor", "outsider"] * 20 + ["inactive reader"]
+
+    answers = await asyncio.gather(
+        *(service.readable_knowledge_bases(user_id=people[name].pk, kb_ids=kb_ids) for name in who),
+        return_exceptions=True,
+    )
+
+    assert trips == [4] and sorted(asked) == sorted(people[name].pk for name in set(who))
+    for name, answer in zip(who, answers):
+        if name == "inactive reader":
+            assert isinstance(answer, UnknownUser)
+        else:
+            assert {kb.name for kb in answer} == EXPECTED[name]
+    # Asked again later, the database answers again: nothing is remembered between trips.
+    await service.readable_knowledge_bases(user_id=people["reader"].pk, kb_ids=kb_ids)
+    assert trips == [4, 1]
