@@ -215,7 +215,12 @@ class IngestionService:
         for start in range(0, len(chunks), self.config.batch_size):
             batch = chunks[start : start + self.config.batch_size]
             texts = [chunk.content for chunk in batch]
-            vectors = await embeddings.embed_documents(texts)
+            # BM25 is pure Python: it runs in a thread of its own while the model embeds, never on the
+            # event loop that searches need.
+            vectors, keyword_vectors = await asyncio.gather(
+                embeddings.embed_documents(texts),
+                sync_to_async(keywords.encode_documents, thread_sensitive=False)(texts),
+            )
             check_vector_sizes(vectors, model=model, expected=index.vector_size if index else kb.vector_size)
             await self.chunk_service.upsert_chunks(
                 kb_id=kb.id,
@@ -223,7 +228,7 @@ class IngestionService:
                 title=document.title,
                 chunks=batch,
                 vectors=vectors,
-                keyword_vectors=keywords.encode_documents(texts),
+                keyword_vectors=keyword_vectors,
                 archived_at=document.archived_at,
                 tags=document.tags,
                 metadata=document.metadata,
