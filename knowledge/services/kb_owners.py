@@ -49,8 +49,10 @@ class KnowledgeBaseOwnerService:
         description: str = "",
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
+        embedding_model: str | None = None,
     ) -> KnowledgeBase:
-        """A KB owned by `actor`, if the site lets them create one (KBSITE_KB_CREATORS)."""
+        """A KB owned by `actor`, if the site lets them create one (KBSITE_KB_CREATORS); the built-in model's
+        unless `embedding_model` names another configured one."""
         PermissionService().require_may_create_knowledge_bases(actor)
         with transaction.atomic():
             kb = self.knowledge_bases.create_knowledge_base(
@@ -60,6 +62,7 @@ class KnowledgeBaseOwnerService:
                 description=description,
                 chunk_size=chunk_size,
                 chunk_overlap=chunk_overlap,
+                embedding_model=embedding_model,
             )
             kb_history.record_kb_created(actor=actor, kb=kb)
         return kb

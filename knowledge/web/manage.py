@@ -35,6 +35,7 @@ from knowledge.web.manage_forms import (
     DocumentLabelsForm,
     KnowledgeBaseSettingsForm,
     MetadataFieldsForm,
+    NewKnowledgeBaseForm,
     RoleForm,
 )
 from search.errors import SearchError
@@ -109,7 +110,7 @@ def _context(user, kb: KnowledgeBase, role: Role, **extra) -> dict:
 async def new_knowledge_base(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     may_create = await PermissionService().amay_create_knowledge_bases(user)
-    form = KnowledgeBaseSettingsForm(request.POST if request.method == "POST" else None)
+    form = NewKnowledgeBaseForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and may_create and form.is_valid():
         try:
             kb = await KnowledgeBaseOwnerService().acreate(actor=user, **form.cleaned_data)

@@ -10,6 +10,7 @@ from knowledge.forms import MetadataField, MetadataFieldsField, TagsField
 from knowledge.models import KnowledgeBase, Role
 from knowledge.services.document_metadata import MAX_TAG_CHARS
 from search.embedding import embedding_service
+from search.embedding.registry import embedders
 
 DOCUMENT_FILTERS = [
     ("", "Any status"),
@@ -51,6 +52,25 @@ class KnowledgeBaseSettingsForm(forms.Form):
         )
         self.initial.setdefault("chunk_size", size)
         self.initial.setdefault("chunk_overlap", overlap)
+
+
+class NewKnowledgeBaseForm(KnowledgeBaseSettingsForm):
+    """The settings of a new KB, and, where the site has more than one embedder, the model that embeds it."""
+
+    embedding_model = forms.ChoiceField(
+        label="Embedding model",
+        help_text="The model that embeds its documents and its searches. An administrator can move it to "
+        "another later (its documents are then embedded again).",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        names = embedders.names()
+        if len(names) == 1:
+            del self.fields["embedding_model"]  # nothing to choose: the built-in model
+        else:
+            self.fields["embedding_model"].choices = [(name, embedders.describe(name)) for name in names]
+            self.initial.setdefault("embedding_model", embedders.default.model_id)
 
 
 class MetadataFieldsForm(forms.Form):

@@ -366,6 +366,26 @@ def test_the_admin_form_offers_the_configured_embedders_and_creates_the_kb_for_t
     assert not unreachable.is_valid() and "did not answer" in str(unreachable.errors)
 
 
+def test_the_members_new_kb_page_offers_the_embedders_only_when_there_is_a_choice(endpoint, test_user) -> None:
+    from django.test import Client
+    from django.urls import reverse
+
+    browser = Client()
+    browser.force_login(test_user)
+    page = browser.get(reverse("web:kb_new")).content.decode()
+    assert f'<option value="{ENDPOINT}"' in page and f'value="{embedding_service.model_id}" selected' in page
+
+    made = browser.post(
+        reverse("web:kb_new"),
+        {"name": "Remote notes", "chunk_size": 64, "chunk_overlap": 8, "embedding_model": ENDPOINT},
+    )
+
+    kb = KnowledgeBase.objects.get(name="Remote notes")
+    assert made.status_code == 302 and (kb.embedding_model, kb.vector_size) == (ENDPOINT, 384)
+    embedders.configure({})
+    assert 'name="embedding_model"' not in browser.get(reverse("web:kb_new")).content.decode()
+
+
 def test_eval_retrieval_measures_a_model_through_its_endpoint(endpoint, tmp_path) -> None:
     from tests.integration.test_eval_retrieval import evaluate, write_beir
 
