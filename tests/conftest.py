@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import sqlite3
+from array import array
+from contextlib import closing
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,6 +20,7 @@ from search.embedding import embedding_service
 from search.qdrant import QdrantConfig, qdrant_service
 from search.services.collections import CollectionService
 from tests.factories import corpus, make_document, make_kb, make_user
+from tests.support.flushing import flush_by_delete
 from tests.support.qdrant_grpc import LoopbackQdrantServer
 
 #: Tests `make test` runs alone, after the others (`--run-part`): the timed load tests and the crash,
@@ -30,6 +36,9 @@ SHARED_SCOPES = ("package", "module", "class")
 #: PostgreSQL database of its own). Their outcome does not depend on DATABASE_URL, so the second
 #: database pass of `.ci/run` skips them (`--database-tests-only`); they ran in the first.
 DATABASE_FREE_FOLDERS = ("tests/unit/", "tests/store/", "tests/support/")
+
+
+flush_by_delete()  # PostgreSQL: 9-18 ms between transactional tests instead of 200 (tests/support/flushing.py)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,23 +86,76 @@ def _shares_a_fixture(item: pytest.Item) -> bool:
 
 
 class MemoisingEmbeddings:
-    """The real embedding service, remembering document vectors so each corpus text is embedded once per run."""
+    """The real embedding service, remembering document vectors so each corpus text is embedded once per run.
+
+    With `KBSITE_TEST_VECTORS` naming a file, the vectors are kept there as well, keyed by the model and
+    the text: `.ci/run` names one for its two database passes, so the second embeds nothing the first
+    did (the load test's 2,000 chunks alone take the model some 90 s). The vectors in it are the real
+    model's, computed earlier in the same CI run; the queries of every test are always embedded anew.
+    """
 
     def __init__(self, real) -> None:
         self._real = real
         self._vectors: dict[str, list[float]] = {}
+        self._kept = VectorFile.from_environment()
 
     def __getattr__(self, name: str):
         return getattr(self._real, name)
 
     async def embed_documents(self, texts):
         missing = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if missing and self._kept is not None:
+            self._vectors.update(self._kept.read(self._real.model_id, missing))
+            missing = [text for text in missing if text not in self._vectors]
         if missing:
-            self._vectors.update(zip(missing, await self._real.embed_documents(missing)))
+            vectors = await self._real.embed_documents(missing)
+            self._vectors.update(zip(missing, vectors))
+            if self._kept is not None:
+                self._kept.write(self._real.model_id, dict(zip(missing, vectors)))
         return [self._vectors[text] for text in texts]
 
 
-async def _drop_all_collections() -> None:
+class VectorFile:
+    """Document vectors in a SQLite file that several test processes may share (pytest-xdist's, two passes)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        with closing(self._connect()) as connection, connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+
+    @classmethod
+    def from_environment(cls) -> VectorFile | None:
+        path = os.environ.get("KBSITE_TEST_VECTORS")
+        return cls(path) if path else None
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self._path, timeout=60)
+
+    @staticmethod
+    def _key(model_id: str, text: str) -> str:
+        return hashlib.sha256(f"{model_id}\0{text}".encode()).hexdigest()
+
+    def read(self, model_id: str, texts: list[str]) -> dict[str, list[float]]:
+        keys = {self._key(model_id, text): text for text in texts}
+        ordered, found = list(keys), {}
+        with closing(self._connect()) as connection:
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                rows = connection.execute(
+                    f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                )
+                found.update((keys[key], array("d", blob).tolist()) for key, blob in rows)
+        return found
+
+    def write(self, model_id: str, vectors: dict[str, list[float]]) -> None:
+        with closing(self._connect()) as connection, connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                [(self._key(model_id, text), array("d", vector).tobytes()) for text, vector in vectors.items()],
+            )
+
+
+async def drop_all_collections() -> None:
     client = qdrant_service.client
     aliases = (await client.get_aliases()).aliases
     if aliases:
@@ -110,7 +172,7 @@ async def _drop_all_collections() -> None:
 @pytest.fixture(autouse=True)
 def fresh_qdrant():
     """Every test starts from an empty embedded store, whatever the test before it left behind."""
-    asyncio.run(_drop_all_collections())
+    asyncio.run(drop_all_collections())
     yield
 
 
