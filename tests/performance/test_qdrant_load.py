@@ -17,13 +17,14 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from knowledge.models import DocumentStatus
+from knowledge.models import DocumentStatus, KnowledgeBase, Membership
 from knowledge.services.permissions import PermissionService
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
 from search.services.collections import CollectionService
 from search.services.search import SearchService
-from tests.factories import make_document, make_kb
+from tests.conftest import drop_all_collections
+from tests.factories import make_document, make_kb, make_user
 from tests.support.prose import prose_documents
 
 pytestmark = [pytest.mark.performance, pytest.mark.django_db(transaction=True)]
@@ -39,9 +40,36 @@ def make_documents(kb, rows):
 
 
 @pytest.fixture
-async def realistic_kb(test_user, ingestion_service):
-    """Documentation ingested at the default chunk settings until the KB holds MIN_CHUNKS chunks."""
-    kb = await sync_to_async(make_kb)(owner=test_user, name="Python and Django documentation")
+def fresh_qdrant():
+    """The store is emptied once, before the module's KB is indexed (indexed_store), not before each test."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def indexed_store(django_db_setup, django_db_blocker, ingestion_service):
+    """The KB's chunks indexed once for the module's four tests, and the database rows a search reads
+    (owner, KB, membership) to write back for each test after the one before emptied the database."""
+    with django_db_blocker.unblock():
+        asyncio.run(drop_all_collections())
+        owner = make_user(username="alice")
+        kb = asyncio.run(_ingest_documentation(owner, ingestion_service))
+        kb = KnowledgeBase.objects.get(pk=kb.pk)
+        rows = [type(owner).objects.get(pk=owner.pk), kb, *Membership.objects.filter(knowledge_base=kb)]
+    yield rows
+    asyncio.run(CollectionService().delete_knowledge_base(kb_id=kb.id))
+
+
+@pytest.fixture
+def knowledge_base(indexed_store, transactional_db):
+    """(kb, owner), their rows as the indexing left them."""
+    for row in indexed_store:
+        row.save()
+    owner, kb = indexed_store[:2]
+    return kb, owner
+
+
+async def _ingest_documentation(owner, ingestion_service):
+    kb = await sync_to_async(make_kb)(owner=owner, name="Python and Django documentation")
     assert (kb.chunk_size, kb.chunk_overlap) == (settings.CHUNKING["SIZE"], settings.CHUNKING["OVERLAP"])
     chunks, texts = 0, prose_documents()
     while chunks < MIN_CHUNKS:
@@ -52,8 +80,7 @@ async def realistic_kb(test_user, ingestion_service):
             document = await ingestion_service.ingest_now(document_id=document.id, worker_id="load")
             assert document.status == DocumentStatus.READY, document.error
             chunks += document.chunk_count
-    yield kb
-    await CollectionService().delete_knowledge_base(kb_id=kb.id)
+    return kb
 
 
 @pytest.fixture
@@ -67,8 +94,8 @@ def frozen_heap():
 
 
 @pytest.fixture
-async def search_service_for_load(realistic_kb, test_user, frozen_heap):
-    kb = realistic_kb
+async def search_service_for_load(knowledge_base, frozen_heap):
+    kb, test_user = knowledge_base
     assert await ChunkService().count_chunks(kb_id=kb.id) >= MIN_CHUNKS
     service = SearchService(PermissionService(), SearchAuditService())
     # Load the model, open the store and let the model see a batch before timing, as a server
@@ -120,8 +147,8 @@ class TestAsyncQdrantLoadPerformance:
         assert all(len(results) == 10 for results in outcomes)
 
     async def test_100_concurrent_requests_p99_under_500ms(self, search_service_for_load, show) -> None:
-        """4.2: p99 under 500 ms, or, on a machine whose embedder alone needs more than a third of that
-        for the burst's queries (measured just before, in the same run), under three times that floor."""
+        """4.2: p99 under 500 ms. The embedder's own time for 100 other queries, measured just before in the
+        same run, is printed beside it as the reference: the part of the budget the model alone takes."""
         service = search_service_for_load[0]
         queries = [f"floor {TOPICS[i % len(TOPICS)]} question {i}" for i in range(100)]
         started = time.perf_counter()
@@ -129,11 +156,10 @@ class TestAsyncQdrantLoadPerformance:
         floor = time.perf_counter() - started
         outcomes, latencies = await run_concurrently(*search_service_for_load, count=100, label="performance")
         report(show, "100 concurrent", latencies)
-        bar = max(0.5, 3 * floor)
-        show(f"embedder alone on 100 queries: {floor * 1000:.1f}ms; bar {bar * 1000:.0f}ms")
+        show(f"embedder alone on 100 queries: {floor * 1000:.1f}ms; bar 500ms")
 
         assert len(latencies) == 100
-        assert percentile(latencies, 0.99) < bar
+        assert percentile(latencies, 0.99) < 0.5
 
     async def test_consistent_latency_under_load(self, search_service_for_load, show) -> None:
         """4.3"""
