@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -224,7 +223,7 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         if not form.is_bound or not form.is_valid():
             return context
         try:
-            response = async_to_sync(get_search_service().search)(
+            response = get_search_service().search(
                 query=form.cleaned_data["q"],
                 kb_ids=[kb.pk],
                 user_id=request.user.pk,

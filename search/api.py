@@ -32,7 +32,7 @@ async def search(request: HttpRequest, payload: SearchIn):
     `group_by_document` answers one entry per document; `context_chunks` adds the passage around each chunk.
     """
     started = time.perf_counter()
-    response = await get_search_service().search(
+    response = await get_search_service().asearch(
         query=payload.query,
         kb_ids=payload.kb_ids,
         user_id=request.auth.pk,

@@ -299,7 +299,7 @@ class RetrievalEvaluationService:
         ndcgs, recalls, ranks, latencies, fell_back = [], [], [], [], 0
         for qid, query in dataset.queries.items():
             started = time.perf_counter()
-            response = await self.search.search(
+            response = await self.search.asearch(
                 query=query, kb_ids=[index.kb.id], user_id=index.owner.pk, mode=mode, limit=depth
             )
             latencies.append(time.perf_counter() - started)

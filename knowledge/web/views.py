@@ -77,7 +77,7 @@ async def search(request: HttpRequest) -> HttpResponse:
         kb_ids = form.cleaned_data["kb"] or ([kb.pk for kb in kbs] if len(kbs) <= MAX_KNOWLEDGE_BASES else None)
         context["searched"] = True
         try:
-            response = await get_search_service().search(
+            response = await get_search_service().asearch(
                 query=form.cleaned_data["q"],
                 kb_ids=kb_ids,
                 user_id=user.pk,

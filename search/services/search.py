@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils.module_loading import import_string
 from qdrant_client import models
@@ -251,7 +252,7 @@ class SearchService:
 
         Every KB must be readable by the user, or nothing is searched.
         """
-        response = await self.search(
+        response = await self.asearch(
             query=query,
             kb_ids=kb_ids,
             user_id=user_id,
@@ -263,7 +264,7 @@ class SearchService:
         )
         return response.results
 
-    async def search(
+    async def asearch(
         self,
         *,
         query: str,
@@ -415,6 +416,9 @@ class SearchService:
             latency_ms=(time.perf_counter() - started) * 1000,
         )
         return SearchResponse(results=results, mode=mode, notices=notices, documents=documents_found)
+
+    #: For sync callers (the admin's search box): one event loop per call, so not for a loop of searches.
+    search = async_to_sync(asearch)
 
     @staticmethod
     async def _best_first(search, requests: Sequence[ChunkSearch]) -> list[Any]:

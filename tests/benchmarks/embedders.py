@@ -168,7 +168,7 @@ async def measure(args: argparse.Namespace, server) -> None:
             round_latencies = []
             for query in asked:
                 started = time.perf_counter()
-                await search.search(
+                await search.asearch(
                     query=query[:500], kb_ids=[kb.id], user_id=user.id, mode=SearchMode.SEMANTIC
                 )
                 round_latencies.append((time.perf_counter() - started) * 1000)

@@ -37,7 +37,7 @@ async def burst(service, *, mode: str, queries: list[str], kb_id, user_id: int) 
     finished: list[float] = []
 
     async def one(query: str) -> None:
-        await service.search(query=query, kb_ids=[kb_id], user_id=user_id, mode=mode, limit=10)
+        await service.asearch(query=query, kb_ids=[kb_id], user_id=user_id, mode=mode, limit=10)
         finished.append(time.perf_counter())
 
     launched = time.perf_counter()

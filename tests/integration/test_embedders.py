@@ -116,7 +116,7 @@ async def test_a_kb_made_for_the_endpoint_is_indexed_and_searched_through_it_in_
     kb = await endpoint_kb(test_user)
     await indexed(kb, TIDES, BEES)
 
-    response = await search_service().search(
+    response = await search_service().asearch(
         query="why does the sea rise", kb_ids=[kb.id], user_id=test_user.id
     )
 
@@ -137,7 +137,7 @@ async def test_one_search_over_kbs_of_two_models_embeds_once_per_model_and_fuses
     await indexed(remote, TIDES)
     before = endpoint.stats()["texts"]
 
-    response = await search_service().search(
+    response = await search_service().asearch(
         query="the moon pulls the ocean",
         kb_ids=[built_in.id, remote.id],
         user_id=test_user.id,
@@ -261,7 +261,7 @@ async def test_a_refused_key_is_one_clear_error_that_never_shows_the_key(
     with caplog.at_level(logging.DEBUG):
         waiting = await IngestionService().ingest_now(document_id=document.id, worker_id="tests")
         with pytest.raises(EmbedderRefused) as refused:
-            await search_service().search(query="tides", kb_ids=[kb.id], user_id=test_user.id)
+            await search_service().asearch(query="tides", kb_ids=[kb.id], user_id=test_user.id)
 
     assert waiting.status == DocumentStatus.PENDING and waiting.attempts == 0
     assert "refused kbsite's API key (401)" in waiting.error and KEY_VARIABLE in waiting.error
@@ -334,7 +334,7 @@ async def test_a_kb_of_an_endpoint_no_longer_configured_asks_for_a_rebuild(endpo
     assert (
         failed.status == DocumentStatus.FAILED and "--recreate" in failed.error and ENDPOINT in failed.error
     )
-    response = await search_service().search(query="tides", kb_ids=None, user_id=test_user.id)
+    response = await search_service().asearch(query="tides", kb_ids=None, user_id=test_user.id)
     assert response.results == [] and any("reindex --recreate" in notice for notice in response.notices)
 
 

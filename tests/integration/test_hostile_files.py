@@ -108,7 +108,7 @@ async def until(condition, *, timeout: float = 10.0) -> None:
 
 async def search_seconds(kb, user) -> float:
     started = time.perf_counter()
-    response = await get_search_service().search(query=SEARCH_QUERY, kb_ids=[kb.id], user_id=user.id, limit=5)
+    response = await get_search_service().asearch(query=SEARCH_QUERY, kb_ids=[kb.id], user_id=user.id, limit=5)
     assert response.results
     return time.perf_counter() - started
 
@@ -310,7 +310,7 @@ async def test_a_search_query_with_a_nul_character_is_refused_before_it_runs(tes
     kb = await sync_to_async(make_kb)(owner=test_user, name="Notes")
 
     with pytest.raises(InvalidSearchRequest) as caught:
-        await get_search_service().search(query="bees\x00", kb_ids=[kb.id], user_id=test_user.id)
+        await get_search_service().asearch(query="bees\x00", kb_ids=[kb.id], user_id=test_user.id)
 
     assert caught.value.message.startswith("The query contains a NUL character")
     assert not await SearchAudit.objects.aexists()

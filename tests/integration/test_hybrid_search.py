@@ -58,7 +58,7 @@ async def test_hybrid_is_the_default_and_finds_a_part_number_by_its_words(
 ) -> None:
     kb = await kb_with_notes(test_user, ingestion_service)
 
-    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, limit=3)
+    response = await service.asearch(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, limit=3)
 
     assert response.mode == SearchMode.HYBRID and response.notices == []
     best = response.results[0]
@@ -71,7 +71,7 @@ async def test_keyword_mode_ranks_by_bm25_and_only_chunks_holding_a_query_word(
 ) -> None:
     kb = await kb_with_notes(test_user, ingestion_service)
 
-    response = await service.search(query="pump gasket", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
+    response = await service.asearch(query="pump gasket", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
 
     assert response.mode == SearchMode.KEYWORD
     assert [r.title for r in response.results] == ["Pump manual", "Garden pond"]
@@ -82,10 +82,10 @@ async def test_keyword_mode_ranks_by_bm25_and_only_chunks_holding_a_query_word(
 async def test_semantic_mode_finds_meaning_without_shared_words(service, test_user, ingestion_service) -> None:
     kb = await kb_with_notes(test_user, ingestion_service)
 
-    semantic = await service.search(
+    semantic = await service.asearch(
         query="why does the ocean go up and down", kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=1
     )
-    keyword = await service.search(
+    keyword = await service.asearch(
         query="why does the ocean go up and down", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", limit=1
     )
 
@@ -102,9 +102,9 @@ async def test_every_mode_leaves_archived_documents_out(service, test_user, inge
     )
 
     for mode in SearchMode:
-        response = await service.search(query="QX-4471 pump", kb_ids=[kb.id], user_id=test_user.id, mode=mode)
+        response = await service.asearch(query="QX-4471 pump", kb_ids=[kb.id], user_id=test_user.id, mode=mode)
         assert "Pump manual" not in [r.title for r in response.results], mode
-        archived_too = await service.search(
+        archived_too = await service.asearch(
             query="QX-4471 pump", kb_ids=[kb.id], user_id=test_user.id, mode=mode, include_archived=True
         )
         assert "Pump manual" in [r.title for r in archived_too.results], mode
@@ -114,9 +114,9 @@ async def test_a_bad_mode_and_a_threshold_in_keyword_mode_are_refused(service, t
     kb = await kb_with_notes(test_user, ingestion_service)
 
     with pytest.raises(InvalidSearchMode, match="hybrid, semantic, keyword"):
-        await service.search(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="fuzzy")
+        await service.asearch(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="fuzzy")
     with pytest.raises(InvalidFilter, match="keyword mode"):
-        await service.search(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", score_threshold=0.2)
+        await service.asearch(query="pump", kb_ids=[kb.id], user_id=test_user.id, mode="keyword", score_threshold=0.2)
 
 
 async def test_a_kb_from_before_hybrid_search_takes_the_default_keywords_on_its_next_write(
@@ -129,7 +129,7 @@ async def test_a_kb_from_before_hybrid_search_takes_the_default_keywords_on_its_
 
     await kb.arefresh_from_db()
     assert kb.keyword_settings == KeywordSettings().as_dict()
-    response = await service.search(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
+    response = await service.asearch(query="QX-4471 impeller", kb_ids=[kb.id], user_id=test_user.id, mode="keyword")
     assert response.mode == SearchMode.KEYWORD and response.notices == []
     assert [r.title for r in response.results] == ["Pump manual"]
 
@@ -143,7 +143,7 @@ async def test_a_search_across_kbs_is_one_engine_query_over_their_tenant_keys(
     chunks = CountingChunkService()
     counting = SearchService(PermissionService(), SearchAuditService(), chunk_service=chunks)
 
-    response = await counting.search(
+    response = await counting.asearch(
         query="pump gasket", kb_ids=[first.id, second.id], user_id=test_user.id, mode=mode, limit=8
     )
 
@@ -165,7 +165,7 @@ async def test_leaving_out_kb_ids_searches_every_kb_the_user_may_read_and_no_oth
     mine = await kb_with_notes(test_user, ingestion_service)
     theirs = await kb_with_notes(other_user, ingestion_service)
 
-    response = await service.search(query="pump gasket", kb_ids=None, user_id=test_user.id)
+    response = await service.asearch(query="pump gasket", kb_ids=None, user_id=test_user.id)
 
     assert response.results and {r.kb_id for r in response.results} == {mine.id}
     assert theirs.id not in {r.kb_id for r in response.results}
@@ -182,13 +182,13 @@ async def test_every_readable_kb_is_capped_by_name_with_a_notice(
     await sync_to_async(make_kb)(owner=test_user, name="Zebra notes")
     await sync_to_async(make_kb)(owner=test_user, name="Yak notes")
 
-    response = await service.search(query="pump gasket", kb_ids=None, user_id=test_user.id)
+    response = await service.asearch(query="pump gasket", kb_ids=None, user_id=test_user.id)
 
     assert {r.kb_id for r in response.results} == {first.id}
     assert any("more than 2 knowledge bases" in notice for notice in response.notices)
 
 
 async def test_a_user_who_may_read_nothing_gets_no_results_and_a_notice(service, other_user) -> None:
-    response = await service.search(query="pump", kb_ids=None, user_id=other_user.id)
+    response = await service.asearch(query="pump", kb_ids=None, user_id=other_user.id)
 
     assert response.results == [] and "no knowledge base" in response.notices[0]

@@ -43,7 +43,7 @@ async def test_context_of_chunks_without_overlap_keeps_the_text_between_them(
     gaps = [b.char_start - a.char_end for a, b in zip(chunks, chunks[1:])]
     assert max(gaps) > 0 and min(gaps) >= 0  # no overlap, and some text in no chunk at all
 
-    response = await service.search(
+    response = await service.asearch(
         query="bees", kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=100, context_chunks=1
     )
 
@@ -59,7 +59,7 @@ async def test_a_chunk_whose_stored_text_changed_is_its_own_context(service, tes
     # What a search sees while a document's new text waits to be indexed again.
     await Document.objects.filter(pk=document.pk).aupdate(text=document.text.upper())
 
-    response = await service.search(
+    response = await service.asearch(
         query="bees", kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=3, context_chunks=2
     )
 
@@ -75,8 +75,8 @@ async def test_grouped_search_names_each_document_once_with_its_best_chunks_and_
     texts = {d.id: d.text for d in documents}
     query = "what makes bread rise and how do volcanoes erupt"
 
-    ranking = await service.search(query=query, kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=100)
-    response = await service.search(
+    ranking = await service.asearch(query=query, kb_ids=[kb.id], user_id=test_user.id, mode="semantic", limit=100)
+    response = await service.asearch(
         query=query,
         kb_ids=[kb.id],
         user_id=test_user.id,
@@ -115,7 +115,7 @@ async def test_a_group_size_or_context_out_of_range_is_refused_before_searching(
     kb = await sync_to_async(make_kb)(owner=test_user, name="Empty")
 
     with pytest.raises(InvalidSearchRequest) as refused:
-        await service.search(query="bees", kb_ids=[kb.id], user_id=test_user.id, **options)
+        await service.asearch(query="bees", kb_ids=[kb.id], user_id=test_user.id, **options)
 
     assert refused.value.detail == {"field": next(name for name in options if name != "group_by_document")}
 

@@ -78,7 +78,7 @@ def test_upgrade_store_keeps_the_old_folder_and_rebuilds_every_kb_into_edge(stor
     total = sum(d.chunk_count for d in kb.documents.all())
     assert asyncio.run(ChunkService().count_chunks(kb_id=kb.id)) == total > 0
     response = asyncio.run(
-        SearchService(PermissionService(), SearchAuditService()).search(
+        SearchService(PermissionService(), SearchAuditService()).asearch(
             query=TIDE_QUERY, kb_ids=[kb.id], user_id=owner.id, mode=SearchMode.HYBRID
         )
     )
@@ -166,7 +166,7 @@ def assert_moved(kb: KnowledgeBase, points: int, user) -> None:
     assert kb.index_generation == 2 and kb.keyword_settings is not None
     assert asyncio.run(ChunkService().count_chunks(kb_id=kb.id)) == points > 0
     response = asyncio.run(
-        SearchService(PermissionService(), SearchAuditService()).search(
+        SearchService(PermissionService(), SearchAuditService()).asearch(
             query=TIDE_QUERY, kb_ids=[kb.id], user_id=user.id, mode=SearchMode.HYBRID
         )
     )

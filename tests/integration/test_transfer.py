@@ -61,13 +61,13 @@ def top_results(kb, user) -> dict[tuple[str, str], list[tuple[str, int, float]]]
     async def searches():
         found = {}
         for query in QUERIES:
-            candidates = await service.search(
+            candidates = await service.asearch(
                 query=query, kb_ids=[kb.id], user_id=user.id, mode="keyword", limit=100
             )
             scores = [round(r.score, 5) for r in candidates.results]
             assert len(set(scores)) == len(scores), f"{query!r} has tied keyword scores: choose another query"
             for mode in ("hybrid", "semantic", "keyword"):
-                response = await service.search(
+                response = await service.asearch(
                     query=query, kb_ids=[kb.id], user_id=user.id, mode=mode, limit=5
                 )
                 found[query, mode] = [(r.title, r.chunk_index, r.score) for r in response.results]
