@@ -7,7 +7,6 @@ import hashlib
 import os
 import sqlite3
 from array import array
-from contextlib import closing
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -116,20 +115,22 @@ class MemoisingEmbeddings:
 
 
 class VectorFile:
-    """Document vectors in a SQLite file that several test processes may share (pytest-xdist's, two passes)."""
+    """Document vectors in a SQLite file that several test processes may share (pytest-xdist's, two passes).
+
+    A cache, so nothing waits for the disk: write-ahead log, no sync at commit.
+    """
 
     def __init__(self, path: str) -> None:
-        self._path = path
-        with closing(self._connect()) as connection, connection:
-            connection.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        self._connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=OFF")
+        with self._connection:
+            self._connection.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
 
     @classmethod
     def from_environment(cls) -> VectorFile | None:
         path = os.environ.get("KBSITE_TEST_VECTORS")
         return cls(path) if path else None
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._path, timeout=60)
 
     @staticmethod
     def _key(model_id: str, text: str) -> str:
@@ -138,18 +139,17 @@ class VectorFile:
     def read(self, model_id: str, texts: list[str]) -> dict[str, list[float]]:
         keys = {self._key(model_id, text): text for text in texts}
         ordered, found = list(keys), {}
-        with closing(self._connect()) as connection:
-            for start in range(0, len(ordered), 500):
-                chunk = ordered[start : start + 500]
-                rows = connection.execute(
-                    f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                )
-                found.update((keys[key], array("d", blob).tolist()) for key, blob in rows)
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            rows = self._connection.execute(
+                f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            )
+            found.update((keys[key], array("d", blob).tolist()) for key, blob in rows)
         return found
 
     def write(self, model_id: str, vectors: dict[str, list[float]]) -> None:
-        with closing(self._connect()) as connection, connection:
-            connection.executemany(
+        with self._connection:
+            self._connection.executemany(
                 "INSERT OR REPLACE INTO vectors VALUES (?, ?)",
                 [(self._key(model_id, text), array("d", vector).tobytes()) for text, vector in vectors.items()],
             )
