@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import fmean
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
@@ -274,6 +275,9 @@ class RetrievalEvaluationService:
             else:
                 index.corpus_ids.setdefault(added.document.id, []).append(row.id)
         return index
+
+    acreate_index = sync_to_async(create_index)
+    aadd_corpus = sync_to_async(add_corpus)
 
     async def aindex(
         self, index: EvaluationIndex, *, on_progress: IndexProgress | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from knowledge.errors import KnowledgeError
@@ -129,8 +129,7 @@ class Command(BaseCommand):
             raise CommandError(f"{exc.message}\nNothing was indexed.") from exc
         service = RetrievalEvaluationService()
         try:
-            # Rows for the throwaway KB and its owner: the service's sync form is its only one.
-            index = await sync_to_async(service.create_index)(
+            index = await service.acreate_index(
                 dataset=dataset, chunk_size=chunk_size, chunk_overlap=chunk_overlap, embedding_model=embedder
             )
         except KbsiteError as exc:
@@ -154,7 +153,7 @@ class Command(BaseCommand):
         depth: int,
         verbosity: int,
     ) -> list[ModeScores]:
-        await sync_to_async(service.add_corpus)(index, dataset)
+        await service.aadd_corpus(index, dataset)
         total = len(index.corpus_ids)
         progress = Progress(self.stdout, total=total, unit="documents", verbosity=verbosity)
         # In a log, a line per tenth rather than one per document.
