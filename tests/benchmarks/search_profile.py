@@ -36,6 +36,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tests.benchmarks.search_modes import percentile
+
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = ["parse a JSON document", "open a socket connection", "time zone aware datetimes", "render a template",
           "compress files into an archive", "regular expression groups", "run tasks in a thread pool",
@@ -72,11 +74,6 @@ class Timer:
     def take(self) -> dict[str, float]:
         spent, self.spent = self.spent, defaultdict(float)
         return spent
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def main() -> None:
