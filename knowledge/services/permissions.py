@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 from uuid import UUID
@@ -16,6 +15,7 @@ from django.db.models import Q, QuerySet
 
 from knowledge.errors import KnowledgeBaseNotFound, PermissionDenied
 from knowledge.models import KnowledgeBase, Membership, Role
+from knowledge.services.coalescing import Coalescer
 from search.errors import UnknownUser
 
 SEARCH_FIELDS = [
@@ -80,41 +80,15 @@ class PermissionService:
     async def _look_up(self, question: tuple) -> list[KnowledgeBase]:
         """The answer to a search's access question, asked together with the questions of concurrent searches.
 
-        Every search asks one, and each trip to the database thread waits behind the others: the
-        questions asked in one turn of the event loop go in one trip, and searches asking the same
-        one (a user's burst) share its answer. Nothing is remembered after the trip.
+        Every search asks one: the questions asked in one turn of the event loop go to the database
+        thread in one trip, and searches asking the same one (a user's burst) share its answer.
         """
-        loop = asyncio.get_running_loop()
-        waiting = self._questions.setdefault(loop, {})
-        answer = waiting.get(question)
-        if answer is None:
-            answer = waiting[question] = loop.create_future()
-            if len(waiting) == 1:
-                loop.call_soon(lambda: loop.create_task(self._answer_waiting(loop)))
-        # Shielded: a caller that gives up must not cancel the answer for the others.
-        return list(await asyncio.shield(answer))
+        return list(await self._coalescer.ask(question))
 
     @functools.cached_property
-    def _questions(self) -> dict[asyncio.AbstractEventLoop, dict[tuple, asyncio.Future]]:
-        return {}
+    def _coalescer(self) -> Coalescer[tuple, list[KnowledgeBase]]:
+        return Coalescer(self._answers)
 
-    async def _answer_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
-        questions = self._questions.pop(loop, {})
-        try:
-            answers = await self._answers(list(questions))
-        except BaseException as exc:  # the database failed: every waiter hears of it
-            answers = dict.fromkeys(questions, exc)
-        for question, answer in questions.items():
-            if answer.done():
-                continue
-            outcome = answers[question]
-            if isinstance(outcome, BaseException):
-                answer.set_exception(outcome)
-                answer.exception()  # retrieved: a waiter that gave up must not leave a warning behind
-            else:
-                answer.set_result(outcome)
-
-    @sync_to_async
     def _answers(self, questions: list[tuple]) -> dict[tuple, list[KnowledgeBase] | Exception]:
         answers: dict[tuple, list[KnowledgeBase] | Exception] = {}
         for question in questions:
