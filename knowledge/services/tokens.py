@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import secrets
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from knowledge.errors import InvalidInput, TokenExpired
 from knowledge.models import ApiToken
+from knowledge.services.coalescing import Coalescer
 
 TOKEN_START = "kbs_"
 PREFIX_LENGTH = 12
@@ -68,31 +70,60 @@ class ApiTokenService:
         """The live token `secret` is, with its user; None for anything else.
 
         A genuine token past its expiry raises TokenExpired, so that its owner learns why it stopped working.
+        Concurrent requests' lookups go to the database together (`_live_tokens`), and each caller gets
+        its own copy of the token and its user.
         """
         if not secret.startswith(TOKEN_START):
             return None
         prefix = secret[len(TOKEN_START) :].split("_", 1)[0]
-        token = await (
-            ApiToken.objects.select_related("user")
-            .filter(prefix=prefix, revoked_at__isnull=True, user__is_active=True)
-            .afirst()
-        )
-        if token is None or not hmac.compare_digest(token.key_hash, _digest(secret)):
+        token = await _live_tokens.ask((prefix, _digest(secret)))
+        if token is None:
             return None
-        now = timezone.now()
-        if token.expires_at is not None and token.expires_at <= now:
+        token = copy.copy(token)
+        token.user = copy.copy(token.user)
+        if token.expires_at is not None and token.expires_at <= timezone.now():
             raise TokenExpired(
                 f"This API token ({token.name!r}, {token.prefix}…) expired on {when(token.expires_at)}. "
                 "Make a new one in the admin (API tokens, Add) or with `manage.py create_api_token USERNAME`, "
                 "or ask an administrator to.",
                 detail={"expired_at": token.expires_at.isoformat()},
             )
-        if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-            token.last_used_at = now
-            await ApiToken.objects.filter(pk=token.pk).aupdate(last_used_at=now)
         return token
 
     def revoke(self, *, tokens) -> int:
         return ApiToken.objects.filter(pk__in=[t.pk for t in tokens], revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
+
+
+def _live_token_answers(questions: list[tuple[str, str]]) -> dict[tuple[str, str], ApiToken | None]:
+    """For each (prefix, digest of the secret): the unrevoked token of an active user it names, else None.
+
+    Tokens found unexpired and not marked used within LAST_USED_RESOLUTION are marked used now, in one write.
+    """
+    found = {
+        token.prefix: token
+        for token in ApiToken.objects.select_related("user").filter(
+            prefix__in={prefix for prefix, _ in questions}, revoked_at__isnull=True, user__is_active=True
+        )
+    }
+    answers: dict[tuple[str, str], ApiToken | None] = {}
+    for prefix, digest in questions:
+        token = found.get(prefix)
+        answers[prefix, digest] = token if token is not None and hmac.compare_digest(token.key_hash, digest) else None
+    now = timezone.now()
+    used = {
+        token.pk: token
+        for token in answers.values()
+        if token is not None
+        and (token.expires_at is None or token.expires_at > now)
+        and (token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION)
+    }
+    if used:
+        ApiToken.objects.filter(pk__in=used).update(last_used_at=now)
+        for token in used.values():
+            token.last_used_at = now
+    return answers
+
+
+_live_tokens: Coalescer[tuple[str, str], ApiToken | None] = Coalescer(_live_token_answers)
