@@ -21,6 +21,23 @@ MAX_BATCH = 64
 _Pending = list[tuple[models.QueryRequest, asyncio.Future]]
 
 
+class _UncopiedRequest(models.QueryRequest):
+    """A request that qdrant-client's `query_batch_points` copies shallowly.
+
+    It deep-copies every request before looking for inference objects in it (there are none here:
+    the vectors are computed already), and the copy of a hybrid query's two prefetches, a 384-float
+    vector and a sparse one, took a sixth of the event loop's time per search under load. Nothing
+    changes a request after it is built, so a shallow copy is as safe.
+    """
+
+    def __deepcopy__(self, memo: dict | None = None) -> _UncopiedRequest:
+        return self.model_copy()
+
+
+def _uncopied(request: models.QueryRequest) -> _UncopiedRequest:
+    return _UncopiedRequest.model_construct(_fields_set=request.model_fields_set, **dict(request))
+
+
 class QueryBatcher:
     """Collects the `query_points` calls made in one loop turn, per loop and collection, and sends them together."""
 
@@ -69,7 +86,7 @@ class QueryBatcher:
                 ]
             else:
                 responses = await client.query_batch_points(
-                    collection_name=collection_name, requests=[request for request, _ in batch]
+                    collection_name=collection_name, requests=[_uncopied(request) for request, _ in batch]
                 )
         except asyncio.CancelledError:
             for _, future in batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from unittest.mock import AsyncMock
 
 import pytest
@@ -39,7 +40,8 @@ async def test_queries_started_together_go_out_as_one_batch_in_order() -> None:
 
     assert [[p.id for p in points] for points in answers] == [[n + 1] for n in range(5)]
     client.query_batch_points.assert_awaited_once()
-    assert client.query_batch_points.call_args.kwargs["requests"] == [request(n) for n in range(5)]
+    sent = client.query_batch_points.call_args.kwargs["requests"]
+    assert [r.model_dump() for r in sent] == [request(n).model_dump() for n in range(5)]
     client.query_points.assert_not_awaited()
 
 
@@ -103,3 +105,21 @@ async def test_a_cancelled_query_leaves_the_others_of_its_batch_their_answers() 
     assert isinstance(outcomes[1], asyncio.CancelledError)
     assert [p.id for p in outcomes[0]] == [1] and [p.id for p in outcomes[2]] == [3]
     assert len(client.query_batch_points.call_args.kwargs["requests"]) == 2
+
+
+async def test_a_batch_reaches_the_client_as_requests_it_copies_without_copying_their_vectors() -> None:
+    # qdrant-client's query_batch_points deep-copies every request it is given; the batch's requests
+    # must come out of that copy equal, of the same model, and sharing the vectors instead of copying them.
+    client = client_answering_with_request_limits()
+    batcher = QueryBatcher(lambda: client)
+    sent = [request(n) for n in range(3)]
+
+    await asyncio.gather(*(batcher.query(collection_name="kb_a", request=r) for r in sent))
+
+    (call,) = client.query_batch_points.call_args_list
+    for original, given in zip(sent, call.kwargs["requests"]):
+        copied = copy.deepcopy(given)
+        assert isinstance(copied, models.QueryRequest)
+        assert copied.model_dump() == original.model_dump()
+        assert copied.model_fields_set == original.model_fields_set
+        assert copied.query.nearest is original.query.nearest
