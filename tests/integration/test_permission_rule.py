@@ -139,10 +139,10 @@ async def test_concurrent_searches_ask_the_database_once_per_distinct_question(p
 
     def counting_answers(self, questions):
         trips.append(len(questions))
-        return real_answers.__wrapped__(self, questions)
+        return real_answers(self, questions)
 
     monkeypatch.setattr(PermissionService, "_readable_knowledge_bases", staticmethod(counting_lookup))
-    monkeypatch.setattr(PermissionService, "_answers", sync_to_async(counting_answers))
+    monkeypatch.setattr(PermissionService, "_answers", counting_answers)
     kb_ids = [kb.pk for kb in kbs]
     who = ["reader", "editor", "outsider"] * 20 + ["inactive reader"]
 
