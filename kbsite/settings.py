@@ -232,6 +232,7 @@ QDRANT = {
 EMBEDDING = {
     "BACKEND": env_str("EMBEDDING_BACKEND", "search.embedding.minilm.MiniLMEmbedder"),
     "THREADS": env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4)),
+    "QUERY_THREADS": env_number("EMBEDDING_QUERY_THREADS", 1),
     "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
     "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
     # Indexing yields the CPU to searches: its model threads run this many nice steps lower (Linux).

@@ -168,3 +168,23 @@ def test_building_the_service_loads_nothing() -> None:
 
     assert service.model_id == "all-MiniLM-L6-v2-int8" and service.dimensions == 384
     assert service.embedder._session is None
+
+
+class ThreadNotingMiniLM(MiniLMEmbedder):
+    """The real model, noting for each kind of text how many threads its instance was built with."""
+
+    threads_by_kind: dict[str, int] = {}
+
+    def embed(self, texts):
+        kind = "documents" if texts[0].startswith("document") else "queries"
+        ThreadNotingMiniLM.threads_by_kind[kind] = self._threads
+        return super().embed(texts)
+
+
+async def test_queries_and_documents_get_a_model_each_with_its_own_thread_count() -> None:
+    ThreadNotingMiniLM.threads_by_kind = {}
+    service = service_with(ThreadNotingMiniLM, threads=2, query_threads=1)
+
+    await asyncio.gather(service.embed_query("query about tides"), service.embed_documents(["document on tides"]))
+
+    assert ThreadNotingMiniLM.threads_by_kind == {"queries": 1, "documents": 2}
