@@ -109,8 +109,25 @@ def test_killing_ingest_workers_on_a_qdrant_server_leaves_every_document_ready_a
                 Document.objects.filter(status=DocumentStatus.PROCESSING).values_list("id", "claimed_by")
             )
 
+        def unsettled() -> bool:
+            return Document.objects.exclude(status__in=[DocumentStatus.READY, DocumentStatus.FAILED]).exists()
+
+        rounds = iter(range(1, 100))
+
+        def documents_in_work() -> dict:
+            """The documents in work; when the workers have finished everything, more for them first,
+            so that every kill lands mid-ingestion however fast the machine is."""
+            found = in_work()
+            if not found and not unsettled():
+                round_ = next(rounds)
+                uploaded.extend(
+                    str(make_document(kb=kb, title=f"{title}, round {round_}", text=f"Round {round_}.\n\n{text}").pk)
+                    for _, title, text in crash.make_documents(rng, DOCUMENTS // 2)
+                )
+            return found
+
         for kill in range(KILLS):
-            crash.wait_until(in_work, timeout=crash.SETTLE_SECONDS, what="a document in work")
+            crash.wait_until(documents_in_work, timeout=crash.SETTLE_SECONDS, what="a document in work")
             time.sleep(rng.uniform(0, 1.5))
             victim = rng.randrange(len(workers))
             workers[victim].send_signal(signal.SIGKILL)
@@ -134,15 +151,7 @@ def test_killing_ingest_workers_on_a_qdrant_server_leaves_every_document_ready_a
             )
             if stranded:
                 figures.pickup_seconds.append(time.monotonic() - killed_at)
-        crash.wait_until(
-            lambda: (
-                not Document.objects.exclude(
-                    status__in=[DocumentStatus.READY, DocumentStatus.FAILED]
-                ).exists()
-            ),
-            timeout=crash.SETTLE_SECONDS,
-            what="every document settled",
-        )
+        crash.wait_until(lambda: not unsettled(), timeout=crash.SETTLE_SECONDS, what="every document settled")
     finally:
         for worker in workers:
             worker.kill()
