@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import AliasChoices, BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from search.filters import SURROGATE
 from search.services.search import (
@@ -165,7 +165,7 @@ class SearchResultOut(BaseModel):
     score: float = Field(
         description="Cosine similarity (semantic), BM25 (keyword) or the fused rank score (hybrid)."
     )
-    text: str = Field(validation_alias=AliasChoices("content", "text"), description="The chunk's text.")
+    text: str = Field(validation_alias="content", description="The chunk's text.")
     kb_id: UUID
     document_id: UUID
     title: str
@@ -189,7 +189,7 @@ class SearchResultOut(BaseModel):
     @classmethod
     def _spans(cls, spans: Any) -> Any:
         # The service's (start, end) pairs.
-        return [{"start": span[0], "end": span[1]} if isinstance(span, (tuple, list)) else span for span in spans]
+        return [{"start": start, "end": end} for start, end in spans]
 
 
 class DocumentHitsOut(BaseModel):
