@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +24,11 @@ from search.query_batching import QueryBatcher
 from search.services.collections import (
     DENSE_VECTOR,
     KEYWORD_VECTOR,
+    SEARCH_KEY_FIELD,
     TENANT_FIELD,
     CollectionService,
     KbIndex,
+    search_key_filter,
     tenant_filter,
 )
 
@@ -96,10 +99,19 @@ class ChunkSearch:
     def collection(self) -> str:
         return self.indexes[0].collection
 
-    def query_request(self) -> models.QueryRequest:
-        """The request as Qdrant takes it; grouped, Qdrant multiplies prefetch limits by the groups asked for."""
+    @functools.cached_property
+    def tenants(self) -> frozenset[str]:
+        """The tenant keys searched: every hit must carry one of them (see `search_key`)."""
+        return frozenset(index.tenant for index in self.indexes)
+
+    def query_request(self, *, by_search_key: bool = True) -> models.QueryRequest:
+        """The request as Qdrant takes it; grouped, Qdrant multiplies prefetch limits by the groups asked for.
+
+        `by_search_key` filters on the search keys alone; without it, on the tenant keys and the archived
+        flag (a collection holding points an earlier kbsite wrote, before search keys).
+        """
         candidates = FUSION_CANDIDATES if self.group_size is not None else max(self.limit, FUSION_CANDIDATES)
-        query_filter = self._filter()
+        query_filter = self._filter(by_search_key)
         if self.query_embedding is not None and self.query_keywords is not None:
             request = models.QueryRequest(
                 prefetch=[
@@ -141,17 +153,28 @@ class ChunkSearch:
         request.with_payload, request.with_vector = True, False
         return request
 
-    def _filter(self) -> models.Filter:
-        # The tenant keys are the one condition every query carries: no KB reads another's points.
-        must: list[models.Condition] = [tenant_filter(*(index.tenant for index in self.indexes))]
+    def _filter(self, by_search_key: bool) -> models.Filter:
+        # The KBs' keys are the one condition every query carries: no KB reads another's points.
+        must: list[models.Condition] = []
+        must_not: list[models.Condition] = []
+        if by_search_key:
+            states = (False, True) if self.include_archived else (False,)
+            must.append(search_key_filter(*(index.search_key(archived=a) for index in self.indexes for a in states)))
+        else:
+            must.append(tenant_filter(*(index.tenant for index in self.indexes)))
+            # must_not on the indexed flag, not must archived == false: the engine answers it from the
+            # bool index's small "true" set instead of checking every other point (10x at 100k points).
+            if not self.include_archived:
+                must_not.append(_match("archived", True))
         if self.document_ids:
             must.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=list(self.document_ids))))
         if self.metadata_filter is not None:
             must.append(self.metadata_filter.filter)
-        # must_not on the indexed flag, not must archived == false: the engine answers it from the
-        # bool index's small "true" set instead of checking every other point (10x at 100k points).
-        must_not = [] if self.include_archived else [_match("archived", True)]
         return models.Filter(must=must, must_not=must_not or None)
+
+    def found(self, point: Any) -> bool:
+        """Whether a point the engine returned is the searched KBs' (a search key shared by chance is not)."""
+        return (point.payload or {}).get(TENANT_FIELD) in self.tenants
 
 
 @dataclass(frozen=True)
@@ -208,9 +231,14 @@ class ChunkRecord:
     dense: Sequence[float]
 
 
-def _archive_payload(archived_at: datetime | None) -> dict[str, Any]:
-    """`archived` is what searches filter on (indexed); `archived_at` is what people are shown."""
-    return {"archived": archived_at is not None, "archived_at": archived_at.isoformat() if archived_at else None}
+def _archive_payload(index: KbIndex, archived_at: datetime | None) -> dict[str, Any]:
+    """What searches filter on (the search key, and `archived`, both indexed) and `archived_at`, which people are shown."""
+    archived = archived_at is not None
+    return {
+        "archived": archived,
+        "archived_at": archived_at.isoformat() if archived_at else None,
+        SEARCH_KEY_FIELD: index.search_key(archived=archived),
+    }
 
 
 def _labels_payload(tags: Sequence[str], metadata: dict[str, Any], fields: Fields) -> dict[str, Any]:
@@ -293,10 +321,9 @@ class ChunkService:
     @translate_unreachable
     async def search_chunks(self, request: ChunkSearch) -> list[StoredChunk]:
         """The best chunks for the request across its KBs, best first, in one Qdrant query."""
-        points = await unless_missing(
-            self._queries.query(collection_name=request.collection, request=request.query_request()), []
-        )
-        return [StoredChunk.from_point(point) for point in points]
+        query = request.query_request(by_search_key=await self.collections.searches_by_key(collection=request.collection))
+        points = await unless_missing(self._queries.query(collection_name=request.collection, request=query), [])
+        return [StoredChunk.from_point(point) for point in points if request.found(point)]
 
     @translate_unreachable
     async def search_chunk_groups(self, request: ChunkSearch) -> list[list[StoredChunk]]:
@@ -307,7 +334,7 @@ class ChunkService:
         """
         if request.group_size is None:
             raise ValueError("a grouped chunk search needs a group_size")
-        query = request.query_request()
+        query = request.query_request(by_search_key=await self.collections.searches_by_key(collection=request.collection))
         result = await unless_missing(
             qdrant_service.client.query_points_groups(
                 collection_name=request.collection,
@@ -326,7 +353,8 @@ class ChunkService:
         )
         if result is None:
             return []
-        return [[StoredChunk.from_point(point) for point in group.hits] for group in result.groups]
+        groups = ([StoredChunk.from_point(point) for point in group.hits if request.found(point)] for group in result.groups)
+        return [group for group in groups if group]
 
     @translate_unreachable
     async def get_chunks(
@@ -428,7 +456,7 @@ class ChunkService:
                     "char_start": chunk.char_start,
                     "char_end": chunk.char_end,
                     **_page_payload(page_starts, chunk),
-                    **_archive_payload(archived_at),
+                    **_archive_payload(target, archived_at),
                     **_labels_payload(tags, metadata or {}, fields),
                 },
             )
@@ -468,7 +496,9 @@ class ChunkService:
         self, *, kb_id: UUID | str, document_id: UUID | str, archived_at: datetime | None, index: KbIndex | None = None
     ) -> None:
         """Mark a document's chunks archived (or not): a payload update, nothing is re-embedded."""
-        await self._set_document_payload(kb_id, document_id, _archive_payload(archived_at), index)
+        found = await self._index(kb_id, index)
+        if found is not None:
+            await self._set_document_payload(kb_id, document_id, _archive_payload(found, archived_at), found)
 
     @translate_unreachable
     async def set_title(
@@ -572,6 +602,7 @@ class ChunkService:
                     **_without_typed_copies(record.payload),
                     **typed_payload(record.payload.get(METADATA_FIELD) or {}, fields),
                     TENANT_FIELD: index.tenant,
+                    SEARCH_KEY_FIELD: index.search_key(archived=record.payload.get("archived") is True),
                     "kb_id": str(index.kb_id),
                     "document_id": str(record.document_id),
                     "chunk_index": record.chunk_index,
@@ -598,6 +629,6 @@ def chunk_record(point: Any) -> ChunkRecord:
     return ChunkRecord(
         document_id=UUID(payload.pop("document_id")),
         chunk_index=int(payload.pop("chunk_index")),
-        payload={key: value for key, value in payload.items() if key not in ("kb_id", TENANT_FIELD)},
+        payload={key: value for key, value in payload.items() if key not in ("kb_id", TENANT_FIELD, SEARCH_KEY_FIELD)},
         dense=vector,
     )

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from qdrant_client import models
 
 from search.cluster import create_collection_arguments
+from search.errors import KbsiteError
 from search.fields import METADATA_FIELD, Fields, index_schemas
 from search.qdrant import LOCAL_MODE_ENGINE, qdrant_service, translate_unreachable, unless_missing
 
@@ -23,12 +28,15 @@ KEYWORD_VECTOR = "bm25"
 # Collections this site made: `kbsite_<model>_<size>` is the alias, `..._vN` the physical collection.
 COLLECTION_PREFIX = "kbsite_"
 TENANT_FIELD = "tenant"
+# What searches filter on: an integer made from the tenant key and the archived flag (see `search_key`).
+SEARCH_KEY_FIELD = "search_key"
 
 # Filters always name these fields, so each gets a payload index. The tenant key is the one every
 # query must match: `is_tenant` makes Qdrant store each tenant's points together and plan per tenant.
 TENANT_INDEX = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
 PAYLOAD_INDEXES: tuple[tuple[str, models.PayloadSchemaType | models.KeywordIndexParams], ...] = (
     (TENANT_FIELD, TENANT_INDEX),
+    (SEARCH_KEY_FIELD, models.PayloadSchemaType.INTEGER),
     ("kb_id", models.PayloadSchemaType.KEYWORD),
     ("document_id", models.PayloadSchemaType.KEYWORD),
     ("chunk_index", models.PayloadSchemaType.INTEGER),
@@ -36,6 +44,18 @@ PAYLOAD_INDEXES: tuple[tuple[str, models.PayloadSchemaType | models.KeywordIndex
     # Tags are always text, so their index is made with the collection, not by whoever filters first.
     ("tags", models.PayloadSchemaType.KEYWORD),
 )
+
+
+# Points a search-key upgrade reads at a time, to learn which tenants still lack their keys.
+SEARCH_KEY_PAGE = 256
+
+# Per client (a reconfigured store has a new one) and collection alias: whether every point carries its
+# search key, so searches may filter on it alone. Asked once; only an earlier kbsite writes points without.
+_keyed_collections: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+class SearchKeysUnwritable(KbsiteError):
+    """Chunks without a tenant key, to which no search key can be given."""
 
 
 @functools.cache
@@ -69,6 +89,9 @@ class KbIndex:
     def tenant(self) -> str:
         return _tenant_key(self.kb_id, self.generation)
 
+    def search_key(self, *, archived: bool) -> int:
+        return search_key(self.tenant, archived=archived)
+
     def next_generation(self, *, model: str, vector_size: int) -> KbIndex:
         return KbIndex(kb_id=self.kb_id, model=model, vector_size=vector_size, generation=self.generation + 1)
 
@@ -80,9 +103,41 @@ def _tenant_key(kb_id: UUID, generation: int) -> str:
     return f"{kb_id}:{generation}"
 
 
+def search_key(tenant: str, *, archived: bool) -> int:
+    """The integer a search filters on for a tenant's live (or archived) points.
+
+    Searches match it instead of the tenant key and the archived flag: Edge copies a `MatchAny` of
+    strings (one allocation a key) each time it plans or checks a condition, and a search across 50
+    knowledge bases spent most of its engine time there; a list of integers is one copy, and the
+    archive bit makes the `must_not archived` condition unneeded (README, "Many knowledge bases").
+    A 62-bit hash, so two tenants may in principle share it: searches keep only the points whose
+    tenant key is one they asked for, so such a collision could cost a result, never show another's.
+    """
+    return _tenant_hash(tenant) * 2 + int(archived)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _tenant_hash(tenant: str) -> int:
+    return int.from_bytes(hashlib.blake2b(tenant.encode(), digest_size=8).digest(), "big") >> 2
+
+
+def search_key_filter(*keys: int) -> models.FieldCondition:
+    match = models.MatchValue(value=keys[0]) if len(keys) == 1 else models.MatchAny(any=list(keys))
+    return models.FieldCondition(key=SEARCH_KEY_FIELD, match=match)
+
+
+def without_search_key() -> models.Filter:
+    """Points an earlier kbsite wrote, before searches filtered on `search_key`."""
+    return models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=SEARCH_KEY_FIELD))])
+
+
 def tenant_filter(*tenants: str) -> models.FieldCondition:
     match = models.MatchValue(value=tenants[0]) if len(tenants) == 1 else models.MatchAny(any=list(tenants))
     return models.FieldCondition(key=TENANT_FIELD, match=match)
+
+
+def _archived(value: bool) -> models.FieldCondition:
+    return models.FieldCondition(key="archived", match=models.MatchValue(value=value))
 
 
 def _kb_filter(kb_id: UUID | str) -> models.Filter:
@@ -185,6 +240,112 @@ class CollectionService:
         for path in dropped:
             await client.delete_payload_index(collection_name=current, field_name=path, wait=True)
         return dropped
+
+    @translate_unreachable
+    async def searches_by_key(self, *, collection: str) -> bool:
+        """Whether every point of the collection carries its search key, asked once per process and store.
+
+        A collection written by an earlier kbsite holds points without one, which a search on the key
+        would never find: its searches filter on tenant keys and the archived flag (slower, as before)
+        until `manage.py upgrade_search_keys` has written them and the server has restarted.
+        """
+        client = qdrant_service.client
+        known = _keyed_collections.setdefault(client, {})
+        if collection not in known:
+            # A scroll that stops at the first such point: a count would read every point of an unindexed field.
+            found = await unless_missing(
+                client.scroll(
+                    collection_name=collection,
+                    scroll_filter=without_search_key(),
+                    limit=1,
+                    with_payload=False,
+                    with_vectors=False,
+                ),
+                None,
+            )
+            if found is None:
+                return True  # no collection yet: nothing to find either way, and the first write keys its points
+            known[collection] = not found[0]
+            if found[0]:
+                logger.warning(
+                    "%s holds chunks written before search keys: its searches take the slower filter until "
+                    "`manage.py upgrade_search_keys` has run and the server has restarted.",
+                    collection,
+                )
+        return known[collection]
+
+    @translate_unreachable
+    async def count_without_search_key(self, *, collection: str) -> int:
+        counted = await unless_missing(
+            qdrant_service.client.count(collection_name=collection, count_filter=without_search_key(), exact=True),
+            None,
+        )
+        return int(counted.count) if counted is not None else 0
+
+    @translate_unreachable
+    async def write_search_keys(self, *, collection: str, on_progress: Callable[[int, str], None]) -> int:
+        """Give every point of the collection (an alias) that lacks one its search key; how many were written.
+
+        A payload update per tenant and archived state, nothing else changes. Points are found by the
+        key's absence, so a run stopped part-way is finished by running it again.
+        """
+        client = qdrant_service.client
+        physical = await self._physical_collection(collection)
+        if physical is None:
+            return 0
+        if _has_payload_indexes():
+            indexed = (await client.get_collection(collection_name=physical)).payload_schema
+            if SEARCH_KEY_FIELD not in indexed:
+                await client.create_payload_index(
+                    collection_name=physical,
+                    field_name=SEARCH_KEY_FIELD,
+                    field_schema=models.PayloadSchemaType.INTEGER,
+                    wait=True,
+                )
+        written = 0
+        while True:
+            points, _ = await client.scroll(
+                collection_name=collection,
+                scroll_filter=without_search_key(),
+                limit=SEARCH_KEY_PAGE,
+                with_payload=[TENANT_FIELD, "archived"],
+                with_vectors=False,
+            )
+            if not points:
+                return written
+            groups = dict.fromkeys(
+                ((p.payload or {}).get(TENANT_FIELD), (p.payload or {}).get("archived") is True) for p in points
+            )
+            progressed = 0
+            for tenant, archived in groups:
+                if not isinstance(tenant, str):
+                    raise SearchKeysUnwritable(
+                        f"{collection} holds chunks without a tenant key (point {points[0].id}, for one), which no "
+                        "kbsite writes: delete them, or the collection, and run upgrade_search_keys again."
+                    )
+                missing = models.IsEmptyCondition(is_empty=models.PayloadField(key=SEARCH_KEY_FIELD))
+                # A point without the flag is live, as searches have always counted it.
+                selection = (
+                    models.Filter(must=[tenant_filter(tenant), missing, _archived(True)])
+                    if archived
+                    else models.Filter(must=[tenant_filter(tenant), missing], must_not=[_archived(True)])
+                )
+                counted = (await client.count(collection_name=collection, count_filter=selection, exact=True)).count
+                await client.set_payload(
+                    collection_name=collection,
+                    payload={SEARCH_KEY_FIELD: search_key(tenant, archived=archived)},
+                    points=models.FilterSelector(filter=selection),
+                    wait=True,
+                )
+                written += counted
+                progressed += counted
+                on_progress(counted, tenant)
+            if not progressed:
+                raise SearchKeysUnwritable(f"No search key could be written to point {points[0].id} of {collection}.")
+
+    async def _physical_collection(self, alias: str) -> str | None:
+        response = await qdrant_service.client.get_aliases()
+        return next((a.collection_name for a in response.aliases if a.alias_name == alias), None)
 
     async def _create_collection(self, name: str, vector_size: int) -> None:
         # A collection of this name dropped earlier (a store reset) took its indexes with it.

@@ -134,9 +134,9 @@ def test_server_results_match_the_embedded_store(indexed_on_server, test_user, i
 
 
 def test_collections_on_a_server_get_payload_indexes(indexed_on_server, qdrant_server) -> None:
-    # the tenant key (is_tenant), kb_id, document_id, chunk_index, the archive flag and tags
-    # (the indexed corpus declares no metadata field, so no typed metadata index)
-    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 6
+    # the tenant key (is_tenant), the search key, kb_id, document_id, chunk_index, the archive flag and
+    # tags (the indexed corpus declares no metadata field, so no typed metadata index)
+    assert qdrant_server.request_counts["Points.CreateFieldIndex"] == 7
     assert qdrant_server.request_counts["Collections.Create"] == 1
 
 

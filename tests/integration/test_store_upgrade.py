@@ -7,6 +7,7 @@ from uuid import UUID, uuid5
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 from qdrant_client import models
 
 from knowledge.ingestion.pipeline import IngestionService
@@ -18,6 +19,7 @@ from knowledge.services.store_upgrade import LayoutUpgradeService
 from search.checks import check_qdrant_settings
 from search.errors import VectorStoreUnavailable
 from search.qdrant import LOCAL_MODE_ENGINE, QdrantConfig, is_local_mode_store, qdrant_service
+from search.services import collections
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
 from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, CollectionService
@@ -117,7 +119,7 @@ async def as_the_landed_release_kept_it(kb: KnowledgeBase, *, hybrid: bool) -> i
             models.PointStruct(
                 id=str(uuid5(LANDED_NAMESPACE, f"{p.payload['document_id']}/{p.payload['chunk_index']}")),
                 vector=p.vector if hybrid else p.vector[DENSE_VECTOR],
-                payload={key: value for key, value in p.payload.items() if key != "tenant"},
+                payload={key: value for key, value in p.payload.items() if key not in ("tenant", "search_key")},
             )
             for p in points
         ],
@@ -217,3 +219,62 @@ def test_an_upgrade_stopped_part_way_is_finished_by_running_it_again(
     assert f"kb_{alpha.id}" not in {
         a.alias_name for a in asyncio.run(qdrant_service.client.get_aliases()).aliases
     }
+
+
+# --- search keys (kbsite before them) -----------------------------------------------------------
+
+
+async def without_search_keys(kb: KnowledgeBase) -> int:
+    """Write the KB's points again as the release before search keys wrote them: the same, less the key."""
+    points = await kb_points(kb.id, with_vectors=True)
+    await qdrant_service.client.upsert(
+        collection_name=active_index(kb).collection,
+        points=[
+            models.PointStruct(
+                id=p.id, vector=p.vector, payload={k: v for k, v in p.payload.items() if k != "search_key"}
+            )
+            for p in points
+        ],
+        wait=True,
+    )
+    collections._keyed_collections.clear()  # as a restarted server, which has not looked yet
+    return len(points)
+
+
+def hybrid_titles(kb: KnowledgeBase, user, **request) -> list[str]:
+    response = asyncio.run(
+        SearchService(PermissionService(), SearchAuditService()).asearch(
+            query=TIDE_QUERY, kb_ids=[kb.id], user_id=user.id, mode=SearchMode.HYBRID, limit=50, **request
+        )
+    )
+    return [result.title for result in response.results]
+
+
+def test_upgrade_search_keys_gives_chunks_from_before_them_their_keys_and_searches_find_the_same(
+    test_user, ingestion_service
+) -> None:
+    kb = make_kb(owner=test_user)
+    documents = []
+    for name, text in PASSAGES.items():
+        documents.append(make_document(kb=kb, title=name, text=text))
+        assert asyncio.run(ingestion_service.ingest_now(document_id=documents[-1].id, worker_id="t")).status == "ready"
+    tides = next(d for d in documents if d.title == "tides.txt")
+    asyncio.run(ChunkService().set_archived(kb_id=kb.id, document_id=tides.id, archived_at=timezone.now()))
+    live, everything = hybrid_titles(kb, test_user), hybrid_titles(kb, test_user, include_archived=True)
+    assert "tides.txt" not in live and "tides.txt" in everything
+    points = asyncio.run(without_search_keys(kb))
+
+    # Until the upgrade the collection is searched by tenant key and archive flag: the same answers.
+    assert not asyncio.run(CollectionService().searches_by_key(collection=active_index(kb).collection))
+    assert hybrid_titles(kb, test_user) == live
+    assert hybrid_titles(kb, test_user, include_archived=True) == everything
+
+    output = run("upgrade_search_keys")
+
+    assert f"Wrote the search keys of {points} chunks." in output
+    assert all("search_key" in p.payload for p in asyncio.run(kb_points(kb.id)))
+    collections._keyed_collections.clear()
+    assert asyncio.run(CollectionService().searches_by_key(collection=active_index(kb).collection))
+    assert hybrid_titles(kb, test_user) == live
+    assert hybrid_titles(kb, test_user, include_archived=True) == everything
+    assert "nothing to do" in run("upgrade_search_keys")

@@ -31,6 +31,7 @@ from search.edge import store as edge_store
 from search.filters import SearchedFields, compile_filter
 from search.keywords import KeywordSettings, keyword_encoder
 from search.qdrant import QdrantConfig, qdrant_service
+from search.services import collections
 from search.services.chunks import RRF_K, RRF_WEIGHTS, ChunkSearch, ChunkService, StoredChunk, chunk_point_id
 from search.services.collections import KbIndex
 from tests.support.qdrant_grpc import LoopbackQdrantServer
@@ -386,6 +387,81 @@ async def test_two_knowledge_bases_never_see_each_others_points(store) -> None:
 
     await collections_service.delete_knowledge_base(kb_id=KB)
     assert_same_hits(await search_chunks(kb_id=OTHER_KB, query_embedding=QUERY_VECTOR.tolist(), limit=50), expected)
+
+
+async def test_knowledge_bases_whose_search_keys_collide_still_never_see_each_others_points(
+    store, monkeypatch
+) -> None:
+    # Search keys are 62-bit hashes of tenant keys; make every tenant's the same, as a collision would.
+    monkeypatch.setattr(collections, "_tenant_hash", lambda tenant: 4242)
+    other = {d: Doc(d, f"Other {doc.title}", doc.chunks, -doc.vectors) for d, doc in build_corpus().items()}
+    await write_corpus()
+    await write_corpus(other, kb_id=OTHER_KB)
+    await chunks_service.set_archived(kb_id=OTHER_KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
+    query = encoder.encode_query(KEYWORD_QUERY)
+
+    assert_same_hits(
+        await search_chunks(query_embedding=QUERY_VECTOR.tolist(), limit=50), exact_cosine(CORPUS, QUERY_VECTOR)
+    )
+    for kb_id, titles in ((KB, set(TITLES.values())), (OTHER_KB, {d.title for d in other.values()})):
+        for request in ({"query_keywords": query}, {"query_embedding": QUERY_VECTOR.tolist(), "query_keywords": query}):
+            hits = await search_chunks(kb_id=kb_id, limit=50, include_archived=True, **request)
+            assert {h.kb_id for h in hits} == {kb_id} and {h.title for h in hits} == titles
+        groups = await search_chunk_groups(kb_id=kb_id, query_embedding=QUERY_VECTOR.tolist(), limit=5)
+        assert {c.kb_id for group in groups for c in group} == {kb_id} and len(groups) == 3 - (kb_id == OTHER_KB)
+
+
+async def as_an_earlier_kbsite_wrote_them() -> None:
+    """Write every point of the collection again without its search key, as kbsite before search keys did."""
+    client = qdrant_service.client
+    points, _ = await client.scroll(collection_name=COLLECTION, limit=1_000, with_payload=True, with_vectors=True)
+    await client.upsert(
+        collection_name=COLLECTION,
+        points=[
+            models.PointStruct(
+                id=p.id, vector=p.vector, payload={k: v for k, v in p.payload.items() if k != "search_key"}
+            )
+            for p in points
+        ],
+        wait=True,
+    )
+    collections._keyed_collections.clear()  # as a restarted server, which has not looked yet
+
+
+async def test_points_from_before_search_keys_are_searched_by_tenant_until_given_their_keys(store) -> None:
+    await write_corpus()
+    await write_corpus(build_corpus(seed=3), kb_id=OTHER_KB)
+    await chunks_service.set_archived(kb_id=KB, document_id=DOC_B, archived_at=ARCHIVED_AT)
+    dense = QUERY_VECTOR.tolist()
+    expected = exact_cosine(CORPUS, QUERY_VECTOR, excluded={DOC_B})
+    everything = answer(await search_chunks(query_embedding=dense, limit=50, include_archived=True))
+    await as_an_earlier_kbsite_wrote_them()
+    total = 2 * sum(DOCUMENTS.values())
+
+    assert not await collections_service.searches_by_key(collection=COLLECTION)
+    assert await collections_service.count_without_search_key(collection=COLLECTION) == total
+    assert_same_hits(await search_chunks(query_embedding=dense, limit=50), expected)
+
+    steps: list[tuple[int, str]] = []
+    written = await collections_service.write_search_keys(
+        collection=COLLECTION, on_progress=lambda step, tenant: steps.append((step, tenant))
+    )
+
+    assert written == sum(step for step, _ in steps) == total
+    # one step per tenant and archived state: KB's live and archived points, the other KB's
+    assert sorted(steps) == sorted(
+        [
+            (total // 2 - DOCUMENTS[DOC_B], INDEXES.active[KB].tenant),
+            (DOCUMENTS[DOC_B], INDEXES.active[KB].tenant),
+            (total // 2, INDEXES.active[OTHER_KB].tenant),
+        ]
+    )
+    assert await collections_service.count_without_search_key(collection=COLLECTION) == 0
+    collections._keyed_collections.clear()
+    assert await collections_service.searches_by_key(collection=COLLECTION)
+    assert_same_hits(await search_chunks(query_embedding=dense, limit=50), expected)
+    assert answer(await search_chunks(query_embedding=dense, limit=50, include_archived=True)) == everything
+    assert await collections_service.write_search_keys(collection=COLLECTION, on_progress=lambda *_: None) == 0
 
 
 @pytest.mark.parametrize("mode", ["semantic", "keyword"])

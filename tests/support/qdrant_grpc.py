@@ -227,7 +227,8 @@ class _Points(_EngineServicer, pb.PointsServicer):
             with_vectors=_optional(request, "with_vectors", GrpcToRest.convert_with_vectors_selector, False),
         )
         return pb.ScrollResponse(
-            result=[RestToGrpc.convert_record(record) for record in records],
+            # A server sends an empty payload where none was asked for.
+            result=[RestToGrpc.convert_record(record.model_copy(update={"payload": record.payload or {}})) for record in records],
             next_page_offset=(
                 RestToGrpc.convert_extended_point_id(next_offset) if next_offset is not None else None
             ),

@@ -56,7 +56,9 @@ class TestAsyncQdrantClientInitialization:
 @pytest.fixture
 def mock_async_qdrant():
     """The process's Qdrant client replaced by an AsyncMock, as the chunk service sees it."""
-    with patch("search.services.chunks.qdrant_service") as service:
+    with patch("search.services.chunks.qdrant_service") as service, patch(
+        "search.services.collections.qdrant_service", service
+    ):
         client = AsyncMock()
         service.client = client
         service.config = QdrantConfig(url="http://qdrant.internal:6333")
@@ -69,6 +71,7 @@ def _scored_point(kb_id: str, document_id: str, chunk_index: int, score: float) 
         version=1,
         score=score,
         payload={
+            "tenant": _index(kb_id).tenant,
             "kb_id": kb_id,
             "document_id": document_id,
             "chunk_index": chunk_index,
@@ -106,6 +109,7 @@ class TestChunkServiceAsyncOperations:
         from search.services.chunks import ChunkSearch, ChunkService
 
         kb_id, document_id = str(uuid4()), str(uuid4())
+        mock_async_qdrant.scroll.return_value = ([], None)  # no point without its search key
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(
             points=[_scored_point(kb_id, document_id, 3, 0.9)]
         )
@@ -170,7 +174,10 @@ class TestSearchServiceAsyncOperations:
     """AC-7.7.3: semantic_search awaits query_points with a query_filter: one query for every KB searched."""
 
     async def test_semantic_search_of_many_kbs_is_one_native_async_query(self, mock_async_qdrant: AsyncMock) -> None:
+        from search.services.collections import search_key
+
         kb_ids = [uuid4(), uuid4()]
+        mock_async_qdrant.scroll.return_value = ([], None)  # every point has its search key
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
         service, audit = _search_service(kb_ids)
 
@@ -180,8 +187,10 @@ class TestSearchServiceAsyncOperations:
         mock_async_qdrant.query_points.assert_awaited_once()
         call = mock_async_qdrant.query_points.call_args.kwargs
         assert call["collection_name"] == "kbsite_test-model_384"
-        tenants = call["query_filter"].must[0]
-        assert (tenants.key, tenants.match.any) == ("tenant", [f"{kb_id}:3" for kb_id in kb_ids])
+        keys = call["query_filter"].must[0]
+        live = [search_key(f"{kb_id}:3", archived=False) for kb_id in kb_ids]
+        assert (keys.key, keys.match.any) == ("search_key", live)
+        assert not call["query_filter"].must_not
         audit.record_search.assert_awaited_once()
 
     def test_search_service_has_no_to_thread_wrapper(self) -> None:
@@ -190,7 +199,10 @@ class TestSearchServiceAsyncOperations:
         assert "to_thread" not in inspect.getsource(search)
 
     async def test_search_with_filters_uses_native_async(self, mock_async_qdrant: AsyncMock) -> None:
+        from search.services.collections import search_key
+
         kb_id = uuid4()
+        mock_async_qdrant.scroll.return_value = ([], None)  # every point has its search key
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
         service, _ = _search_service([kb_id])
 
@@ -199,25 +211,36 @@ class TestSearchServiceAsyncOperations:
         await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, limit=10, include_archived=True)
         archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
 
-        archived = models.FieldCondition(key="archived", match=models.MatchValue(value=True))
-        assert default_filter.must_not == [archived]
-        assert not archived_too_filter.must_not
-        kb_condition = models.FieldCondition(key="tenant", match=models.MatchValue(value=f"{kb_id}:3"))
-        assert kb_condition in default_filter.must and kb_condition in archived_too_filter.must
+        live, archived = (search_key(f"{kb_id}:3", archived=a) for a in (False, True))
+        assert default_filter.must == [models.FieldCondition(key="search_key", match=models.MatchValue(value=live))]
+        assert archived_too_filter.must == [
+            models.FieldCondition(key="search_key", match=models.MatchAny(any=[live, archived]))
+        ]
+        assert not default_filter.must_not and not archived_too_filter.must_not
 
-    async def test_the_tenant_condition_guards_every_backend(self, mock_async_qdrant) -> None:
-        """Every KB of a model shares its collection: the tenant key of the active generation is the only way in."""
+    async def test_a_collection_with_points_from_before_search_keys_is_searched_by_tenant_and_archive_flag(
+        self, mock_async_qdrant
+    ) -> None:
+        """Such points have no search key: the tenant key of the active generation is the way in, as it was."""
         from search.services import chunks
 
         kb_id = uuid4()
+        mock_async_qdrant.scroll.return_value = ([models.Record(id=1, payload=None)], None)  # a point without a key
         mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
         chunks.qdrant_service.config = QdrantConfig()  # embedded
         service, _ = _search_service([kb_id])
 
         await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, include_archived=True)
+        archived_too_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
+        await service.semantic_search(query="test", kb_ids=[kb_id], user_id=1, include_archived=False)
+        default_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
 
-        query_filter = mock_async_qdrant.query_points.call_args.kwargs["query_filter"]
-        assert query_filter.must == [models.FieldCondition(key="tenant", match=models.MatchValue(value=f"{kb_id}:3"))]
+        tenant = models.FieldCondition(key="tenant", match=models.MatchValue(value=f"{kb_id}:3"))
+        assert archived_too_filter.must == [tenant] and not archived_too_filter.must_not
+        assert default_filter.must == [tenant]
+        assert default_filter.must_not == [models.FieldCondition(key="archived", match=models.MatchValue(value=True))]
+        # asked once: the second search knew the answer
+        mock_async_qdrant.scroll.assert_awaited_once()
 
 
 def _calls_in_project():
