@@ -90,7 +90,8 @@ class ChunkSearch:
     def __post_init__(self) -> None:
         if not self.indexes:
             raise ValueError("a chunk search needs at least one knowledge base index")
-        if len({index.collection for index in self.indexes}) > 1:
+        first = self.indexes[0]
+        if any(index.model != first.model or index.vector_size != first.vector_size for index in self.indexes):
             raise ValueError("a chunk search reads one collection; split it by embedding model")
         if self.query_embedding is None and self.query_keywords is None:
             raise ValueError("a chunk search needs a query embedding, query keywords or both")

@@ -85,12 +85,12 @@ class KbIndex:
     def collection(self) -> str:
         return model_collection_alias(self.model, self.vector_size)
 
-    @property
+    @functools.cached_property
     def tenant(self) -> str:
         return _tenant_key(self.kb_id, self.generation)
 
     def search_key(self, *, archived: bool) -> int:
-        return search_key(self.tenant, archived=archived)
+        return _tenant_hash(self.tenant) * 2 + int(archived)
 
     def next_generation(self, *, model: str, vector_size: int) -> KbIndex:
         return KbIndex(kb_id=self.kb_id, model=model, vector_size=vector_size, generation=self.generation + 1)
