@@ -26,7 +26,7 @@ from search.services.collections import DENSE_VECTOR, KEYWORD_VECTOR, Collection
 from search.services.search import SearchMode, SearchService
 from tests.factories import make_document, make_kb, make_user
 from tests.integration.test_commands import PASSAGES, TIDE_QUERY, command_error, run
-from tests.support.tenants import kb_points
+from tests.support.tenants import as_written_before_search_keys, kb_points
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -225,19 +225,9 @@ def test_an_upgrade_stopped_part_way_is_finished_by_running_it_again(
 
 
 async def without_search_keys(kb: KnowledgeBase) -> int:
-    """Write the KB's points again as the release before search keys wrote them: the same, less the key."""
+    """Write the KB's points again as the release before search keys wrote them."""
     points = await kb_points(kb.id, with_vectors=True)
-    await qdrant_service.client.upsert(
-        collection_name=active_index(kb).collection,
-        points=[
-            models.PointStruct(
-                id=p.id, vector=p.vector, payload={k: v for k, v in p.payload.items() if k != "search_key"}
-            )
-            for p in points
-        ],
-        wait=True,
-    )
-    collections._keyed_collections.clear()  # as a restarted server, which has not looked yet
+    await as_written_before_search_keys(active_index(kb).collection, points)
     return len(points)
 
 

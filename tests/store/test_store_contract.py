@@ -35,6 +35,7 @@ from search.services import collections
 from search.services.chunks import RRF_K, RRF_WEIGHTS, ChunkSearch, ChunkService, StoredChunk, chunk_point_id
 from search.services.collections import KbIndex
 from tests.support.qdrant_grpc import LoopbackQdrantServer
+from tests.support.tenants import as_written_before_search_keys
 
 pytestmark = [pytest.mark.integration]
 
@@ -413,19 +414,10 @@ async def test_knowledge_bases_whose_search_keys_collide_still_never_see_each_ot
 
 async def as_an_earlier_kbsite_wrote_them() -> None:
     """Write every point of the collection again without its search key, as kbsite before search keys did."""
-    client = qdrant_service.client
-    points, _ = await client.scroll(collection_name=COLLECTION, limit=1_000, with_payload=True, with_vectors=True)
-    await client.upsert(
-        collection_name=COLLECTION,
-        points=[
-            models.PointStruct(
-                id=p.id, vector=p.vector, payload={k: v for k, v in p.payload.items() if k != "search_key"}
-            )
-            for p in points
-        ],
-        wait=True,
+    points, _ = await qdrant_service.client.scroll(
+        collection_name=COLLECTION, limit=1_000, with_payload=True, with_vectors=True
     )
-    collections._keyed_collections.clear()  # as a restarted server, which has not looked yet
+    await as_written_before_search_keys(COLLECTION, points)
 
 
 async def test_points_from_before_search_keys_are_searched_by_tenant_until_given_their_keys(store) -> None:

@@ -9,7 +9,8 @@ from qdrant_client import models
 
 from knowledge.services.knowledge_bases import KnowledgeBaseIndexes
 from search.qdrant import qdrant_service
-from search.services.collections import CollectionService, tenant_filter
+from search.services import collections
+from search.services.collections import SEARCH_KEY_FIELD, CollectionService, tenant_filter
 
 
 async def kb_points(kb_id: UUID | str, *, with_vectors: bool = False) -> list[Any]:
@@ -29,3 +30,21 @@ async def kb_points(kb_id: UUID | str, *, with_vectors: bool = False) -> list[An
 async def holds_points(kb_id: UUID | str) -> bool:
     """Whether the store holds any point of the KB, of any generation, in any model's collection."""
     return await CollectionService().holds_points(kb_id=kb_id)
+
+
+async def as_written_before_search_keys(collection: str, points: list[Any]) -> None:
+    """Write these points (read with payload and vectors) again as kbsite before search keys did: less the key.
+
+    And forget what this process learnt of the collection, as a restarted server would.
+    """
+    await qdrant_service.client.upsert(
+        collection_name=collection,
+        points=[
+            models.PointStruct(
+                id=p.id, vector=p.vector, payload={k: v for k, v in p.payload.items() if k != SEARCH_KEY_FIELD}
+            )
+            for p in points
+        ],
+        wait=True,
+    )
+    collections._keyed_collections.clear()
