@@ -233,6 +233,8 @@ EMBEDDING = {
     "BACKEND": env_str("EMBEDDING_BACKEND", "search.embedding.minilm.MiniLMEmbedder"),
     "THREADS": env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4)),
     "QUERY_THREADS": env_number("EMBEDDING_QUERY_THREADS", 1),
+    # Threads calling the queries' model at once (one shared copy): a burst's batches run side by side.
+    "QUERY_WORKERS": env_number("EMBEDDING_QUERY_WORKERS", min(os.cpu_count() or 1, 2)),
     "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
     "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
     # Indexing yields the CPU to searches: its model threads run this many nice steps lower (Linux).

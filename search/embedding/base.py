@@ -9,7 +9,10 @@ import numpy as np
 
 
 class Embedder(ABC):
-    """A text embedding model. `embed` blocks and may take seconds: call it from the embedding thread."""
+    """A text embedding model. `embed` blocks and may take seconds: call it from the embedding threads.
+
+    The queries' workers share one instance, so `embed` must allow several calls at once.
+    """
 
     #: Stored on each knowledge base, so a KB indexed by another model is caught before a search.
     model_id: str

@@ -72,6 +72,7 @@ class EndpointSettings:
         return EmbeddingConfig(
             backend=OPENAI_COMPATIBLE_BACKEND,
             threads=1,
+            query_workers=base.query_workers,
             query_batch_size=base.query_batch_size,
             document_batch_size=self.batch_size,
             document_niceness=0,

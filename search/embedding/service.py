@@ -1,4 +1,4 @@
-"""Embeds queries and document chunks on two threads of their own, queries micro-batched and first in line for the CPU."""
+"""Embeds queries and document chunks on threads of their own, queries micro-batched and first in line for the CPU."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ class EmbeddingConfig:
     #: Threads of the queries' model. One: micro-batched short queries cost a fifth less CPU on one
     #: thread than on two, which under load is throughput, for half a millisecond more on a lone query.
     query_threads: int = 1
+    #: Threads that call the queries' model at once, sharing one copy of it. With one, a burst of
+    #: queries waits for one batch after another; with one per core, the batches run side by side.
+    query_workers: int = 2
     query_batch_size: int = 64
     document_batch_size: int = 16
     #: How much lower than the process's the documents' model threads run (Linux nice steps, 0 to 19).
@@ -46,6 +49,7 @@ class EmbeddingConfig:
             backend=conf.get("BACKEND", cls.backend),
             threads=int(conf.get("THREADS", cls.threads)),
             query_threads=int(conf.get("QUERY_THREADS", cls.query_threads)),
+            query_workers=int(conf.get("QUERY_WORKERS", cls.query_workers)),
             query_batch_size=int(conf.get("QUERY_BATCH_SIZE", cls.query_batch_size)),
             document_batch_size=int(conf.get("DOCUMENT_BATCH_SIZE", cls.document_batch_size)),
             document_niceness=int(conf.get("DOCUMENT_NICENESS", cls.document_niceness)),
@@ -145,11 +149,12 @@ class EmbeddingService:
     """The process's way to embed text from async code.
 
     A model call takes milliseconds to seconds and releases the GIL, so it runs off the event loop.
-    Queries and documents each have a model and a thread of their own: a query never waits for a
+    Queries and documents each have a model and threads of their own: a query never waits for a
     document batch to finish. The documents' thread runs at a lower OS priority, so while searches
     run it gets what CPU they leave, and all of it when nobody searches. Queries that arrive while
-    the model is busy are answered together by its next call, and a repeated query is answered
-    from memory.
+    the model is busy are answered together by a next call; the queries' workers (`query_workers`)
+    share one model and split a burst between them, so its batches run side by side. A repeated
+    query is answered from memory.
     """
 
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
@@ -159,7 +164,8 @@ class EmbeddingService:
         self._queries: deque[_Job] = deque()
         self._documents: deque[_Job] = deque()
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
-        self._query_thread = _ModelThread("kbsite-embedding-queries", lambda: self.embedder, self._next_queries)
+        self._idle_query_workers = 0
+        self._query_workers: list[_ModelThread] = []  # made on the first query, from the config then
         self._document_thread = _ModelThread(
             "kbsite-embedding-documents",
             lambda: self.config.build_embedder(),
@@ -172,7 +178,9 @@ class EmbeddingService:
             self._config = config
             self._embedder = None
             self._query_cache.clear()
-            self._query_thread.embedder = self._document_thread.embedder = None
+            for worker in self._query_workers:
+                worker.embedder = None
+            self._document_thread.embedder = None
 
     @property
     def config(self) -> EmbeddingConfig:
@@ -205,7 +213,7 @@ class EmbeddingService:
         cached = self._cached_query(text)
         if cached is not None:
             return cached
-        (vector,) = await self._submit([text], self._queries, self._query_thread)
+        (vector,) = await self._submit([text], self._queries, *self._query_workers_made())
         self._remember_query(text, vector)
         return list(vector)
 
@@ -226,6 +234,13 @@ class EmbeddingService:
                 vectors[i] = vector
         return vectors
 
+    def _query_workers_made(self) -> list[_ModelThread]:
+        with self._condition:
+            while len(self._query_workers) < max(1, self.config.query_workers):
+                name = f"kbsite-embedding-queries-{len(self._query_workers)}"
+                self._query_workers.append(_ModelThread(name, lambda: self.embedder, self._next_queries))
+            return self._query_workers
+
     def _cached_query(self, text: str) -> list[float] | None:
         with self._condition:
             vector = self._query_cache.get(text)
@@ -243,21 +258,26 @@ class EmbeddingService:
             while len(self._query_cache) > self.config.query_cache_size:
                 self._query_cache.popitem(last=False)
 
-    async def _submit(self, texts: list[str], queue: deque[_Job], worker: _ModelThread) -> list[list[float]]:
+    async def _submit(self, texts: list[str], queue: deque[_Job], *workers: _ModelThread) -> list[list[float]]:
         loop = asyncio.get_running_loop()
         job = _Job(texts, loop, loop.create_future(), "query" if queue is self._queries else "document")
         with self._condition:
-            worker.ensure_running()
+            for worker in workers:
+                worker.ensure_running()
             queue.append(job)
             self._condition.notify_all()
         return await job.future
 
     def _next_queries(self) -> list[_Job]:
+        """The calling worker's batch: an even share of the waiting queries among the idle workers."""
         with self._condition:
+            self._idle_query_workers += 1
             while not self._queries:
                 self._condition.wait()
+            share = -(-len(self._queries) // self._idle_query_workers)
+            self._idle_query_workers -= 1
             batch, texts = [], 0
-            while self._queries and texts < self.config.query_batch_size:
+            while self._queries and texts < min(share, self.config.query_batch_size):
                 job = self._queries.popleft()
                 batch.append(job)
                 texts += len(job.texts)

@@ -1,4 +1,4 @@
-"""The embedding service: a model thread for queries (micro-batched, cached) and one for documents, at a lower priority."""
+"""The embedding service: model threads for queries (micro-batched, cached) and one for documents, at a lower priority."""
 
 from __future__ import annotations
 
@@ -188,3 +188,61 @@ async def test_queries_and_documents_get_a_model_each_with_its_own_thread_count(
     await asyncio.gather(service.embed_query("query about tides"), service.embed_documents(["document on tides"]))
 
     assert ThreadNotingMiniLM.threads_by_kind == {"queries": 1, "documents": 2}
+
+
+class TwoAtOnceMiniLM(MiniLMEmbedder):
+    """The real model, whose calls wait in the model until two of them are in it at once (or 30 s pass)."""
+
+    lock = threading.Lock()
+    inside = 0
+    two_inside = threading.Event()
+    threads: set[str] = set()
+
+    def embed(self, texts):
+        cls = TwoAtOnceMiniLM
+        with cls.lock:
+            cls.inside += 1
+            cls.threads.add(threading.current_thread().name)
+            if cls.inside == 2:
+                cls.two_inside.set()
+        try:
+            cls.two_inside.wait(timeout=30)
+            return super().embed(texts)
+        finally:
+            with cls.lock:
+                cls.inside -= 1
+
+
+async def test_a_burst_of_queries_is_split_between_workers_that_share_one_model() -> None:
+    TwoAtOnceMiniLM.two_inside.set()  # the warm-up query passes alone
+    service = service_with(TwoAtOnceMiniLM, query_workers=2)
+    warm = await service.embed_query("warm up")
+
+    def both_workers_idle() -> bool:
+        with service._condition:
+            return service._condition.wait_for(lambda: service._idle_query_workers == 2, timeout=30)
+
+    assert await asyncio.to_thread(both_workers_idle)
+    TwoAtOnceMiniLM.two_inside.clear()
+    TwoAtOnceMiniLM.threads = set()
+    queries = [f"question {i} about honeybees" for i in range(40)]
+
+    vectors = await asyncio.wait_for(asyncio.gather(*(service.embed_query(q) for q in queries)), timeout=60)
+
+    assert TwoAtOnceMiniLM.two_inside.is_set()
+    assert TwoAtOnceMiniLM.threads == {"kbsite-embedding-queries-0", "kbsite-embedding-queries-1"}
+    assert len({id(worker.embedder) for worker in service._query_workers}) == 1
+    alone = MiniLMEmbedder(threads=1).embed([queries[0], queries[-1], "warm up"])
+    assert np.dot(vectors[0], alone[0]) == pytest.approx(1.0, abs=1e-5)
+    assert np.dot(vectors[-1], alone[1]) == pytest.approx(1.0, abs=1e-5)
+    assert np.dot(warm, alone[2]) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_one_query_worker_answers_a_burst_one_batch_after_another() -> None:
+    CountingMiniLM.calls = []
+    service = service_with(CountingMiniLM, query_workers=1)
+
+    await asyncio.gather(*(service.embed_query(f"question {i} about tides") for i in range(20)))
+
+    assert [worker.name for worker in service._query_workers] == ["kbsite-embedding-queries-0"]
+    assert sum(len(call) for call in CountingMiniLM.calls) == 20
