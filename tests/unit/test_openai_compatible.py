@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from search.embedding import EmbeddingConfig
 from search.embedding.openai_compatible import OpenAICompatibleEmbedder, retry_after_seconds
 from search.embedding.registry import EmbedderRegistry, EndpointSettings
 from search.errors import EmbedderRefused, EmbedderResponseInvalid, EmbedderUnavailable, UnknownEmbedder
@@ -164,7 +165,7 @@ def test_the_registry_gives_one_service_per_model_and_names_the_configured_ones_
     None
 ):
     default = SimpleNamespace(
-        model_id="built-in", config=SimpleNamespace(query_batch_size=8, query_cache_size=0)
+        model_id="built-in", config=EmbeddingConfig(query_batch_size=8, query_cache_size=0, query_workers=3)
     )
     registry = EmbedderRegistry(default)
     registry.configure(
@@ -175,6 +176,7 @@ def test_the_registry_gives_one_service_per_model_and_names_the_configured_ones_
     assert registry.service("built-in") is default
     assert registry.service("e5") is registry.service("e5")
     assert registry.service("e5").config.document_batch_size == 32
+    assert registry.service("e5").config.query_workers == 3
     with pytest.raises(UnknownEmbedder, match="built-in, e5"):
         registry.service("gone")
 
