@@ -238,7 +238,7 @@ async def test_a_burst_of_queries_is_split_between_workers_that_share_one_model(
     assert np.dot(warm, alone[2]) == pytest.approx(1.0, abs=1e-5)
 
 
-async def test_one_query_worker_answers_a_burst_one_batch_after_another() -> None:
+async def test_one_query_worker_answers_every_query_of_a_burst_alone() -> None:
     CountingMiniLM.calls = []
     service = service_with(CountingMiniLM, query_workers=1)
 
