@@ -85,12 +85,14 @@ class KbIndex:
     def collection(self) -> str:
         return model_collection_alias(self.model, self.vector_size)
 
-    @functools.cached_property
+    @property
     def tenant(self) -> str:
         return _tenant_key(self.kb_id, self.generation)
 
     def search_key(self, *, archived: bool) -> int:
-        return _tenant_hash(self.tenant) * 2 + int(archived)
+        # Two cached lookups: a search asks for the keys of up to 50 knowledge bases, and in Python 3.11
+        # a cached_property takes a lock on every read.
+        return _tenant_hash(_tenant_key(self.kb_id, self.generation)) * 2 + int(archived)
 
     def next_generation(self, *, model: str, vector_size: int) -> KbIndex:
         return KbIndex(kb_id=self.kb_id, model=model, vector_size=vector_size, generation=self.generation + 1)
