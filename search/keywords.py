@@ -152,26 +152,38 @@ class KeywordEncoder:
         Only words starting like a query word are looked at (a stemmer changes endings, not starts),
         each distinct one encoded once per process: a third of the time of looking at every word.
         """
-        wanted, candidates = self._candidates(query)
+        wanted, candidates, lowered_candidates = self._candidates(query)
         if not wanted:
             return []
         tokens = self._word_tokens
         # Underscores separate words for Bm25; a space in their place keeps every offset.
-        words = candidates.finditer(content.replace("_", " "))
+        text = content.replace("_", " ")
+        lowered = text.lower()
+        if len(lowered) == len(text):
+            # No character lowercased into two (as "İ" does), so every offset holds in the lowercased
+            # text, and a case-sensitive scan of it is a third faster than an IGNORECASE one.
+            words = lowered_candidates.finditer(lowered)
+            return [match.span() for match in words if not wanted.isdisjoint(tokens(text[match.start() : match.end()]))]
+        words = candidates.finditer(text)
         return [match.span() for match in words if not wanted.isdisjoint(tokens(match[0]))]
 
-    def _candidate_words(self, query: str) -> tuple[frozenset[int], re.Pattern[str]]:
-        """The query's tokens, and a pattern for the words of a chunk that may share one."""
+    def _candidate_words(self, query: str) -> tuple[frozenset[int], re.Pattern[str], re.Pattern[str]]:
+        """The query's tokens, and patterns for the words of a chunk (as written, and lowercased) that may share one."""
         wanted = frozenset(self._bm25.embed_query(query).indices)
         if not query.isascii():
-            return wanted, self._word  # scripts whose words \b does not delimit: look at every word
+            # Scripts whose words \b does not delimit: look at every word.
+            return wanted, self._word, self._word
         starts = {
             word.lower()[:PREFIX_LETTERS]
             for word in self._word.findall(query.replace("_", " "))
             if not wanted.isdisjoint(self._word_tokens(word))
         }
-        alternatives = "|".join(sorted(map(re.escape, starts), key=len, reverse=True)) or "(?!)"
-        return wanted, re.compile(f"\\b(?:{alternatives})\\w*", re.IGNORECASE)
+        # Any word starting with a digit is a candidate: numbers make most queries' starts unique, and
+        # a pattern of letters alone repeats from query to query, so `re`'s cache spares compiling it.
+        letters = sorted((start for start in starts if not start[0].isdigit()), key=lambda start: (-len(start), start))
+        alternatives = "|".join([*map(re.escape, letters), *(["\\d"] if len(letters) < len(starts) else [])]) or "(?!)"
+        pattern = f"\\b(?:{alternatives})\\w*"
+        return wanted, re.compile(pattern, re.IGNORECASE), re.compile(pattern)
 
     def _tokens_of_word(self, word: str) -> tuple[int, ...]:
         return tuple(self._bm25.embed_query(word).indices)

@@ -128,6 +128,20 @@ def test_non_ascii_words_are_found_where_they_are() -> None:
     assert highlighted("日本語", content) == ["日本語"]
 
 
+def test_offsets_hold_where_a_letter_lowercases_into_two() -> None:
+    # "İ" lowercases to "i" and a combining dot: offsets in the lowercased text would drift by one.
+    content = "İstanbul ferries — Ferry times, FERRIES at dawn"
+
+    assert highlighted("ferry", content) == ["ferries", "Ferry", "FERRIES"]
+
+
+def test_numbers_in_a_query_find_numbers_in_the_text_and_nothing_else() -> None:
+    content = "Release 42 shipped in 2019; 4200 downloads and 42nd place, not release 7."
+
+    assert highlighted("release 42", content) == ["Release", "42", "release"]
+    assert highlighted("2019 downloads", content) == ["2019", "downloads"]
+
+
 def test_words_with_combining_marks_are_highlighted_whole() -> None:
     content = "हिन्दी भाषा और बांग्ला"
 
