@@ -8,6 +8,7 @@ Results may be grouped one entry per document, and may carry the passage around 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -75,6 +76,12 @@ def _searched_fields(kbs: Iterable[SearchableKnowledgeBase]) -> SearchedFields:
     return SearchedFields(
         {(kb.name if names.count(kb.name) == 1 else f"{kb.name} ({kb.id})"): kb.metadata_fields or {} for kb in kbs}
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _encoder_for_settings(settings: tuple[tuple[str, Any], ...]) -> KeywordEncoder:
+    """A KB's encoder from its stored settings' items: checking them is done once, not per KB a search reads."""
+    return keyword_encoder(KeywordSettings.from_dict(dict(settings)))
 
 
 class SearchMode(StrEnum):
@@ -468,11 +475,13 @@ class SearchService:
         so each such set is its own engine query and their answers are merged by score.
         """
         together: dict[tuple[str, Any], tuple[list[KbIndex], dict[str, Any]]] = {}
+        # The query's keywords once per encoder: the KBs of a search mostly share their settings.
+        keywords_by_encoder: dict[KeywordEncoder, models.SparseVector] = {}
         for kb in kbs:
             index = KbIndex(
                 kb_id=kb.id, model=kb.embedding_model, vector_size=kb.vector_size, generation=kb.index_generation
             )
-            vectors = self._query_vectors(mode, kb, query, vector)
+            vectors = self._query_vectors(mode, kb, query, vector, keywords_by_encoder)
             keywords = vectors.get("query_keywords")
             key = (index.collection, (tuple(keywords.indices), tuple(keywords.values)) if keywords else None)
             together.setdefault(key, ([], vectors))[0].append(index)
@@ -572,14 +581,27 @@ class SearchService:
     @staticmethod
     def _encoder_for(kb: SearchableKnowledgeBase) -> KeywordEncoder:
         settings = kb.keyword_settings
-        return keyword_encoder(KeywordSettings.from_dict(settings) if settings is not None else KeywordSettings())
+        if settings is None:
+            return keyword_encoder(KeywordSettings())
+        try:
+            return _encoder_for_settings(tuple(sorted(settings.items())))
+        except TypeError:  # a value that cannot be a cache key: from_dict says what is wrong with it
+            return keyword_encoder(KeywordSettings.from_dict(settings))
 
     def _query_vectors(
-        self, mode: SearchMode, kb: SearchableKnowledgeBase, query: str, vector: Sequence[float] | None
+        self,
+        mode: SearchMode,
+        kb: SearchableKnowledgeBase,
+        query: str,
+        vector: Sequence[float] | None,
+        keywords_by_encoder: dict[KeywordEncoder, models.SparseVector],
     ) -> dict[str, Sequence[float] | models.SparseVector | None]:
         if mode == SearchMode.SEMANTIC:
             return {"query_embedding": vector}
-        keywords = self._encoder_for(kb).encode_query(query)
+        encoder = self._encoder_for(kb)
+        keywords = keywords_by_encoder.get(encoder)
+        if keywords is None:
+            keywords = keywords_by_encoder[encoder] = encoder.encode_query(query)
         if not keywords.indices:
             # Only stopwords: nothing for BM25 to match, so a hybrid search is a semantic one.
             return {"query_embedding": vector} if mode == SearchMode.HYBRID else {"query_keywords": keywords}

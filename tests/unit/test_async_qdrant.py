@@ -193,6 +193,23 @@ class TestSearchServiceAsyncOperations:
         assert not call["query_filter"].must_not
         audit.record_search.assert_awaited_once()
 
+    async def test_a_search_encodes_the_query_once_per_keyword_encoder_not_per_kb(
+        self, mock_async_qdrant: AsyncMock
+    ) -> None:
+        from search.keywords import KeywordEncoder
+
+        kb_ids = [uuid4(), uuid4(), uuid4(), uuid4()]
+        mock_async_qdrant.scroll.return_value = ([], None)
+        mock_async_qdrant.query_points.return_value = rest.QueryResponse(points=[])
+        service, _ = _search_service(kb_ids)
+        kbs = service.permission_service.readable_knowledge_bases.return_value
+        kbs[3].keyword_settings = KeywordSettings(language="german").as_dict()
+
+        with patch.object(KeywordEncoder, "encode_query", autospec=True, side_effect=KeywordEncoder.encode_query) as encode:
+            await service.asearch(query="tidal harbours", kb_ids=kb_ids, user_id=1, mode="keyword")
+
+        assert sorted(call.args[0].settings.language for call in encode.call_args_list) == ["english", "german"]
+
     def test_search_service_has_no_to_thread_wrapper(self) -> None:
         from search.services import search
 
