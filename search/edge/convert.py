@@ -199,14 +199,14 @@ def point_ids_to_edge(point_ids: Sequence[models.ExtendedPointId]) -> list[int |
 
 def _dense_or_sparse_to_edge(vector: Any) -> list[float] | edge.SparseVector:
     if isinstance(vector, models.SparseVector):
-        return edge.SparseVector(indices=list(vector.indices), values=[float(v) for v in vector.values])
+        return edge.SparseVector(indices=list(vector.indices), values=list(map(float, vector.values)))
     if isinstance(vector, np.ndarray):
         return vector.astype(float).tolist()
     if isinstance(vector, (models.Document, models.Image, models.InferenceObject)):
         raise NotImplementedError("Inference objects must be embedded before they reach the Edge store")
     if vector and isinstance(vector[0], (list, np.ndarray)):
         raise NotImplementedError("Multivectors are not supported by the Edge store")
-    return [float(v) for v in vector]
+    return list(map(float, vector))
 
 
 def vector_to_edge(vector: models.VectorStruct) -> Any:

@@ -178,6 +178,10 @@ class ChunkSearch:
         return (point.payload or {}).get(TENANT_FIELD) in self.tenants
 
 
+# Ids parsed once per process: the same knowledge bases and documents come back search after search.
+_uuid = functools.lru_cache(maxsize=1 << 16)(UUID)
+
+
 @dataclass(frozen=True)
 class StoredChunk:
     """One chunk as Qdrant holds it; `score` is set on search hits."""
@@ -206,8 +210,8 @@ class StoredChunk:
         payload = point.payload or {}
         archived_at = payload.get("archived_at")
         return cls(
-            kb_id=UUID(payload["kb_id"]),
-            document_id=UUID(payload["document_id"]),
+            kb_id=_uuid(payload["kb_id"]),
+            document_id=_uuid(payload["document_id"]),
             chunk_index=int(payload["chunk_index"]),
             content=payload.get("content", ""),
             title=payload.get("title", ""),
