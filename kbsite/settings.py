@@ -173,6 +173,17 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Passwords are hashed as Django hashes them (PBKDF2-SHA256 first), on threads that yield the CPU to
+# searches by this many nice steps (Linux; 0 to 19, 0 keeps the priority): kbsite/hashers.py.
+PASSWORD_HASHERS = [
+    "kbsite.hashers.YieldingPBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+PASSWORD_HASHING_NICENESS = env_number("KBSITE_PASSWORD_HASHING_NICENESS", 10)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -19,6 +17,7 @@ from django.utils.module_loading import import_string
 from search import metrics
 from search.embedding.base import Embedder
 from search.errors import KbsiteError
+from search.priority import lower_this_threads_priority
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +83,6 @@ def _settle(job: _Job, vectors: list[list[float]] | None, error: BaseException |
         pass  # The caller's event loop has closed; nobody is waiting any more.
 
 
-def _lower_this_threads_priority(steps: int) -> None:
-    """Make the calling thread, and the threads it starts from now on, yield the CPU to the rest of the process.
-
-    Linux keeps a nice value per thread and new threads inherit it, so the documents' model session,
-    built on that thread, runs its worker threads at the lower priority too. Elsewhere setpriority
-    would lower the whole process, so it is left alone.
-    """
-    if steps <= 0 or not sys.platform.startswith("linux"):
-        return
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + steps))
-    except OSError:
-        logger.warning("Could not lower the document embedding thread's priority", exc_info=True)
-
-
 class _ModelThread:
     """One model instance and the thread that alone calls it, fed by `next_batch`."""
 
@@ -118,7 +101,7 @@ class _ModelThread:
             self.thread.start()
 
     def _work(self) -> None:
-        _lower_this_threads_priority(self.niceness())
+        lower_this_threads_priority(self.niceness(), what=f"the embedding thread {self.name}")
         while True:
             batch = [job for job in self.next_batch() if not job.future.cancelled()]
             if not batch:
