@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -74,34 +75,52 @@ class KbIndex:
 
     A KB's searches read the generation the database calls active; a rebuild writes the next one
     beside it, so the switch is one database update and a half-built index is never searched.
+    The tenant key and the two search keys are worked out once, when the index is made: a search
+    reads them for every knowledge base it covers (see `kb_index` for the instances searches share).
     """
 
     kb_id: UUID
     model: str
     vector_size: int
     generation: int = 1
+    tenant: str = dataclasses.field(init=False, repr=False, compare=False)
+    #: The search keys of the live and of the archived points (see `search_key`).
+    live_key: int = dataclasses.field(init=False, repr=False, compare=False)
+    archived_key: int = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tenant = _tenant_key(self.kb_id, self.generation)
+        live = _tenant_hash(tenant) * 2
+        object.__setattr__(self, "tenant", tenant)
+        object.__setattr__(self, "live_key", live)
+        object.__setattr__(self, "archived_key", live + 1)
 
     @property
     def collection(self) -> str:
         return model_collection_alias(self.model, self.vector_size)
 
-    @property
-    def tenant(self) -> str:
-        return _tenant_key(self.kb_id, self.generation)
-
     def search_key(self, *, archived: bool) -> int:
-        # Two cached lookups: a search asks for the keys of up to 50 knowledge bases, and in Python 3.11
-        # a cached_property takes a lock on every read.
-        return _tenant_hash(_tenant_key(self.kb_id, self.generation)) * 2 + int(archived)
+        return self.archived_key if archived else self.live_key
 
     def next_generation(self, *, model: str, vector_size: int) -> KbIndex:
         return KbIndex(kb_id=self.kb_id, model=model, vector_size=vector_size, generation=self.generation + 1)
 
 
 @functools.lru_cache(maxsize=100_000)
+def kb_index(kb_id: UUID, model: str, vector_size: int, generation: int) -> KbIndex:
+    """The index of a KB generation, made once per process: a search across 50 KBs asks for 50 of them.
+
+    Making 50 indexes and their keys again was a good part of what a search of 50 knowledge bases
+    did more than one of one in Python (README, "Many knowledge bases"). An index never changes,
+    so searches may share it.
+    """
+    return KbIndex(kb_id=kb_id, model=model, vector_size=vector_size, generation=generation)
+
+
+@functools.lru_cache(maxsize=100_000)
 def _tenant_key(kb_id: UUID, generation: int) -> str:
-    # Cached: every search builds the keys of the knowledge bases it reads, and a UUID's text is
-    # half the cost of a search request across 50 of them.
+    # Cached: indexes of the same knowledge bases are made over and over (writes, counts, pages),
+    # and a UUID's text is dear.
     return f"{kb_id}:{generation}"
 
 

@@ -39,7 +39,7 @@ from search.filters import SearchedFields, compile_filter
 from search.keywords import KeywordEncoder, KeywordSettings, keyword_encoder
 from search.pages import page_label
 from search.services.chunks import ChunkSearch, ChunkService, StoredChunk
-from search.services.collections import KbIndex
+from search.services.collections import KbIndex, kb_index
 
 MAX_LIMIT = 100
 MAX_QUERY_CHARS = 2000
@@ -472,19 +472,23 @@ class SearchService:
         """One chunk search per collection and query vectors: for KBs of one model and keyword settings, one.
 
         KBs whose keyword settings differ (another language, say) make different keyword queries,
-        so each such set is its own engine query and their answers are merged by score.
+        so each such set is its own engine query and their answers are merged by score. The KBs are
+        sorted by collection and encoder first and the query's vectors made per such set, not per KB:
+        a search covers up to 50 knowledge bases, which mostly share both.
         """
-        together: dict[tuple[str, Any], tuple[list[KbIndex], dict[str, Any]]] = {}
-        # The query's keywords once per encoder: the KBs of a search mostly share their settings.
-        keywords_by_encoder: dict[KeywordEncoder, models.SparseVector] = {}
+        by_encoder: dict[tuple[str, KeywordEncoder | None], list[KbIndex]] = {}
         for kb in kbs:
-            index = KbIndex(
-                kb_id=kb.id, model=kb.embedding_model, vector_size=kb.vector_size, generation=kb.index_generation
-            )
-            vectors = self._query_vectors(mode, kb, query, vector, keywords_by_encoder)
+            index = kb_index(kb.id, kb.embedding_model, kb.vector_size, kb.index_generation)
+            encoder = None if mode == SearchMode.SEMANTIC else self._encoder_for(kb)
+            by_encoder.setdefault((index.collection, encoder), []).append(index)
+        together: dict[tuple[str, Any], tuple[list[KbIndex], dict[str, Any]]] = {}
+        keywords_by_encoder: dict[KeywordEncoder, models.SparseVector] = {}  # once per encoder, whatever the model
+        for (collection, encoder), indexes in by_encoder.items():
+            vectors = self._query_vectors(mode, encoder, query, vector, keywords_by_encoder)
             keywords = vectors.get("query_keywords")
-            key = (index.collection, (tuple(keywords.indices), tuple(keywords.values)) if keywords else None)
-            together.setdefault(key, ([], vectors))[0].append(index)
+            # Settings that make the same keyword query (two spellings of the defaults) search together.
+            key = (collection, (tuple(keywords.indices), tuple(keywords.values)) if keywords else None)
+            together.setdefault(key, ([], vectors))[0].extend(indexes)
         return [
             ChunkSearch(
                 indexes=tuple(indexes),
@@ -581,24 +585,23 @@ class SearchService:
     @staticmethod
     def _encoder_for(kb: SearchableKnowledgeBase) -> KeywordEncoder:
         settings = kb.keyword_settings
-        if settings is None:
-            return keyword_encoder(KeywordSettings())
+        if not settings:
+            return _encoder_for_settings(())
         try:
             return _encoder_for_settings(tuple(sorted(settings.items())))
         except TypeError:  # a value that cannot be a cache key: from_dict says what is wrong with it
             return keyword_encoder(KeywordSettings.from_dict(settings))
 
+    @staticmethod
     def _query_vectors(
-        self,
         mode: SearchMode,
-        kb: SearchableKnowledgeBase,
+        encoder: KeywordEncoder | None,
         query: str,
         vector: Sequence[float] | None,
         keywords_by_encoder: dict[KeywordEncoder, models.SparseVector],
     ) -> dict[str, Sequence[float] | models.SparseVector | None]:
-        if mode == SearchMode.SEMANTIC:
+        if mode == SearchMode.SEMANTIC or encoder is None:
             return {"query_embedding": vector}
-        encoder = self._encoder_for(kb)
         keywords = keywords_by_encoder.get(encoder)
         if keywords is None:
             keywords = keywords_by_encoder[encoder] = encoder.encode_query(query)

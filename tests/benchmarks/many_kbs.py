@@ -75,15 +75,20 @@ def _tenant_layout() -> bool:
 
 
 @functools.cache
-def _index_class():
-    from search.services.collections import KbIndex
+def _index_maker():
+    import search.services.collections as collections
 
-    return KbIndex
+    maker = getattr(collections, "kb_index", None)  # the process's shared indexes, where the tree has them
+    if maker is not None:
+        return maker
+    return lambda kb_id, model, vector_size, generation: collections.KbIndex(
+        kb_id=kb_id, model=model, vector_size=vector_size, generation=generation
+    )
 
 
 def _index(kb_id):
-    # As SearchService makes one per knowledge base searched, without importing anything each time.
-    return _index_class()(kb_id=kb_id, model="bench-model", vector_size=DIM)
+    # As SearchService gets one per knowledge base searched, without importing anything each time.
+    return _index_maker()(kb_id, "bench-model", DIM, 1)
 
 
 def _per_tenant_graphs() -> None:

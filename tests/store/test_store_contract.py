@@ -395,6 +395,7 @@ async def test_knowledge_bases_whose_search_keys_collide_still_never_see_each_ot
 ) -> None:
     # Search keys are 62-bit hashes of tenant keys; make every tenant's the same, as a collision would.
     monkeypatch.setattr(collections, "_tenant_hash", lambda tenant: 4242)
+    INDEXES.reset()  # an index works its keys out when it is made
     other = {d: Doc(d, f"Other {doc.title}", doc.chunks, -doc.vectors) for d, doc in build_corpus().items()}
     await write_corpus()
     await write_corpus(other, kb_id=OTHER_KB)

@@ -90,6 +90,23 @@ def _index(kb_id: str | None = None):
     return KbIndex(kb_id=kb_id or uuid4(), model="test-model", vector_size=384)
 
 
+class TestKbIndex:
+    def test_an_index_carries_its_tenant_and_search_keys_and_searches_share_one_per_generation(self) -> None:
+        from search.services.collections import KbIndex, kb_index, search_key
+
+        kb_id = uuid4()
+        index = kb_index(kb_id, "test-model", 384, 2)
+
+        assert index.tenant == f"{kb_id}:2"
+        assert (index.live_key, index.archived_key) == tuple(search_key(index.tenant, archived=a) for a in (False, True))
+        assert index.search_key(archived=True) == index.archived_key != index.live_key == index.search_key(archived=False)
+        assert kb_index(kb_id, "test-model", 384, 2) is index
+        assert index == KbIndex(kb_id=kb_id, model="test-model", vector_size=384, generation=2)
+        following = index.next_generation(model="test-model", vector_size=384)
+        assert (following.tenant, following.generation) == (f"{kb_id}:3", 3)
+        assert {following.live_key, following.archived_key}.isdisjoint({index.live_key, index.archived_key})
+
+
 class TestChunkServiceAsyncOperations:
     """AC-7.7.2: ChunkService awaits scroll, query_points and count on the async client."""
 
@@ -209,6 +226,43 @@ class TestSearchServiceAsyncOperations:
             await service.asearch(query="tidal harbours", kb_ids=kb_ids, user_id=1, mode="keyword")
 
         assert sorted(call.args[0].settings.language for call in encode.call_args_list) == ["english", "german"]
+
+    def test_knowledge_bases_are_searched_together_per_collection_and_keyword_query_in_their_order(self) -> None:
+        from search.services.search import SearchMode
+
+        kb_ids = [uuid4() for _ in range(6)]
+        service, _ = _search_service(kb_ids)
+        kbs = [
+            SimpleNamespace(id=kb_id, embedding_model="test-model", vector_size=384, index_generation=3,
+                            keyword_settings=settings)
+            for kb_id, settings in zip(kb_ids, (None, {}, KeywordSettings().as_dict(), {"language": "german"},
+                                                KeywordSettings(language="german").as_dict(), None), strict=True)
+        ]  # fmt: skip
+        kbs[5].embedding_model = "other-model"
+
+        searches = service._chunk_searches(kbs, mode=SearchMode.HYBRID, query="running tides", vector=[0.1] * 384)
+
+        # Three spellings of the default settings make one keyword query, two of German another; the
+        # other model's KB is its own collection.
+        assert [[index.kb_id for index in search.indexes] for search in searches] == [
+            kb_ids[0:3], kb_ids[3:5], kb_ids[5:6]
+        ]  # fmt: skip
+        assert [search.collection for search in searches] == ["kbsite_test-model_384"] * 2 + ["kbsite_other-model_384"]
+        assert searches[0].query_keywords != searches[1].query_keywords
+        assert searches[0].query_keywords == searches[2].query_keywords
+        assert all(search.query_embedding == (0.1,) * 384 for search in searches)
+
+    def test_a_semantic_search_makes_no_keyword_query(self) -> None:
+        from search.services.search import SearchMode
+
+        kb_ids = [uuid4(), uuid4()]
+        service, _ = _search_service(kb_ids)
+        kbs = [SimpleNamespace(id=k, embedding_model="test-model", vector_size=384, index_generation=1,
+                               keyword_settings={"language": g}) for k, g in zip(kb_ids, ("english", "german"))]  # fmt: skip
+
+        (search,) = service._chunk_searches(kbs, mode=SearchMode.SEMANTIC, query="tides", vector=[0.2] * 384)
+
+        assert [index.kb_id for index in search.indexes] == kb_ids and search.query_keywords is None
 
     def test_search_service_has_no_to_thread_wrapper(self) -> None:
         from search.services import search
