@@ -46,13 +46,8 @@ UPSERT_BATCH_SIZE = 128
 # (ranks (a, b) and (b, a) score alike), which left the order of a third of the results to chance.
 RRF_K = 5
 RRF_WEIGHTS: list[float] | None = [1.0, 0.7]  # dense, keyword: the order of the prefetches
-# Candidates each side brings to the fusion, at least; a larger `limit` brings more. With k 5, a
-# candidate past the first thirty on one side adds little unless it is near the top of the other,
-# and on SciFact's train split 20 to 100 candidates gave nDCG@10 within 0.003 of each other (10 chunks
-# asked for: 0.819 with 30 and with 100; 40 asked for: 0.826 with 40, 0.825 with 100). Each candidate
-# costs the engine work: a hybrid search of 50 knowledge bases took 0.25 ms of engine time with 100
-# candidates a side, 0.13 ms with 30 (README, "Many knowledge bases").
-FUSION_CANDIDATES = 30
+# Candidates each side brings to the fusion, at least; a larger `limit` brings more.
+FUSION_CANDIDATES = 100
 
 
 def chunk_point_id(tenant: str, document_id: UUID | str, chunk_index: int) -> str:
@@ -164,10 +159,8 @@ class ChunkSearch:
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
         if by_search_key:
-            keys = [index.live_key for index in self.indexes]
-            if self.include_archived:
-                keys += [index.archived_key for index in self.indexes]
-            must.append(search_key_filter(*keys))
+            states = (False, True) if self.include_archived else (False,)
+            must.append(search_key_filter(*(index.search_key(archived=a) for index in self.indexes for a in states)))
         else:
             must.append(tenant_filter(*(index.tenant for index in self.indexes)))
             # must_not on the indexed flag, not must archived == false: the engine answers it from the
