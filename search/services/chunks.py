@@ -46,7 +46,10 @@ UPSERT_BATCH_SIZE = 128
 # (ranks (a, b) and (b, a) score alike), which left the order of a third of the results to chance.
 RRF_K = 5
 RRF_WEIGHTS: list[float] | None = [1.0, 0.7]  # dense, keyword: the order of the prefetches
-# Candidates each side brings to the fusion, at least; a larger `limit` brings more.
+# Candidates each side brings to the fusion, at least; a larger `limit` brings more. Keep it at the
+# search's MAX_LIMIT or above: fewer (30 measured 0.13 ms of engine time against 0.25 ms for a hybrid
+# search of 50 knowledge bases, with SciFact nDCG@10 within 0.003) make a search's first results depend
+# on the limit asked, since a larger limit fuses more candidates.
 FUSION_CANDIDATES = 100
 
 
