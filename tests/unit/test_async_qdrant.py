@@ -150,6 +150,26 @@ class TestChunkServiceAsyncOperations:
         assert mock_async_qdrant.count.call_args.kwargs["exact"] is True
         assert result == 42
 
+    def test_a_hybrid_search_fuses_the_same_candidates_whatever_limit_it_asks(self) -> None:
+        # A search's first results must not depend on the limit asked: a larger limit that brought more
+        # candidates would change their fused ranks (CI caught it with 30 candidates a side).
+        from search.services.chunks import ChunkSearch
+        from search.services.search import MAX_LIMIT
+
+        keywords = models.SparseVector(indices=[1, 2], values=[0.5, 0.5])
+        prefetch_limits = {
+            limit: [
+                p.limit
+                for p in ChunkSearch(
+                    indexes=(_index(),), query_embedding=(0.1,) * 384, query_keywords=keywords, limit=limit
+                ).query_request().prefetch
+            ]
+            for limit in (1, 5, 10, 30, MAX_LIMIT)
+        }
+
+        assert len(set(map(tuple, prefetch_limits.values()))) == 1
+        assert all(candidates >= MAX_LIMIT for candidates in prefetch_limits[MAX_LIMIT])
+
     def test_no_asyncio_to_thread_in_chunk_service(self) -> None:
         from search.services import chunks
 
