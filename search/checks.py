@@ -106,6 +106,14 @@ def check_qdrant_cluster_settings(app_configs=None, **kwargs) -> list:
             problems.append(
                 Error(f"{variable}={value!r} must be a whole number of at least {least}.", id="search.E008")
             )
+    threads = conf.get("EDGE_SEARCH_THREADS", 0)
+    if not isinstance(threads, int) or threads < 0:
+        problems.append(
+            Error(
+                f"QDRANT_EDGE_SEARCH_THREADS={threads!r} must be a whole number: 0 for one per core, or more.",
+                id="search.E016",
+            )
+        )
     backoff = conf.get("RETRY_BACKOFF")
     if not isinstance(backoff, (int, float)) or backoff < 0:
         problems.append(

@@ -53,6 +53,7 @@ class QdrantConfig:
     write_consistency_factor: int = 1
     on_disk_vectors: bool = False
     on_disk_payload: bool = False
+    edge_search_threads: int | None = None  # None: one per core
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod
@@ -71,6 +72,7 @@ class QdrantConfig:
             write_consistency_factor=int(conf.get("WRITE_CONSISTENCY_FACTOR", 1)),
             on_disk_vectors=bool(conf.get("ON_DISK_VECTORS", False)),
             on_disk_payload=bool(conf.get("ON_DISK_PAYLOAD", False)),
+            edge_search_threads=int(conf.get("EDGE_SEARCH_THREADS") or 0) or None,
             retry=RetryPolicy(
                 retries=int(conf.get("RETRIES", 2)), backoff_seconds=float(conf.get("RETRY_BACKOFF", 0.2))
             ),
@@ -204,7 +206,7 @@ class QdrantService:
                 "knowledge base from the documents' stored text into Qdrant Edge."
             )
         try:
-            store = EdgeStore(config.path)
+            store = EdgeStore(config.path, search_threads=config.edge_search_threads)
         except StoreLocked as exc:
             raise self._held_elsewhere(config) from exc
         # AsyncQdrantClient has no public way to plug in a backend: its backend is the `_client`

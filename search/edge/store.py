@@ -57,7 +57,14 @@ class StoreLocked(RuntimeError):
     """Another process (or another EdgeStore in this one) holds the store folder."""
 
 
-def _edge_config(config: models.CreateCollection) -> edge.EdgeConfig:
+def default_search_threads() -> int:
+    """Edge's own choice for a new shard: one search thread per core."""
+    return os.cpu_count() or 1
+
+
+def _edge_config(config: models.CreateCollection, search_threads: int) -> edge.EdgeConfig:
+    # The thread count is always given: Edge keeps a shard's last one when none is, so a site could
+    # never go back to its default.
     return edge.EdgeConfig(
         vectors=convert.dense_vectors_to_edge(config.vectors or None),
         sparse_vectors=convert.sparse_vectors_to_edge(config.sparse_vectors),
@@ -67,6 +74,7 @@ def _edge_config(config: models.CreateCollection) -> edge.EdgeConfig:
             max_segment_size=MAX_SEGMENT_SIZE_KB,
             default_segment_number=DEFAULT_SEGMENT_NUMBER,
         ),
+        max_search_threads=search_threads,
     )
 
 
@@ -107,8 +115,12 @@ class EdgeStore(AsyncQdrantBase):
     (see OPTIMIZE_AFTER_QUIET_SECONDS); the collection's status is grey until then, yellow during it.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = MEMORY_LOCATION, **kwargs: Any) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = MEMORY_LOCATION, *, search_threads: int | None = None, **kwargs: Any
+    ) -> None:
+        """`search_threads`: each shard's pool for its per-segment reads (see QDRANT_EDGE_SEARCH_THREADS)."""
         super().__init__(**kwargs)
+        self.search_threads = search_threads or default_search_threads()
         self._is_temporary = str(path) == MEMORY_LOCATION
         self.path = Path(tempfile.mkdtemp(prefix="edge-store-") if self._is_temporary else path)
         self._lock = threading.Lock()
@@ -188,7 +200,7 @@ class EdgeStore(AsyncQdrantBase):
             shard = self._shards.get(name)
             if shard is None:
                 # Loading with the full config applies retuned optimizer constants to existing shards.
-                shard = edge.EdgeShard.load(str(self._collection_dir(name) / SHARD_DIR), _edge_config(config))
+                shard = edge.EdgeShard.load(str(self._collection_dir(name) / SHARD_DIR), _edge_config(config, self.search_threads))
                 self._shards[name] = shard
             return config, shard
 
@@ -333,7 +345,7 @@ class EdgeStore(AsyncQdrantBase):
             hnsw_config=hnsw_config,
             metadata=metadata,
         )
-        edge_config = _edge_config(config)
+        edge_config = _edge_config(config, self.search_threads)
         with self._lock:
             configs = self._registry()
             if collection_name in configs:

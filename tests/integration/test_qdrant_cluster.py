@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 
 import grpc
 import pytest
@@ -115,3 +116,27 @@ def test_write_consistency_above_replication_is_an_error(settings) -> None:
         "WRITE_CONSISTENCY_FACTOR": 2,
     }
     assert [problem.id for problem in check_qdrant_cluster_settings()] == ["search.E015"]
+
+
+@pytest.mark.parametrize("threads", [-1, "2"])
+def test_edge_search_threads_must_be_a_whole_number_of_at_least_zero(settings, threads) -> None:
+    settings.QDRANT = {**settings.QDRANT, "EDGE_SEARCH_THREADS": threads}
+
+    assert [problem.id for problem in check_qdrant_cluster_settings()] == ["search.E016"]
+
+
+def test_edge_search_threads_reach_the_embedded_store(settings, tmp_path) -> None:
+    from search.qdrant import QdrantConfig, QdrantService
+
+    settings.QDRANT = {**settings.QDRANT, "URL": None, "PATH": str(tmp_path), "EDGE_SEARCH_THREADS": 1}
+    one = QdrantService(QdrantConfig.from_settings())
+    try:
+        assert one.client._client.search_threads == 1
+    finally:
+        one.close()
+    settings.QDRANT = {**settings.QDRANT, "EDGE_SEARCH_THREADS": 0}
+    per_core = QdrantService(QdrantConfig.from_settings())
+    try:
+        assert per_core.client._client.search_threads == (os.cpu_count() or 1)
+    finally:
+        per_core.close()

@@ -324,6 +324,33 @@ class TestPersistenceAndLocking:
         assert aliases == [models.AliasDescription(alias_name="kb", collection_name="chunks_v1")]
         assert_same_ranking(after.points, before.points)
 
+    async def test_each_shard_searches_with_the_threads_its_store_is_given_and_goes_back_to_one_per_core(
+        self, tmp_path
+    ) -> None:
+        import json
+        import os
+
+        def threads_of_opened_shard() -> int:
+            (config,) = tmp_path.glob(f"collections/chunks_v1/{edge_store.SHARD_DIR}/edge_config.json")
+            return json.loads(config.read_text())["max_search_threads"]
+
+        async def open_and_read(**kwargs) -> int:
+            client = AsyncQdrantClient(location=":memory:")
+            client._client = EdgeStore(tmp_path, **kwargs)
+            try:
+                assert (await client.count("chunks_v1")).count == 120  # the shard opens on first use
+            finally:
+                await client.close()
+            return threads_of_opened_shard()
+
+        first = edge_client(tmp_path)
+        await fill(first, "chunks_v1")
+        await first.close()
+
+        assert await open_and_read(search_threads=3) == 3
+        assert await open_and_read(search_threads=1) == 1
+        assert await open_and_read() == (os.cpu_count() or 1)
+
     async def test_a_second_store_on_a_held_folder_is_refused(self, tmp_path) -> None:
         first = EdgeStore(tmp_path)
         try:
