@@ -236,7 +236,7 @@ QDRANT = {
     "RETRIES": env_number("QDRANT_RETRIES", 2),
     "RETRY_BACKOFF": env_number("QDRANT_RETRY_BACKOFF", 0.2, float),
     # The embedded store only: threads each open collection searches its segments with (0: one per
-    # core). 1 costs a search of small knowledge bases about a third less CPU, but slows a large one's
+    # core, at most 8). 1 costs a search of small knowledge bases about a third less CPU, but slows a large one's
     # (README, "Configuration").
     "EDGE_SEARCH_THREADS": env_number("QDRANT_EDGE_SEARCH_THREADS", 0),
     # The embedded engine: Qdrant Edge, or qdrant-client's pure-Python local mode (for comparisons only).
