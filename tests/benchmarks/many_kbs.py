@@ -17,7 +17,8 @@ spent on the burst, its engine threads included), five times over (the figures a
 five bursts'). On a machine shared with busy neighbours the latencies mostly measure waiting for a core;
 the CPU times and their ratio much less so. Those go through
 ChunkService at the engine level with a fixed query vector and keywords, so the figures compare store
-layouts, not the embedder.
+layouts, not the embedder. The store takes the site's QDRANT_EDGE_SEARCH_THREADS (set it in the
+environment to compare).
 
 `--hnsw per-tenant` seeds the collection with Qdrant's multitenancy graph settings (no global HNSW
 graph, `m=0`; one per tenant, `payload_m=16`) instead of the global graph kbsite makes, to compare.
@@ -68,6 +69,15 @@ def _vectors(seed: int, count: int):
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).tolist()
 
 
+def _store_config(path: str):
+    """The embedded store at `path`, with the site's QDRANT_EDGE_SEARCH_THREADS where the tree has it."""
+    import dataclasses
+
+    from search.qdrant import QdrantConfig
+
+    return dataclasses.replace(QdrantConfig.from_settings(), url=None, path=path)
+
+
 def _tenant_layout() -> bool:
     import search.services.chunks as chunks
 
@@ -110,12 +120,12 @@ async def _seed(path: str, kbs: int, docs: int, big: int, hnsw: str) -> None:
 
     from search.chunking import TextChunk
     from search.keywords import KeywordSettings, keyword_encoder
-    from search.qdrant import QdrantConfig, qdrant_service
+    from search.qdrant import qdrant_service
     from search.services.chunks import ChunkService
 
     if hnsw == "per-tenant":
         _per_tenant_graphs()
-    qdrant_service.configure(QdrantConfig(path=path))
+    qdrant_service.configure(_store_config(path))
     service, encoder, tenants = ChunkService(), keyword_encoder(KeywordSettings()), _tenant_layout()
     words = "tide moon harbour storm reef anchor gravity shore cliff current wave sand".split()
 
@@ -147,11 +157,11 @@ async def _serve(path: str, kbs: int, started: float, modes: list[str]) -> dict:
     import kbsite.asgi  # noqa: F401  (the server's application, with its URLs and APIs)
     from search.embedding import embedding_service
     from search.keywords import KeywordSettings, keyword_encoder
-    from search.qdrant import QdrantConfig, qdrant_service
+    from search.qdrant import qdrant_service
     from search.services.chunks import ChunkService
 
     set_up = time.time()
-    qdrant_service.configure(QdrantConfig(path=path))
+    qdrant_service.configure(_store_config(path))
     service, tenants = ChunkService(), _tenant_layout()
     readable = [_kb_id(n) for n in range(min(READABLE, kbs))]
     keywords = keyword_encoder(KeywordSettings()).encode_query(QUERY)
