@@ -84,16 +84,15 @@ INSTALLED_APPS = [
     "axes",
 ]
 
-# Django's own, but whose hooks run on the event loop where they do no I/O (kbsite/middleware.py).
 MIDDLEWARE = [
     "knowledge.metrics.request_metrics_middleware",
-    "kbsite.middleware.SecurityMiddleware",
-    "kbsite.middleware.SessionMiddleware",
-    "kbsite.middleware.CommonMiddleware",
-    "kbsite.middleware.CsrfViewMiddleware",
-    "kbsite.middleware.AuthenticationMiddleware",
-    "kbsite.middleware.MessageMiddleware",
-    "kbsite.middleware.XFrameOptionsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out login into the page saying when to try again.
     "axes.middleware.AxesMiddleware",
 ]
