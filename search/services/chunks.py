@@ -162,8 +162,10 @@ class ChunkSearch:
         must: list[models.Condition] = []
         must_not: list[models.Condition] = []
         if by_search_key:
-            states = (False, True) if self.include_archived else (False,)
-            must.append(search_key_filter(*(index.search_key(archived=a) for index in self.indexes for a in states)))
+            keys = [index.live_key for index in self.indexes]
+            if self.include_archived:
+                keys += [index.archived_key for index in self.indexes]
+            must.append(search_key_filter(*keys))
         else:
             must.append(tenant_filter(*(index.tenant for index in self.indexes)))
             # must_not on the indexed flag, not must archived == false: the engine answers it from the
