@@ -252,7 +252,9 @@ def points_to_edge(points: models.Batch | Sequence[models.PointStruct]) -> list[
 
 
 def scored_point_from_edge(point: Any) -> models.ScoredPoint:
-    return models.ScoredPoint(
+    # Edge's values already have the model's types: validating them again (copying each payload) was
+    # most of this conversion's cost, which every search hit pays on the event loop.
+    return models.ScoredPoint.model_construct(
         id=point_id_from_edge(point.id),
         version=point.version,
         score=point.score,
@@ -490,27 +492,41 @@ def query_to_edge(query: Any, using: str | None) -> Any:
     raise NotImplementedError(f"Query {type(query).__name__} is not supported by the Edge store")
 
 
-def prefetch_to_edge(prefetch: models.Prefetch) -> edge.Prefetch:
+def _shared_filter_to_edge(filter_: models.Filter | None, converted: dict[int, Any]) -> edge.Filter | None:
+    """`filter_to_edge`, once per filter object of a request: a hybrid search's prefetches share one filter,
+    whose knowledge-base keys (one per readable KB) make it the dearest part of the request to convert."""
+    if filter_ is None:
+        return None
+    if id(filter_) not in converted:
+        converted[id(filter_)] = filter_to_edge(filter_)
+    return converted[id(filter_)]
+
+
+def prefetch_to_edge(prefetch: models.Prefetch, converted: dict[int, Any] | None = None) -> edge.Prefetch:
     if prefetch.lookup_from is not None:
         raise NotImplementedError("Prefetch.lookup_from is not supported by the Edge store")
+    converted = {} if converted is None else converted
     return edge.Prefetch(
         limit=prefetch.limit if prefetch.limit is not None else 10,
         query=query_to_edge(prefetch.query, prefetch.using),
-        prefetches=prefetches_to_edge(prefetch.prefetch),
+        prefetches=prefetches_to_edge(prefetch.prefetch, converted),
         params=search_params_to_edge(prefetch.params),
-        filter=filter_to_edge(prefetch.filter),
+        filter=_shared_filter_to_edge(prefetch.filter, converted),
         score_threshold=prefetch.score_threshold,
     )
 
 
 def prefetches_to_edge(
     prefetch: models.Prefetch | Sequence[models.Prefetch] | None,
+    converted: dict[int, Any] | None = None,
 ) -> list[edge.Prefetch] | None:
+    """The prefetches; `converted` holds the filters this request has converted already, by object."""
     if prefetch is None:
         return None
     if isinstance(prefetch, models.Prefetch):
         prefetch = [prefetch]
-    return [prefetch_to_edge(item) for item in prefetch]
+    converted = {} if converted is None else converted
+    return [prefetch_to_edge(item, converted) for item in prefetch]
 
 
 def query_request_to_edge(
@@ -533,14 +549,15 @@ def query_request_to_edge(
         raise ValueError(f"limit value {limit} is invalid. Must be 1 or larger.")
     if offset is not None and offset < 0:
         raise ValueError(f"offset value {offset} is invalid. Must be 0 or larger.")
+    converted: dict[int, Any] = {}
     return edge.QueryRequest(
         limit=limit,
         offset=offset,
         query=query_to_edge(query, using),
-        prefetches=prefetches_to_edge(prefetch),
+        prefetches=prefetches_to_edge(prefetch, converted),
         with_vector=with_vectors_to_edge(with_vectors),
         with_payload=with_payload_to_edge(with_payload),
-        filter=filter_to_edge(query_filter),
+        filter=_shared_filter_to_edge(query_filter, converted),
         score_threshold=score_threshold,
         params=search_params_to_edge(search_params),
     )

@@ -525,7 +525,7 @@ class EdgeStore(AsyncQdrantBase):
             lookup_from=lookup_from,
         )
         shard = self._read_shard(collection_name)
-        return models.QueryResponse(points=[convert.scored_point_from_edge(p) for p in shard.query(request)])
+        return models.QueryResponse.model_construct(points=[convert.scored_point_from_edge(p) for p in shard.query(request)])
 
     async def query_batch_points(
         self, collection_name: str, requests: Sequence[models.QueryRequest], **kwargs: Any
@@ -550,7 +550,7 @@ class EdgeStore(AsyncQdrantBase):
         shard = self._read_shard(collection_name)
         results = shard.query_batch(edge.QueryBatchRequest(batch))
         return [
-            models.QueryResponse(points=[convert.scored_point_from_edge(p) for p in points])
+            models.QueryResponse.model_construct(points=[convert.scored_point_from_edge(p) for p in points])
             for points in results
         ]
 

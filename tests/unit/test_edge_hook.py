@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.async_client_base import AsyncQdrantBase
+from qdrant_client.embed.type_inspector import Inspector
 from qdrant_client.http import models as rest
 
 from search.edge import EdgeStore
+from search.qdrant import without_inference_scan
 
 pytestmark = pytest.mark.unit
 
@@ -86,6 +88,14 @@ class RecordingBackend(AsyncQdrantBase):
         self.calls.append(("query_points", {"collection_name": collection_name, "query": query, **kwargs}))
         return rest.QueryResponse(points=[])
 
+    async def query_batch_points(self, collection_name, requests, **kwargs):
+        self.calls.append(("query_batch_points", {"collection_name": collection_name, "requests": requests}))
+        return [rest.QueryResponse(points=[]) for _ in requests]
+
+    async def upsert(self, collection_name, points, **kwargs):
+        self.calls.append(("upsert", {"collection_name": collection_name, "points": points}))
+        return rest.UpdateResult(operation_id=1, status=rest.UpdateStatus.COMPLETED)
+
 
 def test_the_client_keeps_its_backend_in_the_private_client_attribute() -> None:
     client = AsyncQdrantClient(location=":memory:")
@@ -131,3 +141,27 @@ def test_edge_store_implements_no_backend_method_the_app_does_not_call() -> None
     implemented = {name for name in BACKEND_METHODS if getattr(EdgeStore, name) is not getattr(AsyncQdrantBase, name)}
 
     assert implemented == set(USED_METHODS)
+
+
+async def test_a_client_without_the_inference_scan_hands_requests_over_uninspected(monkeypatch) -> None:
+    # qdrant-client walks every request for Documents to embed unless `cloud_inference` is set; the
+    # walk was a quarter or more of a search's engine call in Python. If an upgrade gates it otherwise,
+    # this fails: find the new switch for search.qdrant.without_inference_scan.
+    def inspected(self, points):
+        raise AssertionError("the request was inspected for inference objects")
+
+    monkeypatch.setattr(Inspector, "inspect", inspected)
+    client = AsyncQdrantClient(location=":memory:")
+    backend = RecordingBackend()
+    client._client = backend
+    client = without_inference_scan(client)
+    request = models.QueryRequest(
+        prefetch=[models.Prefetch(query=[0.1, 0.2], using="dense", limit=5)], query=models.FusionQuery(fusion="rrf")
+    )
+
+    await client.query_batch_points(collection_name="kb_x", requests=[request])
+    await client.query_points(collection_name="kb_x", query=[0.1, 0.2], using="dense", limit=3)
+    await client.upsert(collection_name="kb_x", points=[models.PointStruct(id=1, vector=[0.1, 0.2])])
+
+    assert [name for name, _ in backend.calls] == ["query_batch_points", "query_points", "upsert"]
+    assert backend.calls[0][1]["requests"] == [request]

@@ -96,3 +96,20 @@ def test_unreachable_qdrant_becomes_a_clear_error(error, unavailable) -> None:
     assert (translated is not None) is unavailable
     if translated:
         assert "http://qdrant.internal:6333" in translated.message and "QDRANT_TIMEOUT" in translated.message
+
+
+@pytest.mark.parametrize("engine", ["edge", "local"])
+def test_the_embedded_clients_skip_qdrant_clients_scan_for_inference_objects(tmp_path, engine) -> None:
+    service = QdrantService(QdrantConfig(path=str(tmp_path), engine=engine))
+    try:
+        assert service.client.cloud_inference is True
+    finally:
+        service.close()
+
+
+async def test_the_server_client_skips_qdrant_clients_scan_for_inference_objects() -> None:
+    service = QdrantService(QdrantConfig(url="http://127.0.0.1:9", grpc_port=9))
+    try:
+        assert service.client.cloud_inference is True
+    finally:
+        await service.aclose()
