@@ -2,17 +2,20 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kbsite.settings")
+# As django.core.asgi.get_asgi_application, with kbsite's handler (its middleware's light hooks on the loop).
+django.setup(set_prefix=False)
 
-django_application = get_asgi_application()
+from kbsite.handlers import ASGIHandler, SharedThreadForAPIHandler  # noqa: E402
+
+django_application = ASGIHandler()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402  (needs settings)
 from django.core.exceptions import SuspiciousFileOperation  # noqa: E402
 from django.http import Http404  # noqa: E402
 
-from kbsite.handlers import SharedThreadForAPIHandler  # noqa: E402
 from kbsite.lifespan import with_lifespan  # noqa: E402
 
 

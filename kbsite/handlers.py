@@ -1,11 +1,11 @@
-"""Django's ASGI handler, except that the API's and the members' pages' light requests share one thread for their
-database work."""
+"""Django's ASGI handler, with its middleware's light hooks on the event loop, and the API's and the members' pages'
+light requests sharing one thread for their database work."""
 
 from __future__ import annotations
 
 import re
 
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers import asgi, base
 
 # Requests whose sync work is heavy keep Django's thread per request, so none of it holds a search:
 # the admin's sync views, sign-in and sign-out (PBKDF2 hashes a password for a third of a second or
@@ -21,6 +21,34 @@ def needs_own_thread(scope: dict) -> bool:
     return scope["method"] != "GET" or not scope["path"].startswith("/api/")
 
 
+class InlineHooksLoading:
+    """Loads Django's middleware named in MIDDLEWARE as `kbsite.middleware`'s subclasses, hooks inline where no I/O.
+
+    Settings keep Django's dotted paths: its deploy checks (security.W001-W003 and those they gate,
+    HSTS, the HTTPS redirect, secure cookies) look for them there, and skip or misreport a subclass.
+    Django resolves each path with `import_string` while it loads the middleware, once per handler;
+    here that lookup maps Django's classes to their subclasses for the length of the loading.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        from kbsite.middleware import INLINE_HOOKS  # Django's middleware modules need the apps loaded
+
+        import_string = base.import_string
+
+        def resolve(path: str):
+            return INLINE_HOOKS.get(path) or import_string(path)
+
+        base.import_string = resolve
+        try:
+            super().load_middleware(is_async)
+        finally:
+            base.import_string = import_string
+
+
+class ASGIHandler(InlineHooksLoading, asgi.ASGIHandler):
+    """Django's ASGI handler, its middleware loaded with `InlineHooksLoading`."""
+
+
 class SharedThreadForAPIHandler:
     """Route the light requests past Django's per-request ThreadSensitiveContext.
 
@@ -32,7 +60,7 @@ class SharedThreadForAPIHandler:
     admin, sign-ins, uploads) keeps Django's behaviour, so it holds no search.
     """
 
-    def __init__(self, django_application: ASGIHandler) -> None:
+    def __init__(self, django_application: asgi.ASGIHandler) -> None:
         self.django_application = django_application
 
     async def __call__(self, scope: dict, receive, send) -> None:
