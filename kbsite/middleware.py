@@ -19,6 +19,8 @@ from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.middleware import clickjacking, common, csrf, security
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110's, as Django's CSRF check has them
+
 
 class InlineHooksMixin:
     """Runs the hooks of a Django `MiddlewareMixin` subclass on the event loop unless one says it needs a thread."""
@@ -63,13 +65,28 @@ class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
 
 
 class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
-    """The token comes from a cookie (no I/O), or from the session when CSRF_USE_SESSIONS is set."""
+    """The token comes from a cookie (no I/O), or from the session when CSRF_USE_SESSIONS is set.
+
+    Loaded by an async handler only (`kbsite.handlers`): its `process_view` is a coroutine.
+    """
 
     def request_needs_thread(self, request) -> bool:
         return settings.CSRF_USE_SESSIONS
 
     def response_needs_thread(self, request, response) -> bool:
         return settings.CSRF_USE_SESSIONS
+
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        # Django would send a sync process_view to a thread on every request. Only checking the token of
+        # an unsafe request to a protected view may do I/O (its form body parsed, the session read).
+        view = super().process_view
+        if (
+            getattr(request, "csrf_processing_done", False)
+            or getattr(callback, "csrf_exempt", False)
+            or request.method in SAFE_METHODS
+        ):
+            return view(request, callback, callback_args, callback_kwargs)
+        return await sync_to_async(view, thread_sensitive=True)(request, callback, callback_args, callback_kwargs)
 
 
 class AuthenticationMiddleware(InlineHooksMixin, auth.AuthenticationMiddleware):
