@@ -1,13 +1,14 @@
 """Django's own middleware, with the hooks that do no I/O run on the event loop instead of a thread.
 
 Settings name Django's classes (its deploy checks find them by dotted path); `kbsite.handlers` loads
-these subclasses in their place (`INLINE_HOOKS`). Under ASGI, Django's `MiddlewareMixin` sends every `process_request` and `process_response` of its
-sync middleware through `sync_to_async`: for the middleware in settings, a dozen hops to a thread
-and back for each request, though most hooks only read a header or set one. Under 100 connections
-of searches the event loop spent 14 % of its time making those hops (py-spy). Here each hook runs
-inline unless it may touch the database or the cache, which only happens in a few cases Django
-documents and each class names: a session that was read or changed (or saved on every request), a
-message stored or read, the CSRF token kept in the session.
+these subclasses in their place (`INLINE_HOOKS`). Under ASGI, Django's `MiddlewareMixin` sends every
+`process_request` and `process_response` of its sync middleware through `sync_to_async`, and Django's
+handler does the same with a sync `process_view`: a dozen hops to a thread and back for each request,
+though most hooks only read a header or set one. Under 100 connections of searches the event loop
+spent 14 % of its time making those hops (py-spy). Here each hook runs inline unless it may touch the
+database or the cache, which only happens in a few cases Django documents and each class names: a
+session that was read or changed (or saved on every request), a message stored or read, the CSRF
+token kept in the session or checked on a protected form.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ async def test_signing_in_saves_the_session_on_a_thread_and_the_next_request_is_
     assert page.status_code == 200 and "erin" in page.content.decode()
 
 
-async def test_a_post_without_its_csrf_token_is_refused(hops) -> None:
+async def test_a_post_without_its_csrf_token_is_refused() -> None:
     await sync_to_async(make_user)(username="gina")
 
     refused = await client(enforce_csrf_checks=True).post(
