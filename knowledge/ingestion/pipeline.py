@@ -211,38 +211,53 @@ class IngestionService:
             raise too_many_chunks(document.source_name or document.title, len(chunks), kb.chunk_size)
         await self.queue.arecord_progress(document_id=document.pk, worker_id=worker_id, done=0, total=len(chunks))
         keywords = await self._keyword_encoder(kb)
-        done = 0
-        for start in range(0, len(chunks), self.config.batch_size):
-            batch = chunks[start : start + self.config.batch_size]
+        batches = [chunks[start : start + self.config.batch_size] for start in range(0, len(chunks), self.config.batch_size)]
+
+        async def encoded(batch: list[TextChunk]) -> tuple[list[list[float]], list]:
             texts = [chunk.content for chunk in batch]
             # BM25 is pure Python: it runs in a thread of its own while the model embeds, never on the
             # event loop that searches need.
-            vectors, keyword_vectors = await asyncio.gather(
+            return await asyncio.gather(
                 embeddings.embed_documents(texts),
                 sync_to_async(keywords.encode_documents, thread_sensitive=False)(texts),
             )
-            check_vector_sizes(vectors, model=model, expected=index.vector_size if index else kb.vector_size)
-            await self.chunk_service.upsert_chunks(
-                kb_id=kb.id,
-                document_id=document.id,
-                title=document.title,
-                chunks=batch,
-                vectors=vectors,
-                keyword_vectors=keyword_vectors,
-                archived_at=document.archived_at,
-                tags=document.tags,
-                metadata=document.metadata,
-                fields=kb.metadata_fields,
-                index=index,
-                page_starts=document.page_starts,
-            )
-            metrics.count_ingested_chunks(len(batch))
-            done += len(batch)
-            await self.queue.arecord_progress(
-                document_id=document.pk, worker_id=worker_id, done=done, total=len(chunks)
-            )
-            if on_progress is not None:
-                on_progress(document, done, len(chunks))
+
+        # The next batch is embedded while this one is stored: the model is never idle waiting for the
+        # store and the database, and a batch still lands only after every batch before it.
+        upcoming = asyncio.ensure_future(encoded(batches[0]))
+        done = 0
+        try:
+            for position, batch in enumerate(batches):
+                vectors, keyword_vectors = await upcoming
+                if position + 1 < len(batches):
+                    upcoming = asyncio.ensure_future(encoded(batches[position + 1]))
+                check_vector_sizes(vectors, model=model, expected=index.vector_size if index else kb.vector_size)
+                await self.chunk_service.upsert_chunks(
+                    kb_id=kb.id,
+                    document_id=document.id,
+                    title=document.title,
+                    chunks=batch,
+                    vectors=vectors,
+                    keyword_vectors=keyword_vectors,
+                    archived_at=document.archived_at,
+                    tags=document.tags,
+                    metadata=document.metadata,
+                    fields=kb.metadata_fields,
+                    index=index,
+                    page_starts=document.page_starts,
+                )
+                metrics.count_ingested_chunks(len(batch))
+                done += len(batch)
+                await self.queue.arecord_progress(
+                    document_id=document.pk, worker_id=worker_id, done=done, total=len(chunks)
+                )
+                if on_progress is not None:
+                    on_progress(document, done, len(chunks))
+        finally:
+            # Failed or cancelled midway: the batch being embedded ahead is dropped, not left running
+            # (and its own failure, if it had one, is not reported as never retrieved).
+            upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
         # A shorter new version leaves the old version's tail behind.
         await self.chunk_service.delete_document_chunks(
             kb_id=kb.id, document_id=document.id, from_index=len(chunks), index=index

@@ -21,6 +21,7 @@ from knowledge.models import Document, DocumentSource, DocumentStatus
 from knowledge.services.documents import DocumentService
 from knowledge.services.knowledge_bases import KnowledgeBaseService
 from knowledge.services.permissions import PermissionService
+from search.embedding import embedding_service
 from search.errors import VectorStoreUnavailable
 from search.services.audit import SearchAuditService
 from search.services.chunks import ChunkService
@@ -282,6 +283,99 @@ async def test_a_crashed_worker_leaves_the_document_to_be_resumed_without_duplic
     assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == finished.chunk_count
     chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=document.id, limit=500)
     assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
+
+
+class RecordingEmbeddings:
+    """The site's embedding service, noting in `events` when each document batch is asked for and how it ended."""
+
+    def __init__(self, events: list[tuple[str, int]]) -> None:
+        self.events = events
+        self.calls = 0
+        self.asked = asyncio.Condition()
+
+    def __getattr__(self, name: str):
+        return getattr(embedding_service, name)
+
+    async def until_asked(self, calls: int) -> None:
+        """Return once `calls` batches have been asked for; fail if that has not happened within 30 s."""
+        async with asyncio.timeout(30), self.asked:
+            await self.asked.wait_for(lambda: self.calls >= calls)
+
+    async def embed_documents(self, texts):
+        self.calls += 1
+        call = self.calls
+        self.events.append(("embed", call))
+        async with self.asked:
+            self.asked.notify_all()
+        try:
+            return await embedding_service.embed_documents(texts)
+        except asyncio.CancelledError:
+            self.events.append(("cancelled", call))
+            raise
+
+
+class RecordingChunkService(ChunkService):
+    """The real chunk service, noting in `events` when each batch is stored."""
+
+    def __init__(self, events: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def upsert_chunks(self, **kwargs):
+        result = await super().upsert_chunks(**kwargs)
+        self.events.append(("stored", sum(kind == "stored" for kind, _ in self.events) + 1))
+        return result
+
+
+class StoreDownOnceTheNextBatchIsAsked(ChunkService):
+    """A store that fails its first write, answering only once the pipeline has asked for the next batch's vectors."""
+
+    def __init__(self, embeddings: RecordingEmbeddings) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+
+    async def upsert_chunks(self, **kwargs):
+        await self.embeddings.until_asked(2)
+        raise VectorStoreUnavailable("Qdrant server at http://qdrant:6333 did not answer (test).")
+
+
+async def test_the_next_batch_is_embedded_while_one_is_stored_and_batches_land_in_order(kb) -> None:
+    events: list[tuple[str, int]] = []
+    ingestion = IngestionService(
+        chunk_service=RecordingChunkService(events),
+        embeddings=RecordingEmbeddings(events),
+        config=IngestionSettings(batch_size=4),
+    )
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[0][1].encode())
+
+    finished = await ingestion.ingest_now(document_id=document.id, worker_id="test")
+
+    assert finished.status == DocumentStatus.READY and finished.chunk_count > 8, finished.error
+    batches = -(-finished.chunk_count // 4)
+    stored = [n for kind, n in events if kind == "stored"]
+    assert stored == list(range(1, batches + 1))
+    # Each batch but the first was asked of the model before the one ahead of it was stored.
+    for n in range(2, batches + 1):
+        assert events.index(("embed", n)) < events.index(("stored", n - 1)), events
+    chunks, _ = await ChunkService().get_chunks_by_document(kb_id=kb.id, document_id=document.id, limit=500)
+    assert [chunk.chunk_index for chunk in chunks] == list(range(finished.chunk_count))
+
+
+async def test_a_batch_the_store_refuses_drops_the_one_being_embedded_ahead(kb) -> None:
+    events: list[tuple[str, int]] = []
+    embeddings = RecordingEmbeddings(events)
+    ingestion = IngestionService(
+        chunk_service=StoreDownOnceTheNextBatchIsAsked(embeddings),
+        embeddings=embeddings,
+        config=IngestionSettings(batch_size=4, store_retry_seconds=30),
+    )
+    document = await sync_to_async(upload)(kb, "long.md", corpus()[0][1].encode())
+
+    waiting = await ingestion.ingest_now(document_id=document.id, worker_id="test")
+
+    assert waiting.status == DocumentStatus.PENDING and waiting.error.startswith("Waiting for the vector store")
+    assert events == [("embed", 1), ("embed", 2), ("cancelled", 2)]
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document.id) == 0
 
 
 async def crash_mid_document(kb, worker_id: str) -> Document:
