@@ -69,7 +69,9 @@ def main() -> None:
     for title, text in texts:
         DocumentService().add_text_document(kb=kb, title=title, text=text)
     embedding_service = embedders.service(kb.embedding_model)
-    embedder = embedding_service.embedder
+    # The documents' model as the worker builds it: the service's own `embedder` is the queries' one,
+    # on the threads set aside for queries.
+    embedder = embedding_service.config.build_embedder()
     embedder.embed(["load the model before timing"])
 
     chunker = IngestionService().chunker_for(kb)
