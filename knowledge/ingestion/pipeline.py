@@ -217,10 +217,11 @@ class IngestionService:
             texts = [chunk.content for chunk in batch]
             # BM25 is pure Python: it runs in a thread of its own while the model embeds, never on the
             # event loop that searches need.
-            return await asyncio.gather(
+            vectors, keyword_vectors = await asyncio.gather(
                 embeddings.embed_documents(texts),
                 sync_to_async(keywords.encode_documents, thread_sensitive=False)(texts),
             )
+            return vectors, keyword_vectors
 
         # The next batch is embedded while this one is stored: the model is never idle waiting for the
         # store and the database, and a batch still lands only after every batch before it.
