@@ -314,16 +314,16 @@ class RecordingEmbeddings:
             raise
 
 
-class RecordingChunkService(ChunkService):
+class RecordingChunkService(FlakyChunkService):
     """The real chunk service, noting in `events` when each batch is stored."""
 
     def __init__(self, events: list[tuple[str, int]]) -> None:
-        super().__init__()
+        super().__init__(failures=0)
         self.events = events
 
     async def upsert_chunks(self, **kwargs):
         result = await super().upsert_chunks(**kwargs)
-        self.events.append(("stored", sum(kind == "stored" for kind, _ in self.events) + 1))
+        self.events.append(("stored", self.upserts))
         return result
 
 
