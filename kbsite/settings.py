@@ -173,12 +173,14 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Passwords are hashed as Django hashes them (PBKDF2-SHA256 first), on threads that yield the CPU to
-# searches by this many nice steps (Linux; 0 to 19, 0 keeps the priority): kbsite/hashers.py.
+# New passwords are hashed with Argon2id at OWASP's parameters; PBKDF2 ones (Django's default) still
+# sign in and are re-hashed then. Hashing runs on threads that yield the CPU to searches by this many
+# nice steps (Linux; 0 to 19, 0 keeps the priority): kbsite/hashers.py. One hasher per algorithm name:
+# Django reads a stored password with the last hasher listed under its name.
 PASSWORD_HASHERS = [
+    "kbsite.hashers.YieldingArgon2PasswordHasher",
     "kbsite.hashers.YieldingPBKDF2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
