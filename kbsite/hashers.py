@@ -1,10 +1,10 @@
-"""Password hashers: Argon2id at OWASP's parameters, computed on threads that yield the CPU to searches.
+"""Password hashers: Argon2id at OWASP's minimum, computed on threads that yield the CPU to searches.
 
 A sign-in hashes its password once. Django's default, PBKDF2-SHA256 at a million iterations, costs a
 quarter to a third of a second of a core (0.225-0.365 s measured here), so on a small server two
 sign-ins a second take half a core from the searches running beside them. Argon2id, the algorithm
-OWASP's password storage cheat sheet and Django's documentation put first, is memory-hard: at
-OWASP's recommended parameters (19 MiB, two passes, one lane) an attacker's GPU gains far less on
+OWASP's password storage cheat sheet and Django's documentation put first, is memory-hard: at the
+parameters OWASP recommends as a minimum (19 MiB, two passes, one lane) an attacker's GPU gains far less on
 it than on PBKDF2, and a sign-in costs some 30 ms of CPU instead (README: Passwords).
 
 Both hashers write the strings Django's own write (same algorithm names), so Django's hashers read
@@ -73,7 +73,7 @@ class YieldingPBKDF2PasswordHasher(PBKDF2PasswordHasher):
 
 
 class YieldingArgon2PasswordHasher(Argon2PasswordHasher):
-    """Argon2id as Django writes it, at OWASP's first recommended parameters, on the low-priority threads.
+    """Argon2id as Django writes it, at OWASP's recommended minimum, on the low-priority threads.
 
     19 MiB (19,456 KiB), two passes, one lane: OWASP's password storage cheat sheet. A lane per core
     would finish one sign-in sooner but take every core meanwhile. Django's Argon2 hasher verifies
