@@ -307,9 +307,17 @@ class DocumentService:
         return document
 
     async def adelete_document(self, *, document: Document) -> None:
-        """Remove a document's points from Qdrant, then its row."""
-        await self.chunk_service.delete_document_chunks(kb_id=document.knowledge_base_id, document_id=document.id)
+        """Remove a document's points from Qdrant, then its row, then what a worker stored in between.
+
+        The points go first, so a store that fails leaves the document there to delete again. A worker
+        indexing it may store a batch after that first sweep and record it while the row is still there;
+        every batch stored after the row is gone ends in LostClaim, and that worker drops what it wrote.
+        The second sweep takes the batches in between.
+        """
+        kb_id, document_id = document.knowledge_base_id, document.id  # delete() clears the instance's id
+        await self.chunk_service.delete_document_chunks(kb_id=kb_id, document_id=document_id)
         await document.adelete()
+        await self.chunk_service.delete_document_chunks(kb_id=kb_id, document_id=document_id)
 
     def queue_for_reindex(self, *, documents: Iterable[Document]) -> int:
         """Send documents back to the workers to be chunked and embedded again; returns how many.

@@ -593,13 +593,43 @@ async def test_a_document_deleted_while_it_is_indexed_leaves_no_points(test_user
     deleted: list[asyncio.Task] = []
 
     def delete_after_first_batch(_document, done, total):
-        if not deleted:
-            deleted.append(asyncio.ensure_future(DocumentService().adelete_document(document=_document)))
+        if not deleted:  # as a request would: with a row of its own, not the worker's instance
+            request = DocumentService().adelete_document(document=Document(pk=_document.pk, knowledge_base=kb))
+            deleted.append(asyncio.ensure_future(request))
 
     document_id = document.id
     await ingestion.ingest_now(document_id=document_id, worker_id="test", on_progress=delete_after_first_batch)
     await asyncio.gather(*deleted)
 
+    assert not await Document.objects.filter(pk=document_id).aexists()
+    assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document_id) == 0
+
+
+class WorkerBetweenTheSweepAndTheRow(ChunkService):
+    """The real chunk service; right after a delete's first sweep, a worker indexes the document again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sweeps = 0
+
+    async def delete_document_chunks(self, **kwargs):
+        await super().delete_document_chunks(**kwargs)
+        self.sweeps += 1
+        if self.sweeps == 1:
+            document = await Document.objects.aget(pk=kwargs["document_id"])
+            await DocumentService().aqueue_for_reindex(documents=[document])
+            indexed = await IngestionService().ingest_now(document_id=document.pk, worker_id="between")
+            assert indexed.status == DocumentStatus.READY and indexed.chunk_count > 0
+
+
+async def test_batches_a_worker_stores_while_a_document_is_deleted_are_deleted_too(kb) -> None:
+    document = await sync_to_async(upload)(kb, "guide.md", FILES["guide.md"])
+    await IngestionService().ingest_now(document_id=document.id, worker_id="test")
+    document_id, chunks = document.id, WorkerBetweenTheSweepAndTheRow()
+
+    await DocumentService(chunk_service=chunks).adelete_document(document=document)
+
+    assert chunks.sweeps >= 1  # the worker did index between the sweep and the row
     assert not await Document.objects.filter(pk=document_id).aexists()
     assert await ChunkService().count_chunks(kb_id=kb.id, document_id=document_id) == 0
 
