@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -34,30 +33,23 @@ from search.priority import lower_this_threads_priority
 THREAD_NAME_PREFIX = "kbsite-password-hashing"
 
 _T = TypeVar("_T")
-_this_thread = threading.local()
-
-
-def _start_hashing_thread() -> None:
-    _this_thread.hashes_passwords = True
-    lower_this_threads_priority(
-        getattr(settings, "PASSWORD_HASHING_NICENESS", 10), what="a password hashing thread"
-    )
 
 
 @functools.cache
 def _hashing_threads() -> ThreadPoolExecutor:
     """Threads kept for hashing passwords, started on first use, each lowered once as it starts."""
+    lower = functools.partial(
+        lower_this_threads_priority,
+        getattr(settings, "PASSWORD_HASHING_NICENESS", 10),
+        what="a password hashing thread",
+    )
     return ThreadPoolExecutor(
-        max_workers=min(os.cpu_count() or 1, 4),
-        thread_name_prefix=THREAD_NAME_PREFIX,
-        initializer=_start_hashing_thread,
+        max_workers=min(os.cpu_count() or 1, 4), thread_name_prefix=THREAD_NAME_PREFIX, initializer=lower
     )
 
 
 def _on_hashing_thread(work: Callable[..., _T], *args: object) -> _T:
-    """Run `work` on a hashing thread while the caller waits (inline when already on one)."""
-    if getattr(_this_thread, "hashes_passwords", False):
-        return work(*args)
+    """Run `work` on a hashing thread while the caller waits."""
     return _hashing_threads().submit(work, *args).result()
 
 

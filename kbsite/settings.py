@@ -173,7 +173,7 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# New passwords are hashed with Argon2id at OWASP's parameters; PBKDF2 ones (Django's default) still
+# New passwords are hashed with Argon2id at OWASP's minimum; PBKDF2 ones (Django's default) still
 # sign in and are re-hashed then. Hashing runs on threads that yield the CPU to searches by this many
 # nice steps (Linux; 0 to 19, 0 keeps the priority): kbsite/hashers.py. One hasher per algorithm name:
 # Django reads a stored password with the last hasher listed under its name.
