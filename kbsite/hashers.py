@@ -28,7 +28,7 @@ from typing import TypeVar
 from django.conf import settings
 from django.contrib.auth.hashers import Argon2PasswordHasher, PBKDF2PasswordHasher
 
-from search.priority import lower_this_threads_priority
+from search.priority import lower_this_threads_priority, name_this_thread
 
 THREAD_NAME_PREFIX = "kbsite-password-hashing"
 
@@ -38,13 +38,12 @@ _T = TypeVar("_T")
 @functools.cache
 def _hashing_threads() -> ThreadPoolExecutor:
     """Threads kept for hashing passwords, started on first use, each lowered once as it starts."""
-    lower = functools.partial(
-        lower_this_threads_priority,
-        getattr(settings, "PASSWORD_HASHING_NICENESS", 10),
-        what="a password hashing thread",
-    )
+    def started() -> None:
+        name_this_thread("kb-hashing")
+        lower_this_threads_priority(getattr(settings, "PASSWORD_HASHING_NICENESS", 10), what="a password hashing thread")
+
     return ThreadPoolExecutor(
-        max_workers=min(os.cpu_count() or 1, 4), thread_name_prefix=THREAD_NAME_PREFIX, initializer=lower
+        max_workers=min(os.cpu_count() or 1, 4), thread_name_prefix=THREAD_NAME_PREFIX, initializer=started
     )
 
 

@@ -22,6 +22,7 @@ from qdrant_client.http import models
 from qdrant_client.local.payload_value_extractor import value_by_key
 
 from search.edge import convert
+from search.priority import name_this_thread
 
 MEMORY_LOCATION = ":memory:"
 
@@ -231,6 +232,7 @@ class EdgeStore(AsyncQdrantBase):
         return _update_result(next(self._operation_ids))
 
     def _optimize_when_quiet(self) -> None:
+        name_this_thread("kb-optimizer")
         while True:
             with self._lock:
                 name = self._next_to_optimize()

@@ -17,7 +17,7 @@ from django.utils.module_loading import import_string
 from search import metrics
 from search.embedding.base import Embedder
 from search.errors import KbsiteError
-from search.priority import lower_this_threads_priority
+from search.priority import lower_this_threads_priority, name_this_thread
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ def _settle(job: _Job, vectors: list[list[float]] | None, error: BaseException |
 class _ModelThread:
     """One model instance and the thread that alone calls it, fed by `next_batch`."""
 
-    def __init__(self, name: str, build, next_batch, niceness=lambda: 0) -> None:
+    def __init__(self, name: str, build, next_batch, niceness=lambda: 0, *, os_name: str) -> None:
         self.name = name
+        self.os_name = os_name  # what top -H and /proc show (15 bytes at most)
         self.build = build
         self.next_batch = next_batch
         self.niceness = niceness
@@ -101,6 +102,7 @@ class _ModelThread:
             self.thread.start()
 
     def _work(self) -> None:
+        name_this_thread(self.os_name)
         lower_this_threads_priority(self.niceness(), what=f"the embedding thread {self.name}")
         while True:
             batch = [job for job in self.next_batch() if not job.future.cancelled()]
@@ -154,6 +156,7 @@ class EmbeddingService:
             lambda: self.config.build_embedder(),
             self._next_document_batch,
             niceness=lambda: self.config.document_niceness,
+            os_name="kb-documents",
         )
 
     def configure(self, config: EmbeddingConfig) -> None:
@@ -220,8 +223,12 @@ class EmbeddingService:
     def _query_workers_made(self) -> list[_ModelThread]:
         with self._condition:
             while len(self._query_workers) < max(1, self.config.query_workers):
-                name = f"kbsite-embedding-queries-{len(self._query_workers)}"
-                self._query_workers.append(_ModelThread(name, lambda: self.embedder, self._next_queries))
+                n = len(self._query_workers)
+                self._query_workers.append(
+                    _ModelThread(
+                        f"kbsite-embedding-queries-{n}", lambda: self.embedder, self._next_queries, os_name=f"kb-query-{n}"
+                    )
+                )
             return self._query_workers
 
     def _cached_query(self, text: str) -> list[float] | None:

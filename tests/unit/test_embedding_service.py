@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,17 +32,25 @@ class BrokenEmbedder(MiniLMEmbedder):
         raise RuntimeError("the model file is damaged")
 
 
+def os_thread_name() -> str:
+    """The calling thread's name as the OS shows it (top -H, /proc/PID/task), Linux only."""
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
 class HeldDocumentsMiniLM(MiniLMEmbedder):
     """The real model, except that a batch of documents waits in the model call until let go,
-    and each call notes the OS priority (nice value) of the thread that made it."""
+    and each call notes the OS priority (nice value) and name of the thread that made it."""
 
     documents_in_model = threading.Event()
     let_documents_go = threading.Event()
     niceness: dict[str, int] = {}
+    os_names: dict[str, str] = {}
 
     def embed(self, texts):
         kind = "documents" if texts[0].startswith("document") else "queries"
         HeldDocumentsMiniLM.niceness[kind] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        if sys.platform.startswith("linux"):
+            HeldDocumentsMiniLM.os_names[kind] = os_thread_name()
         if kind == "documents":
             HeldDocumentsMiniLM.documents_in_model.set()
             HeldDocumentsMiniLM.let_documents_go.wait(timeout=60)
@@ -116,10 +125,10 @@ async def test_a_query_is_answered_while_a_document_batch_is_in_the_model() -> N
     assert len(await indexing) == 16
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have a priority of their own on Linux")
-async def test_documents_are_embedded_at_a_lower_priority_than_queries() -> None:
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have a priority and a name of their own on Linux")
+async def test_documents_are_embedded_at_a_lower_priority_than_queries_on_threads_named_for_them() -> None:
     HeldDocumentsMiniLM.let_documents_go.set()
-    HeldDocumentsMiniLM.niceness = {}
+    HeldDocumentsMiniLM.niceness, HeldDocumentsMiniLM.os_names = {}, {}
     service = service_with(HeldDocumentsMiniLM, document_niceness=5)
 
     await service.embed_documents(["document about the sea"])
@@ -128,6 +137,7 @@ async def test_documents_are_embedded_at_a_lower_priority_than_queries() -> None
     niceness = HeldDocumentsMiniLM.niceness
     assert niceness["documents"] == min(19, niceness["queries"] + 5)
     assert niceness["queries"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert HeldDocumentsMiniLM.os_names == {"documents": "kb-documents", "queries": "kb-query-0"}
 
 
 async def test_a_repeated_query_is_answered_without_the_model(counting) -> None:
@@ -197,12 +207,15 @@ class TwoAtOnceMiniLM(MiniLMEmbedder):
     inside = 0
     two_inside = threading.Event()
     threads: set[str] = set()
+    os_names: set[str] = set()
 
     def embed(self, texts):
         cls = TwoAtOnceMiniLM
         with cls.lock:
             cls.inside += 1
             cls.threads.add(threading.current_thread().name)
+            if sys.platform.startswith("linux"):
+                cls.os_names.add(os_thread_name())
             if cls.inside == 2:
                 cls.two_inside.set()
         try:
@@ -224,13 +237,15 @@ async def test_a_burst_of_queries_is_split_between_workers_that_share_one_model(
 
     assert await asyncio.to_thread(both_workers_idle)
     TwoAtOnceMiniLM.two_inside.clear()
-    TwoAtOnceMiniLM.threads = set()
+    TwoAtOnceMiniLM.threads, TwoAtOnceMiniLM.os_names = set(), set()
     queries = [f"question {i} about honeybees" for i in range(40)]
 
     vectors = await asyncio.wait_for(asyncio.gather(*(service.embed_query(q) for q in queries)), timeout=60)
 
     assert TwoAtOnceMiniLM.two_inside.is_set()
     assert TwoAtOnceMiniLM.threads == {"kbsite-embedding-queries-0", "kbsite-embedding-queries-1"}
+    if sys.platform.startswith("linux"):  # what top -H and /proc/PID/task show
+        assert TwoAtOnceMiniLM.os_names == {"kb-query-0", "kb-query-1"}
     assert len({id(worker.embedder) for worker in service._query_workers}) == 1
     alone = MiniLMEmbedder(threads=1).embed([queries[0], queries[-1], "warm up"])
     assert np.dot(vectors[0], alone[0]) == pytest.approx(1.0, abs=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
@@ -87,7 +88,9 @@ def _spy_on(hasher_class, method: str, seen: dict):
     real = getattr(hasher_class, method)
 
     def spy(self, *args):
-        seen[method] = (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        native = threading.get_native_id()
+        os_name = Path(f"/proc/self/task/{native}/comm").read_text().strip()
+        seen[method] = (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, native), os_name)
         return real(self, *args)
 
     return patch.object(hasher_class, method, spy)
@@ -102,8 +105,9 @@ def test_pbkdf2_is_computed_on_a_lower_priority_thread_while_the_caller_waits(si
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert encoded == PBKDF2PasswordHasher().encode("pw", "salt5678", ITERATIONS)
-    thread, nice = seen["encode"]
+    thread, nice, os_name = seen["encode"]
     assert thread.startswith(THREAD_NAME_PREFIX) and nice == min(19, mine + 10)
+    assert os_name == "kb-hashing"  # what top -H and /proc/PID/task show
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread are Linux's")
@@ -116,6 +120,6 @@ def test_argon2_hashes_and_checks_on_a_lower_priority_thread_while_the_caller_wa
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     for method in ("encode", "verify"):
-        thread, nice = seen[method]
-        assert thread.startswith(THREAD_NAME_PREFIX), method
+        thread, nice, os_name = seen[method]
+        assert thread.startswith(THREAD_NAME_PREFIX) and os_name == "kb-hashing", method
         assert nice == min(19, mine + 10), method
