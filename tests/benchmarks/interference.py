@@ -16,6 +16,9 @@ search it without pause, for `--seconds` a row, alone and during:
 Then 100 connections on search against 100 on the health endpoint, and the indexing rate of (a)'s
 upload with nobody searching and while the searches run, next to the embedder alone on the same
 chunks in this process. Each figure is printed with its same-run reference and the issue's target.
+For the 100-connection rows it also prints the CPU time a request cost the server (its model's threads,
+the engine's and the rest: event loop, database thread) and this process, which generates the load on
+the same machine (Linux: read from /proc).
 """
 
 from __future__ import annotations
@@ -289,6 +292,45 @@ async def indexing_rate(site: Site, kb: str, document: str, seconds: float, poll
     return (last - first) / (last_at - started)
 
 
+MODEL_THREADS = "kb-query-"  # the queries' model threads, as the OS names them (search.priority.name_this_thread)
+ENGINE_THREADS = "edge-"
+
+
+def cpu_seconds(pid: int | None) -> dict[str, float]:
+    """CPU seconds used so far: the server's in all (its ended threads too), its model's and engine's threads, this process."""
+    used = {"client": time.process_time()}
+    if pid is None or not Path(f"/proc/{pid}/stat").exists():
+        return used
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def name_and_seconds(stat: Path) -> tuple[str, float]:
+        text = stat.read_text()
+        fields = text[text.rindex(")") + 2 :].split()  # from the state on: utime and stime are the 12th and 13th
+        return text[text.index("(") + 1 : text.rindex(")")], (int(fields[11]) + int(fields[12])) / tick
+
+    used["server"] = name_and_seconds(Path(f"/proc/{pid}/stat"))[1]
+    used["model"] = used["engine"] = 0.0
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            name, seconds = name_and_seconds(stat)
+        except OSError:  # the thread ended meanwhile
+            continue
+        part = "model" if name.startswith(MODEL_THREADS) else "engine" if name.startswith(ENGINE_THREADS) else None
+        if part:
+            used[part] += seconds
+    return used
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    """What `requests` cost between two `cpu_seconds` readings, in ms of CPU a request."""
+    spent = {part: (after[part] - before[part]) * 1000 / max(1, requests) for part in after}
+    if "server" not in spent:
+        return f"this load generator {spent['client']:.2f} ms (the server's CPU is read from Linux's /proc only)"
+    rest = spent["server"] - spent["model"] - spent["engine"]
+    return (f"server {spent['server']:.2f} ms (model {spent['model']:.2f}, engine {spent['engine']:.2f}, "
+            f"the rest {rest:.2f}), this load generator {spent['client']:.2f} ms")
+
+
 async def health_row(url: str, seconds: float) -> Row:
     from tests.benchmarks.http_load import percentile
     from tests.benchmarks.suite.http_site import health_load
@@ -299,7 +341,9 @@ async def health_row(url: str, seconds: float) -> Row:
                tally.error_count)
 
 
-async def measure(url: str, token: str, args, upload_text: str, pdf: bytes, chunk_texts: list[str]) -> None:
+async def measure(
+    url: str, server_pid: int | None, token: str, args, upload_text: str, pdf: bytes, chunk_texts: list[str]
+) -> None:
     site = Site(url, token)
     kb = await site.kb_id("prose")
     other = await site.kb_id("other")
@@ -357,9 +401,13 @@ async def measure(url: str, token: str, args, upload_text: str, pdf: bytes, chun
     rows.append(await search("(d) reindex other KB"))
     await site.idle([other])
 
-    # 100 connections: health, then search, on the same server.
+    # 100 connections: health, then search, on the same server, with the CPU each request cost.
+    before = cpu_seconds(server_pid)
     health = await health_row(url, args.seconds)
+    health_cpu = cpu_per_request(before, cpu_seconds(server_pid), health.searches)
+    before = cpu_seconds(server_pid)
     http_search = await searches(url, token, kb, HTTP_CONNECTIONS, args.seconds, "search")
+    search_cpu = cpu_per_request(before, cpu_seconds(server_pid), http_search.searches)
     await site.api.aclose()
 
     print()
@@ -374,6 +422,8 @@ async def measure(url: str, token: str, args, upload_text: str, pdf: bytes, chun
     print(f"\nHTTP, {HTTP_CONNECTIONS} connections: search {http_search.rate:.0f}/s (p99 {http_search.p99 * 1000:.0f} ms)"
           f" vs health {health.rate:.0f}/s (p99 {health.p99 * 1000:.0f} ms): {ratio:.2f} x"
           f"  target >= 0.35 x {'ok' if ratio >= 0.35 else 'MISSED'}")
+    print(f"  CPU a request, health: {health_cpu}")
+    print(f"  CPU a request, search: {search_cpu}")
     print(f"indexing, nobody searching: {idle_rate:.1f} chunks/s vs embedder alone {alone_rate:.1f} chunks/s: "
           f"{idle_rate / alone_rate:.2f} x  target >= 0.9 x {'ok' if idle_rate / alone_rate >= 0.9 else 'MISSED'}")
     print(f"indexing, {args.clients} clients searching: {busy_rate:.1f} chunks/s: {busy_rate / alone_rate:.2f} x the "
@@ -421,7 +471,7 @@ def main() -> None:
                                overlap=settings.CHUNKING["OVERLAP"], max_size=embedder.max_chunk_tokens)
         chunk_texts = [chunk.content for chunk in chunker.split(upload_text[:200_000])]
         with live_server(env, root / "server.log") as server:
-            run_loop(measure(server.url, token, args, upload_text, pdf, chunk_texts))
+            run_loop(measure(server.url, server.pid, token, args, upload_text, pdf, chunk_texts))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ FOREIGN_SETTINGS = ("DATABASE_URL", "QDRANT_URL", "QDRANT_PATH", "QDRANT_API_KEY
 class LiveServer:
     url: str
     log: Path
+    #: The uvicorn process (with more than one worker, their supervisor).
+    pid: int | None = None
 
 
 @contextmanager
@@ -153,7 +155,7 @@ def live_server(env: dict[str, str], log: Path, *, workers: int = 1) -> Iterator
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_serving(process, f"{url}/api/v1/health", log)
-        yield LiveServer(url=url, log=log)
+        yield LiveServer(url=url, log=log, pid=process.pid)
     finally:
         process.terminate()
         try:
