@@ -137,7 +137,10 @@ async def test_documents_are_embedded_at_a_lower_priority_than_queries_on_thread
     niceness = HeldDocumentsMiniLM.niceness
     assert niceness["documents"] == min(19, niceness["queries"] + 5)
     assert niceness["queries"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert HeldDocumentsMiniLM.os_names == {"documents": "kb-documents", "queries": "kb-query-0"}
+    assert HeldDocumentsMiniLM.os_names["documents"] == "kb-documents"
+    # whichever query worker was idle first answers
+    assert HeldDocumentsMiniLM.os_names["queries"] in {f"kb-query-{i}" for i in range(len(service._query_workers))}
+    assert set(HeldDocumentsMiniLM.os_names) == {"documents", "queries"}
 
 
 async def test_a_repeated_query_is_answered_without_the_model(counting) -> None:
