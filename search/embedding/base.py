@@ -24,6 +24,11 @@ class Embedder(ABC):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return an array of shape (len(texts), dimensions) of L2-normalised float32 vectors."""
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """`embed` for search queries. A model may answer them a cheaper way whose vectors stay close to
+        `embed`'s (the built-in one: int8 kernels); stored vectors always come from `embed`."""
+        return self.embed(texts)
+
     @abstractmethod
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         """Character offsets (start, end) of each token of `text`, special tokens left out."""

