@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,11 +16,23 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 # Each names an async callable taking no arguments.
 STARTUP_HOOKS = [
+    "kbsite.lifespan.shorten_gil_turns",
     "knowledge.ingestion.worker.start_in_process",
     "kbsite.lifespan.build_url_maps",
     "kbsite.lifespan.freeze_startup_heap",
 ]
 SHUTDOWN_HOOKS = ["knowledge.ingestion.worker.stop_in_process", "search.lifecycle.close_connections"]
+
+
+async def shorten_gil_turns() -> None:
+    """Let a thread holding the GIL keep it at most `GIL_SWITCH_INTERVAL_MS` before the event loop gets a turn.
+
+    Python's default is 5 ms: each time the loop wants the GIL while a thread runs Python (a document's
+    keyword vectors, a sign-in's page, a file's hash), it may wait that long, a search's whole CPU time.
+    """
+    from django.conf import settings
+
+    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_MS / 1000)
 
 
 async def build_url_maps() -> None:

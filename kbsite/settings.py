@@ -245,6 +245,12 @@ QDRANT = {
     "EMBEDDED_ENGINE": env_str("QDRANT_EMBEDDED_ENGINE", "edge"),
 }
 
+# How long a thread may hold the GIL before another (the server's event loop) gets a turn, in the
+# server (kbsite.lifespan.shorten_gil_turns): 1 ms, not Python's 5 (README, "How it is built").
+GIL_SWITCH_INTERVAL_MS = env_number("KBSITE_GIL_SWITCH_INTERVAL_MS", 1.0, float)
+if not GIL_SWITCH_INTERVAL_MS > 0:
+    raise ImproperlyConfigured("KBSITE_GIL_SWITCH_INTERVAL_MS must be a number of milliseconds above 0 (default 1).")
+
 # The embedder turns text into vectors; the default runs offline from the PyPI package.
 BUILT_IN_EMBEDDER = "search.embedding.minilm.MiniLMEmbedder"
 EMBEDDING = {

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from unittest.mock import patch
 
 import pytest
 from django.urls import URLResolver, clear_url_caches, reverse
 
-from kbsite.lifespan import STARTUP_HOOKS, build_url_maps
+from kbsite.lifespan import STARTUP_HOOKS, build_url_maps, shorten_gil_turns
 
 pytestmark = pytest.mark.django_db
 
@@ -56,3 +57,20 @@ def test_the_maps_are_built_before_the_heap_is_frozen() -> None:
     assert STARTUP_HOOKS.index("kbsite.lifespan.build_url_maps") < STARTUP_HOOKS.index(
         "kbsite.lifespan.freeze_startup_heap"
     )
+
+
+@pytest.fixture
+def switch_interval():
+    before = sys.getswitchinterval()
+    yield
+    sys.setswitchinterval(before)
+
+
+async def test_start_up_shortens_the_turns_threads_take_at_the_gil(settings, switch_interval) -> None:
+    sys.setswitchinterval(0.005)  # Python's default
+    settings.GIL_SWITCH_INTERVAL_MS = 1
+
+    await shorten_gil_turns()
+
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    assert "kbsite.lifespan.shorten_gil_turns" in STARTUP_HOOKS
