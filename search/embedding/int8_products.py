@@ -29,26 +29,20 @@ _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 def weight_products(model: bytes) -> list[str]:
     """The names of the model's products of an input by int8 weights, in graph order."""
-    import onnx
-
-    graph = onnx.load_from_string(model).graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    made_by = {output: node for node in graph.node for output in node.output}
-    return [node.name for node in graph.node if _int8_weights(node, made_by, initializers) is not None]
+    proto, initializers, made_by = _parsed(model)
+    return [node.name for node in proto.graph.node if _int8_weights(node, made_by, initializers) is not None]
 
 
-def with_product_inputs(model: bytes) -> tuple[bytes, list[str]]:
-    """The float model with the input of each int8-weight product as an extra output (to measure ranges)."""
-    import onnx
+def with_product_inputs(model: bytes) -> tuple[bytes, dict[str, str]]:
+    """The float model with the input of each int8-weight product as an extra output (to measure ranges),
+    and each product's input by the product's name."""
     from onnx import helper
 
-    proto = onnx.load_from_string(model)
-    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
-    made_by = {output: node for node in proto.graph.node for output in node.output}
-    inputs = []
+    proto, initializers, made_by = _parsed(model)
+    inputs = {}
     for node in proto.graph.node:
         if _int8_weights(node, made_by, initializers) is not None:
-            inputs.append(node.input[0])
+            inputs[node.name] = node.input[0]
             proto.graph.output.append(helper.make_tensor_value_info(node.input[0], _FLOAT, None))
     return proto.SerializeToString(), inputs
 
@@ -59,13 +53,10 @@ def with_int8_weight_products(model: bytes, ranges: Mapping[str, tuple[float, fl
     `ranges` gives each product's input range by the product's node name; a product without one
     raises ValueError. A model with no such product comes back unchanged, with 0.
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    proto = onnx.load_from_string(model)
+    proto, initializers, made_by = _parsed(model)
     graph = proto.graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    made_by = {output: node for node in graph.node for output in node.output}
     nodes, replaced = [], 0
     for node in graph.node:
         weights = _int8_weights(node, made_by, initializers)
@@ -124,12 +115,23 @@ def with_int8_weight_products(model: bytes, ranges: Mapping[str, tuple[float, fl
     return proto.SerializeToString(), replaced
 
 
-def read_ranges(model_sha256: str, path: Path = RANGES_PATH) -> dict[str, tuple[float, float]]:
+def read_ranges(model_sha256: str, path: Path | None = None) -> dict[str, tuple[float, float]]:
     """The input ranges measured for the model of this digest; ValueError if the file is for another model."""
+    path = path or RANGES_PATH
     measured = json.loads(path.read_text(encoding="utf-8"))
     if measured.get("model_sha256") != model_sha256:
         raise ValueError(f"{path.name} was measured on another model: measure the ranges again")
     return {name: (float(low), float(high)) for name, (low, high) in measured["ranges"].items()}
+
+
+def _parsed(model: bytes) -> tuple:
+    """The model's graph, its initializers by name, and the node making each value."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    initializers = {tensor.name: tensor for tensor in proto.graph.initializer}
+    made_by = {output: node for node in proto.graph.node for output in node.output}
+    return proto, initializers, made_by
 
 
 def _uint8_scale(low: float, high: float) -> tuple[float, int]:

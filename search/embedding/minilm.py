@@ -92,6 +92,11 @@ class MiniLMEmbedder(Embedder):
                             f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "
                             "or set EMBEDDING_INT8_QUERIES=false."
                         ) from exc
+                    except (OSError, ValueError, KeyError) as exc:  # the ranges file missing, damaged or another model's
+                        raise EmbedderUnavailable(
+                            f"The int8 ranges of the queries' model cannot be used ({exc}): reinstall kbsite "
+                            "(`pip install -e .`), or set EMBEDDING_INT8_QUERIES=false."
+                        ) from exc
                     if not replaced:
                         raise EmbedderUnavailable(
                             f"{self._model_path} has no int8 weight products to run on int8 kernels: "

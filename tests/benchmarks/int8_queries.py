@@ -47,10 +47,10 @@ def prose_texts(count: int, skip: int = 0) -> list[str]:
 def measure_ranges(embedder, model: bytes, texts: list[str]) -> dict[str, list[float]]:
     import onnxruntime
 
-    from search.embedding.int8_products import weight_products, with_product_inputs
+    from search.embedding.int8_products import with_product_inputs
 
-    exposed, inputs = with_product_inputs(model)
-    names = weight_products(model)
+    exposed, inputs_by_product = with_product_inputs(model)
+    names, inputs = list(inputs_by_product), list(inputs_by_product.values())
     session = onnxruntime.InferenceSession(exposed, providers=["CPUExecutionProvider"])
     low, high = np.full(len(inputs), np.inf), np.full(len(inputs), -np.inf)
     for text in texts:  # one at a time: no padding in what is measured

