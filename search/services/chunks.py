@@ -116,44 +116,41 @@ class ChunkSearch:
         """
         candidates = FUSION_CANDIDATES if self.group_size is not None else max(self.limit, FUSION_CANDIDATES)
         query_filter = self._filter(by_search_key)
-        if self.query_embedding is not None and self.query_keywords is not None:
-            request = models.QueryRequest(
+        # Built with model_construct: every value here already has the type the model declares, and
+        # validating the 384 floats of the vector against every form a query accepts took a third of
+        # the time (34 µs a hybrid request against 22 µs, on the event loop).
+        construct = models.QueryRequest.model_construct
+        dense = keywords = None
+        if self.query_embedding is not None:
+            dense = models.NearestQuery.model_construct(nearest=list(self.query_embedding))
+        if self.query_keywords is not None:
+            keywords = models.NearestQuery.model_construct(nearest=self.query_keywords)
+        if dense is not None and keywords is not None:
+            request = construct(
                 prefetch=[
-                    models.Prefetch(
-                        query=models.NearestQuery(nearest=list(self.query_embedding)),
+                    models.Prefetch.model_construct(
+                        query=dense,
                         using=DENSE_VECTOR,
                         filter=query_filter,
                         limit=candidates,
                         score_threshold=self.score_threshold,
                     ),
-                    models.Prefetch(
-                        query=models.NearestQuery(nearest=self.query_keywords),
-                        using=KEYWORD_VECTOR,
-                        filter=query_filter,
-                        limit=candidates,
+                    models.Prefetch.model_construct(
+                        query=keywords, using=KEYWORD_VECTOR, filter=query_filter, limit=candidates
                     ),
                 ],
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=RRF_WEIGHTS)),
+                query=models.RrfQuery.model_construct(rrf=models.Rrf.model_construct(k=RRF_K, weights=RRF_WEIGHTS)),
                 # No filter on the fusion itself: every candidate passed its prefetch's. Edge evaluated it
                 # once more per query, and a tenant filter of 50 knowledge bases is not cheap: 3.6 ms of
                 # engine time per search against 1.3 ms without (1,000 knowledge bases, README).
                 limit=self.limit,
             )
-        elif self.query_embedding is not None:
-            request = models.QueryRequest(
-                query=models.NearestQuery(nearest=list(self.query_embedding)),
-                using=DENSE_VECTOR,
-                filter=query_filter,
-                limit=self.limit,
-                score_threshold=self.score_threshold,
+        elif dense is not None:
+            request = construct(
+                query=dense, using=DENSE_VECTOR, filter=query_filter, limit=self.limit, score_threshold=self.score_threshold
             )
         else:
-            request = models.QueryRequest(
-                query=models.NearestQuery(nearest=self.query_keywords),
-                using=KEYWORD_VECTOR,
-                filter=query_filter,
-                limit=self.limit,
-            )
+            request = construct(query=keywords, using=KEYWORD_VECTOR, filter=query_filter, limit=self.limit)
         request.with_payload, request.with_vector = True, False
         return request
 
