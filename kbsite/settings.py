@@ -238,8 +238,7 @@ QDRANT = {
     "RETRIES": env_number("QDRANT_RETRIES", 2),
     "RETRY_BACKOFF": env_number("QDRANT_RETRY_BACKOFF", 0.2, float),
     # The embedded store only: threads each open collection searches its segments with (0: one per
-    # core, at most 8). 1 costs a search of small knowledge bases about a third less CPU, but slows a large one's
-    # (README, "Configuration").
+    # two cores, at least 1, at most 8; README, "Configuration").
     "EDGE_SEARCH_THREADS": env_number("QDRANT_EDGE_SEARCH_THREADS", 0),
     # The embedded engine: Qdrant Edge, or qdrant-client's pure-Python local mode (for comparisons only).
     "EMBEDDED_ENGINE": env_str("QDRANT_EMBEDDED_ENGINE", "edge"),

@@ -110,7 +110,7 @@ def check_qdrant_cluster_settings(app_configs=None, **kwargs) -> list:
     if not isinstance(threads, int) or threads < 0:
         problems.append(
             Error(
-                f"QDRANT_EDGE_SEARCH_THREADS={threads!r} must be a whole number: 0 for one per core (at most 8), or more.",
+                f"QDRANT_EDGE_SEARCH_THREADS={threads!r} must be a whole number: 0 for one per two cores (at least 1, at most 8), or more.",
                 id="search.E016",
             )
         )

@@ -53,7 +53,7 @@ class QdrantConfig:
     write_consistency_factor: int = 1
     on_disk_vectors: bool = False
     on_disk_payload: bool = False
-    edge_search_threads: int | None = None  # None: one per core, at most 8
+    edge_search_threads: int | None = None  # None: one per two cores, at least 1, at most 8
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod

@@ -137,6 +137,6 @@ def test_edge_search_threads_reach_the_embedded_store(settings, tmp_path) -> Non
     settings.QDRANT = {**settings.QDRANT, "EDGE_SEARCH_THREADS": 0}
     per_core = QdrantService(QdrantConfig.from_settings())
     try:
-        assert per_core.client._client.search_threads == min(os.cpu_count() or 1, 8)
+        assert per_core.client._client.search_threads == max(1, min((os.cpu_count() or 1) // 2, 8))
     finally:
         per_core.close()
