@@ -135,8 +135,8 @@ def test_edge_search_threads_reach_the_embedded_store(settings, tmp_path) -> Non
     finally:
         one.close()
     settings.QDRANT = {**settings.QDRANT, "EDGE_SEARCH_THREADS": 0}
-    per_core = QdrantService(QdrantConfig.from_settings())
+    default = QdrantService(QdrantConfig.from_settings())
     try:
-        assert per_core.client._client.search_threads == max(1, min((os.cpu_count() or 1) // 2, 8))
+        assert default.client._client.search_threads == max(1, min((os.cpu_count() or 1) // 2, 8))
     finally:
-        per_core.close()
+        default.close()
