@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 
 import grpc
 import pytest
 from django.core.management import call_command
 
 from search.checks import check_qdrant_cluster_settings
+from search.edge.store import default_search_threads
 from search.errors import VectorStoreUnavailable
 from search.qdrant import qdrant_service
 from search.retries import RetryPolicy
@@ -137,6 +137,6 @@ def test_edge_search_threads_reach_the_embedded_store(settings, tmp_path) -> Non
     settings.QDRANT = {**settings.QDRANT, "EDGE_SEARCH_THREADS": 0}
     default = QdrantService(QdrantConfig.from_settings())
     try:
-        assert default.client._client.search_threads == max(1, min((os.cpu_count() or 1) // 2, 8))
+        assert default.client._client.search_threads == default_search_threads()
     finally:
         default.close()

@@ -328,7 +328,6 @@ class TestPersistenceAndLocking:
         self, tmp_path
     ) -> None:
         import json
-        import os
 
         def threads_of_opened_shard() -> int:
             (config,) = tmp_path.glob(f"collections/chunks_v1/{edge_store.SHARD_DIR}/edge_config.json")
@@ -349,7 +348,7 @@ class TestPersistenceAndLocking:
 
         assert await open_and_read(search_threads=3) == 3
         # Back from 3 to the default (one per two cores, at least 1, at most 8): Edge would keep 3.
-        assert await open_and_read() == max(1, min((os.cpu_count() or 1) // 2, 8))
+        assert await open_and_read() == edge_store.default_search_threads()
         assert await open_and_read(search_threads=2) == 2
 
     async def test_a_second_store_on_a_held_folder_is_refused(self, tmp_path) -> None:
