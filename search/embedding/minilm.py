@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +19,8 @@ from search.errors import EmbedderUnavailable
 TOKENIZER_PATH = Path(__file__).resolve().parent / "all-MiniLM-L6-v2" / "tokenizer.json"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 
+logger = logging.getLogger(__name__)
+
 
 class MiniLMEmbedder(Embedder):
     """Mean-pooled, L2-normalised sentence vectors of 384 dimensions; the model is loaded on first use."""
@@ -23,10 +29,19 @@ class MiniLMEmbedder(Embedder):
     dimensions = 384
     max_tokens = 256
 
-    def __init__(self, *, threads: int = 2, batch_size: int = 32, int8_queries: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int = 2,
+        batch_size: int = 32,
+        int8_queries: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._threads = max(1, threads)
         self._batch_size = max(1, batch_size)
         self._int8_queries = int8_queries
+        # Where the queries' model is kept once made: the next process loads it instead of making it.
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._load_lock = threading.Lock()
         self._session = None
         self._query_session = None  # the int8 products' model, made from the same file on the first query
@@ -76,34 +91,67 @@ class MiniLMEmbedder(Embedder):
         return self._session
 
     def _int8_session(self):
-        """The model with its weight products on int8 kernels (search.embedding.int8_products)."""
+        """The model with its weight products on int8 kernels (search.embedding.int8_products).
+
+        Made from the shipped file on first use (a second and a half, most of it importing onnx), and
+        kept in `cache_dir` where there is one: later processes load that copy in a fifth of the time.
+        """
         if self._query_session is None:
             self._load()
             with self._load_lock:
                 if self._query_session is None:
-                    from search.embedding.int8_products import read_ranges, with_int8_weight_products
-
-                    try:
-                        model, replaced = with_int8_weight_products(
-                            self._model_path.read_bytes(), read_ranges(MODEL_SHA256)
-                        )
-                    except ImportError as exc:
-                        raise EmbedderUnavailable(
-                            f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "
-                            "or set EMBEDDING_INT8_QUERIES=false."
-                        ) from exc
-                    except (OSError, ValueError, KeyError) as exc:  # the ranges file missing, damaged or another model's
-                        raise EmbedderUnavailable(
-                            f"The int8 ranges of the queries' model cannot be used ({exc}): reinstall kbsite "
-                            "(`pip install -e .`), or set EMBEDDING_INT8_QUERIES=false."
-                        ) from exc
-                    if not replaced:
-                        raise EmbedderUnavailable(
-                            f"{self._model_path} has no int8 weight products to run on int8 kernels: "
-                            "set EMBEDDING_INT8_QUERIES=false to embed queries with the float model."
-                        )
-                    self._query_session = self._new_session(model)
+                    kept = self._kept_int8_model()
+                    session = self._kept_session(kept) if kept is not None and kept.is_file() else None
+                    if session is None:
+                        model = self._made_int8_model()
+                        session = self._new_session(model)
+                        if kept is not None:
+                            _keep(kept, model)
+                    self._query_session = session
         return self._query_session
+
+    def _kept_int8_model(self) -> Path | None:
+        """Where the queries' model made from this model file, ranges and code is kept (None: nowhere)."""
+        if self._cache_dir is None:
+            return None
+        from search.embedding.int8_products import made_model_key
+
+        try:
+            key = made_model_key(MODEL_SHA256)
+        except OSError:  # the ranges file unreadable: making the model says what to do
+            return None
+        return self._cache_dir / f"{self.model_id}-queries-{key}.onnx"
+
+    def _kept_session(self, kept: Path):
+        """A session of the kept model, or None (the copy removed) when it does not load."""
+        try:
+            return self._new_session(str(kept))
+        except Exception as exc:  # onnxruntime's errors derive from Exception alone
+            logger.warning("The kept queries' model %s does not load (%s): making it again.", kept, exc)
+            kept.unlink(missing_ok=True)
+            return None
+
+    def _made_int8_model(self) -> bytes:
+        from search.embedding.int8_products import read_ranges, with_int8_weight_products
+
+        try:
+            model, replaced = with_int8_weight_products(self._model_path.read_bytes(), read_ranges(MODEL_SHA256))
+        except ImportError as exc:
+            raise EmbedderUnavailable(
+                f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "
+                "or set EMBEDDING_INT8_QUERIES=false."
+            ) from exc
+        except (OSError, ValueError, KeyError) as exc:  # the ranges file missing, damaged or another model's
+            raise EmbedderUnavailable(
+                f"The int8 ranges of the queries' model cannot be used ({exc}): reinstall kbsite "
+                "(`pip install -e .`), or set EMBEDDING_INT8_QUERIES=false."
+            ) from exc
+        if not replaced:
+            raise EmbedderUnavailable(
+                f"{self._model_path} has no int8 weight products to run on int8 kernels: "
+                "set EMBEDDING_INT8_QUERIES=false to embed queries with the float model."
+            )
+        return model
 
     def _new_session(self, model: str | bytes):
         import onnxruntime
@@ -148,3 +196,20 @@ class MiniLMEmbedder(Embedder):
             self._load()
         encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
         return list(encoding.offsets)
+
+
+def _keep(path: Path, model: bytes) -> None:
+    """Write the made model whole or not at all; a folder that cannot take it only costs the next start its time."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(model)
+        os.replace(tmp, path)
+        # Copies made by an earlier release (another key) are not read again.
+        for earlier in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.onnx"):
+            if earlier != path:
+                earlier.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("Could not keep the queries' model in %s (%s): each process will make it again.", path.parent, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -5,7 +5,8 @@
 For each size N, a fresh Qdrant Edge store in a temporary folder is seeded (in a child process) with N
 knowledge bases of --docs documents of two chunks each, plus one of --big chunks: seeded 384-dim unit
 vectors, BM25 keyword vectors encoded as ingestion does, written through ChunkService; the seeding
-ends as a server's shutdown does, with the store closed (and so optimised). Then a second child
+ends as a server's shutdown does, with the store closed (and so optimised), after one query has been
+embedded (so the site's folder holds what a site that has served a search keeps). Then a second child
 process stands in for a restarted server: it sets Django up, imports the ASGI application, embeds a
 query with the real embedder (whose model loads on first use, as in the server) and answers one hybrid
 search across 50 knowledge bases with it, then freezes its heap as the server's start-up does.
@@ -144,6 +145,10 @@ async def _seed(path: str, kbs: int, docs: int, big: int, hnsw: str) -> None:
             await write(_kb_id(n), document, 2)
     for start in range(0, big, 500):
         await write(_kb_id(kbs), start // 500, min(500, big - start))
+    # The site answered a search before its restart: what its first query kept (the queries' model) is there.
+    from search.embedding import embedding_service
+
+    await embedding_service.embed_query(QUERY)
     qdrant_service.close()
 
 

@@ -105,3 +105,64 @@ def test_the_settings_option_reaches_the_built_in_model(settings) -> None:
     built = EmbeddingConfig.from_settings().build_embedder(threads=1)
 
     assert isinstance(built, MiniLMEmbedder) and built._int8_queries is False
+
+
+def test_the_settings_keep_the_queries_model_in_the_sites_var_folder(settings) -> None:
+    built = EmbeddingConfig.from_settings().build_embedder(threads=1)
+
+    assert built._cache_dir == Path(settings.VAR_DIR) / "cache"
+
+
+def test_the_queries_model_is_kept_and_the_next_process_loads_it_instead_of_making_it(
+    embedder, tmp_path, monkeypatch
+) -> None:
+    earlier = tmp_path / f"{MiniLMEmbedder.model_id}-queries-0123456789abcdef01234567.onnx"
+    earlier.write_bytes(b"an earlier release's copy")
+    first = MiniLMEmbedder(threads=1, cache_dir=tmp_path)
+    made = first.embed_queries(QUERIES)
+
+    kept = list(tmp_path.iterdir())
+    assert kept == [first._kept_int8_model()]  # one copy, no temporary file left, the earlier one gone
+    monkeypatch.setattr(int8_products, "with_int8_weight_products", _never_called)
+    loaded = MiniLMEmbedder(threads=1, cache_dir=tmp_path).embed_queries(QUERIES)
+
+    assert np.array_equal(loaded, made)
+    assert np.array_equal(loaded, embedder.embed_queries(QUERIES))
+
+
+def test_a_damaged_copy_is_made_again(embedder, tmp_path) -> None:
+    damaged = MiniLMEmbedder(threads=1, cache_dir=tmp_path)
+    kept = damaged._kept_int8_model()
+    kept.write_bytes(b"\x08\x07not a model")
+
+    vectors = damaged.embed_queries(QUERIES)
+
+    assert np.array_equal(vectors, embedder.embed_queries(QUERIES))
+    assert kept.stat().st_size > 1_000_000
+    assert np.array_equal(MiniLMEmbedder(threads=1, cache_dir=tmp_path).embed_queries(QUERIES), vectors)
+
+
+def test_other_ranges_key_another_copy(tmp_path, monkeypatch) -> None:
+    key = int8_products.made_model_key(MODEL_SHA256)
+    measured = json.loads(int8_products.RANGES_PATH.read_text())
+    name = next(iter(measured["ranges"]))
+    measured["ranges"][name] = [value * 2 for value in measured["ranges"][name]]
+    other = tmp_path / "ranges.json"
+    other.write_text(json.dumps(measured))
+    monkeypatch.setattr(int8_products, "RANGES_PATH", other)
+
+    assert int8_products.made_model_key(MODEL_SHA256) != key
+
+
+def test_a_folder_that_cannot_keep_the_model_costs_only_time(embedder, tmp_path) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the folder should be")
+
+    vectors = MiniLMEmbedder(threads=1, cache_dir=not_a_folder).embed_queries(QUERIES)
+
+    assert np.array_equal(vectors, embedder.embed_queries(QUERIES))
+    assert list(tmp_path.iterdir()) == [not_a_folder]
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("the queries' model was made again instead of loaded")
