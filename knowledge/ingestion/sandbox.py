@@ -52,7 +52,13 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from knowledge.ingestion.extraction import ExtractedText, ExtractionError, extract_text
+from knowledge.ingestion.extraction import (
+    ExtractedText,
+    ExtractionError,
+    extract_text,
+    format_for,
+    load_readers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -532,6 +538,7 @@ def _collecting_logs() -> _Collected:
 
 def main() -> None:
     request = json.loads(sys.argv[1])
+    load_readers([format_for(request["filename"])])
     _limit_resources(request["seconds"], request["memory_bytes"])
     settings.configure(INGESTION=request["ingestion"])
     collected = _collecting_logs()
@@ -545,6 +552,7 @@ def serve(start: dict) -> None:
     Each request is a JSON line (with the file's size) followed by the file's bytes; each reply
     is its length in bytes on a line, then the JSON.
     """
+    load_readers()  # every format's, while nothing is limited yet: each file is then read warm
     os.nice(_CHILD_NICENESS)
     memory_bytes = int(start["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
