@@ -116,6 +116,7 @@ def test_the_settings_keep_the_queries_model_in_the_sites_var_folder(settings) -
 def test_the_queries_model_is_kept_and_the_next_process_loads_it_instead_of_making_it(
     embedder, tmp_path, monkeypatch
 ) -> None:
+    reference = embedder.embed_queries(QUERIES)  # the model made in memory, as without a folder to keep it
     earlier = tmp_path / f"{MiniLMEmbedder.model_id}-queries-0123456789abcdef01234567.onnx"
     earlier.write_bytes(b"an earlier release's copy")
     first = MiniLMEmbedder(threads=1, cache_dir=tmp_path)
@@ -126,8 +127,8 @@ def test_the_queries_model_is_kept_and_the_next_process_loads_it_instead_of_maki
     monkeypatch.setattr(int8_products, "with_int8_weight_products", _never_called)
     loaded = MiniLMEmbedder(threads=1, cache_dir=tmp_path).embed_queries(QUERIES)
 
-    assert np.array_equal(loaded, made)
-    assert np.array_equal(loaded, embedder.embed_queries(QUERIES))
+    assert np.array_equal(made, reference)
+    assert np.array_equal(loaded, reference)
 
 
 def test_a_damaged_copy_is_made_again(embedder, tmp_path) -> None:
