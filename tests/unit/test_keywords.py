@@ -160,3 +160,15 @@ def test_highlighting_a_long_chunk_takes_well_under_a_millisecond() -> None:
     for _ in range(100):
         encoder.highlights(query, content)
     assert (time.perf_counter() - started) / 100 < 0.001
+
+
+def test_a_word_is_found_where_it_starts_never_inside_another() -> None:
+    encoder = keyword_encoder(KeywordSettings())
+    content = "Recycled cycles, bicycle-cycle; cyclic_cycle 42cycle cycle42 x42 (42) CYCLE"
+    query = "cycle 42"
+    _, as_written, lowered = encoder._candidates(query)
+    text = content.replace("_", " ")
+
+    # The lowercased text's pattern finds the very words the case-blind one with `\b` finds.
+    assert [m.span() for m in lowered.finditer(text.lower())] == [m.span() for m in as_written.finditer(text)]
+    assert highlighted(query, content) == ["cycles", "cycle", "cycle", "42", "CYCLE"]
