@@ -187,10 +187,13 @@ class KeywordEncoder:
         # The same words in lowercased text, each alternative starting with its first character and
         # checking the word boundary once past it (`(?<!\w.)`: no word character before that one): `re`
         # then skips along the text to the next of those first characters instead of trying `\b` and
-        # every alternative at each position, half the time of a chunk's scan (41-44 µs against 19-27).
-        lowered = "|".join(
-            [*(f"{re.escape(start[0])}(?<!\\w.){re.escape(start[1:])}" for start in letters), *(f"{d}(?<!\\w.)" for d in digits)]
-        )
+        # every alternative at each position. Digits too are listed one by one: a `\d` alternative stops
+        # that skipping. Only ASCII ones: a query here is ASCII, and BM25 reads no other digit as one of
+        # them ("٤٢" and "４２" are not "42"). The highlights of ten 1,000-character chunks of prose for
+        # the load tests' queries: 247-250 µs against 393-424 µs with `\b` (the pattern's compiling,
+        # once per query: 46-50 µs against 30-32).
+        firsts = [*((start[0], start[1:]) for start in letters), *((digit, "") for digit in "0123456789" if digits)]
+        lowered = "|".join(f"{re.escape(first)}(?<!\\w.){re.escape(rest)}" for first, rest in firsts)
         return wanted, re.compile(pattern, re.IGNORECASE), re.compile(f"(?:{lowered or '(?!)'})\\w*")
 
     def _tokens_of_word(self, word: str) -> tuple[int, ...]:

@@ -172,3 +172,5 @@ def test_a_word_is_found_where_it_starts_never_inside_another() -> None:
     # The lowercased text's pattern finds the very words the case-blind one with `\b` finds.
     assert [m.span() for m in lowered.finditer(text.lower())] == [m.span() for m in as_written.finditer(text)]
     assert highlighted(query, content) == ["cycles", "cycle", "cycle", "42", "CYCLE"]
+    # Other scripts' digits are never BM25's ASCII ones.
+    assert highlighted("release 42", "release ４２, ٤٢ and 42") == ["release", "42"]
