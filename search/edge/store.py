@@ -22,6 +22,7 @@ from qdrant_client.http import models
 from qdrant_client.local.payload_value_extractor import value_by_key
 
 from search.edge import convert
+from search.files import write_atomically
 from search.priority import name_this_thread
 
 MEMORY_LOCATION = ":memory:"
@@ -83,20 +84,6 @@ def _edge_config(config: models.CreateCollection, search_threads: int) -> edge.E
         ),
         max_search_threads=search_threads,
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _validate_collection_name(name: str) -> None:
@@ -217,7 +204,7 @@ class EdgeStore(AsyncQdrantBase):
         return self._shard(collection_name)[1]
 
     def _save_aliases(self, aliases: dict[str, str]) -> None:
-        _write_atomically(self.path / ALIASES_FILE, json.dumps(aliases, indent=1, sort_keys=True))
+        write_atomically(self.path / ALIASES_FILE, json.dumps(aliases, indent=1, sort_keys=True))
 
     def _apply(
         self, collection_name: str, operation: edge.UpdateOperation, *, optimize_after: int | None = None
@@ -365,7 +352,7 @@ class EdgeStore(AsyncQdrantBase):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             shard = edge.EdgeShard.create(str(folder / SHARD_DIR), edge_config)
-            _write_atomically(folder / SIDECAR_FILE, config.model_dump_json(exclude_none=True))
+            write_atomically(folder / SIDECAR_FILE, config.model_dump_json(exclude_none=True))
             self._shards[collection_name] = shard
             configs[collection_name] = config
         return True

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from search.embedding.base import Embedder
 from search.errors import EmbedderUnavailable
+from search.files import write_atomically
 
 TOKENIZER_PATH = Path(__file__).resolve().parent / "all-MiniLM-L6-v2" / "tokenizer.json"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -200,16 +199,12 @@ class MiniLMEmbedder(Embedder):
 
 def _keep(path: Path, model: bytes) -> None:
     """Write the made model whole or not at all; a folder that cannot take it only costs the next start its time."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(model)
-        os.replace(tmp, path)
+        write_atomically(path, model)
         # Copies made by an earlier release (another key) are not read again.
         for earlier in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.onnx"):
             if earlier != path:
                 earlier.unlink(missing_ok=True)
     except OSError as exc:
         logger.warning("Could not keep the queries' model in %s (%s): each process will make it again.", path.parent, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
