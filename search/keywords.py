@@ -181,8 +181,8 @@ class KeywordEncoder:
         # Any word starting with a digit is a candidate: numbers make most queries' starts unique, and
         # a pattern of letters alone repeats from query to query, so `re`'s cache spares compiling it.
         letters = sorted((start for start in starts if not start[0].isdigit()), key=lambda start: (-len(start), start))
-        digits = ["\\d"] if len(letters) < len(starts) else []
-        alternatives = "|".join([*map(re.escape, letters), *digits]) or "(?!)"
+        any_digit = len(letters) < len(starts)
+        alternatives = "|".join([*map(re.escape, letters), *(["\\d"] if any_digit else [])]) or "(?!)"
         pattern = f"\\b(?:{alternatives})\\w*"
         # The same words in lowercased text, each alternative starting with its first character and
         # checking the word boundary once past it (`(?<!\w.)`: no word character before that one): `re`
@@ -192,7 +192,7 @@ class KeywordEncoder:
         # them ("٤٢" and "４２" are not "42"). The highlights of ten 1,000-character chunks of prose for
         # the load tests' queries: 247-250 µs against 393-424 µs with `\b` (the pattern's compiling,
         # once per query: 46-50 µs against 30-32).
-        firsts = [*((start[0], start[1:]) for start in letters), *((digit, "") for digit in "0123456789" if digits)]
+        firsts = [*((start[0], start[1:]) for start in letters), *((digit, "") for digit in "0123456789" if any_digit)]
         lowered = "|".join(f"{re.escape(first)}(?<!\\w.){re.escape(rest)}" for first, rest in firsts)
         return wanted, re.compile(pattern, re.IGNORECASE), re.compile(f"(?:{lowered or '(?!)'})\\w*")
 
