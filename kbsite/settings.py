@@ -269,8 +269,9 @@ EMBEDDING = {
 }
 if EMBEDDING["BACKEND"] == BUILT_IN_EMBEDDER:
     EMBEDDING["OPTIONS"]["int8_queries"] = env_bool("EMBEDDING_INT8_QUERIES", True)
-    # The queries' int8 model, made on the first query, is kept here (23 MB) for the next process to load.
-    EMBEDDING["OPTIONS"]["cache_dir"] = str(VAR_DIR / "cache")
+    # The models made from the shipped one (the queries' int8 model, the documents' less its softmax
+    # guards) are kept here, 23 MB each, for the next process to load. Sites may share the folder.
+    EMBEDDING["OPTIONS"]["cache_dir"] = env_str("EMBEDDING_CACHE_DIR", str(VAR_DIR / "cache"))
 
 # More embedders a knowledge base may choose, by name: OpenAI-compatible endpoints, as JSON, e.g.
 # {"e5-large": {"BASE_URL": "https://embed.example.com/v1", "MODEL": "intfloat/e5-large-v2",

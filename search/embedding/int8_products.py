@@ -15,10 +15,8 @@ it is the same to the bit. Products of two activations (attention) stay in float
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -115,22 +113,6 @@ def with_int8_weight_products(model: bytes, ranges: Mapping[str, tuple[float, fl
     if not any(opset.domain == CONTRIB_DOMAIN for opset in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
     return proto.SerializeToString(), replaced
-
-
-def made_model_key(model_sha256: str) -> str:
-    """What `with_int8_weight_products` makes of the model depends on: the model, its ranges, this code and onnx.
-
-    A copy kept under this key is the same model, so a process may load it instead of making it again
-    (and importing onnx, a second of every server's first query).
-    """
-    try:
-        onnx_version = metadata.version("onnx")
-    except metadata.PackageNotFoundError:
-        onnx_version = "none"
-    digest = hashlib.sha256()
-    for part in (model_sha256.encode(), RANGES_PATH.read_bytes(), Path(__file__).read_bytes(), onnx_version.encode()):
-        digest.update(hashlib.sha256(part).digest())
-    return digest.hexdigest()[:24]
 
 
 def read_ranges(model_sha256: str, path: Path | None = None) -> dict[str, tuple[float, float]]:

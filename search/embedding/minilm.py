@@ -81,12 +81,16 @@ class MiniLMEmbedder(Embedder):
             self._model_path = model_path
 
     def _float_session(self):
-        """The model as shipped: ONNX Runtime turns its int8 weights into floats at load."""
+        """The documents' model: the shipped one less its softmax guards (`model_graph`), the same vectors.
+
+        ONNX Runtime turns its int8 weights into floats at load. Made on first use and kept in
+        `cache_dir` like the queries' model; without onnx, the shipped file as it is (slower).
+        """
         if self._session is None:
             self._load()
             with self._load_lock:
                 if self._session is None:
-                    self._session = self._new_session(str(self._model_path))
+                    self._session = self._made_session("documents", self._made_documents_model)
         return self._session
 
     def _int8_session(self):
@@ -94,47 +98,72 @@ class MiniLMEmbedder(Embedder):
 
         Made from the shipped file on first use (a second and a half, most of it importing onnx), and
         kept in `cache_dir` where there is one: later processes load that copy in a fifth of the time.
+        ONNX Runtime's SkipLayerNormalization fusion is left out: on short queries its kernel took a
+        fifth of a batch's time, more than the layer norm and the addition it fuses (2.52 against
+        3.02 ms a query on one thread, README).
         """
         if self._query_session is None:
             self._load()
             with self._load_lock:
                 if self._query_session is None:
-                    kept = self._kept_int8_model()
-                    session = self._kept_session(kept) if kept is not None and kept.is_file() else None
-                    if session is None:
-                        model = self._made_int8_model()
-                        session = self._new_session(model)
-                        if kept is not None:
-                            _keep(kept, model)
-                    self._query_session = session
+                    self._query_session = self._made_session(
+                        "queries", self._made_int8_model, disabled_optimizers=["SkipLayerNormFusion"]
+                    )
         return self._query_session
 
-    def _kept_int8_model(self) -> Path | None:
-        """Where the queries' model made from this model file, ranges and code is kept (None: nowhere)."""
+    def _made_session(self, kind: str, make, **session_options):
+        """A session of the `kind` model that `make` makes: loaded from `cache_dir` when kept there, else made and kept."""
+        kept = self._kept_model(kind)
+        session = self._kept_session(kept, **session_options) if kept is not None and kept.is_file() else None
+        if session is None:
+            model = make()
+            session = self._new_session(model, **session_options)
+            if kept is not None and isinstance(model, bytes):
+                _keep(kept, model)
+        return session
+
+    def _kept_model(self, kind: str) -> Path | None:
+        """Where the `kind` model made from this model file (and its code and ranges) is kept; None: nowhere."""
         if self._cache_dir is None:
             return None
-        from search.embedding.int8_products import made_model_key
+        from search.embedding import int8_products
+        from search.embedding.model_graph import made_model_key
 
+        inputs = [Path(int8_products.__file__), int8_products.RANGES_PATH] if kind == "queries" else []
         try:
-            key = made_model_key(MODEL_SHA256)
+            key = made_model_key(MODEL_SHA256, *inputs)
         except OSError:  # the ranges file unreadable: making the model says what to do
             return None
-        return self._cache_dir / f"{self.model_id}-queries-{key}.onnx"
+        return self._cache_dir / f"{self.model_id}-{kind}-{key}.onnx"
 
-    def _kept_session(self, kept: Path):
+    def _kept_session(self, kept: Path, **session_options):
         """A session of the kept model, or None (the copy removed) when it does not load."""
         try:
-            return self._new_session(str(kept))
+            return self._new_session(str(kept), **session_options)
         except Exception as exc:  # onnxruntime's errors derive from Exception alone
-            logger.warning("The kept queries' model %s does not load (%s): making it again.", kept, exc)
+            logger.warning("The kept model %s does not load (%s): making it again.", kept, exc)
             kept.unlink(missing_ok=True)
             return None
+
+    def _made_documents_model(self) -> bytes | str:
+        """The shipped model less its softmax guards; its path when it has none or onnx is missing."""
+        try:
+            from search.embedding.model_graph import without_softmax_nan_guards
+
+            model, removed = without_softmax_nan_guards(self._model_path.read_bytes())
+        except ImportError as exc:
+            logger.warning("Documents are embedded with the model as shipped, slower: %s is missing.", exc.name)
+            return str(self._model_path)
+        return model if removed else str(self._model_path)
 
     def _made_int8_model(self) -> bytes:
         from search.embedding.int8_products import read_ranges, with_int8_weight_products
 
         try:
+            from search.embedding.model_graph import without_softmax_nan_guards
+
             model, replaced = with_int8_weight_products(self._model_path.read_bytes(), read_ranges(MODEL_SHA256))
+            model = without_softmax_nan_guards(model)[0] if replaced else model
         except ImportError as exc:
             raise EmbedderUnavailable(
                 f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "
@@ -152,14 +181,14 @@ class MiniLMEmbedder(Embedder):
             )
         return model
 
-    def _new_session(self, model: str | bytes):
+    def _new_session(self, model: str | bytes, **session_options):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], **session_options)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self._embed(self._float_session(), texts)
@@ -207,4 +236,4 @@ def _keep(path: Path, model: bytes) -> None:
             if earlier != path:
                 earlier.unlink(missing_ok=True)
     except OSError as exc:
-        logger.warning("Could not keep the queries' model in %s (%s): each process will make it again.", path.parent, exc)
+        logger.warning("Could not keep a made model in %s (%s): each process will make it again.", path.parent, exc)

@@ -51,6 +51,10 @@ def site_environment(var_dir: Path, **extra: str) -> Iterator[dict[str, str]]:
         KBSITE_SEARCH_RATE_LIMIT="off",
         PYTHONUNBUFFERED="1",
     )
+    # The models made from the built-in one are the same for every site: made once, not once a site.
+    cache_dir = settings.EMBEDDING.get("OPTIONS", {}).get("cache_dir")
+    if cache_dir:
+        env.setdefault("EMBEDDING_CACHE_DIR", str(cache_dir))
     env.update(extra)
     with _site_database() as database_url:
         if database_url:

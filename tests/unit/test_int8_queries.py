@@ -123,7 +123,7 @@ def test_the_queries_model_is_kept_and_the_next_process_loads_it_instead_of_maki
     made = first.embed_queries(QUERIES)
 
     kept = list(tmp_path.iterdir())
-    assert kept == [first._kept_int8_model()]  # one copy, no temporary file left, the earlier one gone
+    assert kept == [first._kept_model("queries")]  # one copy, no temporary file left, the earlier one gone
     monkeypatch.setattr(int8_products, "with_int8_weight_products", _never_called)
     loaded = MiniLMEmbedder(threads=1, cache_dir=tmp_path).embed_queries(QUERIES)
 
@@ -133,7 +133,7 @@ def test_the_queries_model_is_kept_and_the_next_process_loads_it_instead_of_maki
 
 def test_a_damaged_copy_is_made_again(embedder, tmp_path) -> None:
     damaged = MiniLMEmbedder(threads=1, cache_dir=tmp_path)
-    kept = damaged._kept_int8_model()
+    kept = damaged._kept_model("queries")
     kept.write_bytes(b"\x08\x07not a model")
 
     vectors = damaged.embed_queries(QUERIES)
@@ -144,7 +144,7 @@ def test_a_damaged_copy_is_made_again(embedder, tmp_path) -> None:
 
 
 def test_other_ranges_key_another_copy(tmp_path, monkeypatch) -> None:
-    key = int8_products.made_model_key(MODEL_SHA256)
+    key = MiniLMEmbedder(threads=1, cache_dir=tmp_path)._kept_model("queries")
     measured = json.loads(int8_products.RANGES_PATH.read_text())
     name = next(iter(measured["ranges"]))
     measured["ranges"][name] = [value * 2 for value in measured["ranges"][name]]
@@ -152,7 +152,7 @@ def test_other_ranges_key_another_copy(tmp_path, monkeypatch) -> None:
     other.write_text(json.dumps(measured))
     monkeypatch.setattr(int8_products, "RANGES_PATH", other)
 
-    assert int8_products.made_model_key(MODEL_SHA256) != key
+    assert MiniLMEmbedder(threads=1, cache_dir=tmp_path)._kept_model("queries") != key
 
 
 def test_a_folder_that_cannot_keep_the_model_costs_only_time(embedder, tmp_path) -> None:
