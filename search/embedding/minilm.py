@@ -81,7 +81,7 @@ class MiniLMEmbedder(Embedder):
             self._model_path = model_path
 
     def _float_session(self):
-        """The documents' model: the shipped one less its softmax guards (`model_graph`), the same vectors.
+        """The documents' model: the shipped one less its softmax guards, its GELUs fused (`model_graph`).
 
         ONNX Runtime turns its int8 weights into floats at load. Made on first use and kept in
         `cache_dir` like the queries' model; without onnx, the shipped file as it is (slower).
@@ -146,24 +146,26 @@ class MiniLMEmbedder(Embedder):
             return None
 
     def _made_documents_model(self) -> bytes | str:
-        """The shipped model less its softmax guards; its path when it has none or onnx is missing."""
+        """The shipped model rewritten by `model_graph`; its path when nothing applies or onnx is missing."""
         try:
-            from search.embedding.model_graph import without_softmax_nan_guards
+            from search.embedding.model_graph import with_fused_activations, without_softmax_nan_guards
 
             model, removed = without_softmax_nan_guards(self._model_path.read_bytes())
+            model, fused = with_fused_activations(model)
         except ImportError as exc:
             logger.warning("Documents are embedded with the model as shipped, slower: %s is missing.", exc.name)
             return str(self._model_path)
-        return model if removed else str(self._model_path)
+        return model if removed or fused else str(self._model_path)
 
     def _made_int8_model(self) -> bytes:
         from search.embedding.int8_products import read_ranges, with_int8_weight_products
 
         try:
-            from search.embedding.model_graph import without_softmax_nan_guards
+            from search.embedding.model_graph import with_fused_activations, without_softmax_nan_guards
 
             model, replaced = with_int8_weight_products(self._model_path.read_bytes(), read_ranges(MODEL_SHA256))
-            model = without_softmax_nan_guards(model)[0] if replaced else model
+            if replaced:
+                model = with_fused_activations(without_softmax_nan_guards(model)[0])[0]
         except ImportError as exc:
             raise EmbedderUnavailable(
                 f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "

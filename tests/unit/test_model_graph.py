@@ -1,4 +1,4 @@
-"""The built-in model less its softmax guards: the same vectors to the bit, made once and kept."""
+"""The built-in model rewritten (softmax guards out, GELUs fused): the shipped model's vectors, made once and kept."""
 
 from __future__ import annotations
 
@@ -52,13 +52,37 @@ def test_every_layers_guard_goes_and_nothing_else(model) -> None:
     assert model_graph.without_softmax_nan_guards(cleaned) == (cleaned, 0)
 
 
-def test_documents_get_the_shipped_models_vectors_to_the_bit(shipped_vectors) -> None:
+def test_without_the_guards_documents_get_the_shipped_models_vectors_to_the_bit(model, shipped_vectors) -> None:
+    embedder = MiniLMEmbedder(threads=1)
+    embedder._load()
+    embedder._session = embedder._new_session(model_graph.without_softmax_nan_guards(model)[0])
+
+    assert np.array_equal(embedder.embed(TEXTS), shipped_vectors)
+    assert np.array_equal(np.vstack([embedder.embed([text]) for text in TEXTS]), shipped_vectors)
+
+
+def test_every_gelu_and_int8_bias_is_fused(model) -> None:
+    from search.embedding.int8_products import read_ranges, with_int8_weight_products
+    from search.embedding.minilm import MODEL_SHA256
+
+    floats, lost = model_graph.with_fused_activations(model)
+    assert lost == 30 and _ops(floats).count("BiasGelu") == 6  # five nodes and the bias addition, a layer
+    assert not {"Erf", "Div"} & set(_ops(floats))
+    int8, lost = model_graph.with_fused_activations(with_int8_weight_products(model, read_ranges(MODEL_SHA256))[0])
+    assert lost == 60 and _ops(int8).count("Gelu") == 6  # and the 36 products' bias additions
+    products = [node for node in onnx.load_from_string(int8).graph.node if node.op_type == "MatMulIntegerToFloat"]
+    assert len(products) == 36 and all(len(node.input) == 7 for node in products)
+    assert model_graph.with_fused_activations(floats) == (floats, 0)
+
+
+def test_documents_get_the_shipped_models_vectors_to_a_rounding(shipped_vectors) -> None:
     embedder = MiniLMEmbedder(threads=1)
 
     vectors = embedder.embed(TEXTS)
 
-    assert np.array_equal(vectors, shipped_vectors)
-    assert np.array_equal(np.vstack([embedder.embed([text]) for text in TEXTS]), shipped_vectors)
+    assert not np.array_equal(vectors, shipped_vectors)  # the fused model ran, not the file as shipped
+    assert np.abs(vectors - shipped_vectors).max() < 1e-5
+    assert np.array_equal(np.vstack([embedder.embed([text]) for text in TEXTS]), vectors)
 
 
 def test_the_documents_model_is_kept_and_the_next_process_loads_it(shipped_vectors, tmp_path, monkeypatch) -> None:
@@ -67,12 +91,13 @@ def test_the_documents_model_is_kept_and_the_next_process_loads_it(shipped_vecto
 
     kept = first._kept_model("documents")
     assert list(tmp_path.iterdir()) == [kept]
-    assert "IsNaN" not in _ops(kept.read_bytes())
+    assert not {"IsNaN", "Erf"} & set(_ops(kept.read_bytes()))
     monkeypatch.setattr(model_graph, "without_softmax_nan_guards", _never_called)
+    monkeypatch.setattr(model_graph, "with_fused_activations", _never_called)
     loaded = MiniLMEmbedder(threads=1, cache_dir=tmp_path).embed(TEXTS)
 
-    assert np.array_equal(made, shipped_vectors)
-    assert np.array_equal(loaded, shipped_vectors)
+    assert np.abs(made - shipped_vectors).max() < 1e-5
+    assert np.array_equal(loaded, made)
 
 
 def test_the_documents_and_queries_models_are_kept_side_by_side(tmp_path) -> None:
