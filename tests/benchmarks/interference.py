@@ -197,15 +197,13 @@ class Site:
 
 async def searches(url: str, token: str, kb: str, clients: int, seconds: float, name: str, note: str = "") -> Row:
     """`clients` clients searching without pause for `seconds`."""
-    import httpx
-
-    from tests.benchmarks.http_load import Tally, client_loop, percentile
+    from tests.benchmarks.http_load import Tally, client_loop, http_client, percentile
 
     tally = Tally()
     headers = {"Authorization": f"Bearer {token}"}
 
     async def one(client: int) -> None:
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+        async with http_client(url, headers=headers, timeout=120) as http:
             await client_loop(http, kb, client, deadline, tally)
 
     started = time.perf_counter()

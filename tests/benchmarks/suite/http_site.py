@@ -49,12 +49,12 @@ async def health_load(url: str, clients: int, seconds: float):
     """http_load's client loop shape, on GET /api/v1/health."""
     import asyncio
 
-    from tests.benchmarks.http_load import Tally
+    from tests.benchmarks.http_load import Tally, http_client
 
     tally = Tally()
 
     async def one_client(deadline: float) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with http_client(url, timeout=60) as http:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 try:
