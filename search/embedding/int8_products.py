@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-CONTRIB_DOMAIN = "com.microsoft"
+from search.embedding.model_graph import CONTRIB_DOMAIN
+
 RANGES_PATH = Path(__file__).resolve().parent / "all-MiniLM-L6-v2" / "int8_activation_ranges.json"
 _INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -54,6 +55,8 @@ def with_int8_weight_products(model: bytes, ranges: Mapping[str, tuple[float, fl
     raises ValueError. A model with no such product comes back unchanged, with 0.
     """
     from onnx import helper, numpy_helper
+
+    from search.embedding.model_graph import serialized_with_contrib_ops
 
     proto, initializers, made_by = _parsed(model)
     graph = proto.graph
@@ -107,12 +110,7 @@ def with_int8_weight_products(model: bytes, ranges: Mapping[str, tuple[float, fl
         return model, 0
     del graph.node[:]
     graph.node.extend(_without_unread(nodes, {output.name for output in graph.output}))
-    read = {name for node in graph.node for name in node.input}
-    for tensor in [tensor for tensor in graph.initializer if tensor.name not in read]:
-        graph.initializer.remove(tensor)
-    if not any(opset.domain == CONTRIB_DOMAIN for opset in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
-    return proto.SerializeToString(), replaced
+    return serialized_with_contrib_ops(proto), replaced
 
 
 def read_ranges(model_sha256: str, path: Path | None = None) -> dict[str, tuple[float, float]]:

@@ -165,12 +165,19 @@ def with_fused_activations(model: bytes) -> tuple[bytes, int]:
     lost = before - len(graph.node)
     if not lost:
         return model, 0
-    read_now = {name for node in graph.node for name in node.input}
-    for tensor in [tensor for tensor in graph.initializer if tensor.name not in read_now]:
-        graph.initializer.remove(tensor)
+    return serialized_with_contrib_ops(proto), lost
+
+
+def serialized_with_contrib_ops(proto) -> bytes:
+    """The rewritten model, less the constants no node reads any more, declaring ONNX Runtime's operators."""
+    from onnx import helper
+
+    read = {name for node in proto.graph.node for name in node.input}
+    for tensor in [tensor for tensor in proto.graph.initializer if tensor.name not in read]:
+        proto.graph.initializer.remove(tensor)
     if not any(opset.domain == CONTRIB_DOMAIN for opset in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
-    return proto.SerializeToString(), lost
+    return proto.SerializeToString()
 
 
 def made_model_key(model_sha256: str, *inputs: Path) -> str:
