@@ -148,24 +148,23 @@ class MiniLMEmbedder(Embedder):
     def _made_documents_model(self) -> bytes | str:
         """The shipped model rewritten by `model_graph`; its path when nothing applies or onnx is missing."""
         try:
-            from search.embedding.model_graph import with_fused_activations, without_softmax_nan_guards
+            from search.embedding.model_graph import rewritten
 
-            model, removed = without_softmax_nan_guards(self._model_path.read_bytes())
-            model, fused = with_fused_activations(model)
+            model, changes = rewritten(self._model_path.read_bytes())
         except ImportError as exc:
             logger.warning("Documents are embedded with the model as shipped, slower: %s is missing.", exc.name)
             return str(self._model_path)
-        return model if removed or fused else str(self._model_path)
+        return model if changes else str(self._model_path)
 
     def _made_int8_model(self) -> bytes:
         from search.embedding.int8_products import read_ranges, with_int8_weight_products
 
         try:
-            from search.embedding.model_graph import with_fused_activations, without_softmax_nan_guards
+            from search.embedding.model_graph import rewritten
 
             model, replaced = with_int8_weight_products(self._model_path.read_bytes(), read_ranges(MODEL_SHA256))
             if replaced:
-                model = with_fused_activations(without_softmax_nan_guards(model)[0])[0]
+                model = rewritten(model)[0]
         except ImportError as exc:
             raise EmbedderUnavailable(
                 f"Queries on int8 kernels need {exc.name}: run `pip install -e .` in the project, "
