@@ -252,13 +252,16 @@ if not GIL_SWITCH_INTERVAL_MS > 0:
 
 # The embedder turns text into vectors; the default runs offline from the PyPI package.
 BUILT_IN_EMBEDDER = "search.embedding.minilm.MiniLMEmbedder"
+embedding_threads = env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4))
 EMBEDDING = {
     "BACKEND": env_str("EMBEDDING_BACKEND", BUILT_IN_EMBEDDER),
-    "THREADS": env_number("EMBEDDING_THREADS", min(os.cpu_count() or 1, 4)),
+    "THREADS": embedding_threads,
     "QUERY_THREADS": env_number("EMBEDDING_QUERY_THREADS", 1),
     # Threads calling the queries' model at once (one shared copy): a burst's batches run side by side.
     "QUERY_WORKERS": env_number("EMBEDDING_QUERY_WORKERS", min(os.cpu_count() or 1, 2)),
     "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
+    # Threads calling the documents' model at once (one shared copy), EMBEDDING_THREADS split between them.
+    "DOCUMENT_WORKERS": env_number("EMBEDDING_DOCUMENT_WORKERS", embedding_threads),
     "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
     # Indexing yields the CPU to searches: its model threads run this many nice steps lower (Linux).
     "DOCUMENT_NICENESS": env_number("EMBEDDING_DOCUMENT_NICENESS", 10),

@@ -193,7 +193,9 @@ def check_embedding_settings(app_configs=None, **kwargs) -> list:
                         id="search.E011",
                     )
                 )
-    for key in ("THREADS", "QUERY_THREADS", "QUERY_WORKERS", "QUERY_BATCH_SIZE", "DOCUMENT_BATCH_SIZE"):
+    for key in (
+        "THREADS", "QUERY_THREADS", "QUERY_WORKERS", "QUERY_BATCH_SIZE", "DOCUMENT_WORKERS", "DOCUMENT_BATCH_SIZE"
+    ):
         value = conf.get(key)
         if not isinstance(value, int) or value < 1:
             problems.append(

@@ -33,6 +33,10 @@ class EmbeddingConfig:
     #: queries waits for one batch after another; with one per core, the batches run side by side.
     query_workers: int = 2
     query_batch_size: int = 64
+    #: Threads that call the documents' model at once, sharing one copy of it; `threads` are split
+    #: between them. One model thread each by default: a worker that a search preempts then holds up
+    #: no other model thread waiting for it at the end of each of the model's parallel sections.
+    document_workers: int = 2
     document_batch_size: int = 16
     #: How much lower than the process's the documents' model threads run (Linux nice steps, 0 to 19).
     document_niceness: int = 10
@@ -50,11 +54,16 @@ class EmbeddingConfig:
             query_threads=int(conf.get("QUERY_THREADS", cls.query_threads)),
             query_workers=int(conf.get("QUERY_WORKERS", cls.query_workers)),
             query_batch_size=int(conf.get("QUERY_BATCH_SIZE", cls.query_batch_size)),
+            document_workers=int(conf.get("DOCUMENT_WORKERS", cls.document_workers)),
             document_batch_size=int(conf.get("DOCUMENT_BATCH_SIZE", cls.document_batch_size)),
             document_niceness=int(conf.get("DOCUMENT_NICENESS", cls.document_niceness)),
             query_cache_size=int(conf.get("QUERY_CACHE_SIZE", cls.query_cache_size)),
             options=dict(conf.get("OPTIONS") or {}),
         )
+
+    @property
+    def threads_per_document_worker(self) -> int:
+        return max(1, self.threads // max(1, self.document_workers))
 
     def build_embedder(self, *, threads: int | None = None) -> Embedder:
         return import_string(self.backend)(threads=threads or self.threads, **self.options)
@@ -137,38 +146,33 @@ class EmbeddingService:
 
     A model call takes milliseconds to seconds and releases the GIL, so it runs off the event loop.
     Queries and documents each have a model and threads of their own: a query never waits for a
-    document batch to finish. The documents' thread runs at a lower OS priority, so while searches
+    document batch to finish. The documents' threads run at a lower OS priority, so while searches
     run it gets what CPU they leave, and all of it when nobody searches. Queries that arrive while
     the model is busy are answered together by a next call; the queries' workers (`query_workers`)
-    share one model and split a burst between them, so its batches run side by side. A repeated
-    query is answered from memory.
+    share one model and split a burst between them, so its batches run side by side. The documents'
+    workers (`document_workers`) share another and take a batch each. A repeated query is answered
+    from memory.
     """
 
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
         self._config = config
         self._embedder: Embedder | None = None
+        self._documents_embedder: Embedder | None = None
         self._condition = threading.Condition()
         self._queries: deque[_Job] = deque()
         self._documents: deque[_Job] = deque()
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
         self._idle_query_workers = 0
         self._query_workers: list[_ModelThread] = []  # made on the first query, from the config then
-        self._document_thread = _ModelThread(
-            "kbsite-embedding-documents",
-            lambda: self.config.build_embedder(),
-            self._next_document_batch,
-            niceness=lambda: self.config.document_niceness,
-            os_name="kb-documents",
-        )
+        self._document_workers: list[_ModelThread] = []  # made on the first document, likewise
 
     def configure(self, config: EmbeddingConfig) -> None:
         with self._condition:
             self._config = config
-            self._embedder = None
+            self._embedder = self._documents_embedder = None
             self._query_cache.clear()
-            for worker in self._query_workers:
+            for worker in (*self._query_workers, *self._document_workers):
                 worker.embedder = None
-            self._document_thread.embedder = None
 
     @property
     def config(self) -> EmbeddingConfig:
@@ -184,6 +188,17 @@ class EmbeddingService:
                 if self._embedder is None:
                     self._embedder = self.config.build_embedder(threads=self.config.query_threads)
         return self._embedder
+
+    @property
+    def documents_embedder(self) -> Embedder:
+        """The documents' instance of the model, which the documents' workers share."""
+        if self._documents_embedder is None:
+            with self._condition:
+                if self._documents_embedder is None:
+                    self._documents_embedder = self.config.build_embedder(
+                        threads=self.config.threads_per_document_worker
+                    )
+        return self._documents_embedder
 
     @property
     def model_id(self) -> str:
@@ -212,7 +227,7 @@ class EmbeddingService:
         batches = [order[start : start + size] for start in range(0, len(order), size)]
         results = await asyncio.gather(
             *(
-                self._submit([texts[i] for i in batch], self._documents, self._document_thread)
+                self._submit([texts[i] for i in batch], self._documents, *self._document_workers_made())
                 for batch in batches
             )
         )
@@ -232,6 +247,21 @@ class EmbeddingService:
                     )
                 )
             return self._query_workers
+
+    def _document_workers_made(self) -> list[_ModelThread]:
+        with self._condition:
+            while len(self._document_workers) < max(1, self.config.document_workers):
+                n = len(self._document_workers)
+                self._document_workers.append(
+                    _ModelThread(
+                        f"kbsite-embedding-documents-{n}",
+                        lambda: self.documents_embedder,
+                        self._next_document_batch,
+                        niceness=lambda: self.config.document_niceness,
+                        os_name=f"kb-documents-{n}",
+                    )
+                )
+            return self._document_workers
 
     def _cached_query(self, text: str) -> list[float] | None:
         with self._condition:

@@ -49,6 +49,7 @@ def test_a_store_path_that_is_a_file_is_reported(settings, tmp_path) -> None:
         ({"BACKEND": "search.embedding.nowhere.Model"}, {}, "search.E010"),
         ({"THREADS": 0}, {}, "search.E012"),
         ({"QUERY_WORKERS": 0}, {}, "search.E012"),
+        ({"DOCUMENT_WORKERS": 0}, {}, "search.E012"),
         ({}, {"SIZE": 300}, "search.E013"),
         ({}, {"SIZE": 100, "OVERLAP": 100}, "search.E014"),
     ],

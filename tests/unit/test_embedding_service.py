@@ -1,4 +1,4 @@
-"""The embedding service: model threads for queries (micro-batched, cached) and one for documents, at a lower priority."""
+"""The embedding service: model threads for queries (micro-batched, cached) and for documents, at a lower priority."""
 
 from __future__ import annotations
 
@@ -151,7 +151,8 @@ async def test_documents_are_embedded_at_a_lower_priority_than_queries_on_thread
     niceness = HeldDocumentsMiniLM.niceness
     assert niceness["documents"] == min(19, niceness["queries"] + 5)
     assert niceness["queries"] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert HeldDocumentsMiniLM.os_names["documents"] == "kb-documents"
+    # whichever documents' worker was idle first embeds
+    assert HeldDocumentsMiniLM.os_names["documents"] in {f"kb-documents-{i}" for i in range(len(service._document_workers))}
     # whichever query worker was idle first answers
     assert HeldDocumentsMiniLM.os_names["queries"] in {f"kb-query-{i}" for i in range(len(service._query_workers))}
     assert set(HeldDocumentsMiniLM.os_names) == {"documents", "queries"}
@@ -213,7 +214,7 @@ class ThreadNotingMiniLM(MiniLMEmbedder):
 
 async def test_queries_and_documents_get_a_model_each_with_its_own_thread_count() -> None:
     ThreadNotingMiniLM.threads_by_kind = {}
-    service = service_with(ThreadNotingMiniLM, threads=2, query_threads=1)
+    service = service_with(ThreadNotingMiniLM, threads=2, query_threads=1, document_workers=1)
 
     await asyncio.gather(service.embed_query("query about tides"), service.embed_documents(["document on tides"]))
 
@@ -230,6 +231,9 @@ class TwoAtOnceMiniLM(MiniLMEmbedder):
     os_names: set[str] = set()
 
     def embed_queries(self, texts):
+        return self._with_another(super().embed_queries, texts)
+
+    def _with_another(self, embed, texts):
         cls = TwoAtOnceMiniLM
         with cls.lock:
             cls.inside += 1
@@ -240,10 +244,17 @@ class TwoAtOnceMiniLM(MiniLMEmbedder):
                 cls.two_inside.set()
         try:
             cls.two_inside.wait(timeout=30)
-            return super().embed_queries(texts)
+            return embed(texts)
         finally:
             with cls.lock:
                 cls.inside -= 1
+
+
+class TwoDocumentBatchesAtOnceMiniLM(TwoAtOnceMiniLM):
+    """The same for document batches: each waits in the model until a second is in it too."""
+
+    def embed(self, texts):
+        return self._with_another(super().embed, texts)
 
 
 async def test_a_burst_of_queries_is_split_between_workers_that_share_one_model() -> None:
@@ -271,6 +282,25 @@ async def test_a_burst_of_queries_is_split_between_workers_that_share_one_model(
     assert np.dot(vectors[0], alone[0]) == pytest.approx(1.0, abs=1e-5)
     assert np.dot(vectors[-1], alone[1]) == pytest.approx(1.0, abs=1e-5)
     assert np.dot(warm, alone[2]) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_document_batches_are_split_between_workers_of_one_model_thread_each() -> None:
+    TwoAtOnceMiniLM.two_inside.clear()
+    TwoAtOnceMiniLM.threads, TwoAtOnceMiniLM.os_names = set(), set()
+    service = service_with(TwoDocumentBatchesAtOnceMiniLM, threads=2, document_workers=2)
+    texts = [f"document {i} about the tides and the moon" for i in range(32)]  # two batches of 16
+
+    vectors = await asyncio.wait_for(service.embed_documents(texts), timeout=60)
+
+    assert TwoAtOnceMiniLM.two_inside.is_set()
+    assert TwoAtOnceMiniLM.threads == {"kbsite-embedding-documents-0", "kbsite-embedding-documents-1"}
+    if sys.platform.startswith("linux"):
+        assert TwoAtOnceMiniLM.os_names == {"kb-documents-0", "kb-documents-1"}
+    (shared,) = {id(worker.embedder) for worker in service._document_workers}
+    assert service.documents_embedder._threads == 1 and id(service.documents_embedder) == shared
+    alone = MiniLMEmbedder(threads=1).embed([texts[0], texts[-1]])
+    assert np.dot(vectors[0], alone[0]) == pytest.approx(1.0, abs=1e-5)
+    assert np.dot(vectors[-1], alone[1]) == pytest.approx(1.0, abs=1e-5)
 
 
 async def test_one_query_worker_answers_every_query_of_a_burst_alone() -> None:
