@@ -238,30 +238,27 @@ class EmbeddingService:
         return vectors
 
     def _query_workers_made(self) -> list[_ModelThread]:
-        with self._condition:
-            while len(self._query_workers) < max(1, self.config.query_workers):
-                n = len(self._query_workers)
-                self._query_workers.append(
-                    _ModelThread(
-                        f"kbsite-embedding-queries-{n}", lambda: self.embedder, self._next_queries, os_name=f"kb-query-{n}"
-                    )
-                )
-            return self._query_workers
+        return self._workers_made(
+            self._query_workers, self.config.query_workers, "queries", "kb-query", lambda: self.embedder,
+            self._next_queries,
+        )
 
     def _document_workers_made(self) -> list[_ModelThread]:
+        return self._workers_made(
+            self._document_workers, self.config.document_workers, "documents", "kb-documents",
+            lambda: self.documents_embedder, self._next_document_batch, niceness=lambda: self.config.document_niceness,
+        )
+
+    def _workers_made(self, workers: list[_ModelThread], count: int, kind: str, os_name: str, model, next_batch,
+                      **options) -> list[_ModelThread]:
+        """`workers`, made up to `count` threads (at least one) that call the shared `model` on `next_batch`'s jobs."""
         with self._condition:
-            while len(self._document_workers) < max(1, self.config.document_workers):
-                n = len(self._document_workers)
-                self._document_workers.append(
-                    _ModelThread(
-                        f"kbsite-embedding-documents-{n}",
-                        lambda: self.documents_embedder,
-                        self._next_document_batch,
-                        niceness=lambda: self.config.document_niceness,
-                        os_name=f"kb-documents-{n}",
-                    )
+            while len(workers) < max(1, count):
+                n = len(workers)
+                workers.append(
+                    _ModelThread(f"kbsite-embedding-{kind}-{n}", model, next_batch, os_name=f"{os_name}-{n}", **options)
                 )
-            return self._document_workers
+            return workers
 
     def _cached_query(self, text: str) -> list[float] | None:
         with self._condition:
