@@ -74,6 +74,7 @@ class EndpointSettings:
             threads=1,
             query_workers=base.query_workers,
             query_batch_size=base.query_batch_size,
+            document_workers=1,  # one request at a time: an endpoint's rate limit is the team's to share
             document_batch_size=self.batch_size,
             document_niceness=0,
             query_cache_size=base.query_cache_size,

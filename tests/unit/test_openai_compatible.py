@@ -176,6 +176,7 @@ def test_the_registry_gives_one_service_per_model_and_names_the_configured_ones_
     assert registry.service("built-in") is default
     assert registry.service("e5") is registry.service("e5")
     assert registry.service("e5").config.document_batch_size == 32
+    assert registry.service("e5").config.document_workers == 1
     assert registry.service("e5").config.query_workers == 3
     with pytest.raises(UnknownEmbedder, match="built-in, e5"):
         registry.service("gone")
