@@ -262,7 +262,7 @@ EMBEDDING = {
     "QUERY_BATCH_SIZE": env_number("EMBEDDING_QUERY_BATCH_SIZE", 64),
     # Threads calling the documents' model at once (one shared copy), EMBEDDING_THREADS split between them.
     "DOCUMENT_WORKERS": env_number("EMBEDDING_DOCUMENT_WORKERS", embedding_threads),
-    "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 16),
+    "DOCUMENT_BATCH_SIZE": env_number("EMBEDDING_DOCUMENT_BATCH_SIZE", 8),
     # Indexing yields the CPU to searches: its model threads run this many nice steps lower (Linux).
     "DOCUMENT_NICENESS": env_number("EMBEDDING_DOCUMENT_NICENESS", 10),
     "QUERY_CACHE_SIZE": env_number("EMBEDDING_QUERY_CACHE_SIZE", 1024),

@@ -37,7 +37,7 @@ class EmbeddingConfig:
     #: between them. One model thread each by default: a worker that a search preempts then holds up
     #: no other model thread waiting for it at the end of each of the model's parallel sections.
     document_workers: int = 2
-    document_batch_size: int = 16
+    document_batch_size: int = 8
     #: How much lower than the process's the documents' model threads run (Linux nice steps, 0 to 19).
     document_niceness: int = 10
     #: Query vectors remembered for repeated queries.
