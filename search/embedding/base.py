@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +28,12 @@ class Embedder(ABC):
         """`embed` for search queries. A model may answer them a cheaper way whose vectors stay close to
         `embed`'s (the built-in one: int8 kernels); stored vectors always come from `embed`."""
         return self.embed(texts)
+
+    def embed_queries_in_parts(self, texts: Sequence[str]) -> Iterator[tuple[Sequence[int], np.ndarray]]:
+        """`embed_queries` part by part, as each part is ready: (the parts' positions in `texts`, their
+        vectors). The queries' workers answer each query as soon as its part is done, not at the end of
+        the batch. One part, all of them, unless a model computes them in parts anyway."""
+        yield range(len(texts)), self.embed_queries(texts)
 
     @abstractmethod
     def token_spans(self, text: str) -> list[tuple[int, int]]:

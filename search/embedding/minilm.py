@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -192,22 +192,27 @@ class MiniLMEmbedder(Embedder):
         return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"], **session_options)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embed(self._float_session(), texts)
+        return _gathered(self._embedded_parts(self._float_session(), texts), len(texts), self.dimensions)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Queries on int8 kernels unless `int8_queries` is off: under half the CPU, vectors at cosine 0.98 or more."""
-        return self._embed(self._int8_session() if self._int8_queries else self._float_session(), texts)
+        return _gathered(self.embed_queries_in_parts(texts), len(texts), self.dimensions)
 
-    def _embed(self, session, texts: Sequence[str]) -> np.ndarray:
-        vectors = np.empty((len(texts), self.dimensions), dtype=np.float32)
+    def embed_queries_in_parts(self, texts: Sequence[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Queries of one length in each model call: none is padded, so none costs more than alone."""
+        session = self._int8_session() if self._int8_queries else self._float_session()
+        return self._embedded_parts(session, texts, same_length=True)
+
+    def _embedded_parts(
+        self, session, texts: Sequence[str], *, same_length: bool = False
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(positions, vectors) of each model call's texts, in the order the calls are made."""
         if not texts:
-            return vectors
+            return
         encodings = self._model_tokenizer.encode_batch(list(texts))
-        # One long input pads its whole batch: group inputs of similar length.
-        order = sorted(range(len(texts)), key=lambda i: sum(encodings[i].attention_mask))
-        for start in range(0, len(order), self._batch_size):
-            members = order[start : start + self._batch_size]
-            width = max(sum(encodings[i].attention_mask) for i in members)
+        lengths = [sum(encoding.attention_mask) for encoding in encodings]
+        for members in _runs(lengths, self._batch_size, same_length=same_length):
+            width = lengths[members[-1]]
             ids = np.array([encodings[i].ids[:width] for i in members], dtype=np.int64)
             mask = np.array([encodings[i].attention_mask[:width] for i in members], dtype=np.int64)
             hidden = session.run(
@@ -217,14 +222,37 @@ class MiniLMEmbedder(Embedder):
             summed = (hidden * mask[:, :, None]).sum(axis=1)
             pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            vectors[members] = pooled / np.maximum(norms, 1e-12)
-        return vectors
+            yield members, (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         if self._span_tokenizer is None:
             self._load()
         encoding = self._span_tokenizer.encode(text, add_special_tokens=False)
         return list(encoding.offsets)
+
+
+def _gathered(parts: Iterator[tuple[Sequence[int], np.ndarray]], count: int, dimensions: int) -> np.ndarray:
+    vectors = np.empty((count, dimensions), dtype=np.float32)
+    for positions, part in parts:
+        vectors[list(positions)] = part
+    return vectors
+
+
+def _runs(lengths: Sequence[int], most: int, *, same_length: bool) -> list[list[int]]:
+    """The inputs' positions grouped into model calls of at most `most`, largest call first.
+
+    One long input pads its whole call, so inputs of similar length go together, and with
+    `same_length` only equal ones. Largest first: the inputs answered when each call ends are as many
+    as they can be, and the last call, whose inputs wait longest, holds the fewest.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    runs: list[list[int]] = [[]]
+    for position in order:
+        run = runs[-1]
+        if len(run) == most or (same_length and run and lengths[run[-1]] != lengths[position]):
+            runs.append(run := [])
+        run.append(position)
+    return sorted((run for run in runs if run), key=len, reverse=True)
 
 
 def _keep(path: Path, model: bytes) -> None:

@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -123,22 +124,37 @@ class _ModelThread:
             try:
                 if self.embedder is None:
                     self.embedder = self.build()
-                embed = self.embedder.embed_queries if batch[0].kind == "query" else self.embedder.embed
-                vectors = embed(texts).tolist()
+                if batch[0].kind == "query":
+                    parts = self.embedder.embed_queries_in_parts(texts)
+                else:
+                    parts = iter([(range(len(texts)), self.embedder.embed(texts))])
+                _settle_in_parts(batch, parts)
             except KbsiteError as exc:  # said on purpose (an endpoint down, a key refused): no traceback
                 logger.warning("Embedding %d texts failed: %s", len(texts), exc.message)
                 for job in batch:
                     _settle(job, None, exc)
-                continue
             except Exception as exc:  # every waiter must hear of the failure
                 logger.exception("Embedding %d texts failed", len(texts))
                 for job in batch:
                     _settle(job, None, exc)
-                continue
-            position = 0
-            for job in batch:
-                _settle(job, vectors[position : position + len(job.texts)], None)
-                position += len(job.texts)
+
+
+def _settle_in_parts(batch: list[_Job], parts: Iterator[tuple[Sequence[int], Any]]) -> None:
+    """Answer each job of `batch` once the parts (positions among the batch's texts, their vectors) cover
+    all its texts: a query is answered when its own part is done, not when the whole batch is.
+    A job already answered is left alone when a later part fails (`_settle` sets a future once)."""
+    owners = [(job, offset) for job in batch for offset in range(len(job.texts))]
+    found: dict[int, list] = {id(job): [None] * len(job.texts) for job in batch}
+    missing = {id(job): len(job.texts) for job in batch}
+    for positions, vectors in parts:
+        for position, vector in zip(positions, vectors.tolist()):
+            job, offset = owners[position]
+            found[id(job)][offset] = vector
+            missing[id(job)] -= 1
+            if not missing[id(job)]:
+                _settle(job, found[id(job)], None)
+    if any(missing.values()):
+        raise RuntimeError(f"The embedder gave no vector for {sum(missing.values())} of {len(owners)} texts.")
 
 
 class EmbeddingService:

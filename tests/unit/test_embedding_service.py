@@ -26,16 +26,16 @@ class CountingMiniLM(MiniLMEmbedder):
         CountingMiniLM.calls.append(list(texts))
         return super().embed(texts)
 
-    def embed_queries(self, texts):
+    def embed_queries_in_parts(self, texts):
         CountingMiniLM.calls.append(list(texts))
-        return super().embed_queries(texts)
+        return super().embed_queries_in_parts(texts)
 
 
 class BrokenEmbedder(MiniLMEmbedder):
     def embed(self, texts):
         raise RuntimeError("the model file is damaged")
 
-    embed_queries = embed
+    embed_queries_in_parts = embed
 
 
 def os_thread_name() -> str:
@@ -56,9 +56,9 @@ class HeldDocumentsMiniLM(MiniLMEmbedder):
         self._note(texts)
         return super().embed(texts)
 
-    def embed_queries(self, texts):
+    def embed_queries_in_parts(self, texts):
         self._note(texts)
-        return super().embed_queries(texts)
+        return super().embed_queries_in_parts(texts)
 
     def _note(self, texts):
         kind = "documents" if texts[0].startswith("document") else "queries"
@@ -207,9 +207,9 @@ class ThreadNotingMiniLM(MiniLMEmbedder):
         ThreadNotingMiniLM.threads_by_kind["documents"] = self._threads
         return super().embed(texts)
 
-    def embed_queries(self, texts):
+    def embed_queries_in_parts(self, texts):
         ThreadNotingMiniLM.threads_by_kind["queries"] = self._threads
-        return super().embed_queries(texts)
+        return super().embed_queries_in_parts(texts)
 
 
 async def test_queries_and_documents_get_a_model_each_with_its_own_thread_count() -> None:
@@ -230,8 +230,9 @@ class TwoAtOnceMiniLM(MiniLMEmbedder):
     threads: set[str] = set()
     os_names: set[str] = set()
 
-    def embed_queries(self, texts):
-        return self._with_another(super().embed_queries, texts)
+    def embed_queries_in_parts(self, texts):
+        # Every part made inside, while the other call is in the model too.
+        return self._with_another(lambda texts: list(super(TwoAtOnceMiniLM, self).embed_queries_in_parts(texts)), texts)
 
     def _with_another(self, embed, texts):
         cls = TwoAtOnceMiniLM
@@ -311,3 +312,35 @@ async def test_one_query_worker_answers_every_query_of_a_burst_alone() -> None:
 
     assert [worker.name for worker in service._query_workers] == ["kbsite-embedding-queries-0"]
     assert sum(len(call) for call in CountingMiniLM.calls) == 20
+
+
+async def test_each_query_is_answered_when_its_own_part_of_the_batch_is_done() -> None:
+    from search.embedding.service import _Job, _settle_in_parts
+
+    loop = asyncio.get_running_loop()
+    jobs = [_Job([text], loop, loop.create_future()) for text in ("first", "second")]
+    second_part_may_go = threading.Event()
+
+    def parts():
+        yield [1], np.array([[1.0, 0.0]], dtype=np.float32)
+        second_part_may_go.wait(timeout=30)
+        yield [0], np.array([[0.0, 1.0]], dtype=np.float32)
+
+    model_thread = asyncio.ensure_future(asyncio.to_thread(_settle_in_parts, jobs, parts()))
+    # The second query's part is done: it is answered while the first one's is still in the model.
+    assert await asyncio.wait_for(jobs[1].future, timeout=30) == [[1.0, 0.0]]
+    assert not jobs[0].future.done()
+    second_part_may_go.set()
+    await model_thread
+    assert await jobs[0].future == [[0.0, 1.0]]
+
+
+async def test_a_text_the_model_left_without_a_vector_is_an_error_not_a_wait() -> None:
+    from search.embedding.service import _Job, _settle_in_parts
+
+    loop = asyncio.get_running_loop()
+    jobs = [_Job(["a", "b"], loop, loop.create_future())]
+
+    with pytest.raises(RuntimeError, match="no vector for 1 of 2 texts"):
+        _settle_in_parts(jobs, iter([([0], np.zeros((1, 2), dtype=np.float32))]))
+    assert not jobs[0].future.done()

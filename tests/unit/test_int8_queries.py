@@ -167,3 +167,38 @@ def test_a_folder_that_cannot_keep_the_model_costs_only_time(embedder, tmp_path)
 
 def _never_called(*args, **kwargs):
     raise AssertionError("the queries' model was made again instead of loaded")
+
+
+def test_queries_of_one_length_share_each_model_call_the_largest_call_first(embedder) -> None:
+    texts = [*QUERIES, "parse a YAML document", "parse a TOML document", "tides"]
+    parts = list(embedder.embed_queries_in_parts(texts))
+
+    lengths = [sum(embedder._model_tokenizer.encode(text).attention_mask) for text in texts]
+
+    positions = [position for members, _ in parts for position in members]
+    assert sorted(positions) == list(range(len(texts)))
+    # No query is padded: each call's queries have one length, and no two calls the same one.
+    call_lengths = [{lengths[position] for position in members} for members, _ in parts]
+    assert all(len(each) == 1 for each in call_lengths)
+    assert len({next(iter(each)) for each in call_lengths}) == len(parts) < len(texts)
+    assert [len(members) for members, _ in parts] == sorted((len(members) for members, _ in parts), reverse=True)
+    alone = {position: embedder.embed_queries([texts[position]])[0] for position in range(len(texts))}
+    for members, vectors in parts:
+        for position, vector in zip(members, vectors):
+            assert np.array_equal(vector, alone[position])
+
+
+def test_documents_of_several_lengths_share_model_calls_of_at_most_the_batch_size() -> None:
+    from search.embedding.minilm import _runs
+
+    lengths = [5, 9, 5, 7, 9, 9, 5]
+
+    runs = _runs(lengths, 3, same_length=False)
+    same = _runs(lengths, 2, same_length=True)
+
+    assert sorted(p for run in runs for p in run) == list(range(7)) == sorted(p for run in same for p in run)
+    assert all(len(run) <= 3 for run in runs) and len(runs) == 3
+    # Shortest together: each call's inputs are neighbours in length.
+    assert [sorted(lengths[p] for p in run) for run in runs] == [[5, 5, 5], [7, 9, 9], [9]]
+    assert sorted(sorted(lengths[p] for p in run) for run in same) == [[5], [5, 5], [7], [9], [9, 9]]
+    assert [len(run) for run in same] == [2, 2, 1, 1, 1]
