@@ -143,18 +143,18 @@ def _settle_in_parts(batch: list[_Job], parts: Iterator[tuple[Sequence[int], Any
     """Answer each job of `batch` once the parts (positions among the batch's texts, their vectors) cover
     all its texts: a query is answered when its own part is done, not when the whole batch is.
     A job already answered is left alone when a later part fails (`_settle` sets a future once)."""
-    owners = [(job, offset) for job in batch for offset in range(len(job.texts))]
-    found: dict[int, list] = {id(job): [None] * len(job.texts) for job in batch}
-    missing = {id(job): len(job.texts) for job in batch}
+    owners = [(number, offset) for number, job in enumerate(batch) for offset in range(len(job.texts))]
+    found = [[None] * len(job.texts) for job in batch]
+    missing = [len(job.texts) for job in batch]
     for positions, vectors in parts:
         for position, vector in zip(positions, vectors.tolist()):
-            job, offset = owners[position]
-            found[id(job)][offset] = vector
-            missing[id(job)] -= 1
-            if not missing[id(job)]:
-                _settle(job, found[id(job)], None)
-    if any(missing.values()):
-        raise RuntimeError(f"The embedder gave no vector for {sum(missing.values())} of {len(owners)} texts.")
+            number, offset = owners[position]
+            found[number][offset] = vector
+            missing[number] -= 1
+            if not missing[number]:
+                _settle(batch[number], found[number], None)
+    if any(missing):
+        raise RuntimeError(f"The embedder gave no vector for {sum(missing)} of {len(owners)} texts.")
 
 
 class EmbeddingService:
