@@ -252,16 +252,49 @@ def points_to_edge(points: models.Batch | Sequence[models.PointStruct]) -> list[
 
 
 def scored_point_from_edge(point: Any) -> models.ScoredPoint:
-    # Edge's values already have the model's types: validating them again (copying each payload) was
-    # most of this conversion's cost, which every search hit pays on the event loop.
-    return models.ScoredPoint.model_construct(
-        id=point_id_from_edge(point.id),
-        version=point.version,
-        score=point.score,
-        payload=point.payload,
-        vector=vector_from_edge(point.vector),
-        order_value=point.order_value,
+    """A search hit as qdrant-client's model, every field set as `ScoredPoint.model_construct` sets them.
+
+    Edge's values already have the model's types: validating them again (copying each payload) was
+    most of this conversion's cost, which every search hit pays on the event loop. `model_construct`
+    still walked the model's fields for defaults (3 µs a hit); where the model allows it, the
+    instance's slots are filled directly instead (1 µs).
+    """
+    values = {
+        "id": point_id_from_edge(point.id),
+        "version": point.version,
+        "score": point.score,
+        "payload": point.payload,
+        "vector": vector_from_edge(point.vector),
+        "shard_key": None,
+        "order_value": point.order_value,
+    }
+    if not _FILL_SCORED_POINTS:
+        return models.ScoredPoint.model_construct(_fields_set=set(_SCORED_POINT_SET), **values)
+    hit = _new_instance(models.ScoredPoint)
+    _set_slot(hit, "__dict__", values)
+    _set_slot(hit, "__pydantic_fields_set__", set(_SCORED_POINT_SET))
+    _set_slot(hit, "__pydantic_extra__", None)
+    _set_slot(hit, "__pydantic_private__", None)
+    return hit
+
+
+def _slots_fillable(model: type[models.BaseModel], fields: set[str]) -> bool:
+    """Whether an instance of `model` is whole with `fields` in its `__dict__`: no other field, no extras,
+    no private attributes, nothing done after construction. A qdrant-client release that changes
+    ScoredPoint so makes `scored_point_from_edge` go back to `model_construct`."""
+    return (
+        set(model.model_fields) == fields
+        and model.model_config.get("extra") in (None, "ignore", "forbid")
+        and not model.__private_attributes__
+        and model.model_post_init is models.BaseModel.model_post_init
     )
+
+
+# The fields a hit sets: all but `shard_key`, which stays at its default (None), as model_construct leaves it.
+_SCORED_POINT_SET = frozenset({"id", "version", "score", "payload", "vector", "order_value"})
+_FILL_SCORED_POINTS = _slots_fillable(models.ScoredPoint, {*_SCORED_POINT_SET, "shard_key"})
+_new_instance = object.__new__
+_set_slot = object.__setattr__
 
 
 def record_from_edge(record: Any) -> models.Record:

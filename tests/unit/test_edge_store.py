@@ -411,6 +411,27 @@ class TestPoints:
         assert ours.points[0].payload == {"archived_at": None, "n": 1}
         assert ours.points[0].vector == pytest.approx(theirs.points[0].vector)
 
+    async def test_hits_are_whole_models_as_model_construct_builds_them(self, client) -> None:
+        """Hits are built by filling the model's slots (search.edge.convert): they must equal, dump, copy
+        and validate as the same hits built by `ScoredPoint.model_construct` do."""
+        await fill(client)
+
+        answer = await client.query_points("chunks", query=query_vector(), using="dense", limit=3, with_vectors=True)
+        hits = answer.points
+
+        assert convert._FILL_SCORED_POINTS, "ScoredPoint changed: the hits are built by model_construct again"
+        for hit in hits:
+            constructed = models.ScoredPoint.model_construct(
+                **{name: getattr(hit, name) for name in hit.model_fields_set}
+            )
+            assert hit == constructed
+            assert hit.model_fields_set == constructed.model_fields_set
+            assert hit.model_dump() == constructed.model_dump()
+            assert hit.model_dump_json() == constructed.model_dump_json()
+            assert hit.model_copy(update={"score": 0.5}).score == 0.5 and hit.score != 0.5
+            assert models.ScoredPoint.model_validate(hit.model_dump()) == hit
+            assert hit.shard_key is None and isinstance(hit.id, str) and hit.payload["kb_id"]
+
     async def test_batch_upsert_stores_every_point(self, client) -> None:
         await client.create_collection(
             "c", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT)
