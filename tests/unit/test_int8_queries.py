@@ -202,3 +202,43 @@ def test_documents_of_several_lengths_share_model_calls_of_at_most_the_batch_siz
     assert [sorted(lengths[p] for p in run) for run in runs] == [[5, 5, 5], [7, 9, 9], [9]]
     assert sorted(sorted(lengths[p] for p in run) for run in same) == [[5], [5, 5], [7], [9], [9, 9]]
     assert [len(run) for run in same] == [2, 2, 1, 1, 1]
+    # At most 16 tokens padded a call: three of 5 (15), then 7 alone (two 9s would be 18), then each 9;
+    # and an input longer than the budget still has a call of its own.
+    assert [sorted(lengths[p] for p in run) for run in _runs(lengths, 8, same_length=False, most_tokens=16)] == [
+        [5, 5, 5], [7], [9], [9], [9]
+    ]
+    assert _runs([30, 4], 8, same_length=False, most_tokens=18) == [[1], [0]]
+
+
+def test_documents_share_a_model_call_only_while_it_holds_at_most_the_models_longest_input(embedder) -> None:
+    short = ["tides", "moon and tides", "spring tides and neap tides"]
+    chunks = [" ".join(["the harbour wall held against the storm surge"] * n) for n in (20, 24, 27)]
+    texts = [*chunks, *short]
+    lengths = [sum(embedder._model_tokenizer.encode(text).attention_mask) for text in texts]
+    assert all(128 < lengths[i] <= embedder.max_tokens for i in range(3)) and max(lengths[3:]) < 16
+
+    calls = []
+    session = embedder._float_session
+    embedder._float_session = lambda: _Counting(session(), calls)
+    try:
+        vectors = embedder.embed(texts)
+    finally:
+        del embedder._float_session
+
+    # Each chunk alone (two would pad past 256 tokens); the three short texts in one call.
+    assert sorted(calls) == sorted([(1, lengths[0]), (1, lengths[1]), (1, lengths[2]), (3, max(lengths[3:]))])
+    assert all(count * width <= embedder.max_tokens for count, width in calls)
+    alone = np.stack([embedder.embed([text])[0] for text in texts])
+    assert np.array_equal(vectors[:3], alone[:3])
+    assert np.allclose(vectors[3:], alone[3:], atol=1e-5)
+
+
+class _Counting:
+    """An ONNX session that notes the shape (inputs, tokens) of each call before making it."""
+
+    def __init__(self, session, calls: list) -> None:
+        self._session, self._calls = session, calls
+
+    def run(self, outputs, feeds):
+        self._calls.append(feeds["input_ids"].shape)
+        return self._session.run(outputs, feeds)
