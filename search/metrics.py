@@ -33,7 +33,8 @@ SEARCH_SECONDS = Histogram(
 )
 EMBEDDING_BATCH_TEXTS = Histogram(
     "kbsite_embedding_batch_texts",
-    "Texts per batch a model worker takes from the embedder's queue (the built-in model may split it into calls by length), by kind.",
+    "Texts per batch a model worker takes from the embedder's queue (the built-in model may split it"
+    " into calls by length), by kind.",
     ("kind",),
     buckets=BATCH_BUCKETS,
 )
