@@ -196,8 +196,8 @@ class MiniLMEmbedder(Embedder):
         have one each. A chunk's products fill the machine's vector units on their own, so a call of
         several only added the padding to its longest: jobs of eight 105-202-token chunks embedded
         at 78-81 chunks/s, against 60-63 in one call of eight (2 workers, AVX-512 EPYC)."""
-        session = self._float_session()
-        return _gathered(self._embedded_parts(session, texts, most_tokens=self.max_tokens), len(texts), self.dimensions)
+        parts = self._embedded_parts(self._float_session(), texts, most_tokens=self.max_tokens)
+        return _gathered(parts, len(texts), self.dimensions)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Queries on int8 kernels unless `int8_queries` is off: under half the CPU, vectors at cosine 0.98 or more."""
