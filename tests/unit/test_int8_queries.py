@@ -28,7 +28,9 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder(threads=1)
+    embedder = MiniLMEmbedder(threads=1)
+    embedder._load()  # its tokenizers, which tests below read before any text is embedded
+    return embedder
 
 
 @pytest.fixture(scope="module")
