@@ -279,15 +279,29 @@ def scored_point_from_edge(point: Any) -> models.ScoredPoint:
 
 
 def _slots_fillable(model: type[models.BaseModel], fields: set[str]) -> bool:
-    """Whether an instance of `model` is whole with `fields` in its `__dict__`: no other field, no extras,
-    no private attributes, nothing done after construction. A qdrant-client release that changes
-    ScoredPoint so makes `scored_point_from_edge` go back to `model_construct`."""
+    """Whether an instance of `model` is whole with `fields` in its `__dict__` and the three other slots
+    `scored_point_from_edge` fills: no other field or slot, no extras, no private attributes, no
+    `__new__` of its own, nothing done after construction. A qdrant-client or pydantic release that
+    changes ScoredPoint or BaseModel so makes `scored_point_from_edge` go back to `model_construct`."""
+    slots = [slot for cls in model.__mro__ for slot in _declared_slots(cls)]
     return (
         set(model.model_fields) == fields
+        and slots == list(_FILLED_SLOTS)
+        and model.__new__ is object.__new__
         and model.model_config.get("extra") in (None, "ignore", "forbid")
         and not model.__private_attributes__
         and model.model_post_init is models.BaseModel.model_post_init
+        and getattr(model, "__pydantic_post_init__", None) is None
     )
+
+
+def _declared_slots(cls: type) -> tuple[str, ...]:
+    slots = cls.__dict__.get("__slots__", ())
+    return (slots,) if isinstance(slots, str) else tuple(slots)
+
+
+# What pydantic's BaseModel keeps on an instance; `scored_point_from_edge` sets each of them.
+_FILLED_SLOTS = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
 
 
 # The fields a hit sets: all but `shard_key`, which stays at its default (None), as model_construct leaves it.

@@ -1008,6 +1008,30 @@ class TestEngine:
 
 
 class TestConversions:
+    def test_hits_fill_slots_only_of_a_model_whose_instances_hold_nothing_else(self) -> None:
+        """`scored_point_from_edge` fills a hit's four slots itself only while ScoredPoint is a plain
+        BaseModel with exactly its fields; each way it could stop being one sends it back to model_construct."""
+        fields = set(models.ScoredPoint.model_fields)
+        assert convert._slots_fillable(models.ScoredPoint, fields)
+        assert not convert._slots_fillable(models.ScoredPoint, fields - {"shard_key"})
+
+        class WithSlot(models.ScoredPoint):
+            __slots__ = ("cache",)
+
+        class WithNew(models.ScoredPoint):
+            def __new__(cls, *args, **kwargs):
+                return super().__new__(cls)
+
+        class WithPostInit(models.ScoredPoint):
+            def model_post_init(self, context) -> None:
+                pass
+
+        class WithExtra(models.ScoredPoint, extra="allow"):
+            pass
+
+        for model in (WithSlot, WithNew, WithPostInit, WithExtra):
+            assert not convert._slots_fillable(model, fields), model.__name__
+
     def test_bool_match_reaches_edge_as_a_boolean_not_an_integer(self) -> None:
         converted = convert.match_to_edge(models.MatchValue(value=True))
 
