@@ -64,7 +64,8 @@ def observe_search(*, mode: str, seconds: float) -> None:
 
 
 def observe_embedding_batch(*, kind: str, queued_at: Iterable[float]) -> None:
-    """One model call, starting now: `queued_at` holds when each of its texts was queued (time.monotonic)."""
+    """One batch a model worker takes, starting now (the model may split it into calls by length):
+    `queued_at` holds when each of its texts was queued (time.monotonic)."""
     now = time.monotonic()
     waits = [now - at for at in queued_at]
     EMBEDDING_BATCH_TEXTS.labels(kind).observe(len(waits))
