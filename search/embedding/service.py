@@ -146,6 +146,9 @@ def _settle_in_parts(batch: list[_Job], parts: Iterator[tuple[Sequence[int], Any
     owners = [(number, offset) for number, job in enumerate(batch) for offset in range(len(job.texts))]
     found = [[None] * len(job.texts) for job in batch]
     missing = [len(job.texts) for job in batch]
+    for job in batch:
+        if not job.texts:  # no part will cover it: answered now, or its caller would wait forever
+            _settle(job, [], None)
     for positions, vectors in parts:
         for position, vector in zip(positions, vectors.tolist()):
             number, offset = owners[position]

@@ -344,3 +344,15 @@ async def test_a_text_the_model_left_without_a_vector_is_an_error_not_a_wait() -
     with pytest.raises(RuntimeError, match="no vector for 1 of 2 texts"):
         _settle_in_parts(jobs, iter([([0], np.zeros((1, 2), dtype=np.float32))]))
     assert not jobs[0].future.done()
+
+
+async def test_a_job_of_no_texts_is_answered_with_no_vectors() -> None:
+    from search.embedding.service import _Job, _settle_in_parts
+
+    loop = asyncio.get_running_loop()
+    jobs = [_Job([], loop, loop.create_future()), _Job(["a"], loop, loop.create_future())]
+
+    _settle_in_parts(jobs, iter([([0], np.array([[1.0, 0.0]], dtype=np.float32))]))
+
+    assert await asyncio.wait_for(jobs[0].future, timeout=30) == []
+    assert await asyncio.wait_for(jobs[1].future, timeout=30) == [[1.0, 0.0]]
