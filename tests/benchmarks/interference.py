@@ -19,7 +19,7 @@ fifth from minute to minute, so one reference taken minutes earlier measured the
 the server. The verdict is against the window just before.
 
 Then 100 connections on search against 100 on the health endpoint, in alternating windows (health,
-search, health... HTTP_ROUNDS of each) for the same reason, and the indexing rate of (a)'s
+search, search, health: the same mean time for both) for the same reason, and the indexing rate of (a)'s
 upload with nobody searching and while the searches run, next to the embedder alone on the same
 chunks in this process. Each figure is printed with its same-run reference and the issue's target.
 For the 100-connection rows it also prints the CPU time a request cost the server (its model's threads,
@@ -52,7 +52,7 @@ PDF_BYTES = 19 * 1024 * 1024  # under the 20 MB upload limit, with room for the 
 PDF_PAGES = 1_900  # below KBSITE_MAX_PDF_PAGES
 SIGN_INS_PER_SECOND = 2
 HTTP_CONNECTIONS = 100
-HTTP_ROUNDS = 3  # windows of health and of search at 100 connections, alternating, a third of --seconds each
+HTTP_ROUNDS = 2  # windows of health and of search at 100 connections, in that order then the other, half of --seconds each
 PASSWORD = "interference-pw"
 
 
@@ -361,8 +361,9 @@ def combined(name: str, windows: list[Row]) -> Row:
 
 
 async def http_rows(url: str, server_pid: int | None, token: str, kb: str, seconds: float) -> tuple[Row, str, Row, str]:
-    """Health and search at HTTP_CONNECTIONS, in HTTP_ROUNDS alternating windows each, with the CPU a request
-    cost in each: a machine whose speed drifts from minute to minute then weighs on both alike."""
+    """Health and search at HTTP_CONNECTIONS, HTTP_ROUNDS windows each (health then search, then search then
+    health, ...), with the CPU a request cost in each: a machine whose speed drifts steadily from minute to
+    minute then weighs on both alike."""
     health_windows, search_windows = [], []
     health_cpu: dict[str, float] = {}
     search_cpu: dict[str, float] = {}
@@ -371,12 +372,14 @@ async def http_rows(url: str, server_pid: int | None, token: str, kb: str, secon
         for part in after:
             spent[part] = spent.get(part, 0.0) + after[part] - before[part]
 
-    for _ in range(HTTP_ROUNDS):
-        before = cpu_seconds(server_pid)
-        health_windows.append(await health_row(url, seconds / HTTP_ROUNDS))
-        add(health_cpu, before, after := cpu_seconds(server_pid))
-        search_windows.append(await searches(url, token, kb, HTTP_CONNECTIONS, seconds / HTTP_ROUNDS, "search"))
-        add(search_cpu, after, cpu_seconds(server_pid))
+    for round_ in range(HTTP_ROUNDS):
+        for endpoint in ("health", "search") if round_ % 2 == 0 else ("search", "health"):
+            before = cpu_seconds(server_pid)
+            if endpoint == "health":
+                health_windows.append(await health_row(url, seconds / HTTP_ROUNDS))
+            else:
+                search_windows.append(await searches(url, token, kb, HTTP_CONNECTIONS, seconds / HTTP_ROUNDS, "search"))
+            add(health_cpu if endpoint == "health" else search_cpu, before, cpu_seconds(server_pid))
     health, search = combined("health", health_windows), combined("search", search_windows)
     zero = dict.fromkeys(health_cpu, 0.0)
     return (health, cpu_per_request(zero, health_cpu, health.searches),
@@ -406,9 +409,9 @@ async def measure(
     # alone is timed just before, as the server idles: on a shared machine the same measurement drifted
     # from 19.6 to 24.5 chunks/s between runs, so a reference taken minutes apart from the rate it divides
     # measured the machine more than the server.
-    alone_rate = await asyncio.to_thread(embedder_alone, chunk_texts, args.seconds)
-    # Its own reference is taken before the upload, which starts indexing at once.
+    # The searches' own reference is taken first, before the upload (which starts indexing at once).
     reference = await search("alone before (a)")
+    alone_rate = await asyncio.to_thread(embedder_alone, chunk_texts, args.seconds)
     document = await site.upload(uploads, "upload.txt", upload_text.encode(), "text/plain")
     await site.wait_for(uploads, document["id"], lambda d: d["progress"]["chunks_done"] > 0, "indexing to start")
     idle_rate = await indexing_rate(site, uploads, document["id"], args.seconds)
