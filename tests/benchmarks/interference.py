@@ -39,6 +39,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,9 +330,9 @@ def cpu_seconds(pid: int | None) -> dict[str, float]:
     return used
 
 
-def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
-    """What `requests` cost between two `cpu_seconds` readings, in ms of CPU a request."""
-    spent = {part: (after[part] - before[part]) * 1000 / max(1, requests) for part in after}
+def cpu_per_request(seconds: Counter[str], requests: int) -> str:
+    """What `requests` cost, from the CPU seconds each part spent on them (`cpu_seconds` differences), in ms a request."""
+    spent = {part: used * 1000 / max(1, requests) for part, used in seconds.items()}
     if "server" not in spent:
         return f"this load generator {spent['client']:.2f} ms (the server's CPU is read from Linux's /proc only)"
     rest = spent["server"] - spent["model"] - spent["engine"]
@@ -365,13 +366,7 @@ async def http_rows(url: str, server_pid: int | None, token: str, kb: str, secon
     health, ...), with the CPU a request cost in each: a machine whose speed drifts steadily from minute to
     minute then weighs on both alike."""
     health_windows, search_windows = [], []
-    health_cpu: dict[str, float] = {}
-    search_cpu: dict[str, float] = {}
-
-    def add(spent: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
-        for part in after:
-            spent[part] = spent.get(part, 0.0) + after[part] - before[part]
-
+    health_cpu, search_cpu = Counter(), Counter()
     for round_ in range(HTTP_ROUNDS):
         for endpoint in ("health", "search") if round_ % 2 == 0 else ("search", "health"):
             before = cpu_seconds(server_pid)
@@ -379,11 +374,10 @@ async def http_rows(url: str, server_pid: int | None, token: str, kb: str, secon
                 health_windows.append(await health_row(url, seconds / HTTP_ROUNDS))
             else:
                 search_windows.append(await searches(url, token, kb, HTTP_CONNECTIONS, seconds / HTTP_ROUNDS, "search"))
-            add(health_cpu if endpoint == "health" else search_cpu, before, cpu_seconds(server_pid))
+            after = cpu_seconds(server_pid)
+            (health_cpu if endpoint == "health" else search_cpu).update({part: after[part] - before[part] for part in after})
     health, search = combined("health", health_windows), combined("search", search_windows)
-    zero = dict.fromkeys(health_cpu, 0.0)
-    return (health, cpu_per_request(zero, health_cpu, health.searches),
-            search, cpu_per_request(zero, search_cpu, search.searches))
+    return health, cpu_per_request(health_cpu, health.searches), search, cpu_per_request(search_cpu, search.searches)
 
 
 async def measure(
@@ -477,7 +471,7 @@ async def measure(
               f"{p99_ratio:>6.2f} {rate_ratio:>6.2f} {row.errors:>6}  {verdict} {before}{row.note}")
     ratio = http_search.rate / health.rate
     print(f"\nHTTP, {HTTP_CONNECTIONS} connections, {HTTP_ROUNDS} alternating windows each: search {http_search.rate:.0f}/s (p99 {http_search.p99 * 1000:.0f} ms)"
-          f" vs health {health.rate:.0f}/s (p99 {health.p99 * 1000:.0f} ms): {ratio:.2f} x"
+          f" vs health {health.rate:.0f}/s (p99 {health.p99 * 1000:.0f} ms): {ratio:.3f} x"
           f"  target >= 0.35 x {'ok' if ratio >= 0.35 else 'MISSED'}")
     print(f"  CPU a request, health: {health_cpu}")
     print(f"  CPU a request, search: {search_cpu}")
